@@ -1,0 +1,66 @@
+//! Throwaway **real** `redis-server` processes and network fault injection
+//! for millrace's tests, examples and benchmarks. Nothing here mocks Redis.
+//!
+//! * [`RedisServer`] starts `redis-server` (≥ 7.0) in its own temporary
+//!   directory on a free `127.0.0.1` port, waits until it answers `PING`, and
+//!   can [`kill`](RedisServer::kill), [`stop`](RedisServer::stop),
+//!   [`restart`](RedisServer::restart) (same port and data directory),
+//!   [`freeze`](RedisServer::freeze) and [`thaw`](RedisServer::thaw) it.
+//!   Options — AOF persistence, password, TLS, raw arguments — go through
+//!   [`RedisServer::builder`]. Dropping it kills the process and removes the
+//!   directory.
+//! * [`FaultProxy`] is a Tokio TCP proxy put between a client and the server
+//!   to black-hole, reset, refuse or truncate connections.
+//! * [`wait_until`] and [`eventually`] poll a condition until it holds or a
+//!   timeout expires: tests await the event, never sleep a fixed time.
+//!
+//! The `redis-server` binary is `$MILLRACE_REDIS_SERVER` if set, else the
+//! one on `PATH`. If there is none, starting a server panics with
+//! instructions (`apt-get install -y redis-server`): tests that need Redis
+//! fail loudly rather than skip. TLS servers also need the `openssl` CLI.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use millrace_testkit::{eventually, FaultProxy, RedisServer};
+//!
+//! # async fn demo() -> redis::RedisResult<()> {
+//! // A server whose writes survive a crash.
+//! let mut server = RedisServer::builder().appendonly(true).start();
+//! let mut con = server.client().get_multiplexed_async_connection().await?;
+//! redis::cmd("SET").arg("k").arg("v").exec_async(&mut con).await?;
+//!
+//! server.kill(); // SIGKILL, like a crash
+//! server.restart(); // same port and data dir; returns once PING answers
+//!
+//! let mut con = server.client().get_multiplexed_async_connection().await?;
+//! let v: String = redis::cmd("GET").arg("k").query_async(&mut con).await?;
+//! assert_eq!(v, "v");
+//!
+//! // A partition between a client and the server.
+//! let proxy = FaultProxy::start(server.port()).await;
+//! let client = redis::Client::open(proxy.url())?;
+//! let mut con = client.get_multiplexed_async_connection().await?;
+//! proxy.blackhole();
+//! // ... assert that the code under test notices ...
+//! proxy.heal();
+//! eventually(Duration::from_secs(5), "PING through the healed proxy", || {
+//!     let mut con = con.clone();
+//!     async move { redis::cmd("PING").query_async::<String>(&mut con).await.is_ok() }
+//! })
+//! .await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod proxy;
+mod server;
+mod tls;
+mod wait;
+
+pub use error::TestkitError;
+pub use proxy::FaultProxy;
+pub use server::{RedisServer, ServerBuilder, DEFAULT_STARTUP_TIMEOUT, REDIS_SERVER_ENV};
+pub use wait::{eventually, wait_until, POLL_INTERVAL};
