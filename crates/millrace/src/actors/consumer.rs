@@ -1,0 +1,138 @@
+//! The consumer actor: owns one consume-loop task, turns its failure into an actor failure, and on a
+//! stop cancels it and waits for the in-flight batch (up to `shutdown_timeout`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::connection::Backend;
+use crate::error::Error;
+use crate::health::{ConsumerState, HealthCell};
+use crate::spec::ConsumerSpec;
+use crate::telemetry::ConsumerMetrics;
+use crate::worker::Worker;
+
+pub(crate) struct ConsumerActor;
+
+pub(crate) struct ConsumerArgs {
+    pub(crate) spec: ConsumerSpec,
+    pub(crate) backend: Arc<Backend>,
+    pub(crate) health: Arc<HealthCell>,
+    pub(crate) metrics: ConsumerMetrics,
+}
+
+#[derive(Debug)]
+pub(crate) enum ConsumerMsg {
+    /// The loop task ended.
+    Exited(Result<(), Error>),
+}
+
+/// Cancels and aborts the loop task if the actor goes away without a graceful stop (kill, panic).
+struct TaskGuard {
+    cancel: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+pub(crate) struct ActorState {
+    args: ConsumerArgs,
+    guard: TaskGuard,
+}
+
+impl Actor for ConsumerActor {
+    type Msg = ConsumerMsg;
+    type State = ActorState;
+    type Arguments = ConsumerArgs;
+
+    // No I/O here: pre_start failures bypass supervision.
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: ConsumerArgs,
+    ) -> Result<ActorState, ActorProcessingErr> {
+        Ok(ActorState {
+            args,
+            guard: TaskGuard {
+                cancel: CancellationToken::new(),
+                task: None,
+            },
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut ActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let a = &state.args;
+        a.health.set_state(ConsumerState::Starting);
+        let worker = Worker::new(
+            &a.spec,
+            a.backend.clone(),
+            a.health.clone(),
+            a.metrics.clone(),
+            state.guard.cancel.clone(),
+        )?;
+        let task = tokio::spawn(async move {
+            let result = worker.run().await;
+            // Fails only while the actor is stopping, which is then the right outcome.
+            let _ = myself.send_message(ConsumerMsg::Exited(result));
+        });
+        state.guard.task = Some(task);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: ConsumerMsg,
+        state: &mut ActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ConsumerMsg::Exited(Ok(())) => {
+                state.guard.task = None;
+                myself.stop(Some("consume loop finished".to_owned()));
+                Ok(())
+            }
+            ConsumerMsg::Exited(Err(e)) => {
+                state.guard.task = None;
+                Err(Box::new(e))
+            }
+        }
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut ActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let health = state.args.health.clone();
+        if health.state() != ConsumerState::Failed {
+            health.set_state(ConsumerState::Stopping);
+        }
+        state.guard.cancel.cancel();
+        if let Some(mut task) = state.guard.task.take() {
+            // The in-flight batch may finish; a read in flight is woken by CLIENT UNBLOCK or BLOCK.
+            let deadline = state.args.spec.options.shutdown_timeout
+                + state.args.spec.options.block
+                + Duration::from_secs(1);
+            if tokio::time::timeout(deadline, &mut task).await.is_err() {
+                warn!(consumer = %state.args.spec.id, "in-flight batch did not finish within shutdown_timeout; abandoning it (its entries stay pending and come back)");
+                task.abort();
+            }
+        }
+        Ok(())
+    }
+}

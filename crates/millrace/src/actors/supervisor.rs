@@ -1,0 +1,398 @@
+//! The supervisor actor: spawns consumer actors, restarts failed ones with backoff inside a restart
+//! limit, escalates past it, and stops children gracefully on shutdown.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tracing::{error, info, warn};
+
+use crate::actors::consumer::{ConsumerActor, ConsumerArgs, ConsumerMsg};
+use crate::config::RestartPolicy;
+use crate::connection::Backend;
+use crate::error::{Error, Result};
+use crate::health::{ConsumerState, HealthCell};
+use crate::spec::{ConsumerId, ConsumerSpec};
+use crate::telemetry::ConsumerMetrics;
+
+/// Consumers running anywhere in this process, by server and id: two live consumers with one name
+/// would share one pending list.
+static ACTIVE: LazyLock<Mutex<HashSet<(String, ConsumerId)>>> = LazyLock::new(Default::default);
+
+/// Holds a consumer's place in [`ACTIVE`] until dropped.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    key: (String, ConsumerId),
+}
+
+impl Claim {
+    pub(crate) fn take(server: &str, id: &ConsumerId) -> Result<Claim> {
+        let key = (server.to_owned(), id.clone());
+        let mut active = ACTIVE.lock().unwrap_or_else(|p| p.into_inner());
+        if !active.insert(key.clone()) {
+            return Err(Error::DuplicateConsumer {
+                consumer: id.clone(),
+            });
+        }
+        Ok(Claim { key })
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        ACTIVE
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
+
+/// State shared between the supervisor actor and its [`Supervisor`](crate::Supervisor) handle.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) backend: Arc<Backend>,
+    pub(crate) health: Mutex<BTreeMap<ConsumerId, Arc<HealthCell>>>,
+    pub(crate) failure: Mutex<Option<String>>,
+}
+
+pub(crate) struct SupervisorActor;
+
+pub(crate) struct SupArgs {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) policy: RestartPolicy,
+    pub(crate) initial: Vec<(ConsumerSpec, Claim)>,
+}
+
+#[derive(Debug)]
+pub(crate) enum SupMsg {
+    Add(Box<ConsumerSpec>, RpcReplyPort<Result<()>>),
+    Remove(ConsumerId, RpcReplyPort<Result<()>>),
+    Restart(ConsumerId, u64),
+    Shutdown(RpcReplyPort<()>),
+}
+
+struct Child {
+    spec: ConsumerSpec,
+    health: Arc<HealthCell>,
+    metrics: ConsumerMetrics,
+    actor: Option<ActorRef<ConsumerMsg>>,
+    restarts: VecDeque<Instant>,
+    generation: u64,
+    _claim: Claim,
+}
+
+pub(crate) struct SupState {
+    shared: Arc<Shared>,
+    policy: RestartPolicy,
+    initial: Vec<(ConsumerSpec, Claim)>,
+    children: HashMap<ConsumerId, Child>,
+    by_actor: HashMap<ActorId, ConsumerId>,
+    shutting_down: bool,
+}
+
+impl SupState {
+    fn insert(&mut self, spec: ConsumerSpec, claim: Claim) -> ConsumerId {
+        let id = spec.id.clone();
+        let health = self
+            .shared
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.clone())
+            .or_insert_with(|| Arc::new(HealthCell::new(id.clone())))
+            .clone();
+        health.set_state(ConsumerState::Starting);
+        let metrics = ConsumerMetrics::new(&id);
+        self.children.insert(
+            id.clone(),
+            Child {
+                spec,
+                health,
+                metrics,
+                actor: None,
+                restarts: VecDeque::new(),
+                generation: 0,
+                _claim: claim,
+            },
+        );
+        id
+    }
+
+    async fn spawn_child(
+        &mut self,
+        myself: &ActorRef<SupMsg>,
+        id: &ConsumerId,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        let Some(child) = self.children.get_mut(id) else {
+            return Ok(());
+        };
+        let args = ConsumerArgs {
+            spec: child.spec.clone(),
+            backend: self.shared.backend.clone(),
+            health: child.health.clone(),
+            metrics: child.metrics.clone(),
+        };
+        match Actor::spawn_linked(None, ConsumerActor, args, myself.get_cell()).await {
+            Ok((actor, _join)) => {
+                self.by_actor.insert(actor.get_id(), id.clone());
+                child.actor = Some(actor);
+                Ok(())
+            }
+            // pre_start failures get no supervision event: treat them as a crash here.
+            Err(e) => {
+                self.child_down(myself, id, format!("could not start: {e}"), false)
+                    .await
+            }
+        }
+    }
+
+    /// A child stopped or failed: restart it after a backoff, or give up and escalate.
+    async fn child_down(
+        &mut self,
+        myself: &ActorRef<SupMsg>,
+        id: &ConsumerId,
+        cause: String,
+        fatal: bool,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        if self.shutting_down {
+            return Ok(());
+        }
+        let policy = self.policy.clone();
+        let Some(child) = self.children.get_mut(id) else {
+            return Ok(());
+        };
+        child.actor = None;
+        child.health.set_error(cause.clone());
+        let now = Instant::now();
+        while child
+            .restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > policy.window)
+        {
+            child.restarts.pop_front();
+        }
+        let give_up = if fatal {
+            Some(Error::ConsumerFailed {
+                consumer: id.clone(),
+                cause: cause.clone(),
+            })
+        } else if child.restarts.len() >= policy.max_restarts {
+            Some(Error::RestartLimit {
+                consumer: id.clone(),
+                restarts: child.restarts.len(),
+                window: policy.window,
+                last_error: cause.clone(),
+            })
+        } else {
+            None
+        };
+        if let Some(err) = give_up {
+            child.health.set_state(ConsumerState::Failed);
+            error!(error = %err, "giving up on consumer; escalating");
+            *self
+                .shared
+                .failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(err.to_string());
+            self.stop_all().await;
+            return Err(Box::new(err));
+        }
+        child.restarts.push_back(now);
+        child.generation += 1;
+        let delay = policy.backoff(u32::try_from(child.restarts.len() - 1).unwrap_or(u32::MAX));
+        child.health.set_state(ConsumerState::BackingOff);
+        child.health.set_restarts(child.restarts.len());
+        HealthCell::add(&child.health.restarts_total, 1);
+        child.metrics.restarts.increment(1);
+        warn!(consumer = %id, %cause, restart_in = ?delay, restarts_in_window = child.restarts.len(), "consumer failed; restarting");
+        let (id, generation) = (id.clone(), child.generation);
+        myself.send_after(delay, move || SupMsg::Restart(id, generation));
+        Ok(())
+    }
+
+    /// Stops every child gracefully and waits; kills those that do not stop in time.
+    async fn stop_all(&mut self) {
+        self.shutting_down = true;
+        let stops = self.children.values_mut().filter_map(|child| {
+            let actor = child.actor.take()?;
+            let deadline = child.spec.options.shutdown_timeout
+                + child.spec.options.block
+                + Duration::from_secs(2);
+            let health = child.health.clone();
+            Some(async move {
+                if actor
+                    .stop_and_wait(Some("supervisor shutdown".to_owned()), Some(deadline))
+                    .await
+                    .is_err()
+                {
+                    let _ = actor.kill_and_wait(Some(Duration::from_secs(1))).await;
+                }
+                if health.state() != ConsumerState::Failed {
+                    health.set_state(ConsumerState::Stopped);
+                }
+            })
+        });
+        futures::future::join_all(stops.collect::<Vec<_>>()).await;
+        for child in self.children.values() {
+            if !matches!(child.health.state(), ConsumerState::Failed) {
+                child.health.set_state(ConsumerState::Stopped);
+            }
+        }
+    }
+}
+
+impl Actor for SupervisorActor {
+    type Msg = SupMsg;
+    type State = SupState;
+    type Arguments = SupArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SupMsg>,
+        args: SupArgs,
+    ) -> std::result::Result<SupState, ActorProcessingErr> {
+        Ok(SupState {
+            shared: args.shared,
+            policy: args.policy,
+            initial: args.initial,
+            children: HashMap::new(),
+            by_actor: HashMap::new(),
+            shutting_down: false,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<SupMsg>,
+        state: &mut SupState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        for (spec, claim) in std::mem::take(&mut state.initial) {
+            let id = state.insert(spec, claim);
+            state.spawn_child(&myself, &id).await?;
+        }
+        info!(
+            consumers = state.children.len(),
+            server = state.shared.backend.server(),
+            "millrace supervisor started"
+        );
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupMsg>,
+        msg: SupMsg,
+        state: &mut SupState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        match msg {
+            SupMsg::Add(spec, reply) => {
+                let result = match spec
+                    .validate()
+                    .and_then(|()| Claim::take(state.shared.backend.server(), &spec.id))
+                {
+                    Ok(claim) if !state.shutting_down => {
+                        let id = state.insert(*spec, claim);
+                        state.spawn_child(&myself, &id).await?;
+                        Ok(())
+                    }
+                    Ok(_) => Err(Error::Supervisor("shutting down".to_owned())),
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result);
+            }
+            SupMsg::Remove(id, reply) => {
+                let result = match state.children.remove(&id) {
+                    None => Err(Error::UnknownConsumer { consumer: id }),
+                    Some(mut child) => {
+                        if let Some(actor) = child.actor.take() {
+                            state.by_actor.remove(&actor.get_id());
+                            let deadline = child.spec.options.shutdown_timeout
+                                + child.spec.options.block
+                                + Duration::from_secs(2);
+                            if actor
+                                .stop_and_wait(Some("removed".to_owned()), Some(deadline))
+                                .await
+                                .is_err()
+                            {
+                                let _ = actor.kill_and_wait(Some(Duration::from_secs(1))).await;
+                            }
+                        }
+                        child.health.set_state(ConsumerState::Stopped);
+                        state
+                            .shared
+                            .health
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&id);
+                        info!(consumer = %id, "consumer removed");
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            SupMsg::Restart(id, generation) => {
+                let due = state
+                    .children
+                    .get(&id)
+                    .is_some_and(|c| c.actor.is_none() && c.generation == generation);
+                if due && !state.shutting_down {
+                    info!(consumer = %id, "restarting consumer");
+                    state.spawn_child(&myself, &id).await?;
+                }
+            }
+            SupMsg::Shutdown(reply) => {
+                state.stop_all().await;
+                let _ = reply.send(());
+                myself.stop(Some("shutdown".to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupMsg>,
+        evt: SupervisionEvent,
+        state: &mut SupState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        match evt {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                // Unknown ids are stale events of earlier incarnations.
+                let Some(id) = state.by_actor.remove(&cell.get_id()) else {
+                    return Ok(());
+                };
+                let fatal = err
+                    .downcast_ref::<Error>()
+                    .is_some_and(|e| e.is_fatal() || matches!(e, Error::GroupLost { .. }));
+                state.child_down(&myself, &id, err.to_string(), fatal).await
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                let Some(id) = state.by_actor.remove(&cell.get_id()) else {
+                    return Ok(());
+                };
+                let cause = reason.unwrap_or_else(|| "terminated".to_owned());
+                state
+                    .child_down(
+                        &myself,
+                        &id,
+                        format!("stopped unexpectedly: {cause}"),
+                        false,
+                    )
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SupMsg>,
+        state: &mut SupState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        if !state.shutting_down {
+            state.stop_all().await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,434 @@
+//! Typed consumer and supervisor settings: defaults, serde with humantime durations, validation.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::entry::EntryId;
+use crate::error::{Error, Result};
+use crate::spec::ConsumerId;
+
+/// Where a newly created consumer group starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartId {
+    /// Only entries added after the group is created (`$`).
+    #[default]
+    New,
+    /// Every entry in the stream (`0`).
+    Beginning,
+    /// Entries after this id.
+    After(EntryId),
+}
+
+impl StartId {
+    pub(crate) fn as_arg(&self) -> String {
+        match self {
+            StartId::New => "$".to_owned(),
+            StartId::Beginning => "0".to_owned(),
+            StartId::After(id) => id.to_string(),
+        }
+    }
+}
+
+impl std::str::FromStr for StartId {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim() {
+            "$" | "new" => Ok(StartId::New),
+            "0" | "0-0" | "beginning" => Ok(StartId::Beginning),
+            other => {
+                other
+                    .parse()
+                    .map(StartId::After)
+                    .map_err(|e: crate::entry::ParseEntryIdError| {
+                        format!("{e}; or use `$` (new entries) or `0` (the whole stream)")
+                    })
+            }
+        }
+    }
+}
+
+impl Serialize for StartId {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.as_arg())
+    }
+}
+
+impl<'de> Deserialize<'de> for StartId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a consumer does when its group or stream key vanishes (NOGROUP or UNBLOCKED: a `DEL`, an
+/// expiry, eviction, a restart without persistence, `XGROUP DESTROY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnGroupLost {
+    /// Log an error, count it, recreate the group reading from the start of whatever the stream
+    /// holds now (`0`: a recreated key only holds unprocessed entries), and go on.
+    #[default]
+    Recreate,
+    /// Fail the consumer without restarting it.
+    Fail,
+}
+
+/// Settings of one consumer. Every field has a default; durations are humantime strings in config
+/// files (`"30s"`, `"1m 30s"`).
+///
+/// ```
+/// use std::time::Duration;
+/// let opts: millrace::ConsumerOptions = toml::from_str(r#"
+///     count = 100
+///     block = "2s"
+///     claim_min_idle = "5m"
+/// "#).unwrap();
+/// assert_eq!(opts.block, Duration::from_secs(2));
+/// assert_eq!(opts.claim_interval, Duration::from_secs(30)); // default
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ConsumerOptions {
+    /// Maximum entries per read (`XREADGROUP COUNT`). Default 10. `0` is refused (Redis reads it as "no limit").
+    pub count: usize,
+    /// How long one read waits for new entries (`BLOCK`). Default 5s; must be between 1ms and 5min.
+    /// It bounds how long a stop can wait for a blocked read when `CLIENT UNBLOCK` is not permitted.
+    #[serde(with = "duration")]
+    pub block: Duration,
+    /// Response timeout of the read connection. Default: `block` + 5s. Must exceed `block`, or every
+    /// blocked read would time out client-side and strand the entries the server then delivers.
+    #[serde(with = "opt_duration")]
+    pub read_timeout: Option<Duration>,
+    /// How often to run `XAUTOCLAIM` for entries other consumers left pending. Default 30s.
+    #[serde(with = "duration")]
+    pub claim_interval: Duration,
+    /// How long an entry must sit idle before it is claimed from another consumer. Default 60s.
+    /// Keep it above your slowest batch: a slower handler gets its entries claimed and handled twice.
+    #[serde(with = "duration")]
+    pub claim_min_idle: Duration,
+    /// Entries claimed per `XAUTOCLAIM` call. Default 100.
+    pub claim_count: usize,
+    /// At most this many `XAUTOCLAIM` calls per claim tick, so one tick's work stays bounded. Default 10.
+    pub claim_calls_per_tick: usize,
+    /// Where a newly created group starts: `"$"` (default, new entries only), `"0"` or an id.
+    pub start_id: StartId,
+    /// Create the group (and the stream) when missing. Default true.
+    pub create_group: bool,
+    /// What to do when the group or key vanishes while running. Default `recreate`.
+    pub on_group_lost: OnGroupLost,
+    /// An entry delivered more often than this is moved to the dead-letter stream instead of being
+    /// handled again. Counted by Redis's own delivery counter. Default 5.
+    pub max_deliveries: u64,
+    /// The dead-letter stream. Default `<stream>:dlq` (which keeps the source's hash tag).
+    pub dead_letter_stream: Option<String>,
+    /// A batch whose handler runs longer than this counts as failed (nothing acked). Default: none.
+    #[serde(with = "opt_duration")]
+    pub handler_timeout: Option<Duration>,
+    /// How long a graceful stop waits for the in-flight batch before abandoning it (its entries
+    /// stay pending and come back). Default 30s.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// Longest wait between reconnect attempts while Redis is unreachable. Default 5s.
+    #[serde(with = "duration")]
+    pub reconnect_backoff_max: Duration,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        ConsumerOptions {
+            count: 10,
+            block: Duration::from_secs(5),
+            read_timeout: None,
+            claim_interval: Duration::from_secs(30),
+            claim_min_idle: Duration::from_secs(60),
+            claim_count: 100,
+            claim_calls_per_tick: 10,
+            start_id: StartId::New,
+            create_group: true,
+            on_group_lost: OnGroupLost::Recreate,
+            max_deliveries: 5,
+            dead_letter_stream: None,
+            handler_timeout: None,
+            shutdown_timeout: Duration::from_secs(30),
+            reconnect_backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Margin added to `block` for the default read timeout: servers can answer a BLOCK late under load.
+const READ_TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
+
+impl ConsumerOptions {
+    /// The read connection's response timeout in effect.
+    pub fn effective_read_timeout(&self) -> Duration {
+        self.read_timeout
+            .unwrap_or(self.block + READ_TIMEOUT_MARGIN)
+    }
+
+    /// Checks every value; the error names the field and what is accepted.
+    pub fn validate(&self, consumer: Option<&ConsumerId>) -> Result<()> {
+        let err = |field: &str, reason: &str| Err(Error::config(consumer, field, reason));
+        if self.count == 0 {
+            return err(
+                "count",
+                "must be at least 1 (Redis reads COUNT 0 as \"no limit\")",
+            );
+        }
+        if self.count > 100_000 {
+            return err("count", "must be at most 100000");
+        }
+        if self.block < Duration::from_millis(1) {
+            return err(
+                "block",
+                "must be at least 1ms (BLOCK 0 waits forever and makes a stop hang)",
+            );
+        }
+        if self.block > Duration::from_secs(300) {
+            return err("block", "must be at most 5m");
+        }
+        if let Some(rt) = self.read_timeout {
+            if rt <= self.block {
+                return err(
+                    "read_timeout",
+                    "must be greater than `block` (a read that times out client-side strands the entries the server delivers afterwards); leave it unset for `block` + 5s",
+                );
+            }
+        }
+        if self.claim_interval < Duration::from_millis(1) {
+            return err("claim_interval", "must be at least 1ms");
+        }
+        if self.claim_min_idle < Duration::from_millis(1) {
+            return err("claim_min_idle", "must be at least 1ms");
+        }
+        if self.claim_count == 0 {
+            return err("claim_count", "must be at least 1");
+        }
+        if self.claim_calls_per_tick == 0 {
+            return err("claim_calls_per_tick", "must be at least 1");
+        }
+        if self.max_deliveries == 0 {
+            return err("max_deliveries", "must be at least 1");
+        }
+        if let Some(dlq) = &self.dead_letter_stream {
+            if dlq.is_empty() {
+                return err("dead_letter_stream", "must not be empty");
+            }
+        }
+        if let Some(t) = self.handler_timeout {
+            if t.is_zero() {
+                return err(
+                    "handler_timeout",
+                    "must be greater than 0 (leave it unset for no timeout)",
+                );
+            }
+        }
+        if self.reconnect_backoff_max < Duration::from_millis(10) {
+            return err("reconnect_backoff_max", "must be at least 10ms");
+        }
+        Ok(())
+    }
+}
+
+/// How the supervisor restarts failed consumers: exponential backoff with jitter, and a limit of
+/// `max_restarts` within `window`, past which it gives up and escalates.
+///
+/// ```
+/// let policy = millrace::RestartPolicy::default();
+/// assert_eq!(policy.max_restarts, 5);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RestartPolicy {
+    /// Restarts allowed within `window`. Default 5.
+    pub max_restarts: usize,
+    /// The sliding window restarts are counted in. Default 60s.
+    #[serde(with = "duration")]
+    pub window: Duration,
+    /// First backoff delay. Default 100ms.
+    #[serde(with = "duration")]
+    pub backoff_initial: Duration,
+    /// Largest backoff delay. Default 10s.
+    #[serde(with = "duration")]
+    pub backoff_max: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            max_restarts: 5,
+            window: Duration::from_secs(60),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// Checks every value; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        if self.window.is_zero() {
+            return Err(Error::config(
+                None,
+                "restart.window",
+                "must be greater than 0",
+            ));
+        }
+        if self.backoff_initial.is_zero() {
+            return Err(Error::config(
+                None,
+                "restart.backoff_initial",
+                "must be greater than 0",
+            ));
+        }
+        if self.backoff_max < self.backoff_initial {
+            return Err(Error::config(
+                None,
+                "restart.backoff_max",
+                "must not be below `backoff_initial`",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The delay before restart number `attempt` (0-based): `initial * 2^attempt`, capped, with up
+    /// to 25% jitter subtracted so restarts of many consumers spread out.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        backoff_with_jitter(self.backoff_initial, self.backoff_max, attempt)
+    }
+}
+
+/// Capped exponential backoff with jitter.
+pub(crate) fn backoff_with_jitter(initial: Duration, max: Duration, attempt: u32) -> Duration {
+    let exp = initial.saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX));
+    let capped = exp.min(max);
+    let jitter = rand::random::<f64>() * 0.25;
+    capped.mul_f64(1.0 - jitter)
+}
+
+/// Parses a humantime duration, refusing forms that are easy to get wrong.
+pub(crate) fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err("is empty; write a duration such as \"5s\" or \"250ms\"".into());
+    }
+    if t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(format!(
+            "`{t}` has no unit; write e.g. \"{t}s\" or \"{t}ms\""
+        ));
+    }
+    humantime::parse_duration(t).map_err(|e| {
+        format!("`{t}` is not a duration ({e}); write e.g. \"5s\", \"1m 30s\", \"250ms\"")
+    })
+}
+
+mod duration {
+    use super::*;
+
+    pub(super) fn serialize<S: Serializer>(
+        d: &Duration,
+        s: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_duration {
+    use super::*;
+
+    pub(super) fn serialize<S: Serializer>(
+        d: &Option<Duration>,
+        s: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<Option<Duration>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_elixir_consumer() {
+        let o = ConsumerOptions::default();
+        assert_eq!(o.count, 10);
+        assert_eq!(o.block, Duration::from_secs(5));
+        assert_eq!(o.claim_interval, Duration::from_secs(30));
+        assert_eq!(o.claim_min_idle, Duration::from_secs(60));
+        assert!(o.validate(None).is_ok());
+        assert!(o.effective_read_timeout() > o.block);
+    }
+
+    #[test]
+    fn bad_durations_are_refused_with_the_field_name() {
+        for bad in [
+            "5",
+            "-1s",
+            "1e9y",
+            "",
+            "5 parsecs",
+            "999999999999999999999s",
+            "1s garbage",
+        ] {
+            let text = format!("block = \"{bad}\"");
+            let err = toml::from_str::<ConsumerOptions>(&text)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("block"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<ConsumerOptions>("cont = 5")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cont"), "{err}");
+    }
+
+    #[test]
+    fn config_round_trips_through_serde() {
+        let o = ConsumerOptions {
+            read_timeout: Some(Duration::from_millis(7500)),
+            ..Default::default()
+        };
+        let text = toml::to_string(&o).unwrap();
+        assert_eq!(toml::from_str::<ConsumerOptions>(&text).unwrap(), o);
+    }
+
+    #[test]
+    fn backoff_is_monotonic_in_its_cap_and_capped() {
+        let p = RestartPolicy::default();
+        for attempt in 0..40 {
+            let d = p.backoff(attempt);
+            assert!(d <= p.backoff_max, "{attempt}: {d:?}");
+            let floor = (p.backoff_initial.saturating_mul(1u32 << attempt.min(20)))
+                .min(p.backoff_max)
+                .mul_f64(0.75);
+            assert!(
+                d >= floor.saturating_sub(Duration::from_nanos(1)),
+                "{attempt}: {d:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Connections: one shared control connection (acks, claims, admin) and one dedicated read
+//! connection per consumer, whose response timeout exceeds its BLOCK.
+//!
+//! Everything that talks to Redis goes through [`Backend`]; a Redis Cluster backend would add a
+//! variant here and hand out cluster connections, and the consumer would not change.
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client};
+
+use crate::error::{Error, Result};
+
+/// Connection settings shared by every consumer of a supervisor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionOptions {
+    /// Timeout of one connection attempt. Default 2s.
+    pub connect_timeout: Duration,
+    /// Response timeout of acks, claims and admin commands. Default 5s.
+    pub command_timeout: Duration,
+}
+
+impl Default for ConnectionOptions {
+    fn default() -> Self {
+        ConnectionOptions {
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ConnectionOptions {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.connect_timeout < Duration::from_millis(10) {
+            return Err(Error::config(
+                None,
+                "connect_timeout",
+                "must be at least 10ms",
+            ));
+        }
+        if self.command_timeout < Duration::from_millis(10) {
+            return Err(Error::config(
+                None,
+                "command_timeout",
+                "must be at least 10ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where consumers connect. Holds a `redis::Client`, whose `Debug` redacts passwords; the URL text
+/// itself is never kept.
+pub(crate) struct Backend {
+    client: Client,
+    options: ConnectionOptions,
+    control: ConnectionManager,
+    /// `host:port/db` without credentials, for logs and the duplicate-consumer check.
+    display: String,
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backend")
+            .field("server", &self.display)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl Backend {
+    /// Opens a client for `url` without connecting yet.
+    pub(crate) fn open(url: &str, options: ConnectionOptions) -> Result<Backend> {
+        let client = Client::open(url).map_err(|e| Error::InvalidUrl {
+            reason: crate::error::redact(&e.to_string()),
+        })?;
+        Backend::from_client(client, options)
+    }
+
+    pub(crate) fn from_client(client: Client, options: ConnectionOptions) -> Result<Backend> {
+        options.validate()?;
+        let info = client.get_connection_info();
+        let display = format!("{}/{}", info.addr(), info.redis_settings().db());
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.command_timeout))
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(2))
+            .set_number_of_retries(3);
+        let control =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|e| {
+                Error::InvalidUrl {
+                    reason: crate::error::redact(&e.to_string()),
+                }
+            })?;
+        Ok(Backend {
+            client,
+            options,
+            control,
+            display,
+        })
+    }
+
+    /// The shared control connection (a cheap clone of one multiplexed, self-reconnecting connection).
+    pub(crate) fn control(&self) -> ConnectionManager {
+        self.control.clone()
+    }
+
+    /// A new, dedicated connection for blocking reads (a new socket, never shared).
+    pub(crate) async fn read_connection(
+        &self,
+        read_timeout: Duration,
+    ) -> redis::RedisResult<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.options.connect_timeout))
+            .set_response_timeout(Some(read_timeout));
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
+    /// The server address without credentials.
+    pub(crate) fn server(&self) -> &str {
+        &self.display
+    }
+}

@@ -1,0 +1,149 @@
+//! Dead letters: the atomic move of an entry to the dead-letter stream, and the entry format.
+//!
+//! A dead-letter entry starts with [`META_FIELDS`] in this order, then the original fields in their
+//! original order:
+//!
+//! | field | value |
+//! |---|---|
+//! | `millrace.source_stream` | the stream the entry came from |
+//! | `millrace.source_id` | its id there |
+//! | `millrace.group` | the consumer group |
+//! | `millrace.consumer` | the consumer that moved it |
+//! | `millrace.deliveries` | Redis's delivery count at the move (empty when unknown) |
+//! | `millrace.reason` | why it was moved |
+//! | `millrace.dead_lettered_at_ms` | when, in Unix milliseconds |
+
+use std::sync::LazyLock;
+
+use redis::aio::ConnectionLike;
+use redis::RedisResult;
+
+use crate::entry::{EntryId, RawEntry};
+
+/// The metadata field names, in the order they lead every dead-letter entry.
+pub const META_FIELDS: [&str; 7] = [
+    "millrace.source_stream",
+    "millrace.source_id",
+    "millrace.group",
+    "millrace.consumer",
+    "millrace.deliveries",
+    "millrace.reason",
+    "millrace.dead_lettered_at_ms",
+];
+
+/// Moves one entry: if it is still pending in the group, XADD it to the dead-letter stream and XACK it,
+/// atomically. Returns 1 when moved, 0 when it was no longer pending (someone acked or moved it).
+/// A failing XADD (for example OOM) raises before the XACK, so the entry stays pending.
+static MOVE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #pending == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+return 1
+",
+    )
+});
+
+/// What to record with a dead letter.
+#[derive(Debug)]
+pub(crate) struct DeadLetterInfo<'a> {
+    pub(crate) stream: &'a str,
+    pub(crate) dlq: &'a str,
+    pub(crate) group: &'a str,
+    pub(crate) consumer: &'a str,
+    pub(crate) deliveries: Option<u64>,
+    pub(crate) reason: &'a str,
+}
+
+/// Moves `entry` to the dead-letter stream (see the module docs for the format).
+pub(crate) async fn move_entry<C: ConnectionLike + Send>(
+    conn: &mut C,
+    info: &DeadLetterInfo<'_>,
+    entry: &RawEntry,
+) -> RedisResult<bool> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    let id = entry.id.to_string();
+    let mut inv = MOVE_SCRIPT.key(info.stream);
+    inv.key(info.dlq).arg(info.group).arg(&id);
+    let meta: [String; 7] = [
+        info.stream.to_owned(),
+        id.clone(),
+        info.group.to_owned(),
+        info.consumer.to_owned(),
+        info.deliveries.map(|d| d.to_string()).unwrap_or_default(),
+        info.reason.to_owned(),
+        now_ms.to_string(),
+    ];
+    for (name, value) in META_FIELDS.iter().zip(meta.iter()) {
+        inv.arg(*name).arg(value);
+    }
+    for (k, v) in &entry.fields {
+        inv.arg(k.as_slice()).arg(v.as_slice());
+    }
+    let moved: i64 = inv.invoke_async(conn).await?;
+    Ok(moved == 1)
+}
+
+/// Moves a pending entry that is not available as fields (malformed) by id only.
+pub(crate) async fn move_id<C: ConnectionLike + Send>(
+    conn: &mut C,
+    info: &DeadLetterInfo<'_>,
+    id: EntryId,
+) -> RedisResult<bool> {
+    move_entry(conn, info, &RawEntry::new(id, Vec::new())).await
+}
+
+/// A dead-letter entry read back from the dead-letter stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Its id in the dead-letter stream.
+    pub id: EntryId,
+    /// The stream it came from.
+    pub source_stream: String,
+    /// Its id in the source stream.
+    pub source_id: Option<EntryId>,
+    /// The consumer group it failed in.
+    pub group: String,
+    /// The consumer that moved it.
+    pub consumer: String,
+    /// Delivery count at the move, when known.
+    pub deliveries: Option<u64>,
+    /// Why it was moved.
+    pub reason: String,
+    /// When it was moved (Unix milliseconds).
+    pub dead_lettered_at_ms: Option<u64>,
+    /// The original fields, in order.
+    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl DeadLetter {
+    /// Reads a dead-letter entry; `None` when the entry does not start with the metadata fields.
+    pub fn parse(entry: &RawEntry) -> Option<DeadLetter> {
+        if entry.fields.len() < META_FIELDS.len()
+            || entry
+                .fields
+                .iter()
+                .zip(META_FIELDS.iter())
+                .any(|((k, _), name)| k.as_slice() != name.as_bytes())
+        {
+            return None;
+        }
+        let text = |i: usize| String::from_utf8_lossy(&entry.fields[i].1).into_owned();
+        Some(DeadLetter {
+            id: entry.id,
+            source_stream: text(0),
+            source_id: text(1).parse().ok(),
+            group: text(2),
+            consumer: text(3),
+            deliveries: text(4).parse().ok(),
+            reason: text(5),
+            dead_lettered_at_ms: text(6).parse().ok(),
+            fields: entry.fields[META_FIELDS.len()..].to_vec(),
+        })
+    }
+}

@@ -1,0 +1,333 @@
+//! The `Handler` trait users implement, its three results, closure and per-entry adapters, and the
+//! type-erased runner that decodes entries and calls a handler safely.
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use crate::decode::{Decode, DecodeError};
+use crate::entry::{Batch, BatchMeta, Entry, EntryId, RawEntry, Source};
+
+/// Why a handler failed a batch or an entry. Built from any error type with `?` or `.into()`, or from
+/// text with [`HandlerError::msg`].
+pub struct HandlerError {
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl HandlerError {
+    /// An error from a message.
+    pub fn msg(message: impl fmt::Display) -> Self {
+        HandlerError {
+            message: message.to_string(),
+            source: None,
+        }
+    }
+
+    /// The underlying error, if one was given.
+    pub fn source(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.source.as_deref()
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
+    fn from(e: E) -> Self {
+        HandlerError {
+            message: e.to_string(),
+            source: Some(Box::new(e)),
+        }
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerError")
+            .field("message", &self.message)
+            .finish()
+    }
+}
+
+/// What a handler returns for a batch, and so what millrace acknowledges.
+///
+/// | result | acknowledged (`XACK`) | the rest |
+/// |---|---|---|
+/// | `Ok` | every entry of the batch | — |
+/// | `Partial(ids)` | exactly `ids` | stay pending, come back (own replay or `XAUTOCLAIM`) |
+/// | `Err(reason)` | nothing | stay pending, come back |
+///
+/// An id in `Partial` that is not in the batch is never acknowledged: the batch is then treated as
+/// failed (nothing acked) and a warning names the foreign id.
+#[must_use = "the result decides which entries are acknowledged"]
+#[derive(Debug)]
+pub enum HandlerResult {
+    /// Every entry was handled.
+    Ok,
+    /// Only these entries were handled.
+    Partial(Vec<EntryId>),
+    /// Nothing was handled.
+    Err(HandlerError),
+}
+
+impl HandlerResult {
+    /// `Err` with a reason.
+    pub fn err(reason: impl fmt::Display) -> Self {
+        HandlerResult::Err(HandlerError::msg(reason))
+    }
+}
+
+impl<E: Into<HandlerError>> From<Result<(), E>> for HandlerResult {
+    fn from(r: Result<(), E>) -> Self {
+        match r {
+            Ok(()) => HandlerResult::Ok,
+            Err(e) => HandlerResult::Err(e.into()),
+        }
+    }
+}
+
+/// Handles batches of messages of type `M`.
+///
+/// Implement it with an `async fn`; or pass an async closure `|batch: Batch<M>| async { .. }`, which is a
+/// handler through a blanket impl; or wrap a per-entry function with [`for_each_entry`].
+///
+/// ```
+/// use millrace::{Batch, Handler, HandlerResult};
+///
+/// #[derive(serde::Deserialize)]
+/// struct Order { order_id: u64, quantity: u32 }
+///
+/// struct Orders;
+///
+/// impl Handler<Order> for Orders {
+///     async fn handle(&self, batch: Batch<Order>) -> HandlerResult {
+///         for entry in &batch {
+///             let _ = (entry.id, entry.message.order_id, entry.message.quantity);
+///         }
+///         HandlerResult::Ok
+///     }
+/// }
+/// ```
+///
+/// A panic inside `handle` is caught: nothing of the batch is acknowledged and the consumer is
+/// restarted by its supervisor, so the batch is handled again.
+pub trait Handler<M>: Send + Sync + 'static {
+    /// Handles one batch. Entries not acknowledged by the result stay pending and come back.
+    fn handle(&self, batch: Batch<M>) -> impl Future<Output = HandlerResult> + Send;
+}
+
+impl<M, F, Fut> Handler<M> for F
+where
+    M: Send + 'static,
+    F: Fn(Batch<M>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HandlerResult> + Send,
+{
+    fn handle(&self, batch: Batch<M>) -> impl Future<Output = HandlerResult> + Send {
+        self(batch)
+    }
+}
+
+/// A batch handler built from a function of one entry; see [`for_each_entry`].
+pub struct EachEntry<F> {
+    f: F,
+}
+
+impl<F> fmt::Debug for EachEntry<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EachEntry")
+    }
+}
+
+/// Turns a per-entry function into a batch handler that builds `Partial` itself: entries whose
+/// function returned `Ok` are acknowledged, the others stay pending. Entries run one after another.
+///
+/// ```
+/// use millrace::{for_each_entry, ConsumerSpec, Entry, HandlerError};
+///
+/// #[derive(serde::Deserialize)]
+/// struct Event { user_id: u64 }
+///
+/// let spec = ConsumerSpec::new("events", "g", "c").handler(for_each_entry(|entry: Entry<Event>| async move {
+///     if entry.message.user_id == 0 {
+///         return Err(HandlerError::msg("user 0 is not allowed"));
+///     }
+///     Ok(())
+/// }));
+/// # let _ = spec;
+/// ```
+pub fn for_each_entry<F>(f: F) -> EachEntry<F> {
+    EachEntry { f }
+}
+
+impl<M, F, Fut, E> Handler<M> for EachEntry<F>
+where
+    M: Send + 'static,
+    F: Fn(Entry<M>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send,
+    E: Into<HandlerError> + Send,
+{
+    async fn handle(&self, batch: Batch<M>) -> HandlerResult {
+        {
+            let total = batch.entries.len();
+            let mut done = Vec::with_capacity(total);
+            let mut first_error: Option<HandlerError> = None;
+            for entry in batch.entries {
+                let id = entry.id;
+                match (self.f)(entry).await {
+                    Ok(()) => done.push(id),
+                    Err(e) => {
+                        let e: HandlerError = e.into();
+                        tracing::debug!(entry_id = %id, error = %e, "entry failed");
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            match first_error {
+                None => HandlerResult::Ok,
+                Some(e) if done.is_empty() => HandlerResult::Err(e),
+                Some(_) => HandlerResult::Partial(done),
+            }
+        }
+    }
+}
+
+/// How a handler call ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// No entry was decodable, so the handler was not called.
+    NotRun,
+    /// The handler returned.
+    Returned(HandlerResult),
+    /// The handler panicked.
+    Panicked(String),
+    /// The handler ran past `handler_timeout`.
+    TimedOut(Duration),
+}
+
+/// What running one batch produced.
+#[derive(Debug)]
+pub(crate) struct RunReport {
+    /// Ids handed to the handler, in order.
+    pub(crate) handed: Vec<EntryId>,
+    /// Entries that could not be decoded, with their delivery count and the reason.
+    pub(crate) undecodable: Vec<(RawEntry, Option<u64>, DecodeError)>,
+    pub(crate) outcome: Outcome,
+}
+
+/// One raw entry with its delivery count, ready to decode.
+pub(crate) type RawItem = (RawEntry, Option<u64>);
+
+/// A handler with its message type erased, so one supervisor runs consumers of many types.
+pub(crate) trait BatchRunner: Send + Sync + 'static {
+    fn type_name(&self) -> &'static str;
+    fn run(
+        &self,
+        meta: BatchMeta,
+        source: Source,
+        items: Vec<RawItem>,
+        timeout: Option<Duration>,
+    ) -> BoxFuture<'_, RunReport>;
+}
+
+pub(crate) struct TypedRunner<M, H> {
+    handler: H,
+    _m: PhantomData<fn() -> M>,
+}
+
+impl<M, H> TypedRunner<M, H> {
+    pub(crate) fn new(handler: H) -> Self {
+        TypedRunner {
+            handler,
+            _m: PhantomData,
+        }
+    }
+}
+
+impl<M: Decode, H: Handler<M>> BatchRunner for TypedRunner<M, H> {
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<H>()
+    }
+
+    fn run(
+        &self,
+        meta: BatchMeta,
+        source: Source,
+        items: Vec<RawItem>,
+        timeout: Option<Duration>,
+    ) -> BoxFuture<'_, RunReport> {
+        let mut entries = Vec::with_capacity(items.len());
+        let mut handed = Vec::with_capacity(items.len());
+        let mut undecodable = Vec::new();
+        for (raw, deliveries) in items {
+            let id = raw.id;
+            match M::decode(raw) {
+                Ok(message) => {
+                    handed.push(id);
+                    entries.push(Entry {
+                        id,
+                        deliveries,
+                        message,
+                    });
+                }
+                Err((raw, err)) => undecodable.push((raw, deliveries, err)),
+            }
+        }
+        async move {
+            if entries.is_empty() {
+                return RunReport {
+                    handed,
+                    undecodable,
+                    outcome: Outcome::NotRun,
+                };
+            }
+            let batch = Batch {
+                meta,
+                source,
+                entries,
+            };
+            let call = AssertUnwindSafe(self.handler.handle(batch)).catch_unwind();
+            let result = match timeout {
+                Some(limit) => match tokio::time::timeout(limit, call).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return RunReport {
+                            handed,
+                            undecodable,
+                            outcome: Outcome::TimedOut(limit),
+                        }
+                    }
+                },
+                None => call.await,
+            };
+            let outcome = match result {
+                Ok(r) => Outcome::Returned(r),
+                Err(payload) => Outcome::Panicked(panic_message(payload.as_ref())),
+            };
+            RunReport {
+                handed,
+                undecodable,
+                outcome,
+            }
+        }
+        .boxed()
+    }
+}
+
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-text payload".to_owned()
+    }
+}

@@ -1,0 +1,206 @@
+//! Health of supervised consumers: state, last successful read, restarts, last error and counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use crate::spec::ConsumerId;
+
+/// Where a consumer is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConsumerState {
+    /// Connecting, creating the group, replaying its own pending entries.
+    Starting,
+    /// Reading and handling entries.
+    Running,
+    /// Redis is unreachable or failing; retrying with backoff.
+    Reconnecting,
+    /// Crashed; the supervisor restarts it after a backoff.
+    BackingOff,
+    /// Stopping gracefully.
+    Stopping,
+    /// Stopped on request.
+    Stopped,
+    /// Given up on (restart limit or an error restarting cannot fix).
+    Failed,
+}
+
+impl std::fmt::Display for ConsumerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConsumerState::Starting => "starting",
+            ConsumerState::Running => "running",
+            ConsumerState::Reconnecting => "reconnecting",
+            ConsumerState::BackingOff => "backing off",
+            ConsumerState::Stopping => "stopping",
+            ConsumerState::Stopped => "stopped",
+            ConsumerState::Failed => "failed",
+        })
+    }
+}
+
+/// Counters of one consumer since it was added (they survive restarts).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerCounters {
+    /// Entries read (new, replayed and claimed), tombstones excluded.
+    pub received: u64,
+    /// Entries acknowledged after handling.
+    pub acked: u64,
+    /// Entries of failed batches (Err, panic, timeout, foreign ids) left pending.
+    pub failed: u64,
+    /// Entries moved to the dead-letter stream.
+    pub dead_lettered: u64,
+    /// Entries claimed from other consumers.
+    pub claimed: u64,
+    /// Pending entries found deleted or trimmed, removed from the pending list.
+    pub deleted_while_pending: u64,
+    /// Entries delivered again after an earlier delivery (replays and claims of entries delivered before).
+    pub redelivered: u64,
+    /// Times the group or key vanished and was recreated.
+    pub group_recreated: u64,
+    /// Reconnects after transient errors.
+    pub reconnects: u64,
+}
+
+/// A snapshot of one consumer's health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerHealth {
+    /// Which consumer.
+    pub id: ConsumerId,
+    /// Its state.
+    pub state: ConsumerState,
+    /// When it last read from Redis successfully.
+    pub last_read: Option<SystemTime>,
+    /// Restarts within the current restart window.
+    pub restarts_in_window: usize,
+    /// Restarts since it was added.
+    pub restarts_total: u64,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+    /// Counters.
+    pub counters: ConsumerCounters,
+}
+
+impl ConsumerHealth {
+    /// True when the consumer is reading.
+    pub fn is_running(&self) -> bool {
+        self.state == ConsumerState::Running
+    }
+}
+
+#[derive(Debug)]
+struct Slow {
+    state: ConsumerState,
+    last_read: Option<SystemTime>,
+    restarts_in_window: usize,
+    last_error: Option<String>,
+}
+
+/// Shared, cheap-to-update health record of one consumer.
+#[derive(Debug)]
+pub(crate) struct HealthCell {
+    id: ConsumerId,
+    slow: Mutex<Slow>,
+    pub(crate) received: AtomicU64,
+    pub(crate) acked: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) claimed: AtomicU64,
+    pub(crate) deleted_while_pending: AtomicU64,
+    pub(crate) redelivered: AtomicU64,
+    pub(crate) group_recreated: AtomicU64,
+    pub(crate) reconnects: AtomicU64,
+    pub(crate) restarts_total: AtomicU64,
+}
+
+impl HealthCell {
+    pub(crate) fn new(id: ConsumerId) -> Self {
+        HealthCell {
+            id,
+            slow: Mutex::new(Slow {
+                state: ConsumerState::Starting,
+                last_read: None,
+                restarts_in_window: 0,
+                last_error: None,
+            }),
+            received: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            claimed: AtomicU64::new(0),
+            deleted_while_pending: AtomicU64::new(0),
+            redelivered: AtomicU64::new(0),
+            group_recreated: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            restarts_total: AtomicU64::new(0),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Slow) -> R) -> R {
+        let mut guard = self.slow.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    pub(crate) fn set_state(&self, state: ConsumerState) {
+        self.with(|s| s.state = state);
+    }
+
+    pub(crate) fn state(&self) -> ConsumerState {
+        self.with(|s| s.state)
+    }
+
+    pub(crate) fn read_ok(&self) {
+        self.with(|s| {
+            s.last_read = Some(SystemTime::now());
+            if s.state != ConsumerState::Stopping {
+                s.state = ConsumerState::Running;
+            }
+        });
+    }
+
+    pub(crate) fn set_error(&self, error: String) {
+        self.with(|s| s.last_error = Some(error));
+    }
+
+    pub(crate) fn set_restarts(&self, in_window: usize) {
+        self.with(|s| s.restarts_in_window = in_window);
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> ConsumerHealth {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (state, last_read, restarts_in_window, last_error) = self.with(|s| {
+            (
+                s.state,
+                s.last_read,
+                s.restarts_in_window,
+                s.last_error.clone(),
+            )
+        });
+        ConsumerHealth {
+            id: self.id.clone(),
+            state,
+            last_read,
+            restarts_in_window,
+            restarts_total: get(&self.restarts_total),
+            last_error,
+            counters: ConsumerCounters {
+                received: get(&self.received),
+                acked: get(&self.acked),
+                failed: get(&self.failed),
+                dead_lettered: get(&self.dead_lettered),
+                claimed: get(&self.claimed),
+                deleted_while_pending: get(&self.deleted_while_pending),
+                redelivered: get(&self.redelivered),
+                group_recreated: get(&self.group_recreated),
+                reconnects: get(&self.reconnects),
+            },
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! # millrace
+//!
+//! Supervised, self-healing workers over Redis Streams consumer groups.
+//!
+//! You write a [`Handler`]; millrace runs one supervised consumer per (stream, group, consumer):
+//! it creates the group, replays the consumer's own pending entries after every (re)start, reads new
+//! entries with `XREADGROUP`, acknowledges what the handler says, claims entries other consumers left
+//! idle with `XAUTOCLAIM`, moves poison and undecodable entries to a dead-letter stream, reconnects
+//! after Redis faults, and restarts crashed consumers with backoff up to a limit.
+//!
+//! ```no_run
+//! use millrace::{Batch, ConsumerSpec, Handler, HandlerResult, Supervisor};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Order { order_id: u64, quantity: u32 }
+//!
+//! struct Orders;
+//!
+//! impl Handler<Order> for Orders {
+//!     async fn handle(&self, batch: Batch<Order>) -> HandlerResult {
+//!         for entry in &batch {
+//!             println!("order {} x{}", entry.message.order_id, entry.message.quantity);
+//!         }
+//!         HandlerResult::Ok
+//!     }
+//! }
+//!
+//! # async fn run() -> millrace::Result<()> {
+//! let app = Supervisor::builder()
+//!     .redis("redis://127.0.0.1:6379")
+//!     .consumer(ConsumerSpec::new("orders", "processors", "proc-1").handler(Orders))
+//!     .start()
+//!     .await?;
+//! tokio::signal::ctrl_c().await.ok();
+//! app.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Delivery is at-least-once: handlers must be idempotent. See `docs/semantics.md`.
+//!
+//! ## Cargo features
+//! - `tls`: `rediss://` URLs through rustls (ring provider, Mozilla roots); call
+//!   [`install_tls_provider`] once or enable a rustls provider yourself.
+//!
+//! Do not enable ractor's `async-trait` or `cluster` features in the same binary: cargo unifies
+//! features, and either one changes ractor's traits under millrace.
+
+mod actors;
+mod config;
+mod connection;
+pub mod dead_letter;
+pub mod decode;
+mod entry;
+mod error;
+mod handler;
+mod health;
+mod spec;
+pub mod streams;
+mod supervisor;
+mod telemetry;
+mod worker;
+
+pub use config::{ConsumerOptions, OnGroupLost, RestartPolicy, StartId};
+pub use connection::ConnectionOptions;
+pub use decode::{Decode, DecodeError};
+pub use entry::{Batch, BatchMeta, Entry, EntryId, ParseEntryIdError, RawEntry, Source};
+pub use error::{Error, Result};
+pub use handler::{for_each_entry, EachEntry, Handler, HandlerError, HandlerResult};
+pub use health::{ConsumerCounters, ConsumerHealth, ConsumerState};
+pub use spec::{ConsumerId, ConsumerSpec};
+pub use supervisor::{Supervisor, SupervisorBuilder};
+
+/// Installs rustls's ring crypto provider as the process default, if none is installed yet, so
+/// `rediss://` connections do not panic. Safe to call more than once.
+#[cfg(feature = "tls")]
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

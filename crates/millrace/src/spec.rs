@@ -1,0 +1,216 @@
+//! What to run: a consumer's identity (stream, group, consumer), its options and its handler.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{ConsumerOptions, OnGroupLost, StartId};
+use crate::decode::Decode;
+use crate::entry::BatchMeta;
+use crate::error::{Error, Result};
+use crate::handler::{BatchRunner, Handler, TypedRunner};
+
+/// Names one consumer: a (stream, group, consumer) triple.
+///
+/// ```
+/// let id = millrace::ConsumerId::new("orders", "processors", "proc-1");
+/// assert_eq!(id.to_string(), "stream `orders`, group `processors`, consumer `proc-1`");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConsumerId {
+    /// Stream key.
+    pub stream: Arc<str>,
+    /// Consumer group name.
+    pub group: Arc<str>,
+    /// Consumer name within the group.
+    pub consumer: Arc<str>,
+}
+
+impl ConsumerId {
+    /// Builds an id.
+    pub fn new(
+        stream: impl Into<String>,
+        group: impl Into<String>,
+        consumer: impl Into<String>,
+    ) -> Self {
+        ConsumerId {
+            stream: Arc::from(stream.into()),
+            group: Arc::from(group.into()),
+            consumer: Arc::from(consumer.into()),
+        }
+    }
+
+    pub(crate) fn meta(&self) -> BatchMeta {
+        BatchMeta {
+            stream: self.stream.clone(),
+            group: self.group.clone(),
+            consumer: self.consumer.clone(),
+        }
+    }
+}
+
+impl fmt::Display for ConsumerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "stream `{}`, group `{}`, consumer `{}`",
+            self.stream, self.group, self.consumer
+        )
+    }
+}
+
+/// Longest stream, group or consumer name accepted, in bytes.
+const MAX_NAME_LEN: usize = 4096;
+
+/// One consumer to supervise: its id, options and handler.
+///
+/// ```
+/// use std::time::Duration;
+/// use millrace::{Batch, ConsumerSpec, HandlerResult, RawEntry};
+///
+/// let spec = ConsumerSpec::new("orders", "processors", "proc-1")
+///     .count(100)
+///     .block(Duration::from_secs(2))
+///     .handler(|batch: Batch<RawEntry>| async move {
+///         println!("{} entries", batch.len());
+///         HandlerResult::Ok
+///     });
+/// assert_eq!(&*spec.id().consumer, "proc-1");
+/// ```
+#[derive(Clone)]
+pub struct ConsumerSpec {
+    pub(crate) id: ConsumerId,
+    pub(crate) options: ConsumerOptions,
+    pub(crate) runner: Option<Arc<dyn BatchRunner>>,
+}
+
+impl fmt::Debug for ConsumerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsumerSpec")
+            .field("id", &self.id)
+            .field("options", &self.options)
+            .field("handler", &self.runner.as_ref().map(|r| r.type_name()))
+            .finish()
+    }
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty => $field:ident $(($wrap:path))?;)*) => {
+        $($(#[$doc])* pub fn $name(mut self, value: $ty) -> Self {
+            self.options.$field = $($wrap)?(value);
+            self
+        })*
+    };
+}
+
+impl ConsumerSpec {
+    /// A consumer of `stream` in `group`, named `consumer`, with default options and no handler yet.
+    pub fn new(
+        stream: impl Into<String>,
+        group: impl Into<String>,
+        consumer: impl Into<String>,
+    ) -> Self {
+        ConsumerSpec {
+            id: ConsumerId::new(stream, group, consumer),
+            options: ConsumerOptions::default(),
+            runner: None,
+        }
+    }
+
+    /// Sets the handler. Its message type `M` is what every entry is decoded into: a
+    /// `serde::Deserialize` type, or [`RawEntry`](crate::RawEntry) for the raw field pairs.
+    pub fn handler<M: Decode, H: Handler<M>>(mut self, handler: H) -> Self {
+        self.runner = Some(Arc::new(TypedRunner::new(handler)));
+        self
+    }
+
+    /// Replaces all options at once (for example from a config file).
+    pub fn options(mut self, options: ConsumerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    setters! {
+        /// Maximum entries per read. See [`ConsumerOptions::count`].
+        count: usize => count;
+        /// How long a read blocks. See [`ConsumerOptions::block`].
+        block: Duration => block;
+        /// Read connection response timeout. See [`ConsumerOptions::read_timeout`].
+        read_timeout: Duration => read_timeout(Some);
+        /// How often to claim idle entries. See [`ConsumerOptions::claim_interval`].
+        claim_interval: Duration => claim_interval;
+        /// Idle time before an entry is claimed. See [`ConsumerOptions::claim_min_idle`].
+        claim_min_idle: Duration => claim_min_idle;
+        /// Entries per XAUTOCLAIM call. See [`ConsumerOptions::claim_count`].
+        claim_count: usize => claim_count;
+        /// Where a new group starts. See [`ConsumerOptions::start_id`].
+        start_id: StartId => start_id;
+        /// Whether to create a missing group. See [`ConsumerOptions::create_group`].
+        create_group: bool => create_group;
+        /// What to do when the group vanishes. See [`ConsumerOptions::on_group_lost`].
+        on_group_lost: OnGroupLost => on_group_lost;
+        /// Deliveries before dead-lettering. See [`ConsumerOptions::max_deliveries`].
+        max_deliveries: u64 => max_deliveries;
+        /// The dead-letter stream. See [`ConsumerOptions::dead_letter_stream`].
+        dead_letter_stream: String => dead_letter_stream(Some);
+        /// Per-batch handler timeout. See [`ConsumerOptions::handler_timeout`].
+        handler_timeout: Duration => handler_timeout(Some);
+        /// Graceful stop deadline. See [`ConsumerOptions::shutdown_timeout`].
+        shutdown_timeout: Duration => shutdown_timeout;
+    }
+
+    /// The consumer's id.
+    pub fn id(&self) -> &ConsumerId {
+        &self.id
+    }
+
+    /// The consumer's options.
+    pub fn current_options(&self) -> &ConsumerOptions {
+        &self.options
+    }
+
+    /// The dead-letter stream in effect.
+    pub fn dead_letter_stream_name(&self) -> String {
+        self.options
+            .dead_letter_stream
+            .clone()
+            .unwrap_or_else(|| format!("{}:dlq", self.id.stream))
+    }
+
+    /// Checks names, options and that a handler is set.
+    pub fn validate(&self) -> Result<()> {
+        let id = &self.id;
+        for (field, value) in [
+            ("stream", &id.stream),
+            ("group", &id.group),
+            ("consumer", &id.consumer),
+        ] {
+            if value.is_empty() {
+                return Err(Error::config(Some(id), field, "must not be empty"));
+            }
+            if value.len() > MAX_NAME_LEN {
+                return Err(Error::config(
+                    Some(id),
+                    field,
+                    format!("must be at most {MAX_NAME_LEN} bytes"),
+                ));
+            }
+        }
+        self.options.validate(Some(id))?;
+        if self.dead_letter_stream_name() == *id.stream {
+            return Err(Error::config(
+                Some(id),
+                "dead_letter_stream",
+                "must differ from the consumed stream",
+            ));
+        }
+        if self.runner.is_none() {
+            return Err(Error::config(
+                Some(id),
+                "handler",
+                "is not set: call `.handler(...)` on the ConsumerSpec",
+            ));
+        }
+        Ok(())
+    }
+}

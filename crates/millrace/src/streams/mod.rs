@@ -1,0 +1,166 @@
+//! Typed wrappers over the stream commands millrace sends (XREADGROUP, XACK, XAUTOCLAIM, XPENDING,
+//! XCLAIM, XGROUP CREATE) and the dead-letter script. Every function is generic over the connection,
+//! so a cluster connection plugs in without touching the consumer.
+
+pub mod reply;
+
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use redis::{Cmd, RedisResult, Value};
+
+use crate::entry::EntryId;
+pub use reply::{AutoClaim, PendingRow, ReadItem};
+
+/// At most this many ids go into one XACK/XCLAIM call.
+const IDS_PER_CALL: usize = 2_000;
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Builds `XREADGROUP GROUP g c COUNT n [BLOCK ms] STREAMS key id`.
+pub fn xreadgroup_cmd(
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    count: usize,
+    block: Option<Duration>,
+    id: &str,
+) -> Cmd {
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count);
+    if let Some(block) = block {
+        cmd.arg("BLOCK").arg(millis(block).max(1));
+    }
+    cmd.arg("STREAMS").arg(stream).arg(id);
+    cmd
+}
+
+/// Runs a read command and parses its reply tolerantly.
+pub async fn read<C: ConnectionLike + Send>(conn: &mut C, cmd: &Cmd) -> RedisResult<Vec<ReadItem>> {
+    let v: Value = cmd.query_async(conn).await?;
+    Ok(reply::parse_read_reply(v))
+}
+
+/// `XACK` in chunks; returns how many entries Redis removed from the pending list. A return of 0
+/// says nothing about health (a missing group also gives 0).
+pub async fn xack<C: ConnectionLike + Send>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+    ids: &[EntryId],
+) -> RedisResult<usize> {
+    let mut acked = 0;
+    for chunk in ids.chunks(IDS_PER_CALL) {
+        let n: usize = redis::cmd("XACK")
+            .arg(stream)
+            .arg(group)
+            .arg(chunk)
+            .query_async(conn)
+            .await?;
+        acked += n;
+    }
+    Ok(acked)
+}
+
+/// `XAUTOCLAIM key group consumer min-idle start COUNT n`.
+pub async fn xautoclaim<C: ConnectionLike + Send>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    min_idle: Duration,
+    start: EntryId,
+    count: usize,
+) -> RedisResult<AutoClaim> {
+    let v: Value = redis::cmd("XAUTOCLAIM")
+        .arg(stream)
+        .arg(group)
+        .arg(consumer)
+        .arg(millis(min_idle))
+        .arg(start)
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    Ok(reply::parse_autoclaim(v))
+}
+
+/// Extended `XPENDING key group [IDLE ms] start end count [consumer]`: ids with their delivery counts.
+#[allow(clippy::too_many_arguments)]
+pub async fn xpending_range<C: ConnectionLike + Send>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+    min_idle: Option<Duration>,
+    start: EntryId,
+    end: EntryId,
+    count: usize,
+    consumer: Option<&str>,
+) -> RedisResult<Vec<PendingRow>> {
+    let mut cmd = redis::cmd("XPENDING");
+    cmd.arg(stream).arg(group);
+    if let Some(idle) = min_idle {
+        cmd.arg("IDLE").arg(millis(idle));
+    }
+    cmd.arg(start).arg(end).arg(count);
+    if let Some(c) = consumer {
+        cmd.arg(c);
+    }
+    let v: Value = cmd.query_async(conn).await?;
+    Ok(reply::parse_pending(v))
+}
+
+/// `XCLAIM key group consumer min-idle ids... IDLE idle JUSTID`: sets the entries' idle time without
+/// bumping their delivery count. `idle = 0` keeps them from being claimed (a heartbeat); a large
+/// `idle` hands them to the next claimer at once (a release).
+pub async fn xclaim_set_idle<C: ConnectionLike + Send>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    ids: &[EntryId],
+    idle: Duration,
+) -> RedisResult<usize> {
+    let mut n = 0;
+    for chunk in ids.chunks(IDS_PER_CALL) {
+        let claimed: Vec<Value> = redis::cmd("XCLAIM")
+            .arg(stream)
+            .arg(group)
+            .arg(consumer)
+            .arg(0)
+            .arg(chunk)
+            .arg("IDLE")
+            .arg(millis(idle))
+            .arg("JUSTID")
+            .query_async(conn)
+            .await?;
+        n += claimed.len();
+    }
+    Ok(n)
+}
+
+/// `XGROUP CREATE key group start [MKSTREAM]`; returns false when the group already existed (BUSYGROUP).
+pub async fn xgroup_create<C: ConnectionLike + Send>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+    start: &str,
+    mkstream: bool,
+) -> RedisResult<bool> {
+    let mut cmd = redis::cmd("XGROUP");
+    cmd.arg("CREATE").arg(stream).arg(group).arg(start);
+    if mkstream {
+        cmd.arg("MKSTREAM");
+    }
+    match cmd.query_async::<Value>(conn).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(false),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,294 @@
+//! The public face of the supervision tree: [`Supervisor::builder`], and the [`Supervisor`] handle to
+//! add and remove consumers, read their health, wait for failure and shut down.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use ractor::{Actor, ActorCell, ActorRef};
+use tokio::sync::watch;
+
+use crate::actors::supervisor::{Claim, Shared, SupArgs, SupMsg, SupervisorActor};
+use crate::config::RestartPolicy;
+use crate::connection::{Backend, ConnectionOptions};
+use crate::error::{Error, Result};
+use crate::health::{ConsumerHealth, ConsumerState};
+use crate::spec::{ConsumerId, ConsumerSpec};
+
+enum RedisSource {
+    Url(String),
+    Client(redis::Client),
+}
+
+/// Builds and starts a [`Supervisor`].
+///
+/// ```no_run
+/// # async fn demo() -> millrace::Result<()> {
+/// use millrace::{Batch, ConsumerSpec, HandlerResult, RawEntry, Supervisor};
+///
+/// let app = Supervisor::builder()
+///     .redis("redis://127.0.0.1:6379")
+///     .consumer(ConsumerSpec::new("orders", "processors", "proc-1").handler(
+///         |batch: Batch<RawEntry>| async move {
+///             for entry in &batch {
+///                 println!("{}: {:?}", entry.id, entry.message.get_str("item"));
+///             }
+///             HandlerResult::Ok
+///         },
+///     ))
+///     .start()
+///     .await?;
+/// app.shutdown().await?;
+/// # Ok(()) }
+/// ```
+pub struct SupervisorBuilder {
+    redis: Option<RedisSource>,
+    connection: ConnectionOptions,
+    restart: RestartPolicy,
+    consumers: Vec<ConsumerSpec>,
+}
+
+impl fmt::Debug for SupervisorBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redis = match &self.redis {
+            None => "unset".to_owned(),
+            Some(RedisSource::Url(_)) => "<url, not shown>".to_owned(),
+            Some(RedisSource::Client(c)) => format!("{:?}", c.get_connection_info().addr()),
+        };
+        f.debug_struct("SupervisorBuilder")
+            .field("redis", &redis)
+            .field("connection", &self.connection)
+            .field("restart", &self.restart)
+            .field("consumers", &self.consumers)
+            .finish()
+    }
+}
+
+impl SupervisorBuilder {
+    /// The Redis URL (`redis://[user:password@]host:port[/db]`, `rediss://` with the `tls` feature,
+    /// `unix:///path`). It is never logged or shown by `Debug`.
+    pub fn redis(mut self, url: impl Into<String>) -> Self {
+        self.redis = Some(RedisSource::Url(url.into()));
+        self
+    }
+
+    /// A ready-made `redis::Client` (for custom TLS certificates, for example).
+    pub fn redis_client(mut self, client: redis::Client) -> Self {
+        self.redis = Some(RedisSource::Client(client));
+        self
+    }
+
+    /// Connection timeouts shared by all consumers.
+    pub fn connection_options(mut self, options: ConnectionOptions) -> Self {
+        self.connection = options;
+        self
+    }
+
+    /// How failed consumers are restarted and when the supervisor gives up.
+    pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
+        self.restart = policy;
+        self
+    }
+
+    /// Adds a consumer to start with the supervisor.
+    pub fn consumer(mut self, spec: ConsumerSpec) -> Self {
+        self.consumers.push(spec);
+        self
+    }
+
+    /// Adds several consumers.
+    pub fn consumers(mut self, specs: impl IntoIterator<Item = ConsumerSpec>) -> Self {
+        self.consumers.extend(specs);
+        self
+    }
+
+    /// Validates everything and starts the supervisor and its consumers. Fails on invalid
+    /// configuration or a duplicate consumer; Redis being down is not an error here (consumers retry).
+    pub async fn start(self) -> Result<Supervisor> {
+        self.start_inner(None).await
+    }
+
+    /// Like [`start`](Self::start), but links the supervisor under your own ractor actor: when millrace
+    /// gives up on a consumer, your actor receives `SupervisionEvent::ActorFailed` with the error.
+    pub async fn start_linked(self, parent: ActorCell) -> Result<Supervisor> {
+        self.start_inner(Some(parent)).await
+    }
+
+    async fn start_inner(self, parent: Option<ActorCell>) -> Result<Supervisor> {
+        self.restart.validate()?;
+        let backend = match self.redis {
+            None => {
+                return Err(Error::config(
+                    None,
+                    "redis",
+                    "is not set: call `.redis(url)`",
+                ))
+            }
+            Some(RedisSource::Url(url)) => Backend::open(&url, self.connection)?,
+            Some(RedisSource::Client(client)) => Backend::from_client(client, self.connection)?,
+        };
+        let mut seen = HashSet::new();
+        for spec in &self.consumers {
+            spec.validate()?;
+            if !seen.insert(spec.id.clone()) {
+                return Err(Error::DuplicateConsumer {
+                    consumer: spec.id.clone(),
+                });
+            }
+        }
+        let mut initial = Vec::with_capacity(self.consumers.len());
+        for spec in self.consumers {
+            let claim = Claim::take(backend.server(), &spec.id)?;
+            initial.push((spec, claim));
+        }
+        let shared = Arc::new(Shared {
+            backend: Arc::new(backend),
+            health: Mutex::new(BTreeMap::new()),
+            failure: Mutex::new(None),
+        });
+        let args = SupArgs {
+            shared: shared.clone(),
+            policy: self.restart,
+            initial,
+        };
+        let spawned = match parent {
+            Some(parent) => Actor::spawn_linked(None, SupervisorActor, args, parent).await,
+            None => Actor::spawn(None, SupervisorActor, args).await,
+        };
+        let (actor, join) =
+            spawned.map_err(|e| Error::Supervisor(format!("could not start: {e}")))?;
+        let (done_tx, done_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            let _ = join.await;
+            let _ = done_tx.send(true);
+        });
+        Ok(Supervisor {
+            actor,
+            shared,
+            done: done_rx,
+        })
+    }
+}
+
+/// A running supervision tree of consumers. Dropping it does not stop it; call
+/// [`shutdown`](Supervisor::shutdown).
+pub struct Supervisor {
+    actor: ActorRef<SupMsg>,
+    shared: Arc<Shared>,
+    done: watch::Receiver<bool>,
+}
+
+impl fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("actor", &self.actor.get_id())
+            .field("server", &self.shared.backend.server())
+            .finish()
+    }
+}
+
+impl Supervisor {
+    /// Starts building a supervisor.
+    pub fn builder() -> SupervisorBuilder {
+        SupervisorBuilder {
+            redis: None,
+            connection: ConnectionOptions::default(),
+            restart: RestartPolicy::default(),
+            consumers: Vec::new(),
+        }
+    }
+
+    fn not_running(&self) -> Error {
+        Error::Supervisor(
+            self.failure()
+                .unwrap_or_else(|| "it was shut down".to_owned()),
+        )
+    }
+
+    /// Adds and starts a consumer while running. A consumer with the same (stream, group, consumer)
+    /// already running in this process is refused with [`Error::DuplicateConsumer`].
+    pub async fn add_consumer(&self, spec: ConsumerSpec) -> Result<()> {
+        match self
+            .actor
+            .call(|reply| SupMsg::Add(Box::new(spec), reply), None)
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(r)) => r,
+            _ => Err(self.not_running()),
+        }
+    }
+
+    /// Stops a consumer gracefully (its in-flight batch finishes) and removes it.
+    pub async fn remove_consumer(&self, id: &ConsumerId) -> Result<()> {
+        match self
+            .actor
+            .call(|reply| SupMsg::Remove(id.clone(), reply), None)
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(r)) => r,
+            _ => Err(self.not_running()),
+        }
+    }
+
+    /// Health of every consumer, sorted by id.
+    pub fn health(&self) -> Vec<ConsumerHealth> {
+        self.shared
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|h| h.snapshot())
+            .collect()
+    }
+
+    /// Health of one consumer.
+    pub fn consumer_health(&self, id: &ConsumerId) -> Option<ConsumerHealth> {
+        self.shared
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map(|h| h.snapshot())
+    }
+
+    /// True when the supervisor runs and every consumer is reading.
+    pub fn is_ready(&self) -> bool {
+        !*self.done.borrow()
+            && self
+                .health()
+                .iter()
+                .all(|h| h.state == ConsumerState::Running)
+    }
+
+    /// Why the supervisor gave up, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.shared
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The supervisor actor, to link or monitor it from your own ractor actors.
+    pub fn actor(&self) -> ActorCell {
+        self.actor.get_cell()
+    }
+
+    /// Waits until the supervisor stops. `Err` when it gave up on a consumer (the error names it).
+    pub async fn wait(&self) -> Result<()> {
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+        match self.failure() {
+            Some(f) => Err(Error::Supervisor(f)),
+            None => Ok(()),
+        }
+    }
+
+    /// Graceful shutdown: every consumer stops reading, lets its in-flight batch finish (up to its
+    /// `shutdown_timeout`), acknowledges it, hands fetched-but-unhandled entries back to the group, and
+    /// stops. Returns once all are stopped; `Err` if the supervisor had given up on a consumer.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.actor.call(SupMsg::Shutdown, None).await;
+        self.wait().await
+    }
+}

@@ -1,0 +1,733 @@
+//! The consume loop of one consumer: group creation, own-PEL replay, read-ahead XREADGROUP, handler,
+//! acks, XAUTOCLAIM recovery, dead letters, reconnects, and the graceful stop. It runs as a task
+//! owned by the consumer actor.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::Cmd;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::config::{backoff_with_jitter, ConsumerOptions, OnGroupLost};
+use crate::connection::Backend;
+use crate::dead_letter::{self, DeadLetterInfo};
+use crate::entry::{BatchMeta, EntryId, RawEntry, Source};
+use crate::error::{Class, Error, Result};
+use crate::handler::{BatchRunner, Outcome, RawItem};
+use crate::health::{ConsumerState, HealthCell};
+use crate::spec::{ConsumerId, ConsumerSpec};
+use crate::streams::{self, ReadItem};
+use crate::telemetry::ConsumerMetrics;
+use crate::HandlerResult;
+
+/// Idle time given to entries released at shutdown, so the next XAUTOCLAIM of any consumer takes them.
+const RELEASE_IDLE: Duration = Duration::from_secs(24 * 3600);
+/// Most failure reasons remembered for dead letters.
+const LAST_ERRORS_CAP: usize = 10_000;
+
+type ReadFuture = BoxFuture<'static, Result<Vec<ReadItem>>>;
+
+/// The read connection and its server-side client id (for `CLIENT UNBLOCK`).
+struct ReadConn {
+    conn: MultiplexedConnection,
+    client_id: Option<i64>,
+}
+
+pub(crate) struct Worker {
+    id: ConsumerId,
+    meta: BatchMeta,
+    opts: ConsumerOptions,
+    runner: Arc<dyn BatchRunner>,
+    backend: Arc<Backend>,
+    control: ConnectionManager,
+    dlq: String,
+    health: Arc<HealthCell>,
+    metrics: ConsumerMetrics,
+    cancel: CancellationToken,
+    read: Option<ReadConn>,
+    read_cmd: Arc<Cmd>,
+    group_ready: bool,
+    /// Start id when (re)creating the group: the configured one first, `0` after the group vanished.
+    create_from: String,
+    claim_cursor: EntryId,
+    next_claim: Instant,
+    /// The last failure reason per pending entry, recorded with dead letters.
+    last_errors: HashMap<EntryId, String>,
+    retry_attempt: u32,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        spec: &ConsumerSpec,
+        backend: Arc<Backend>,
+        health: Arc<HealthCell>,
+        metrics: ConsumerMetrics,
+        cancel: CancellationToken,
+    ) -> Result<Worker> {
+        let runner = spec
+            .runner
+            .clone()
+            .ok_or_else(|| Error::config(Some(&spec.id), "handler", "is not set"))?;
+        let id = spec.id.clone();
+        let opts = spec.options.clone();
+        let read_cmd = streams::xreadgroup_cmd(
+            &id.stream,
+            &id.group,
+            &id.consumer,
+            opts.count,
+            Some(opts.block),
+            ">",
+        );
+        Ok(Worker {
+            meta: id.meta(),
+            dlq: spec.dead_letter_stream_name(),
+            control: backend.control(),
+            create_from: opts.start_id.as_arg(),
+            next_claim: Instant::now(),
+            read_cmd: Arc::new(read_cmd),
+            id,
+            opts,
+            runner,
+            backend,
+            health,
+            metrics,
+            cancel,
+            read: None,
+            group_ready: false,
+            claim_cursor: EntryId::MIN,
+            last_errors: HashMap::new(),
+            retry_attempt: 0,
+        })
+    }
+
+    /// Runs until cancelled (Ok) or until an error the worker cannot handle itself (Err: the actor fails
+    /// and the supervisor decides).
+    pub(crate) async fn run(mut self) -> Result<()> {
+        let span = tracing::info_span!(parent: None, "consumer", stream = %self.id.stream, group = %self.id.group, consumer = %self.id.consumer);
+        async move {
+            loop {
+                if self.cancel.is_cancelled() {
+                    return Ok(());
+                }
+                let err = match self.session().await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => e,
+                };
+                self.read = None;
+                self.health.set_error(err.to_string());
+                match err.class() {
+                    Class::Transient => {
+                        let delay = backoff_with_jitter(Duration::from_millis(100), self.opts.reconnect_backoff_max, self.retry_attempt);
+                        self.retry_attempt = self.retry_attempt.saturating_add(1);
+                        warn!(error = %err, retry_in = ?delay, "redis unavailable; will reconnect and replay own pending entries");
+                        self.health.set_state(ConsumerState::Reconnecting);
+                        HealthCell::add(&self.health.reconnects, 1);
+                        self.metrics.reconnects.increment(1);
+                        if !self.pause(delay).await {
+                            return Ok(());
+                        }
+                    }
+                    Class::GroupLost => {
+                        if self.opts.on_group_lost == OnGroupLost::Fail || !self.opts.create_group {
+                            return Err(err);
+                        }
+                        error!(error = %err, "consumer group or stream vanished; recreating the group from the start of the stream");
+                        HealthCell::add(&self.health.group_recreated, 1);
+                        self.metrics.group_recreated.increment(1);
+                        self.group_ready = false;
+                        self.create_from = "0".to_owned();
+                        self.claim_cursor = EntryId::MIN;
+                        let delay = backoff_with_jitter(Duration::from_millis(100), self.opts.reconnect_backoff_max, self.retry_attempt);
+                        self.retry_attempt = self.retry_attempt.saturating_add(1);
+                        if !self.pause(delay).await {
+                            return Ok(());
+                        }
+                    }
+                    Class::Fatal => return Err(err),
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Sleeps unless cancelled; false when cancelled.
+    async fn pause(&self, delay: Duration) -> bool {
+        tokio::select! {
+            _ = self.cancel.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+
+    fn redis_err(&self, command: &'static str, key: &str, e: redis::RedisError) -> Error {
+        Error::from_redis(&self.id, command, key, e)
+    }
+
+    /// One connected stretch: connect, ensure the group, replay the own PEL, then read live.
+    async fn session(&mut self) -> Result<()> {
+        self.health.set_state(ConsumerState::Starting);
+        self.connect().await?;
+        if !self.group_ready {
+            self.ensure_group().await?;
+        }
+        self.replay_own_pending().await?;
+        if self.cancel.is_cancelled() {
+            return Ok(());
+        }
+        self.live().await
+    }
+
+    async fn connect(&mut self) -> Result<()> {
+        if self.read.is_some() {
+            return Ok(());
+        }
+        let mut conn = self
+            .backend
+            .read_connection(self.opts.effective_read_timeout())
+            .await
+            .map_err(|e| self.redis_err("CONNECT", &self.id.stream.clone(), e))?;
+        // The id lets a stop wake a blocked read with CLIENT UNBLOCK; without the permission a stop
+        // waits for BLOCK to run out instead.
+        let client_id: Option<i64> = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await
+            .ok();
+        debug!(
+            server = self.backend.server(),
+            ?client_id,
+            "read connection open"
+        );
+        self.read = Some(ReadConn { conn, client_id });
+        Ok(())
+    }
+
+    async fn ensure_group(&mut self) -> Result<()> {
+        let stream = self.id.stream.clone();
+        if self.opts.create_group {
+            let created = streams::xgroup_create(
+                &mut self.control,
+                &stream,
+                &self.id.group,
+                &self.create_from,
+                true,
+            )
+            .await
+            .map_err(|e| self.redis_err("XGROUP CREATE", &stream, e))?;
+            if created {
+                info!(start = %self.create_from, "created consumer group");
+            }
+        }
+        self.group_ready = true;
+        Ok(())
+    }
+
+    /// Replays this consumer's own pending entries with an advancing cursor: each id is read once per
+    /// replay, so entries the handler leaves unacked are left for XAUTOCLAIM instead of looping.
+    async fn replay_own_pending(&mut self) -> Result<()> {
+        let stream = self.id.stream.clone();
+        let mut cursor = EntryId::MIN;
+        loop {
+            if self.cancel.is_cancelled() {
+                return Ok(());
+            }
+            let cmd = streams::xreadgroup_cmd(
+                &stream,
+                &self.id.group,
+                &self.id.consumer,
+                self.opts.count,
+                None,
+                &cursor.to_string(),
+            );
+            let conn = &mut self.read.as_mut().expect("connected before replay").conn;
+            let items = match streams::read(conn, &cmd).await {
+                Ok(items) => items,
+                Err(e) if e.code() == Some("NOGROUP") && !self.opts.create_group => {
+                    return Err(Error::Fatal {
+                        consumer: Some(self.id.clone()),
+                        command: "XREADGROUP",
+                        reason: e.to_string(),
+                        hint: format!("create the group (`XGROUP CREATE {} {} $ MKSTREAM`) or set create_group = true", self.id.stream, self.id.group),
+                    })
+                }
+                Err(e) => return Err(self.redis_err("XREADGROUP", &stream, e)),
+            };
+            self.health.read_ok();
+            self.retry_attempt = 0;
+            let Some(last) = items.iter().rev().find_map(ReadItem::id) else {
+                return Ok(());
+            };
+            if last <= cursor {
+                return Ok(());
+            }
+            cursor = last;
+            debug!(entries = items.len(), "replaying own pending entries");
+            self.process(items, Source::Replay).await?;
+        }
+    }
+
+    fn start_read(&self) -> ReadFuture {
+        let mut conn = self
+            .read
+            .as_ref()
+            .expect("connected before reading")
+            .conn
+            .clone();
+        let cmd = self.read_cmd.clone();
+        let id = self.id.clone();
+        async move {
+            streams::read(&mut conn, &cmd)
+                .await
+                .map_err(|e| Error::from_redis(&id, "XREADGROUP", &id.stream, e))
+        }
+        .boxed()
+    }
+
+    /// Reads new entries with one read always in flight while a batch is handled.
+    async fn live(&mut self) -> Result<()> {
+        self.health.set_state(ConsumerState::Running);
+        let mut inflight = self.start_read();
+        loop {
+            if Instant::now() >= self.next_claim {
+                self.claim_tick().await?;
+            }
+            let items = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => {
+                    self.stop_reading(inflight).await;
+                    return Ok(());
+                }
+                r = &mut inflight => r?,
+            };
+            self.health.read_ok();
+            self.retry_attempt = 0;
+            if items.is_empty() {
+                inflight = self.start_read();
+                continue;
+            }
+            if self.cancel.is_cancelled() {
+                self.release(&items).await;
+                return Ok(());
+            }
+            inflight = self.start_read();
+            self.process(items, Source::New).await?;
+            if self.cancel.is_cancelled() {
+                self.stop_reading(inflight).await;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Stops the read in flight: wakes it with CLIENT UNBLOCK when permitted, waits for its reply, and
+    /// releases any entries it fetched to the other consumers.
+    async fn stop_reading(&mut self, inflight: ReadFuture) {
+        self.health.set_state(ConsumerState::Stopping);
+        if let Some(client_id) = self.read.as_ref().and_then(|r| r.client_id) {
+            let r: redis::RedisResult<i64> = redis::cmd("CLIENT")
+                .arg("UNBLOCK")
+                .arg(client_id)
+                .query_async(&mut self.control)
+                .await;
+            if let Err(e) = r {
+                debug!(error = %e, "CLIENT UNBLOCK not possible; waiting for BLOCK to run out");
+            }
+        }
+        match inflight.await {
+            Ok(items) if !items.is_empty() => self.release(&items).await,
+            Ok(_) => {}
+            Err(e) => debug!(error = %e, "last read failed during stop; its entries stay pending"),
+        }
+    }
+
+    /// Hands fetched-but-unhandled entries to the other consumers at once: sets their idle time high
+    /// so the next XAUTOCLAIM anywhere takes them (instead of after `claim_min_idle`).
+    async fn release(&mut self, items: &[ReadItem]) {
+        let ids: Vec<EntryId> = items.iter().filter_map(ReadItem::id).collect();
+        if ids.is_empty() {
+            return;
+        }
+        let stream = self.id.stream.clone();
+        match streams::xclaim_set_idle(
+            &mut self.control,
+            &stream,
+            &self.id.group,
+            &self.id.consumer,
+            &ids,
+            RELEASE_IDLE,
+        )
+        .await
+        {
+            Ok(n) => info!(released = n, "released unhandled entries to the group"),
+            Err(e) => {
+                warn!(error = %e, entries = ids.len(), "could not release unhandled entries; they stay pending and come back after claim_min_idle")
+            }
+        }
+    }
+
+    /// One XAUTOCLAIM tick: a bounded number of calls, the cursor kept across ticks.
+    async fn claim_tick(&mut self) -> Result<()> {
+        self.next_claim = Instant::now() + self.opts.claim_interval;
+        let stream = self.id.stream.clone();
+        for _ in 0..self.opts.claim_calls_per_tick {
+            let reply = streams::xautoclaim(
+                &mut self.control,
+                &stream,
+                &self.id.group,
+                &self.id.consumer,
+                self.opts.claim_min_idle,
+                self.claim_cursor,
+                self.opts.claim_count,
+            )
+            .await
+            .map_err(|e| self.redis_err("XAUTOCLAIM", &stream, e))?;
+            if !reply.deleted.is_empty() {
+                info!(entries = reply.deleted.len(), "pending entries were deleted or trimmed; Redis dropped them from the pending list");
+                HealthCell::add(&self.health.deleted_while_pending, reply.deleted.len());
+                self.metrics
+                    .deleted_while_pending
+                    .increment(reply.deleted.len() as u64);
+                for id in &reply.deleted {
+                    self.last_errors.remove(id);
+                }
+            }
+            self.claim_cursor = reply.next;
+            if !reply.claimed.is_empty() {
+                let n = reply.claimed.len();
+                info!(entries = n, "claimed idle entries");
+                HealthCell::add(&self.health.claimed, n);
+                self.metrics.claimed.increment(n as u64);
+                self.process(reply.claimed, Source::Claimed).await?;
+            }
+            if self.claim_cursor == EntryId::MIN || self.cancel.is_cancelled() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Retries a control-connection command on transient errors with capped backoff.
+    async fn retry<T, F>(&mut self, command: &'static str, mut op: F) -> Result<T>
+    where
+        F: for<'c> FnMut(&'c mut ConnectionManager) -> BoxFuture<'c, redis::RedisResult<T>>,
+    {
+        let stream = self.id.stream.clone();
+        let mut attempt = 0u32;
+        loop {
+            match op(&mut self.control).await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let err = self.redis_err(command, &stream, e);
+                    if err.class() != Class::Transient || attempt >= 60 {
+                        return Err(err);
+                    }
+                    let delay = backoff_with_jitter(
+                        Duration::from_millis(50),
+                        self.opts.reconnect_backoff_max,
+                        attempt,
+                    );
+                    warn!(error = %err, retry_in = ?delay, "retrying");
+                    attempt += 1;
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn ack(&mut self, ids: Vec<EntryId>) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let (stream, group) = (self.id.stream.clone(), self.id.group.clone());
+        let ids = Arc::new(ids);
+        let for_op = ids.clone();
+        self.retry("XACK", move |c| {
+            let (stream, group, ids) = (stream.clone(), group.clone(), for_op.clone());
+            async move { streams::xack(c, &stream, &group, &ids).await }.boxed()
+        })
+        .await?;
+        for id in ids.iter() {
+            self.last_errors.remove(id);
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &mut self,
+        entry: RawEntry,
+        deliveries: Option<u64>,
+        reason: String,
+    ) -> Result<()> {
+        let (stream, group, consumer, dlq) = (
+            self.id.stream.clone(),
+            self.id.group.clone(),
+            self.id.consumer.clone(),
+            self.dlq.clone(),
+        );
+        let id = entry.id;
+        let entry = Arc::new(entry);
+        let reason_for_op = reason.clone();
+        let moved = self
+            .retry("EVALSHA (dead-letter move)", move |c| {
+                let (stream, group, consumer, dlq, entry, reason) = (
+                    stream.clone(),
+                    group.clone(),
+                    consumer.clone(),
+                    dlq.clone(),
+                    entry.clone(),
+                    reason_for_op.clone(),
+                );
+                async move {
+                    let info = DeadLetterInfo {
+                        stream: &stream,
+                        dlq: &dlq,
+                        group: &group,
+                        consumer: &consumer,
+                        deliveries,
+                        reason: &reason,
+                    };
+                    if entry.fields.is_empty() {
+                        dead_letter::move_id(c, &info, entry.id).await
+                    } else {
+                        dead_letter::move_entry(c, &info, &entry).await
+                    }
+                }
+                .boxed()
+            })
+            .await?;
+        self.last_errors.remove(&id);
+        if moved {
+            error!(entry_id = %id, deliveries, dead_letter_stream = %self.dlq, %reason, "moved entry to the dead-letter stream");
+            HealthCell::add(&self.health.dead_lettered, 1);
+            self.metrics.dead_lettered.increment(1);
+        }
+        Ok(())
+    }
+
+    /// Delivery counts of replayed or claimed entries, from Redis's own counter (XPENDING).
+    async fn delivery_counts(
+        &mut self,
+        first: EntryId,
+        last: EntryId,
+        n: usize,
+    ) -> Result<HashMap<EntryId, u64>> {
+        let (stream, group, consumer) = (
+            self.id.stream.clone(),
+            self.id.group.clone(),
+            self.id.consumer.clone(),
+        );
+        let rows = self
+            .retry("XPENDING", move |c| {
+                let (stream, group, consumer) = (stream.clone(), group.clone(), consumer.clone());
+                async move {
+                    streams::xpending_range(
+                        c,
+                        &stream,
+                        &group,
+                        None,
+                        first,
+                        last,
+                        n,
+                        Some(&consumer),
+                    )
+                    .await
+                }
+                .boxed()
+            })
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.id, r.deliveries)).collect())
+    }
+
+    fn remember_failure(&mut self, ids: &[EntryId], reason: &str) {
+        if self.last_errors.len() > LAST_ERRORS_CAP {
+            self.last_errors.clear();
+        }
+        for id in ids {
+            self.last_errors.insert(*id, reason.to_owned());
+        }
+    }
+
+    /// Handles one batch of read items: tombstones, poison entries, undecodable entries, the handler, acks.
+    async fn process(&mut self, items: Vec<ReadItem>, source: Source) -> Result<()> {
+        let mut live: Vec<RawEntry> = Vec::with_capacity(items.len());
+        let mut tombstones = Vec::new();
+        let mut malformed = Vec::new();
+        for item in items {
+            match item {
+                ReadItem::Entry(e) => live.push(e),
+                ReadItem::Tombstone(id) => tombstones.push(id),
+                ReadItem::Malformed {
+                    id: Some(id),
+                    reason,
+                } => malformed.push((id, reason)),
+                ReadItem::Malformed { id: None, reason } => {
+                    warn!(%reason, "skipped a reply element without an id")
+                }
+            }
+        }
+        if !tombstones.is_empty() {
+            info!(
+                entries = tombstones.len(),
+                "pending entries were deleted or trimmed; acknowledging them"
+            );
+            HealthCell::add(&self.health.deleted_while_pending, tombstones.len());
+            self.metrics
+                .deleted_while_pending
+                .increment(tombstones.len() as u64);
+            self.ack(tombstones).await?;
+        }
+        for (id, reason) in malformed {
+            self.dead_letter(
+                RawEntry::new(id, Vec::new()),
+                None,
+                format!("malformed entry: {reason}"),
+            )
+            .await?;
+        }
+        if live.is_empty() {
+            return Ok(());
+        }
+        let n = live.len();
+        HealthCell::add(&self.health.received, n);
+        self.metrics.received.increment(n as u64);
+
+        // Delivery counts: a `>` read is the first delivery; replays and claims ask Redis.
+        let mut batch: Vec<RawItem> = Vec::with_capacity(n);
+        if source == Source::New {
+            batch.extend(live.into_iter().map(|e| (e, Some(1))));
+        } else {
+            let first = live.first().map(|e| e.id).unwrap_or_default();
+            let last = live.last().map(|e| e.id).unwrap_or_default();
+            let counts = self
+                .delivery_counts(first, last, n.max(self.opts.count))
+                .await?;
+            let mut redelivered = 0;
+            for e in live {
+                match counts.get(&e.id) {
+                    // No longer pending for us (acked or claimed meanwhile): skip it.
+                    None => {
+                        debug!(entry_id = %e.id, "entry no longer pending for this consumer; skipped")
+                    }
+                    Some(&d) if d > self.opts.max_deliveries => {
+                        let last = self.last_errors.get(&e.id).cloned().unwrap_or_else(|| {
+                            "unknown (failed in an earlier process or incarnation)".to_owned()
+                        });
+                        let reason = format!("delivered {d} times, more than max_deliveries = {}; last error: {last}", self.opts.max_deliveries);
+                        self.dead_letter(e, Some(d), reason).await?;
+                    }
+                    Some(&d) => {
+                        if d > 1 {
+                            redelivered += 1;
+                        }
+                        batch.push((e, Some(d)));
+                    }
+                }
+            }
+            HealthCell::add(&self.health.redelivered, redelivered);
+            self.metrics.redelivered.increment(redelivered as u64);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if let Some(oldest) = batch.first().map(|(e, _)| e.id) {
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            if source == Source::New && now_ms >= oldest.ms {
+                self.metrics
+                    .e2e_latency
+                    .record((now_ms - oldest.ms) as f64 / 1000.0);
+            }
+        }
+
+        let started = Instant::now();
+        let report = self
+            .runner
+            .run(self.meta.clone(), source, batch, self.opts.handler_timeout)
+            .await;
+        self.metrics
+            .handler_duration
+            .record(started.elapsed().as_secs_f64());
+        self.metrics.batch_size.record(report.handed.len() as f64);
+
+        for (raw, deliveries, err) in report.undecodable {
+            warn!(entry_id = %raw.id, error = %err, "entry cannot be decoded; moving it to the dead-letter stream");
+            self.dead_letter(raw, deliveries, format!("cannot decode: {err}"))
+                .await?;
+        }
+
+        let handed = report.handed;
+        let (to_ack, failure): (Vec<EntryId>, Option<String>) = match report.outcome {
+            Outcome::NotRun => (Vec::new(), None),
+            Outcome::Returned(HandlerResult::Ok) => (handed.clone(), None),
+            Outcome::Returned(HandlerResult::Partial(ids)) => {
+                let in_batch: HashSet<EntryId> = handed.iter().copied().collect();
+                match ids.iter().find(|id| !in_batch.contains(id)) {
+                    Some(foreign) => {
+                        warn!(entry_id = %foreign, "handler returned Partial with an id that is not in the batch; acknowledging nothing of this batch");
+                        (
+                            Vec::new(),
+                            Some(format!(
+                                "Partial named id {foreign}, which is not in the batch"
+                            )),
+                        )
+                    }
+                    None => {
+                        let mut seen = HashSet::with_capacity(ids.len());
+                        let acked: Vec<EntryId> =
+                            ids.into_iter().filter(|id| seen.insert(*id)).collect();
+                        (
+                            acked,
+                            Some("left unacknowledged by a Partial result".to_owned()),
+                        )
+                    }
+                }
+            }
+            Outcome::Returned(HandlerResult::Err(e)) => (Vec::new(), Some(e.to_string())),
+            Outcome::Panicked(msg) => {
+                let reason = format!("handler panicked: {msg}");
+                self.note_failed(&handed, &reason);
+                return Err(Error::HandlerPanicked {
+                    consumer: self.id.clone(),
+                    message: msg,
+                });
+            }
+            Outcome::TimedOut(limit) => (
+                Vec::new(),
+                Some(format!(
+                    "handler ran past handler_timeout ({})",
+                    humantime::format_duration(limit)
+                )),
+            ),
+        };
+        if let Some(reason) = failure {
+            let acked: HashSet<EntryId> = to_ack.iter().copied().collect();
+            let unacked: Vec<EntryId> = handed
+                .iter()
+                .copied()
+                .filter(|id| !acked.contains(id))
+                .collect();
+            if !unacked.is_empty() {
+                debug!(entries = unacked.len(), %reason, "batch entries left pending");
+                self.note_failed(&unacked, &reason);
+            }
+        }
+        let acked = to_ack.len();
+        self.ack(to_ack).await?;
+        HealthCell::add(&self.health.acked, acked);
+        self.metrics.acked.increment(acked as u64);
+        Ok(())
+    }
+
+    fn note_failed(&mut self, ids: &[EntryId], reason: &str) {
+        HealthCell::add(&self.health.failed, ids.len());
+        self.metrics.failed.increment(ids.len() as u64);
+        self.health.set_error(reason.to_owned());
+        self.remember_failure(ids, reason);
+    }
+}
