@@ -37,7 +37,10 @@ impl Handler<UserEvent> for Arc<PrintEvents> {
                 batch.meta.consumer,
                 e.user_id,
                 e.action,
-                e.page.as_deref().map(|p| format!(" {p}")).unwrap_or_default()
+                e.page
+                    .as_deref()
+                    .map(|p| format!(" {p}"))
+                    .unwrap_or_default()
             );
         }
         if self.handled.fetch_add(batch.len(), Ordering::SeqCst) + batch.len() >= self.expected {
@@ -49,7 +52,9 @@ impl Handler<UserEvent> for Arc<PrintEvents> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .init();
 
     // A throwaway server unless REDIS_URL points at one.
     let (_server, url) = match std::env::var("REDIS_URL") {
@@ -74,7 +79,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     for (user, action, page) in events {
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(stream).arg("*").arg("user_id").arg(user).arg("action").arg(action);
+        cmd.arg(stream)
+            .arg("*")
+            .arg("user_id")
+            .arg(user)
+            .arg("action")
+            .arg(action);
         if let Some(page) = page {
             cmd.arg("page").arg(page);
         }
@@ -82,7 +92,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("added {id}: user {user} {action}");
     }
 
-    let handler = Arc::new(PrintEvents { handled: AtomicUsize::new(0), expected: events.len(), done: Notify::new() });
+    let handler = Arc::new(PrintEvents {
+        handled: AtomicUsize::new(0),
+        expected: events.len(),
+        done: Notify::new(),
+    });
     let app = Supervisor::builder()
         .redis(url)
         .consumer(
@@ -100,8 +114,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         r = app.wait() => r?,
     }
     app.shutdown().await?;
-    let pending: (u64, redis::Value, redis::Value, redis::Value) =
-        redis::cmd("XPENDING").arg(stream).arg("analytics").query_async(&mut con).await?;
+    let pending: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("analytics")
+        .query_async(&mut con)
+        .await?;
     println!("pending after shutdown: {}", pending.0);
     Ok(())
 }

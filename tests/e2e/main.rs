@@ -1,1 +1,10 @@
+//! End-to-end tests of millrace against real redis-server processes started by the testkit.
+//! Each module covers one behaviour; tests await real events (never fixed sleeps).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
 
+mod common;
+
+mod acks;
+mod config;
+mod recovery;
+mod supervision;

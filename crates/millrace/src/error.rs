@@ -73,6 +73,14 @@ pub enum Error {
         /// The panic message.
         message: String,
     },
+    /// The consume loop itself panicked (a bug in millrace; please report it). The consumer is restarted.
+    #[error("{consumer}: consume loop panicked (a millrace bug): {message}")]
+    Internal {
+        /// The consumer.
+        consumer: ConsumerId,
+        /// The panic message.
+        message: String,
+    },
     /// A consumer with the same stream, group and consumer name already runs in this process.
     #[error("{consumer} is already running in this process: two live consumers with one name share one pending list and duplicate each other's work; give each a unique consumer name")]
     DuplicateConsumer {
@@ -160,6 +168,7 @@ impl Error {
             | Error::Fatal { consumer, .. } => consumer.as_ref(),
             Error::GroupLost { consumer, .. }
             | Error::HandlerPanicked { consumer, .. }
+            | Error::Internal { consumer, .. }
             | Error::DuplicateConsumer { consumer }
             | Error::UnknownConsumer { consumer }
             | Error::RestartLimit { consumer, .. }

@@ -294,7 +294,10 @@ impl<M: Decode, H: Handler<M>> BatchRunner for TypedRunner<M, H> {
                 source,
                 entries,
             };
-            let call = AssertUnwindSafe(self.handler.handle(batch)).catch_unwind();
+            // The handler is called inside the guarded future, so a panic before its first await
+            // (in a closure body, say) is caught too.
+            let call =
+                AssertUnwindSafe(async move { self.handler.handle(batch).await }).catch_unwind();
             let result = match timeout {
                 Some(limit) => match tokio::time::timeout(limit, call).await {
                     Ok(r) => r,

@@ -1,7 +1,10 @@
 //! The consumer actor: owns one consume-loop task, turns its failure into an actor failure, and on a
 //! stop cancels it and waits for the in-flight batch (up to `shutdown_timeout`).
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+
+use futures::FutureExt;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -85,8 +88,15 @@ impl Actor for ConsumerActor {
             a.metrics.clone(),
             state.guard.cancel.clone(),
         )?;
+        let id = a.spec.id.clone();
         let task = tokio::spawn(async move {
-            let result = worker.run().await;
+            let result = match AssertUnwindSafe(worker.run()).catch_unwind().await {
+                Ok(result) => result,
+                Err(payload) => Err(Error::Internal {
+                    consumer: id,
+                    message: crate::handler::panic_message(payload.as_ref()),
+                }),
+            };
             // Fails only while the actor is stopping, which is then the right outcome.
             let _ = myself.send_message(ConsumerMsg::Exited(result));
         });

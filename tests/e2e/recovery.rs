@@ -1,0 +1,1 @@
+//! Self-healing: lost connections, a Redis restart, a vanished group, and poison entries.
