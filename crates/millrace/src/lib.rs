@@ -76,3 +76,10 @@ pub use supervisor::{Supervisor, SupervisorBuilder};
 pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// The README's and the guide's Rust examples, compiled as doctests.
+#[cfg(doctest)]
+mod doc_examples {
+    #[doc = include_str!("../../../README.md")]
+    struct Readme;
+}
