@@ -31,20 +31,48 @@ pub const META_FIELDS: [&str; 7] = [
     "millrace.dead_lettered_at_ms",
 ];
 
-/// Moves one entry: if it is still pending in the group, XADD it to the dead-letter stream and XACK it,
+/// `move`: if the entry is still pending in the group, XADD it to the dead-letter stream and XACK it,
 /// atomically. Returns 1 when moved, 0 when it was no longer pending (someone acked or moved it).
 /// A failing XADD (for example OOM) raises before the XACK, so the entry stays pending.
+/// `check`: verifies the ACL permissions the move needs, without writing anything.
 static MOVE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
-local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if ARGV[1] == 'check' then
+  if not redis.acl_check_cmd('XADD', KEYS[2], '*', 'f', 'v') then
+    return redis.error_reply('NOPERM this user has no permissions to run XADD on the dead-letter stream ' .. KEYS[2])
+  end
+  if not redis.acl_check_cmd('XACK', KEYS[1], ARGV[2], '0-1') then
+    return redis.error_reply('NOPERM this user has no permissions to run XACK on ' .. KEYS[1])
+  end
+  return 1
+end
+local pending = redis.call('XPENDING', KEYS[1], ARGV[2], ARGV[3], ARGV[3], 1)
 if #pending == 0 then return 0 end
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
+redis.call('XACK', KEYS[1], ARGV[2], ARGV[3])
 return 1
 ",
     )
 });
+
+/// Checks, without writing, that the user may run the dead-letter move (EVALSHA/EVAL, and inside it
+/// XADD on the dead-letter stream and XACK on the source).
+pub(crate) async fn check_permissions<C: ConnectionLike + Send>(
+    conn: &mut C,
+    stream: &str,
+    dlq: &str,
+    group: &str,
+) -> RedisResult<()> {
+    let _: i64 = MOVE_SCRIPT
+        .key(stream)
+        .key(dlq)
+        .arg("check")
+        .arg(group)
+        .invoke_async(conn)
+        .await?;
+    Ok(())
+}
 
 /// What to record with a dead letter.
 #[derive(Debug)]
@@ -69,7 +97,7 @@ pub(crate) async fn move_entry<C: ConnectionLike + Send>(
         .unwrap_or_default();
     let id = entry.id.to_string();
     let mut inv = MOVE_SCRIPT.key(info.stream);
-    inv.key(info.dlq).arg(info.group).arg(&id);
+    inv.key(info.dlq).arg("move").arg(info.group).arg(&id);
     let meta: [String; 7] = [
         info.stream.to_owned(),
         id.clone(),

@@ -52,6 +52,13 @@ pub(crate) struct Worker {
     read: Option<ReadConn>,
     read_cmd: Arc<Cmd>,
     group_ready: bool,
+    preflight_done: bool,
+    /// COUNT in effect: halved after a read fails mid-reply (a reply too large for the client output
+    /// buffer closes the connection after the entries went to the PEL), grown back after clean reads.
+    read_count: usize,
+    clean_reads: u32,
+    /// The last batch was held so long that the read-ahead batch may have been claimed meanwhile.
+    verify_next: bool,
     /// Start id when (re)creating the group: the configured one first, `0` after the group vanished.
     create_from: String,
     claim_cursor: EntryId,
@@ -83,7 +90,9 @@ impl Worker {
             Some(opts.block),
             ">",
         );
+        let read_count = opts.count;
         Ok(Worker {
+            read_count,
             meta: id.meta(),
             dlq: spec.dead_letter_stream_name(),
             control: backend.control(),
@@ -99,6 +108,9 @@ impl Worker {
             cancel,
             read: None,
             group_ready: false,
+            preflight_done: false,
+            clean_reads: 0,
+            verify_next: false,
             claim_cursor: EntryId::MIN,
             last_errors: HashMap::new(),
             retry_attempt: 0,
@@ -120,6 +132,9 @@ impl Worker {
                 };
                 self.read = None;
                 self.health.set_error(err.to_string());
+                if let Error::Redis { command: "XREADGROUP", .. } = err {
+                    self.shrink_reads();
+                }
                 match err.class() {
                     Class::Transient => {
                         let delay = backoff_with_jitter(Duration::from_millis(100), self.opts.reconnect_backoff_max, self.retry_attempt);
@@ -174,6 +189,10 @@ impl Worker {
         self.connect().await?;
         if !self.group_ready {
             self.ensure_group().await?;
+            if !self.preflight_done {
+                self.preflight().await?;
+                self.preflight_done = true;
+            }
         }
         self.replay_own_pending().await?;
         if self.cancel.is_cancelled() {
@@ -227,6 +246,58 @@ impl Worker {
         Ok(())
     }
 
+    /// Exercises every command the consumer will need, harmlessly, so a missing ACL permission fails
+    /// the start with an error naming the command instead of surfacing hours later.
+    async fn preflight(&mut self) -> Result<()> {
+        let (stream, group, consumer) = (
+            self.id.stream.clone(),
+            self.id.group.clone(),
+            self.id.consumer.clone(),
+        );
+        let none = EntryId::new(0, 1);
+        let c = &mut self.control;
+        let checks: [(&'static str, redis::RedisResult<()>); 4] = [
+            (
+                "XACK",
+                streams::xack(c, &stream, &group, &[none]).await.map(drop),
+            ),
+            (
+                "XPENDING",
+                streams::xpending_range(c, &stream, &group, None, none, none, 1, Some(&consumer))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "XCLAIM",
+                redis::cmd("XCLAIM")
+                    .arg(&*stream)
+                    .arg(&*group)
+                    .arg(&*consumer)
+                    .arg(u64::MAX / 4)
+                    .arg(none)
+                    .arg("JUSTID")
+                    .query_async::<redis::Value>(c)
+                    .await
+                    .map(drop),
+            ),
+            (
+                "EVALSHA (dead-letter move)",
+                dead_letter::check_permissions(c, &stream, &self.dlq, &group).await,
+            ),
+        ];
+        for (command, result) in checks {
+            if let Err(e) = result {
+                let key = if command.starts_with("EVAL") {
+                    self.dlq.clone()
+                } else {
+                    stream.to_string()
+                };
+                return Err(self.redis_err(command, &key, e));
+            }
+        }
+        Ok(())
+    }
+
     /// Replays this consumer's own pending entries with an advancing cursor: each id is read once per
     /// replay, so entries the handler leaves unacked are left for XAUTOCLAIM instead of looping.
     async fn replay_own_pending(&mut self) -> Result<()> {
@@ -257,8 +328,7 @@ impl Worker {
                 }
                 Err(e) => return Err(self.redis_err("XREADGROUP", &stream, e)),
             };
-            self.health.read_ok();
-            self.retry_attempt = 0;
+            self.read_succeeded();
             let Some(last) = items.iter().rev().find_map(ReadItem::id) else {
                 return Ok(());
             };
@@ -269,6 +339,45 @@ impl Worker {
             debug!(entries = items.len(), "replaying own pending entries");
             self.process(items, Source::Replay).await?;
         }
+    }
+
+    /// Halves COUNT after a failed read: if the reply was too large for the server's output buffer,
+    /// a smaller one gets through instead of failing forever.
+    fn shrink_reads(&mut self) {
+        let smaller = (self.read_count / 2).max(1);
+        if smaller != self.read_count {
+            warn!(
+                count = smaller,
+                "a read failed mid-reply; reading smaller batches for a while"
+            );
+            self.set_read_count(smaller);
+        }
+        self.clean_reads = 0;
+    }
+
+    /// After enough clean reads, grows COUNT back towards the configured value.
+    fn read_succeeded(&mut self) {
+        self.health.read_ok();
+        self.retry_attempt = 0;
+        if self.read_count < self.opts.count {
+            self.clean_reads += 1;
+            if self.clean_reads >= 8 {
+                self.clean_reads = 0;
+                self.set_read_count((self.read_count * 2).min(self.opts.count));
+            }
+        }
+    }
+
+    fn set_read_count(&mut self, count: usize) {
+        self.read_count = count;
+        self.read_cmd = Arc::new(streams::xreadgroup_cmd(
+            &self.id.stream,
+            &self.id.group,
+            &self.id.consumer,
+            count,
+            Some(self.opts.block),
+            ">",
+        ));
     }
 
     fn start_read(&self) -> ReadFuture {
@@ -304,8 +413,7 @@ impl Worker {
                 }
                 r = &mut inflight => r?,
             };
-            self.health.read_ok();
-            self.retry_attempt = 0;
+            self.read_succeeded();
             if items.is_empty() {
                 inflight = self.start_read();
                 continue;
@@ -315,7 +423,11 @@ impl Worker {
                 return Ok(());
             }
             inflight = self.start_read();
+            let started = Instant::now();
             self.process(items, Source::New).await?;
+            // Held so long that the read-ahead batch, idle all that time, may have been claimed by
+            // another consumer: check ownership before handling it.
+            self.verify_next = started.elapsed() >= self.opts.claim_min_idle / 2;
             if self.cancel.is_cancelled() {
                 self.stop_reading(inflight).await;
                 return Ok(());
@@ -597,7 +709,7 @@ impl Worker {
 
         // Delivery counts: a `>` read is the first delivery; replays and claims ask Redis.
         let mut batch: Vec<RawItem> = Vec::with_capacity(n);
-        if source == Source::New {
+        if source == Source::New && !std::mem::take(&mut self.verify_next) {
             batch.extend(live.into_iter().map(|e| (e, Some(1))));
         } else {
             let first = live.first().map(|e| e.id).unwrap_or_default();
@@ -646,10 +758,10 @@ impl Worker {
         }
 
         let started = Instant::now();
-        let report = self
-            .runner
-            .run(self.meta.clone(), source, batch, self.opts.handler_timeout)
-            .await;
+        let ids: Vec<EntryId> = batch.iter().map(|(e, _)| e.id).collect();
+        let runner = self.runner.clone();
+        let run = runner.run(self.meta.clone(), source, batch, self.opts.handler_timeout);
+        let report = self.with_heartbeat(run, &ids).await;
         self.metrics
             .handler_duration
             .record(started.elapsed().as_secs_f64());
@@ -722,6 +834,29 @@ impl Worker {
         HealthCell::add(&self.health.acked, acked);
         self.metrics.acked.increment(acked as u64);
         Ok(())
+    }
+
+    /// Awaits the handler; while it runs longer than a third of `claim_min_idle`, refreshes the
+    /// batch's idle time (`XCLAIM ... JUSTID`, no delivery bump) so other consumers do not claim
+    /// entries that are still being worked on. `claim_min_idle` then means "gone", not "slow".
+    async fn with_heartbeat<T>(&mut self, run: BoxFuture<'_, T>, ids: &[EntryId]) -> T {
+        let every = (self.opts.claim_min_idle / 3).max(Duration::from_millis(1));
+        let mut run = run;
+        let mut next = tokio::time::Instant::now() + every;
+        loop {
+            tokio::select! {
+                out = &mut run => return out,
+                _ = tokio::time::sleep_until(next) => {
+                    next += every;
+                    let mut control = self.control.clone();
+                    let r = streams::xclaim_set_idle(&mut control, &self.id.stream, &self.id.group, &self.id.consumer, ids, Duration::ZERO).await;
+                    match r {
+                        Ok(n) => debug!(entries = n, "slow handler: refreshed the batch's idle time"),
+                        Err(e) => warn!(error = %e, "slow handler: could not refresh the batch's idle time; it may be claimed by another consumer"),
+                    }
+                }
+            }
+        }
     }
 
     fn note_failed(&mut self, ids: &[EntryId], reason: &str) {
