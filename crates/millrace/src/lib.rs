@@ -83,3 +83,19 @@ mod doc_examples {
     #[doc = include_str!("../../../README.md")]
     struct Readme;
 }
+
+/// Replaces the default panic hook (which prints to stderr, with a backtrace when `RUST_BACKTRACE`
+/// is set) with one that logs the panic through `tracing` at error level, with its location.
+/// Handler panics are caught by millrace either way; this only changes how they are reported.
+/// Call it once at start-up, after installing your subscriber.
+///
+/// ```
+/// millrace::install_panic_hook();
+/// ```
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = handler::panic_message(info.payload());
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        tracing::error!(panic = %message, %location, "panicked");
+    }));
+}

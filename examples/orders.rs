@@ -1,0 +1,265 @@
+//! Distributed order processing with crashing workers (the seed tutorial's exercise 1), and the
+//! process the fault suite drives.
+//!
+//! Run it (with a Redis at REDIS_URL, e.g. `redis-server --port 6379 &`):
+//!     cargo run -p millrace-examples --example orders -- produce --count 1000
+//!     cargo run -p millrace-examples --example orders -- work --consumer w1 --panic-rate 0.05 &
+//!     cargo run -p millrace-examples --example orders -- work --consumer w2 --fail-rate 0.1 &
+//!     cargo run -p millrace-examples --example orders -- report
+//! `--redis URL` overrides REDIS_URL. `work` runs until SIGINT or SIGTERM, then drains and exits 0.
+//! `report` prints one JSON object: produced, processed, duplicates, dead_lettered, pending, lost.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use millrace::{Batch, ConsumerSpec, HandlerResult, RestartPolicy, StartId, Supervisor};
+use rand::Rng;
+
+#[derive(Parser)]
+#[command(about = "Order processing with supervised, crash-prone workers")]
+struct Cli {
+    /// Redis URL.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    redis: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Adds N orders to the stream, pipelined.
+    Produce {
+        #[arg(long)]
+        count: u64,
+        #[arg(long, default_value = "orders:new")]
+        stream: String,
+        /// Share of orders whose quantity is not a number (they cannot be decoded: dead letters).
+        #[arg(long, default_value_t = 0.0)]
+        poison_rate: f64,
+        /// Orders per pipeline.
+        #[arg(long, default_value_t = 1000)]
+        pipeline: u64,
+        /// Add at most this many orders per second (0: as fast as possible).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+    },
+    /// Runs one supervised consumer until SIGINT/SIGTERM, then drains and exits 0.
+    Work {
+        #[arg(long)]
+        consumer: String,
+        #[arg(long, default_value = "order_processors")]
+        group: String,
+        #[arg(long, default_value = "orders:new")]
+        stream: String,
+        /// Probability per batch of returning Err instead of handling it.
+        #[arg(long, default_value_t = 0.0)]
+        fail_rate: f64,
+        /// Probability per batch of panicking instead of handling it.
+        #[arg(long, default_value_t = 0.0)]
+        panic_rate: f64,
+        /// Simulated work per batch, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        work_ms: u64,
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+        #[arg(long, default_value = "1s")]
+        block: humantime::Duration,
+        #[arg(long, default_value = "1s")]
+        claim_interval: humantime::Duration,
+        #[arg(long, default_value = "5s")]
+        claim_min_idle: humantime::Duration,
+        #[arg(long, default_value_t = 5)]
+        max_deliveries: u64,
+        /// Restarts allowed per minute before the worker gives up (exit 1).
+        #[arg(long, default_value_t = 10_000)]
+        max_restarts: usize,
+    },
+    /// Prints one JSON object: produced, processed, duplicates, dead_lettered, pending, lost.
+    Report {
+        #[arg(long, default_value = "order_processors")]
+        group: String,
+        #[arg(long, default_value = "orders:new")]
+        stream: String,
+    },
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Order {
+    order_id: u64,
+    #[allow(dead_code)]
+    product_id: String,
+    #[allow(dead_code)]
+    user_id: u64,
+    #[allow(dead_code)]
+    quantity: u32,
+    #[allow(dead_code)]
+    timestamp: u64,
+}
+
+const PROCESSED: &str = "orders:processed";
+
+fn produced_key(stream: &str) -> String {
+    format!("{stream}:produced")
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    millrace::install_panic_hook();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Produce { count, stream, poison_rate, pipeline, rate } => produce(&cli.redis, &stream, count, poison_rate, pipeline, rate).await,
+        Cmd::Work { consumer, group, stream, fail_rate, panic_rate, work_ms, count, block, claim_interval, claim_min_idle, max_deliveries, max_restarts } => {
+            let spec = ConsumerSpec::new(stream, group, consumer)
+                .start_id(StartId::Beginning)
+                .count(count)
+                .block(block.into())
+                .claim_interval(claim_interval.into())
+                .claim_min_idle(claim_min_idle.into())
+                .max_deliveries(max_deliveries);
+            work(&cli.redis, spec, fail_rate, panic_rate, work_ms, max_restarts).await
+        }
+        Cmd::Report { group, stream } => report(&cli.redis, &stream, &group).await,
+    };
+    if let Err(e) = result {
+        eprintln!("orders: {e}");
+        std::process::exit(1);
+    }
+}
+
+type AnyResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+async fn produce(url: &str, stream: &str, count: u64, poison_rate: f64, pipeline: u64, rate: u64) -> AnyResult {
+    let mut con = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    let start: u64 = redis::cmd("INCRBY").arg(produced_key(stream)).arg(0).query_async(&mut con).await?;
+    let mut rng = rand::rng();
+    let started = std::time::Instant::now();
+    let mut next = start;
+    while next < start + count {
+        let end = (next + pipeline.max(1)).min(start + count);
+        let mut pipe = redis::pipe();
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
+        for id in next..end {
+            let quantity = if rng.random::<f64>() < poison_rate { "many".to_owned() } else { rng.random_range(1..10u32).to_string() };
+            pipe.cmd("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg("order_id")
+                .arg(id)
+                .arg("product_id")
+                .arg(format!("p-{}", rng.random_range(0..500u32)))
+                .arg("user_id")
+                .arg(rng.random_range(0..10_000u32))
+                .arg("quantity")
+                .arg(quantity)
+                .arg("timestamp")
+                .arg(now_ms)
+                .ignore();
+        }
+        pipe.cmd("INCRBY").arg(produced_key(stream)).arg(end - next).ignore();
+        pipe.query_async::<()>(&mut con).await?;
+        next = end;
+        if rate > 0 {
+            let due = Duration::from_secs_f64((next - start) as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+    println!("produced {count} orders to {stream} (ids {start}..{})", start + count);
+    Ok(())
+}
+
+async fn work(url: &str, spec: ConsumerSpec, fail_rate: f64, panic_rate: f64, work_ms: u64, max_restarts: usize) -> AnyResult {
+    let recorder = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    let spec = spec.handler(move |batch: Batch<Order>| {
+        let mut con = recorder.clone();
+        let roll: f64 = rand::random();
+        async move {
+            if work_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(work_ms)).await;
+            }
+            if roll < panic_rate {
+                panic!("simulated crash while handling {} orders", batch.len());
+            }
+            if roll < panic_rate + fail_rate {
+                return HandlerResult::err("simulated failure");
+            }
+            let mut pipe = redis::pipe();
+            for entry in &batch {
+                pipe.cmd("HINCRBY").arg(PROCESSED).arg(entry.message.order_id).arg(1).ignore();
+            }
+            match pipe.query_async::<()>(&mut con).await {
+                Ok(()) => HandlerResult::Ok,
+                Err(e) => HandlerResult::err(format!("recording failed: {e}")),
+            }
+        }
+    });
+    let mut policy = RestartPolicy::default();
+    policy.max_restarts = max_restarts;
+    policy.backoff_initial = Duration::from_millis(10);
+    policy.backoff_max = Duration::from_millis(250);
+    let app = Supervisor::builder().redis(url).restart_policy(policy).consumer(spec).start().await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut ready = tokio::time::interval(Duration::from_millis(20));
+    let mut announced = false;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            r = app.wait() => { r?; return Ok(()); }
+            _ = ready.tick(), if !announced => {
+                if app.is_ready() {
+                    println!("ready");
+                    announced = true;
+                }
+            }
+        }
+    }
+    app.shutdown().await?;
+    println!("stopped");
+    Ok(())
+}
+
+async fn report(url: &str, stream: &str, group: &str) -> AnyResult {
+    let mut con = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    let produced: u64 = redis::cmd("GET").arg(produced_key(stream)).query_async::<Option<u64>>(&mut con).await?.unwrap_or(0);
+    let processed: Vec<(u64, u64)> = redis::cmd("HGETALL").arg(PROCESSED).query_async(&mut con).await?;
+    let processed_ids: HashSet<u64> = processed.iter().map(|(id, _)| *id).collect();
+    let duplicates: u64 = processed.iter().map(|(_, n)| n.saturating_sub(1)).sum();
+    let dlq = format!("{stream}:dlq");
+    let dead: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = redis::cmd("XRANGE").arg(&dlq).arg("-").arg("+").query_async(&mut con).await?;
+    let mut dead_ids = HashSet::new();
+    for (id, fields) in &dead {
+        let entry = millrace::RawEntry::new(id.parse()?, fields.clone());
+        if let Some(order) = millrace::dead_letter::DeadLetter::parse(&entry) {
+            let raw = millrace::RawEntry::new(entry.id, order.fields);
+            if let Some(order_id) = raw.get_str("order_id").and_then(|s| s.parse::<u64>().ok()) {
+                dead_ids.insert(order_id);
+            }
+        }
+    }
+    let pending: u64 = match redis::cmd("XPENDING").arg(stream).arg(group).query_async::<redis::Value>(&mut con).await {
+        Ok(redis::Value::Array(parts)) => match parts.first() {
+            Some(redis::Value::Int(n)) => *n as u64,
+            _ => 0,
+        },
+        _ => 0,
+    };
+    let lost = (0..produced).filter(|id| !processed_ids.contains(id) && !dead_ids.contains(id)).count();
+    let json = serde_json::json!({
+        "produced": produced,
+        "processed": processed_ids.len(),
+        "duplicates": duplicates,
+        "dead_lettered": dead.len(),
+        "pending": pending,
+        "lost": lost,
+    });
+    println!("{json}");
+    Ok(())
+}
