@@ -1,6 +1,11 @@
 //! End-to-end tests of millrace against real redis-server processes started by the testkit.
 //! Each module covers one behaviour; tests await real events (never fixed sleeps).
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::type_complexity
+)]
 
 mod common;
 
@@ -8,3 +13,4 @@ mod acks;
 mod config;
 mod recovery;
 mod supervision;
+mod faults;

@@ -1,0 +1,1 @@
+//! The fault suite: real worker processes (examples/orders.rs) under real faults.
