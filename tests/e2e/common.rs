@@ -68,7 +68,8 @@ pub(crate) async fn create_group(con: &mut MultiplexedConnection, stream: &str, 
         .unwrap();
 }
 
-/// Total pending entries of a group (0 when the group or key is missing).
+/// Total pending entries of a group; `u64::MAX` while the group or key does not exist, so a wait for
+/// "nothing pending" cannot pass before the consumer has even created its group.
 pub(crate) async fn pending(con: &mut MultiplexedConnection, stream: &str, group: &str) -> u64 {
     let r: redis::RedisResult<(u64, redis::Value, redis::Value, redis::Value)> =
         redis::cmd("XPENDING")
@@ -76,7 +77,7 @@ pub(crate) async fn pending(con: &mut MultiplexedConnection, stream: &str, group
             .arg(group)
             .query_async(con)
             .await;
-    r.map(|r| r.0).unwrap_or(0)
+    r.map(|r| r.0).unwrap_or(u64::MAX)
 }
 
 /// Pending ids of a group with their owner and delivery count.

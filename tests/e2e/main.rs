@@ -11,6 +11,6 @@ mod common;
 
 mod acks;
 mod config;
+mod faults;
 mod recovery;
 mod supervision;
-mod faults;

@@ -1,1 +1,550 @@
-//! Self-healing: lost connections, a Redis restart, a vanished group, and poison entries.
+//! Self-healing in one process: lost connections, a Redis restart, a vanished group or key, poison
+//! entries, a dead-letter write refused for lack of memory, trimmed entries, a reply cut halfway,
+//! missing ACL permissions, and credentials kept out of logs.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use millrace::{
+    Batch, ConsumerId, ConsumerSpec, EntryId, HandlerResult, RawEntry, RestartPolicy, StartId,
+    Supervisor,
+};
+use millrace_testkit::{eventually, FaultProxy, RedisServer};
+
+use crate::common::*;
+
+fn spec(stream: &str, group: &str, consumer: &str) -> ConsumerSpec {
+    ConsumerSpec::new(stream, group, consumer)
+        .start_id(StartId::Beginning)
+        .block(Duration::from_millis(300))
+}
+
+async fn wait_handled(seen: &Seen, n: usize) {
+    let seen = seen.clone();
+    eventually(WAIT, &format!("{n} entries handled"), move || {
+        let len = seen.len();
+        async move { len >= n }
+    })
+    .await;
+}
+
+async fn wait_no_pending(con: &redis::aio::MultiplexedConnection, stream: &str, group: &str) {
+    eventually(WAIT, "nothing pending", || {
+        let mut con = con.clone();
+        let (stream, group) = (stream.to_owned(), group.to_owned());
+        async move { pending(&mut con, &stream, &group).await == 0 }
+    })
+    .await;
+}
+
+async fn dlq_entries(
+    con: &mut redis::aio::MultiplexedConnection,
+    dlq: &str,
+) -> Vec<millrace::dead_letter::DeadLetter> {
+    let rows: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = redis::cmd("XRANGE")
+        .arg(dlq)
+        .arg("-")
+        .arg("+")
+        .query_async(con)
+        .await
+        .unwrap();
+    rows.into_iter()
+        .map(|(id, fields)| {
+            millrace::dead_letter::DeadLetter::parse(&RawEntry::new(id.parse().unwrap(), fields))
+                .unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_killed_connection_is_reconnected_and_nothing_is_lost() {
+    let (server, mut con) = server().await;
+    let seen = Seen::default();
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(spec("s", "g", "c").handler(recording(&seen)))
+        .start()
+        .await
+        .unwrap();
+    let id = ConsumerId::new("s", "g", "c");
+    eventually(WAIT, "running", || {
+        let r = app.is_ready();
+        async move { r }
+    })
+    .await;
+    for round in 0..3 {
+        let _: u64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        xadd_n(&mut con, "s", 10).await;
+        wait_handled(&seen, 10 * (round + 1)).await;
+    }
+    wait_no_pending(&con, "s", "g").await;
+    assert!(app.consumer_health(&id).unwrap().counters.reconnects >= 1);
+    assert_eq!(seen.count_by_id().len(), 30);
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_redis_crash_and_restart_with_persistence_is_survived() {
+    init_tracing();
+    let mut server = RedisServer::builder().appendonly(true).start();
+    let mut con = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let seen = Seen::default();
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(spec("s", "g", "c").handler(recording(&seen)))
+        .start()
+        .await
+        .unwrap();
+    xadd_n(&mut con, "s", 20).await;
+    wait_handled(&seen, 20).await;
+    server.kill();
+    server.restart();
+    let mut con = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    xadd_n(&mut con, "s", 20).await;
+    wait_handled(&seen, 40).await;
+    wait_no_pending(&con, "s", "g").await;
+    assert_eq!(seen.count_by_id().len(), 40);
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_vanished_key_or_group_is_recreated_and_consumption_goes_on() {
+    let (server, mut con) = server().await;
+    let seen = Seen::default();
+    let id = ConsumerId::new("s", "g", "c");
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(spec("s", "g", "c").handler(recording(&seen)))
+        .start()
+        .await
+        .unwrap();
+    xadd_n(&mut con, "s", 5).await;
+    wait_handled(&seen, 5).await;
+    // DEL while the consumer is blocked: UNBLOCKED the stream key no longer exists.
+    let _: u64 = redis::cmd("DEL")
+        .arg("s")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    eventually(WAIT, "group recreated after DEL", || {
+        let n = app.consumer_health(&id).unwrap().counters.group_recreated;
+        async move { n >= 1 }
+    })
+    .await;
+    xadd_n(&mut con, "s", 5).await;
+    wait_handled(&seen, 10).await;
+    // XGROUP DESTROY while blocked: NOGROUP.
+    let _: u64 = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg("s")
+        .arg("g")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    eventually(WAIT, "group recreated after DESTROY", || {
+        let n = app.consumer_health(&id).unwrap().counters.group_recreated;
+        async move { n >= 2 }
+    })
+    .await;
+    xadd_n(&mut con, "s", 5).await;
+    eventually(
+        WAIT,
+        "new entries handled after the group came back",
+        || {
+            let n = seen.count_by_id().len();
+            async move { n >= 15 }
+        },
+    )
+    .await;
+    wait_no_pending(&con, "s", "g").await;
+    app.shutdown().await.unwrap();
+}
+
+/// A handler that fails every entry whose `n` field is `poison`.
+fn poison_aware(
+    seen: &Seen,
+) -> impl Fn(Batch<RawEntry>) -> futures::future::Ready<HandlerResult> + Send + Sync + 'static {
+    let seen = seen.clone();
+    move |batch: Batch<RawEntry>| {
+        seen.record(&batch);
+        let good: Vec<EntryId> = batch
+            .iter()
+            .filter(|e| e.message.get_str("n") != Some("poison"))
+            .map(|e| e.id)
+            .collect();
+        futures::future::ready(if good.len() == batch.len() {
+            HandlerResult::Ok
+        } else {
+            HandlerResult::Partial(good)
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_poison_entry_moves_to_dead_letters_after_exactly_max_deliveries() {
+    let (server, mut con) = server().await;
+    let seen = Seen::default();
+    xadd_n(&mut con, "s", 3).await;
+    let poison = xadd(&mut con, "s", &[("n", "poison")]).await;
+    xadd_n(&mut con, "s", 3).await;
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(
+            spec("s", "g", "c")
+                .max_deliveries(3)
+                .claim_interval(Duration::from_millis(100))
+                .claim_min_idle(Duration::from_millis(200))
+                .handler(poison_aware(&seen)),
+        )
+        .start()
+        .await
+        .unwrap();
+    wait_no_pending(&con, "s", "g").await;
+    let dead = dlq_entries(&mut con, "s:dlq").await;
+    assert_eq!(dead.len(), 1);
+    let d = &dead[0];
+    assert_eq!(d.source_id, Some(poison));
+    assert_eq!(
+        (
+            d.group.as_str(),
+            d.consumer.as_str(),
+            d.source_stream.as_str()
+        ),
+        ("g", "c", "s")
+    );
+    assert_eq!(d.deliveries, Some(4));
+    assert!(
+        d.reason.contains("max_deliveries = 3") && d.reason.contains("Partial"),
+        "{}",
+        d.reason
+    );
+    assert_eq!(d.fields, vec![(b"n".to_vec(), b"poison".to_vec())]);
+    assert_eq!(
+        seen.count_by_id()[&poison],
+        3,
+        "handled exactly max_deliveries times"
+    );
+    assert!(
+        seen.count_by_id().values().filter(|c| **c == 1).count() == 6,
+        "the others once each"
+    );
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_dead_letter_write_leaves_the_entry_pending_until_memory_returns() {
+    let (server, mut con) = server().await;
+    let seen = Seen::default();
+    let id = ConsumerId::new("s", "g", "c");
+    let poison = xadd(&mut con, "s", &[("n", "poison")]).await;
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(
+            spec("s", "g", "c")
+                .max_deliveries(1)
+                .claim_interval(Duration::from_millis(100))
+                .claim_min_idle(Duration::from_millis(300))
+                .handler(poison_aware(&seen)),
+        )
+        .start()
+        .await
+        .unwrap();
+    wait_handled(&seen, 1).await;
+    // XADD is refused (OOM) while XACK still works: the move must not ack.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    eventually(WAIT, "the dead-letter move failed with OOM", || {
+        let err = app
+            .consumer_health(&id)
+            .unwrap()
+            .last_error
+            .unwrap_or_default();
+        async move { err.contains("OOM") }
+    })
+    .await;
+    assert_eq!(
+        pending(&mut con, "s", "g").await,
+        1,
+        "not acked while the dead-letter write fails"
+    );
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    wait_no_pending(&con, "s", "g").await;
+    let dead = dlq_entries(&mut con, "s:dlq").await;
+    assert_eq!(
+        dead.iter().map(|d| d.source_id).collect::<Vec<_>>(),
+        vec![Some(poison)]
+    );
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn entries_trimmed_while_pending_are_dropped_by_claims_and_counted() {
+    let (server, mut con) = server().await;
+    let ids = xadd_n(&mut con, "s", 4).await;
+    let fail = Arc::new(AtomicBool::new(true));
+    let fail2 = fail.clone();
+    let a_seen = Seen::default();
+    let a_seen2 = a_seen.clone();
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(spec("s", "g", "a").handler(move |batch: Batch<RawEntry>| {
+            a_seen2.record(&batch);
+            let r = if fail2.load(Ordering::SeqCst) {
+                HandlerResult::err("no")
+            } else {
+                HandlerResult::Ok
+            };
+            async move { r }
+        }))
+        .start()
+        .await
+        .unwrap();
+    wait_handled(&a_seen, 4).await;
+    let _: u64 = redis::cmd("XTRIM")
+        .arg("s")
+        .arg("MAXLEN")
+        .arg(1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let b_seen = Seen::default();
+    app.add_consumer(
+        spec("s", "g", "b")
+            .claim_interval(Duration::from_millis(100))
+            .claim_min_idle(Duration::from_millis(200))
+            .handler(recording(&b_seen)),
+    )
+    .await
+    .unwrap();
+    wait_no_pending(&con, "s", "g").await;
+    let b = app
+        .consumer_health(&ConsumerId::new("s", "g", "b"))
+        .unwrap();
+    assert_eq!(b.counters.deleted_while_pending, 3);
+    assert_eq!(
+        b_seen.ids(),
+        vec![ids[3]],
+        "only the live entry reaches a handler"
+    );
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reply_cut_off_halfway_strands_nothing() {
+    let (server, mut con) = server().await;
+    let proxy = FaultProxy::start(server.port()).await;
+    let seen = Seen::default();
+    let app = Supervisor::builder()
+        .redis(proxy.url())
+        .consumer(spec("s", "g", "c").count(100).handler(recording(&seen)))
+        .start()
+        .await
+        .unwrap();
+    eventually(WAIT, "running", || {
+        let r = app.is_ready();
+        async move { r }
+    })
+    .await;
+    // The next reply on every open connection is cut after 300 bytes: the blocked read's entries go
+    // into the PEL, but the client never sees them.
+    proxy.cut_downstream_after(300);
+    let ids = xadd_n(&mut con, "s", 50).await;
+    wait_handled(&seen, 50).await;
+    wait_no_pending(&con, "s", "g").await;
+    let counts = seen.count_by_id();
+    assert!(ids.iter().all(|id| counts.contains_key(id)));
+    app.shutdown().await.unwrap();
+}
+
+async fn acl_user(
+    con: &mut redis::aio::MultiplexedConnection,
+    user: &str,
+    password: &str,
+    rules: &str,
+) {
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("SETUSER")
+        .arg(user)
+        .arg("reset")
+        .arg("on")
+        .arg(format!(">{password}"));
+    for rule in rules.split_whitespace() {
+        cmd.arg(rule);
+    }
+    let _: () = cmd.query_async(con).await.unwrap();
+}
+
+const LEAST_PRIVILEGE: &str = "~s ~s:dlq resetchannels -@all +xreadgroup +xack +xautoclaim +xclaim +xpending +xgroup|create +xadd +evalsha +eval +client|id +client|unblock";
+
+fn url_for(server: &RedisServer, user: &str, password: &str) -> String {
+    format!("redis://{user}:{password}@127.0.0.1:{}", server.port())
+}
+
+#[tokio::test]
+async fn the_documented_least_privilege_acl_is_enough() {
+    let (server, mut con) = server().await;
+    acl_user(&mut con, "worker", "pw-1", LEAST_PRIVILEGE).await;
+    let seen = Seen::default();
+    xadd_n(&mut con, "s", 3).await;
+    let poison = xadd(&mut con, "s", &[("n", "poison")]).await;
+    let app = Supervisor::builder()
+        .redis(url_for(&server, "worker", "pw-1"))
+        .consumer(
+            spec("s", "g", "c")
+                .max_deliveries(1)
+                .claim_interval(Duration::from_millis(100))
+                .claim_min_idle(Duration::from_millis(200))
+                .handler(poison_aware(&seen)),
+        )
+        .start()
+        .await
+        .unwrap();
+    wait_no_pending(&con, "s", "g").await;
+    assert_eq!(
+        dlq_entries(&mut con, "s:dlq").await[0].source_id,
+        Some(poison)
+    );
+    app.shutdown().await.unwrap();
+    let denied: Vec<redis::Value> = redis::cmd("ACL")
+        .arg("LOG")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(
+        denied.is_empty(),
+        "no command was denied on the happy path: {denied:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_permission_fails_fast_and_names_the_command() {
+    let (server, mut con) = server().await;
+    for (missing, command) in [
+        ("+xautoclaim", "XAUTOCLAIM"),
+        ("+xack", "XACK"),
+        ("~s:dlq", "dead-letter"),
+    ] {
+        let rules = LEAST_PRIVILEGE.replace(&format!(" {missing}"), "");
+        acl_user(&mut con, "worker", "pw-2", &rules).await;
+        let app = Supervisor::builder()
+            .redis(url_for(&server, "worker", "pw-2"))
+            .restart_policy(RestartPolicy::default())
+            .consumer(spec("s", "g", "c").handler(recording(&Seen::default())))
+            .start()
+            .await
+            .unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(5), app.wait())
+            .await
+            .expect("fails fast")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(command) && err.contains("permission") && err.contains("consumer `c`"),
+            "{missing}: {err}"
+        );
+        assert!(!err.contains("pw-2"), "{err}");
+        let h = app
+            .consumer_health(&ConsumerId::new("s", "g", "c"))
+            .unwrap();
+        assert_eq!(h.restarts_total, 0, "no restart loop on NOPERM");
+    }
+}
+
+/// Collects everything tracing writes, at every level.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_password_never_appears_in_logs_errors_or_debug_output() {
+    let server = RedisServer::start();
+    let mut con = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let sentinel = format!("S3ntinel-PW-{}", std::process::id());
+    acl_user(&mut con, "worker", &sentinel, LEAST_PRIVILEGE).await;
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mut texts = Vec::new();
+    // Wrong password: the error must not echo it either.
+    let wrong = format!("{sentinel}-wrong");
+    let app = Supervisor::builder()
+        .redis(url_for(&server, "worker", &wrong))
+        .consumer(spec("s", "g", "c").handler(recording(&Seen::default())))
+        .start()
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(WAIT, app.wait())
+        .await
+        .unwrap()
+        .unwrap_err();
+    texts.push(format!("{err} {err:?} {app:?} {:?}", app.health()));
+    // Right password: a full run.
+    let seen = Seen::default();
+    let builder = Supervisor::builder()
+        .redis(url_for(&server, "worker", &sentinel))
+        .consumer(spec("s", "g", "c").handler(recording(&seen)));
+    texts.push(format!("{builder:?}"));
+    let app = builder.start().await.unwrap();
+    xadd_n(&mut con, "s", 5).await;
+    wait_handled(&seen, 5).await;
+    texts.push(format!("{app:?} {:?}", app.health()));
+    app.shutdown().await.unwrap();
+
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(logs.len() > 1000, "TRACE logging was captured");
+    texts.push(logs);
+    let encoded = sentinel.replace('-', "%2D");
+    for text in texts {
+        assert!(
+            !text.contains(&sentinel) && !text.contains(&encoded),
+            "password leaked: {text}"
+        );
+    }
+}

@@ -35,9 +35,7 @@ pub const META_FIELDS: [&str; 7] = [
 /// atomically. Returns 1 when moved, 0 when it was no longer pending (someone acked or moved it).
 /// A failing XADD (for example OOM) raises before the XACK, so the entry stays pending.
 /// `check`: verifies the ACL permissions the move needs, without writing anything.
-static MOVE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
+const MOVE_SCRIPT_SOURCE: &str = r"
 if ARGV[1] == 'check' then
   if not redis.acl_check_cmd('XADD', KEYS[2], '*', 'f', 'v') then
     return redis.error_reply('NOPERM this user has no permissions to run XADD on the dead-letter stream ' .. KEYS[2])
@@ -52,9 +50,34 @@ if #pending == 0 then return 0 end
 redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
 redis.call('XACK', KEYS[1], ARGV[2], ARGV[3])
 return 1
-",
-    )
-});
+";
+
+/// The script's SHA1, for EVALSHA.
+static MOVE_SCRIPT_SHA: LazyLock<String> =
+    LazyLock::new(|| redis::Script::new(MOVE_SCRIPT_SOURCE).get_hash().to_owned());
+
+/// Runs the move script: EVALSHA, and EVAL when the server does not have it cached yet (which also
+/// caches it). Unlike `redis::Script`, this never needs the `SCRIPT LOAD` permission.
+async fn run_script<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &[&str],
+    args: &[&[u8]],
+) -> RedisResult<i64> {
+    let build = |head: &str, body: &str| {
+        let mut cmd = redis::cmd(head);
+        cmd.arg(body).arg(keys.len()).arg(keys);
+        for a in args {
+            cmd.arg(*a);
+        }
+        cmd
+    };
+    match build("EVALSHA", &MOVE_SCRIPT_SHA).query_async(conn).await {
+        Err(e) if e.code() == Some("NOSCRIPT") => {
+            build("EVAL", MOVE_SCRIPT_SOURCE).query_async(conn).await
+        }
+        other => other,
+    }
+}
 
 /// Checks, without writing, that the user may run the dead-letter move (EVALSHA/EVAL, and inside it
 /// XADD on the dead-letter stream and XACK on the source).
@@ -64,14 +87,9 @@ pub(crate) async fn check_permissions<C: ConnectionLike + Send>(
     dlq: &str,
     group: &str,
 ) -> RedisResult<()> {
-    let _: i64 = MOVE_SCRIPT
-        .key(stream)
-        .key(dlq)
-        .arg("check")
-        .arg(group)
-        .invoke_async(conn)
-        .await?;
-    Ok(())
+    run_script(conn, &[stream, dlq], &[b"check", group.as_bytes()])
+        .await
+        .map(drop)
 }
 
 /// What to record with a dead letter.
@@ -96,8 +114,6 @@ pub(crate) async fn move_entry<C: ConnectionLike + Send>(
         .map(|d| d.as_millis())
         .unwrap_or_default();
     let id = entry.id.to_string();
-    let mut inv = MOVE_SCRIPT.key(info.stream);
-    inv.key(info.dlq).arg("move").arg(info.group).arg(&id);
     let meta: [String; 7] = [
         info.stream.to_owned(),
         id.clone(),
@@ -107,13 +123,17 @@ pub(crate) async fn move_entry<C: ConnectionLike + Send>(
         info.reason.to_owned(),
         now_ms.to_string(),
     ];
+    let mut args: Vec<&[u8]> = Vec::with_capacity(3 + 2 * (meta.len() + entry.fields.len()));
+    args.extend([b"move".as_slice(), info.group.as_bytes(), id.as_bytes()]);
     for (name, value) in META_FIELDS.iter().zip(meta.iter()) {
-        inv.arg(*name).arg(value);
+        args.push(name.as_bytes());
+        args.push(value.as_bytes());
     }
     for (k, v) in &entry.fields {
-        inv.arg(k.as_slice()).arg(v.as_slice());
+        args.push(k);
+        args.push(v);
     }
-    let moved: i64 = inv.invoke_async(conn).await?;
+    let moved = run_script(conn, &[info.stream, info.dlq], &args).await?;
     Ok(moved == 1)
 }
 

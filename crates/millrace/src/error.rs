@@ -236,14 +236,14 @@ pub(crate) fn classify(
     }
     match err.kind() {
         ErrorKind::AuthenticationFailed => {
-            return fatal("check the username and password in the Redis URL (and the ACL user is `on`)".into())
+            return fatal(
+                "check the username and password in the Redis URL (and the ACL user is `on`)"
+                    .into(),
+            )
         }
         ErrorKind::InvalidClientConfig => return fatal("fix the Redis connection settings".into()),
         ErrorKind::Server(ServerErrorKind::NoPerm) => {
-            return fatal(format!(
-                "the Redis ACL user lacks permission for {command} on key `{key}`: grant it, e.g. `ACL SETUSER <user> +{} ~{key}` (docs/permissions.md lists the full ACL line)",
-                command.to_ascii_lowercase().replace(' ', "|")
-            ))
+            return fatal(noperm_hint(&err.to_string(), command, key))
         }
         ErrorKind::Server(ServerErrorKind::ReadOnly) => {
             return fatal("the server is a read-only replica; point millrace at the primary".into())
@@ -263,9 +263,7 @@ pub(crate) fn classify(
         Some("NOAUTH") | Some("WRONGPASS") => {
             fatal("check the username and password in the Redis URL".into())
         }
-        Some("NOPERM") => fatal(format!(
-            "the Redis ACL user lacks permission for {command} on key `{key}` (docs/permissions.md lists the full ACL line)"
-        )),
+        Some("NOPERM") => fatal(noperm_hint(&err.to_string(), command, key)),
         Some("READONLY") => fatal("the server is a read-only replica; point millrace at the primary".into()),
         Some("ERR") if err.to_string().contains("unknown command") => {
             fatal("millrace needs Redis 7.0 or newer".into())
@@ -275,6 +273,35 @@ pub(crate) fn classify(
         )),
         _ => Error::Redis { consumer: consumer.cloned(), command, source: err },
     }
+}
+
+/// What to grant for a NOPERM: the command or key the server named, else the command we ran.
+fn noperm_hint(message: &str, command: &str, key: &str) -> String {
+    let rule = if let Some(rest) = message.split("run the '").nth(1) {
+        format!("+{}", rest.split('\'').next().unwrap_or_default())
+    } else if message.contains("access one of the keys") || message.contains("dead-letter stream") {
+        format!("~{key}")
+    } else if let Some(rest) = message.split("permissions to run ").nth(1) {
+        format!(
+            "+{}",
+            rest.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase()
+        )
+    } else {
+        format!(
+            "+{}",
+            command
+                .split_whitespace()
+                .next()
+                .unwrap_or(command)
+                .to_ascii_lowercase()
+        )
+    };
+    format!(
+        "the Redis ACL user lacks a permission needed for {command} on key `{key}`: grant it with `ACL SETUSER <user> {rule}` (docs/permissions.md lists the full least-privilege ACL line)"
+    )
 }
 
 /// Removes anything that looks like `user:password@` from a message, in case a URL leaked into it.

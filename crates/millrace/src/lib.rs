@@ -95,7 +95,10 @@ mod doc_examples {
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let message = handler::panic_message(info.payload());
-        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
         tracing::error!(panic = %message, %location, "panicked");
     }));
 }

@@ -543,6 +543,7 @@ impl Worker {
                         attempt,
                     );
                     warn!(error = %err, retry_in = ?delay, "retrying");
+                    self.health.set_error(err.to_string());
                     attempt += 1;
                     tokio::time::sleep(delay).await;
                 }
