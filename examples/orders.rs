@@ -21,7 +21,12 @@ use rand::Rng;
 #[command(about = "Order processing with supervised, crash-prone workers")]
 struct Cli {
     /// Redis URL.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
     redis: String,
     #[command(subcommand)]
     cmd: Cmd,
@@ -113,8 +118,27 @@ async fn main() {
     millrace::install_panic_hook();
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Produce { count, stream, poison_rate, pipeline, rate } => produce(&cli.redis, &stream, count, poison_rate, pipeline, rate).await,
-        Cmd::Work { consumer, group, stream, fail_rate, panic_rate, work_ms, count, block, claim_interval, claim_min_idle, max_deliveries, max_restarts } => {
+        Cmd::Produce {
+            count,
+            stream,
+            poison_rate,
+            pipeline,
+            rate,
+        } => produce(&cli.redis, &stream, count, poison_rate, pipeline, rate).await,
+        Cmd::Work {
+            consumer,
+            group,
+            stream,
+            fail_rate,
+            panic_rate,
+            work_ms,
+            count,
+            block,
+            claim_interval,
+            claim_min_idle,
+            max_deliveries,
+            max_restarts,
+        } => {
             let spec = ConsumerSpec::new(stream, group, consumer)
                 .start_id(StartId::Beginning)
                 .count(count)
@@ -122,7 +146,15 @@ async fn main() {
                 .claim_interval(claim_interval.into())
                 .claim_min_idle(claim_min_idle.into())
                 .max_deliveries(max_deliveries);
-            work(&cli.redis, spec, fail_rate, panic_rate, work_ms, max_restarts).await
+            work(
+                &cli.redis,
+                spec,
+                fail_rate,
+                panic_rate,
+                work_ms,
+                max_restarts,
+            )
+            .await
         }
         Cmd::Report { group, stream } => report(&cli.redis, &stream, &group).await,
     };
@@ -134,9 +166,25 @@ async fn main() {
 
 type AnyResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
-async fn produce(url: &str, stream: &str, count: u64, poison_rate: f64, pipeline: u64, rate: u64) -> AnyResult {
-    let mut con = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
-    let start: u64 = redis::cmd("INCRBY").arg(produced_key(stream)).arg(0).query_async(&mut con).await?;
+/// An XRANGE reply: ids with their field/value pairs.
+type Entries = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
+
+async fn produce(
+    url: &str,
+    stream: &str,
+    count: u64,
+    poison_rate: f64,
+    pipeline: u64,
+    rate: u64,
+) -> AnyResult {
+    let mut con = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let start: u64 = redis::cmd("INCRBY")
+        .arg(produced_key(stream))
+        .arg(0)
+        .query_async(&mut con)
+        .await?;
     let mut rng = rand::rng();
     let started = std::time::Instant::now();
     let mut next = start;
@@ -145,7 +193,11 @@ async fn produce(url: &str, stream: &str, count: u64, poison_rate: f64, pipeline
         let mut pipe = redis::pipe();
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
         for id in next..end {
-            let quantity = if rng.random::<f64>() < poison_rate { "many".to_owned() } else { rng.random_range(1..10u32).to_string() };
+            let quantity = if rng.random::<f64>() < poison_rate {
+                "many".to_owned()
+            } else {
+                rng.random_range(1..10u32).to_string()
+            };
             pipe.cmd("XADD")
                 .arg(stream)
                 .arg("*")
@@ -161,7 +213,10 @@ async fn produce(url: &str, stream: &str, count: u64, poison_rate: f64, pipeline
                 .arg(now_ms)
                 .ignore();
         }
-        pipe.cmd("INCRBY").arg(produced_key(stream)).arg(end - next).ignore();
+        pipe.cmd("INCRBY")
+            .arg(produced_key(stream))
+            .arg(end - next)
+            .ignore();
         pipe.query_async::<()>(&mut con).await?;
         next = end;
         if rate > 0 {
@@ -171,12 +226,24 @@ async fn produce(url: &str, stream: &str, count: u64, poison_rate: f64, pipeline
             }
         }
     }
-    println!("produced {count} orders to {stream} (ids {start}..{})", start + count);
+    println!(
+        "produced {count} orders to {stream} (ids {start}..{})",
+        start + count
+    );
     Ok(())
 }
 
-async fn work(url: &str, spec: ConsumerSpec, fail_rate: f64, panic_rate: f64, work_ms: u64, max_restarts: usize) -> AnyResult {
-    let recorder = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+async fn work(
+    url: &str,
+    spec: ConsumerSpec,
+    fail_rate: f64,
+    panic_rate: f64,
+    work_ms: u64,
+    max_restarts: usize,
+) -> AnyResult {
+    let recorder = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
     let spec = spec.handler(move |batch: Batch<Order>| {
         let mut con = recorder.clone();
         let roll: f64 = rand::random();
@@ -192,7 +259,11 @@ async fn work(url: &str, spec: ConsumerSpec, fail_rate: f64, panic_rate: f64, wo
             }
             let mut pipe = redis::pipe();
             for entry in &batch {
-                pipe.cmd("HINCRBY").arg(PROCESSED).arg(entry.message.order_id).arg(1).ignore();
+                pipe.cmd("HINCRBY")
+                    .arg(PROCESSED)
+                    .arg(entry.message.order_id)
+                    .arg(1)
+                    .ignore();
             }
             match pipe.query_async::<()>(&mut con).await {
                 Ok(()) => HandlerResult::Ok,
@@ -204,7 +275,12 @@ async fn work(url: &str, spec: ConsumerSpec, fail_rate: f64, panic_rate: f64, wo
     policy.max_restarts = max_restarts;
     policy.backoff_initial = Duration::from_millis(10);
     policy.backoff_max = Duration::from_millis(250);
-    let app = Supervisor::builder().redis(url).restart_policy(policy).consumer(spec).start().await?;
+    let app = Supervisor::builder()
+        .redis(url)
+        .restart_policy(policy)
+        .consumer(spec)
+        .start()
+        .await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut ready = tokio::time::interval(Duration::from_millis(20));
     let mut announced = false;
@@ -227,13 +303,27 @@ async fn work(url: &str, spec: ConsumerSpec, fail_rate: f64, panic_rate: f64, wo
 }
 
 async fn report(url: &str, stream: &str, group: &str) -> AnyResult {
-    let mut con = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
-    let produced: u64 = redis::cmd("GET").arg(produced_key(stream)).query_async::<Option<u64>>(&mut con).await?.unwrap_or(0);
-    let processed: Vec<(u64, u64)> = redis::cmd("HGETALL").arg(PROCESSED).query_async(&mut con).await?;
+    let mut con = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let produced: u64 = redis::cmd("GET")
+        .arg(produced_key(stream))
+        .query_async::<Option<u64>>(&mut con)
+        .await?
+        .unwrap_or(0);
+    let processed: Vec<(u64, u64)> = redis::cmd("HGETALL")
+        .arg(PROCESSED)
+        .query_async(&mut con)
+        .await?;
     let processed_ids: HashSet<u64> = processed.iter().map(|(id, _)| *id).collect();
     let duplicates: u64 = processed.iter().map(|(_, n)| n.saturating_sub(1)).sum();
     let dlq = format!("{stream}:dlq");
-    let dead: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = redis::cmd("XRANGE").arg(&dlq).arg("-").arg("+").query_async(&mut con).await?;
+    let dead: Entries = redis::cmd("XRANGE")
+        .arg(&dlq)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut con)
+        .await?;
     let mut dead_ids = HashSet::new();
     for (id, fields) in &dead {
         let entry = millrace::RawEntry::new(id.parse()?, fields.clone());
@@ -244,14 +334,21 @@ async fn report(url: &str, stream: &str, group: &str) -> AnyResult {
             }
         }
     }
-    let pending: u64 = match redis::cmd("XPENDING").arg(stream).arg(group).query_async::<redis::Value>(&mut con).await {
+    let pending: u64 = match redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async::<redis::Value>(&mut con)
+        .await
+    {
         Ok(redis::Value::Array(parts)) => match parts.first() {
             Some(redis::Value::Int(n)) => *n as u64,
             _ => 0,
         },
         _ => 0,
     };
-    let lost = (0..produced).filter(|id| !processed_ids.contains(id) && !dead_ids.contains(id)).count();
+    let lost = (0..produced)
+        .filter(|id| !processed_ids.contains(id) && !dead_ids.contains(id))
+        .count();
     let json = serde_json::json!({
         "produced": produced,
         "processed": processed_ids.len(),
