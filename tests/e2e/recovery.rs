@@ -403,7 +403,7 @@ async fn acl_user(
     let _: () = cmd.query_async(con).await.unwrap();
 }
 
-const LEAST_PRIVILEGE: &str = "~s ~s:dlq resetchannels -@all +xreadgroup +xack +xautoclaim +xclaim +xpending +xgroup|create +xadd +evalsha +eval +client|id +client|unblock";
+const LEAST_PRIVILEGE: &str = "~s ~s:dlq resetchannels -@all +xreadgroup +xack +xautoclaim +xclaim +xpending +xgroup|create +xadd +xrange +evalsha +eval +client|id +client|unblock";
 
 fn url_for(server: &RedisServer, user: &str, password: &str) -> String {
     format!("redis://{user}:{password}@127.0.0.1:{}", server.port())
@@ -547,4 +547,53 @@ async fn a_password_never_appears_in_logs_errors_or_debug_output() {
             "password leaked: {text}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_handler_can_dead_letter_an_entry_explicitly() {
+    let (server, mut con) = server().await;
+    let ids = xadd_n(&mut con, "s", 3).await;
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(spec("s", "g", "c").handler(move |batch: Batch<RawEntry>| {
+            for e in &batch {
+                if e.message.get_str("n") == Some("1") {
+                    batch.dead_letter(e.id, "refused by billing");
+                }
+            }
+            async { HandlerResult::Ok }
+        }))
+        .start()
+        .await
+        .unwrap();
+    wait_no_pending(&con, "s", "g").await;
+    eventually(WAIT, "one dead letter", || {
+        let mut con = con.clone();
+        async move { dlq_entries(&mut con, "s:dlq").await.len() == 1 }
+    })
+    .await;
+    let dead = dlq_entries(&mut con, "s:dlq").await;
+    assert_eq!(dead[0].source_id, Some(ids[1]));
+    assert_eq!(
+        dead[0].reason,
+        "dead-lettered by the handler: refused by billing"
+    );
+    assert_eq!(
+        dead[0].fields,
+        vec![(b"n".to_vec(), b"1".to_vec())],
+        "original fields copied by the move"
+    );
+    assert_eq!(dead[0].deliveries, Some(1));
+    let h = app
+        .consumer_health(&ConsumerId::new("s", "g", "c"))
+        .unwrap();
+    assert_eq!(
+        (
+            h.counters.acked,
+            h.counters.dead_lettered,
+            h.counters.failed
+        ),
+        (2, 1, 0)
+    );
+    app.shutdown().await.unwrap();
 }

@@ -43,11 +43,22 @@ if ARGV[1] == 'check' then
   if not redis.acl_check_cmd('XACK', KEYS[1], ARGV[2], '0-1') then
     return redis.error_reply('NOPERM this user has no permissions to run XACK on ' .. KEYS[1])
   end
+  if not redis.acl_check_cmd('XRANGE', KEYS[1], '-', '+') then
+    return redis.error_reply('NOPERM this user has no permissions to run the \'xrange\' command on ' .. KEYS[1])
+  end
   return 1
 end
 local pending = redis.call('XPENDING', KEYS[1], ARGV[2], ARGV[3], ARGV[3], 1)
 if #pending == 0 then return 0 end
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
+local fields = {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+if ARGV[1] == 'move_id' then
+  local found = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
+  if found[1] then
+    for _, v in ipairs(found[1][2]) do fields[#fields + 1] = v end
+  end
+end
+redis.call('XADD', KEYS[2], '*', unpack(fields))
 redis.call('XACK', KEYS[1], ARGV[2], ARGV[3])
 return 1
 ";
@@ -124,7 +135,12 @@ pub(crate) async fn move_entry<C: ConnectionLike + Send>(
         now_ms.to_string(),
     ];
     let mut args: Vec<&[u8]> = Vec::with_capacity(3 + 2 * (meta.len() + entry.fields.len()));
-    args.extend([b"move".as_slice(), info.group.as_bytes(), id.as_bytes()]);
+    let mode: &[u8] = if entry.fields.is_empty() {
+        b"move_id"
+    } else {
+        b"move"
+    };
+    args.extend([mode, info.group.as_bytes(), id.as_bytes()]);
     for (name, value) in META_FIELDS.iter().zip(meta.iter()) {
         args.push(name.as_bytes());
         args.push(value.as_bytes());
@@ -137,7 +153,8 @@ pub(crate) async fn move_entry<C: ConnectionLike + Send>(
     Ok(moved == 1)
 }
 
-/// Moves a pending entry that is not available as fields (malformed) by id only.
+/// Moves a pending entry by id only: the script copies its fields from the stream (none when the
+/// entry is gone).
 pub(crate) async fn move_id<C: ConnectionLike + Send>(
     conn: &mut C,
     info: &DeadLetterInfo<'_>,

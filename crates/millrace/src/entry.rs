@@ -212,9 +212,61 @@ pub struct Batch<M> {
     pub source: Source,
     /// The entries, in stream order.
     pub entries: Vec<Entry<M>>,
+    pub(crate) dead_letters: DeadLetterRequests,
+}
+
+/// Entries a handler asked to dead-letter, shared between the batch and the consume loop.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DeadLetterRequests(Arc<std::sync::Mutex<Vec<(EntryId, String)>>>);
+
+impl DeadLetterRequests {
+    pub(crate) fn take(&self) -> Vec<(EntryId, String)> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 impl<M> Batch<M> {
+    /// Builds a batch, for testing handlers without Redis.
+    ///
+    /// ```
+    /// use millrace::{Batch, BatchMeta, Entry, EntryId, Source};
+    /// let meta = BatchMeta { stream: "s".into(), group: "g".into(), consumer: "c".into() };
+    /// let batch = Batch::new(meta, Source::New, vec![Entry { id: EntryId::new(1, 0), deliveries: Some(1), message: 42 }]);
+    /// assert_eq!(batch.len(), 1);
+    /// ```
+    pub fn new(meta: BatchMeta, source: Source, entries: Vec<Entry<M>>) -> Self {
+        Batch {
+            meta,
+            source,
+            entries,
+            dead_letters: DeadLetterRequests::default(),
+        }
+    }
+
+    /// Moves this entry to the dead-letter stream with `reason` once the handler returns, whatever
+    /// it returns: for entries that will never succeed (invalid content, a permanent downstream
+    /// refusal). The move is atomic (the entry is acknowledged by it) and is recorded with the
+    /// entry's original fields. Ids not in the batch are ignored with a warning.
+    ///
+    /// ```
+    /// use millrace::{Batch, HandlerResult, RawEntry};
+    /// async fn handle(batch: Batch<RawEntry>) -> HandlerResult {
+    ///     for e in &batch {
+    ///         if e.message.get("price").is_none() {
+    ///             batch.dead_letter(e.id, "no price: cannot be billed");
+    ///         }
+    ///     }
+    ///     HandlerResult::Ok
+    /// }
+    /// ```
+    pub fn dead_letter(&self, id: EntryId, reason: impl Into<String>) {
+        self.dead_letters
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, reason.into()));
+    }
+
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use crate::decode::{Decode, DecodeError};
-use crate::entry::{Batch, BatchMeta, Entry, EntryId, RawEntry, Source};
+use crate::entry::{Batch, BatchMeta, DeadLetterRequests, Entry, EntryId, RawEntry, Source};
 
 /// Why a handler failed a batch or an entry. Built from any error type with `?` or `.into()`, or from
 /// text with [`HandlerError::msg`].
@@ -221,6 +221,8 @@ pub(crate) struct RunReport {
     /// Entries that could not be decoded, with their delivery count and the reason.
     pub(crate) undecodable: Vec<(RawEntry, Option<u64>, DecodeError)>,
     pub(crate) outcome: Outcome,
+    /// Entries the handler asked to dead-letter, with reasons.
+    pub(crate) dead_letters: Vec<(EntryId, String)>,
 }
 
 /// One raw entry with its delivery count, ready to decode.
@@ -282,17 +284,21 @@ impl<M: Decode, H: Handler<M>> BatchRunner for TypedRunner<M, H> {
             }
         }
         async move {
+            let dead_letters = DeadLetterRequests::default();
+            let report = |outcome| RunReport {
+                handed,
+                undecodable,
+                outcome,
+                dead_letters: dead_letters.take(),
+            };
             if entries.is_empty() {
-                return RunReport {
-                    handed,
-                    undecodable,
-                    outcome: Outcome::NotRun,
-                };
+                return report(Outcome::NotRun);
             }
             let batch = Batch {
                 meta,
                 source,
                 entries,
+                dead_letters: dead_letters.clone(),
             };
             // The handler is called inside the guarded future, so a panic before its first await
             // (in a closure body, say) is caught too.
@@ -301,25 +307,14 @@ impl<M: Decode, H: Handler<M>> BatchRunner for TypedRunner<M, H> {
             let result = match timeout {
                 Some(limit) => match tokio::time::timeout(limit, call).await {
                     Ok(r) => r,
-                    Err(_) => {
-                        return RunReport {
-                            handed,
-                            undecodable,
-                            outcome: Outcome::TimedOut(limit),
-                        }
-                    }
+                    Err(_) => return report(Outcome::TimedOut(limit)),
                 },
                 None => call.await,
             };
-            let outcome = match result {
+            report(match result {
                 Ok(r) => Outcome::Returned(r),
                 Err(payload) => Outcome::Panicked(panic_message(payload.as_ref())),
-            };
-            RunReport {
-                handed,
-                undecodable,
-                outcome,
-            }
+            })
         }
         .boxed()
     }

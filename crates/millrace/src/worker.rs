@@ -760,6 +760,8 @@ impl Worker {
 
         let started = Instant::now();
         let ids: Vec<EntryId> = batch.iter().map(|(e, _)| e.id).collect();
+        let delivered: HashMap<EntryId, Option<u64>> =
+            batch.iter().map(|(e, d)| (e.id, *d)).collect();
         let runner = self.runner.clone();
         let run = runner.run(self.meta.clone(), source, batch, self.opts.handler_timeout);
         let report = self.with_heartbeat(run, &ids).await;
@@ -775,6 +777,23 @@ impl Worker {
         }
 
         let handed = report.handed;
+        // Entries the handler dead-lettered itself: moved (and so acked) by the script.
+        let mut explicit: HashSet<EntryId> = HashSet::new();
+        for (id, reason) in report.dead_letters {
+            if !handed.contains(&id) {
+                warn!(entry_id = %id, "handler asked to dead-letter an id that is not in the batch; ignored");
+                continue;
+            }
+            if explicit.insert(id) {
+                let deliveries = delivered.get(&id).copied().flatten();
+                self.dead_letter(
+                    RawEntry::new(id, Vec::new()),
+                    deliveries,
+                    format!("dead-lettered by the handler: {reason}"),
+                )
+                .await?;
+            }
+        }
         let (to_ack, failure): (Vec<EntryId>, Option<String>) = match report.outcome {
             Outcome::NotRun => (Vec::new(), None),
             Outcome::Returned(HandlerResult::Ok) => (handed.clone(), None),
@@ -818,8 +837,13 @@ impl Worker {
                 )),
             ),
         };
+        let to_ack: Vec<EntryId> = to_ack
+            .into_iter()
+            .filter(|id| !explicit.contains(id))
+            .collect();
         if let Some(reason) = failure {
-            let acked: HashSet<EntryId> = to_ack.iter().copied().collect();
+            let mut acked: HashSet<EntryId> = to_ack.iter().copied().collect();
+            acked.extend(explicit.iter().copied());
             let unacked: Vec<EntryId> = handed
                 .iter()
                 .copied()
