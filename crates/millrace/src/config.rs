@@ -342,10 +342,10 @@ mod duration {
     }
 }
 
-mod opt_duration {
+pub(crate) mod opt_duration {
     use super::*;
 
-    pub(super) fn serialize<S: Serializer>(
+    pub(crate) fn serialize<S: Serializer>(
         d: &Option<Duration>,
         s: S,
     ) -> std::result::Result<S::Ok, S::Error> {
@@ -355,7 +355,7 @@ mod opt_duration {
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> std::result::Result<Option<Duration>, D::Error> {
         let text = Option::<String>::deserialize(d)?;

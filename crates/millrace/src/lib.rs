@@ -54,6 +54,7 @@ mod entry;
 mod error;
 mod handler;
 mod health;
+mod settings;
 mod spec;
 pub mod streams;
 mod supervisor;
@@ -67,6 +68,7 @@ pub use entry::{Batch, BatchMeta, Entry, EntryId, ParseEntryIdError, RawEntry, S
 pub use error::{Error, Result};
 pub use handler::{for_each_entry, EachEntry, Handler, HandlerError, HandlerResult};
 pub use health::{ConsumerCounters, ConsumerHealth, ConsumerState};
+pub use settings::{stable_name, ConsumerDecl, Settings};
 pub use spec::{ConsumerId, ConsumerSpec};
 pub use supervisor::{Supervisor, SupervisorBuilder};
 

@@ -159,6 +159,36 @@ impl ConsumerSpec {
         shutdown_timeout: Duration => shutdown_timeout;
     }
 
+    /// The same spec for another group and consumer name on the same stream.
+    pub fn with_id(mut self, group: impl Into<String>, consumer: impl Into<String>) -> Self {
+        self.id = ConsumerId::new(self.id.stream.to_string(), group, consumer);
+        self
+    }
+
+    /// `n` copies of this spec named `{consumer}-0` … `{consumer}-{n-1}`, sharing one handler: a pool
+    /// of consumers on one stream in one line. Names are stable across restarts.
+    ///
+    /// ```
+    /// use millrace::{Batch, ConsumerSpec, HandlerResult, RawEntry};
+    /// let pool = ConsumerSpec::new("orders", "processors", "billing")
+    ///     .handler(|_b: Batch<RawEntry>| async { HandlerResult::Ok })
+    ///     .replicas(3);
+    /// let names: Vec<_> = pool.iter().map(|s| s.id().consumer.to_string()).collect();
+    /// assert_eq!(names, ["billing-0", "billing-1", "billing-2"]);
+    /// ```
+    pub fn replicas(self, n: usize) -> Vec<ConsumerSpec> {
+        if n == 1 {
+            return vec![self];
+        }
+        (0..n)
+            .map(|i| {
+                let name = format!("{}-{i}", self.id.consumer);
+                let group = self.id.group.to_string();
+                self.clone().with_id(group, name)
+            })
+            .collect()
+    }
+
     /// The consumer's id.
     pub fn id(&self) -> &ConsumerId {
         &self.id
