@@ -63,6 +63,7 @@ async fn partial_leaves_exactly_the_others_pending() {
         .consumer(
             spec("s", "g", "c1")
                 .count(10)
+                .gauge_interval(Duration::from_millis(50))
                 .handler(move |batch: Batch<RawEntry>| {
                     seen2.record(&batch);
                     let even: Vec<EntryId> = batch
@@ -96,6 +97,14 @@ async fn partial_leaves_exactly_the_others_pending() {
         .collect();
     assert_eq!(left, odd);
     assert_eq!(seen.len(), 10);
+    let id = ConsumerId::new("s", "g", "c1");
+    eventually(WAIT, "gauges show the 5 pending", || {
+        let g = app.consumer_health(&id).and_then(|h| h.group);
+        async move {
+            g.is_some_and(|g| g.group_pending == 5 && g.consumer_pending == 5 && g.lag == Some(0))
+        }
+    })
+    .await;
     app.shutdown().await.unwrap();
 }
 

@@ -403,7 +403,9 @@ async fn acl_user(
     let _: () = cmd.query_async(con).await.unwrap();
 }
 
-const LEAST_PRIVILEGE: &str = "~s ~s:dlq resetchannels -@all +xreadgroup +xack +xautoclaim +xclaim +xpending +xgroup|create +xadd +xrange +evalsha +eval +client|id +client|unblock";
+fn least_privilege() -> String {
+    ConsumerSpec::new("s", "g", "c").acl_rules()
+}
 
 fn url_for(server: &RedisServer, user: &str, password: &str) -> String {
     format!("redis://{user}:{password}@127.0.0.1:{}", server.port())
@@ -412,7 +414,7 @@ fn url_for(server: &RedisServer, user: &str, password: &str) -> String {
 #[tokio::test]
 async fn the_documented_least_privilege_acl_is_enough() {
     let (server, mut con) = server().await;
-    acl_user(&mut con, "worker", "pw-1", LEAST_PRIVILEGE).await;
+    acl_user(&mut con, "worker", "pw-1", &least_privilege()).await;
     let seen = Seen::default();
     xadd_n(&mut con, "s", 3).await;
     let poison = xadd(&mut con, "s", &[("n", "poison")]).await;
@@ -453,7 +455,7 @@ async fn a_missing_permission_fails_fast_and_names_the_command() {
         ("+xack", "XACK"),
         ("~s:dlq", "dead-letter"),
     ] {
-        let rules = LEAST_PRIVILEGE.replace(&format!(" {missing}"), "");
+        let rules = least_privilege().replace(&format!(" {missing}"), "");
         acl_user(&mut con, "worker", "pw-2", &rules).await;
         let app = Supervisor::builder()
             .redis(url_for(&server, "worker", "pw-2"))
@@ -502,7 +504,7 @@ async fn a_password_never_appears_in_logs_errors_or_debug_output() {
         .await
         .unwrap();
     let sentinel = format!("S3ntinel-PW-{}", std::process::id());
-    acl_user(&mut con, "worker", &sentinel, LEAST_PRIVILEGE).await;
+    acl_user(&mut con, "worker", &sentinel, &least_privilege()).await;
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()

@@ -133,6 +133,10 @@ pub struct ConsumerOptions {
     /// Longest wait between reconnect attempts while Redis is unreachable. Default 5s.
     #[serde(with = "duration")]
     pub reconnect_backoff_max: Duration,
+    /// How often to refresh the pending, lag and oldest-idle gauges (and the same fields of
+    /// [`ConsumerHealth`](crate::ConsumerHealth)). Default 10s.
+    #[serde(with = "duration")]
+    pub gauge_interval: Duration,
 }
 
 impl Default for ConsumerOptions {
@@ -153,6 +157,7 @@ impl Default for ConsumerOptions {
             handler_timeout: None,
             shutdown_timeout: Duration::from_secs(30),
             reconnect_backoff_max: Duration::from_secs(5),
+            gauge_interval: Duration::from_secs(10),
         }
     }
 }
@@ -223,6 +228,9 @@ impl ConsumerOptions {
                     "must be greater than 0 (leave it unset for no timeout)",
                 );
             }
+        }
+        if self.gauge_interval < Duration::from_millis(10) {
+            return err("gauge_interval", "must be at least 10ms");
         }
         if self.reconnect_backoff_max < Duration::from_millis(10) {
             return err("reconnect_backoff_max", "must be at least 10ms");

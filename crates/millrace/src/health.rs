@@ -64,6 +64,22 @@ pub struct ConsumerCounters {
     pub reconnects: u64,
 }
 
+/// Pending and lag figures of a consumer's group, as last read from Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupGauges {
+    /// Entries pending in the group, all consumers together.
+    pub group_pending: u64,
+    /// Entries pending for this consumer.
+    pub consumer_pending: u64,
+    /// Idle time of the group's oldest pending entry.
+    pub oldest_pending_idle: Option<std::time::Duration>,
+    /// Entries added but not yet delivered to the group; `None` when Redis cannot tell (after deletions).
+    pub lag: Option<u64>,
+    /// When these figures were read.
+    pub at: SystemTime,
+}
+
 /// A snapshot of one consumer's health.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -80,6 +96,9 @@ pub struct ConsumerHealth {
     pub restarts_total: u64,
     /// The last error, if any.
     pub last_error: Option<String>,
+    /// The group's view, refreshed every `gauge_interval`: entries pending in the group, for this
+    /// consumer, the oldest pending entry's idle time, and the lag (when Redis knows it).
+    pub group: Option<GroupGauges>,
     /// Counters.
     pub counters: ConsumerCounters,
 }
@@ -97,6 +116,7 @@ struct Slow {
     last_read: Option<SystemTime>,
     restarts_in_window: usize,
     last_error: Option<String>,
+    group: Option<GroupGauges>,
 }
 
 /// Shared, cheap-to-update health record of one consumer.
@@ -125,6 +145,7 @@ impl HealthCell {
                 last_read: None,
                 restarts_in_window: 0,
                 last_error: None,
+                group: None,
             }),
             received: AtomicU64::new(0),
             acked: AtomicU64::new(0),
@@ -165,6 +186,10 @@ impl HealthCell {
         self.with(|s| s.last_error = Some(error));
     }
 
+    pub(crate) fn set_group(&self, gauges: GroupGauges) {
+        self.with(|s| s.group = Some(gauges));
+    }
+
     pub(crate) fn set_restarts(&self, in_window: usize) {
         self.with(|s| s.restarts_in_window = in_window);
     }
@@ -175,12 +200,13 @@ impl HealthCell {
 
     pub(crate) fn snapshot(&self) -> ConsumerHealth {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let (state, last_read, restarts_in_window, last_error) = self.with(|s| {
+        let (state, last_read, restarts_in_window, last_error, group) = self.with(|s| {
             (
                 s.state,
                 s.last_read,
                 s.restarts_in_window,
                 s.last_error.clone(),
+                s.group.clone(),
             )
         });
         ConsumerHealth {
@@ -190,6 +216,7 @@ impl HealthCell {
             restarts_in_window,
             restarts_total: get(&self.restarts_total),
             last_error,
+            group,
             counters: ConsumerCounters {
                 received: get(&self.received),
                 acked: get(&self.acked),

@@ -67,7 +67,7 @@ pub use decode::{Decode, DecodeError};
 pub use entry::{Batch, BatchMeta, Entry, EntryId, ParseEntryIdError, RawEntry, Source};
 pub use error::{Error, Result};
 pub use handler::{for_each_entry, EachEntry, Handler, HandlerError, HandlerResult};
-pub use health::{ConsumerCounters, ConsumerHealth, ConsumerState};
+pub use health::{ConsumerCounters, ConsumerHealth, ConsumerState, GroupGauges};
 pub use settings::{stable_name, ConsumerDecl, Settings};
 pub use spec::{ConsumerId, ConsumerSpec};
 pub use supervisor::{Supervisor, SupervisorBuilder};

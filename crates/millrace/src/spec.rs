@@ -155,6 +155,8 @@ impl ConsumerSpec {
         dead_letter_stream: String => dead_letter_stream(Some);
         /// Per-batch handler timeout. See [`ConsumerOptions::handler_timeout`].
         handler_timeout: Duration => handler_timeout(Some);
+        /// Gauge refresh interval. See [`ConsumerOptions::gauge_interval`].
+        gauge_interval: Duration => gauge_interval;
         /// Graceful stop deadline. See [`ConsumerOptions::shutdown_timeout`].
         shutdown_timeout: Duration => shutdown_timeout;
     }
@@ -205,6 +207,23 @@ impl ConsumerSpec {
             .dead_letter_stream
             .clone()
             .unwrap_or_else(|| format!("{}:dlq", self.id.stream))
+    }
+
+    /// The least-privilege Redis ACL rules this consumer needs, for `ACL SETUSER <user> on >password <rules>`.
+    /// `+client|id +client|unblock` are optional (they make a stop instant); `+xinfo|groups` is
+    /// optional (the lag gauge); everything else is required.
+    ///
+    /// ```
+    /// let spec = millrace::ConsumerSpec::new("orders", "g", "c");
+    /// assert!(spec.acl_rules().starts_with("~orders ~orders:dlq resetchannels -@all +xreadgroup"));
+    /// ```
+    pub fn acl_rules(&self) -> String {
+        format!(
+            "~{} ~{} resetchannels -@all {}",
+            self.id.stream,
+            self.dead_letter_stream_name(),
+            "+xreadgroup +xack +xautoclaim +xclaim +xpending +xgroup|create +xadd +xrange +evalsha +eval +xinfo|groups +client|id +client|unblock"
+        )
     }
 
     /// Checks names, options and that a handler is set.

@@ -15,8 +15,12 @@
 //! | `millrace_handler_duration_seconds` | histogram | handler time per batch |
 //! | `millrace_batch_size` | histogram | entries per handled batch |
 //! | `millrace_end_to_end_latency_seconds` | histogram | entry id time → handler start |
+//! | `millrace_group_pending_entries` | gauge | entries pending in the group (all consumers) |
+//! | `millrace_consumer_pending_entries` | gauge | entries pending for this consumer |
+//! | `millrace_oldest_pending_idle_seconds` | gauge | idle time of the group's oldest pending entry |
+//! | `millrace_group_lag` | gauge | entries not yet delivered to the group (when Redis knows) |
 
-use metrics::{Counter, Histogram};
+use metrics::{Counter, Gauge, Histogram};
 
 use crate::spec::ConsumerId;
 
@@ -36,6 +40,10 @@ pub(crate) struct ConsumerMetrics {
     pub(crate) handler_duration: Histogram,
     pub(crate) batch_size: Histogram,
     pub(crate) e2e_latency: Histogram,
+    pub(crate) group_pending: Gauge,
+    pub(crate) consumer_pending: Gauge,
+    pub(crate) oldest_idle: Gauge,
+    pub(crate) lag: Gauge,
 }
 
 impl ConsumerMetrics {
@@ -62,6 +70,10 @@ impl ConsumerMetrics {
             handler_duration: metrics::histogram!("millrace_handler_duration_seconds", &labels),
             batch_size: metrics::histogram!("millrace_batch_size", &labels),
             e2e_latency: metrics::histogram!("millrace_end_to_end_latency_seconds", &labels),
+            group_pending: metrics::gauge!("millrace_group_pending_entries", &labels[..2]),
+            consumer_pending: metrics::gauge!("millrace_consumer_pending_entries", &labels),
+            oldest_idle: metrics::gauge!("millrace_oldest_pending_idle_seconds", &labels[..2]),
+            lag: metrics::gauge!("millrace_group_lag", &labels[..2]),
         }
     }
 }

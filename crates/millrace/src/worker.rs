@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
-use redis::Cmd;
+use redis::{AsyncCommands, Cmd};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
@@ -63,6 +63,8 @@ pub(crate) struct Worker {
     create_from: String,
     claim_cursor: EntryId,
     next_claim: Instant,
+    next_gauges: Instant,
+    xinfo_allowed: bool,
     /// The last failure reason per pending entry, recorded with dead letters.
     last_errors: HashMap<EntryId, String>,
     retry_attempt: u32,
@@ -98,6 +100,8 @@ impl Worker {
             control: backend.control(),
             create_from: opts.start_id.as_arg(),
             next_claim: Instant::now(),
+            next_gauges: Instant::now(),
+            xinfo_allowed: true,
             read_cmd: Arc::new(read_cmd),
             id,
             opts,
@@ -405,6 +409,9 @@ impl Worker {
             if Instant::now() >= self.next_claim {
                 self.claim_tick().await?;
             }
+            if Instant::now() >= self.next_gauges {
+                self.refresh_gauges().await;
+            }
             let items = tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => {
@@ -479,6 +486,80 @@ impl Worker {
                 warn!(error = %e, entries = ids.len(), "could not release unhandled entries; they stay pending and come back after claim_min_idle")
             }
         }
+    }
+
+    /// Reads the group's pending count, this consumer's share, the oldest pending entry's idle time
+    /// and the lag, into gauges and health. Best effort: a failure (or a missing XINFO permission)
+    /// only leaves the figures stale.
+    async fn refresh_gauges(&mut self) {
+        self.next_gauges = Instant::now() + self.opts.gauge_interval;
+        let (stream, group) = (self.id.stream.clone(), self.id.group.clone());
+        let summary: redis::RedisResult<(u64, redis::Value, redis::Value, Vec<(String, String)>)> =
+            redis::cmd("XPENDING")
+                .arg(&*stream)
+                .arg(&*group)
+                .query_async(&mut self.control)
+                .await;
+        let Ok((group_pending, _, _, consumers)) = summary else {
+            return;
+        };
+        let consumer_pending = consumers
+            .iter()
+            .find(|(name, _)| *name == *self.id.consumer)
+            .and_then(|(_, n)| n.parse().ok())
+            .unwrap_or(0);
+        let oldest_pending_idle = streams::xpending_range(
+            &mut self.control,
+            &stream,
+            &group,
+            None,
+            EntryId::MIN,
+            EntryId::new(u64::MAX, u64::MAX),
+            1,
+            None,
+        )
+        .await
+        .ok()
+        .and_then(|rows| rows.first().map(|r| Duration::from_millis(r.idle_ms)));
+        let mut lag = None;
+        if self.xinfo_allowed {
+            match self
+                .control
+                .xinfo_groups::<_, redis::streams::StreamInfoGroupsReply>(&*stream)
+                .await
+            {
+                Ok(reply) => {
+                    lag = reply
+                        .groups
+                        .into_iter()
+                        .find(|g| g.name == *group)
+                        .and_then(|g| g.lag)
+                        .map(|l| l as u64)
+                }
+                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
+                    info!("no permission for XINFO GROUPS: the lag gauge stays empty (grant +xinfo|groups to fill it)");
+                    self.xinfo_allowed = false;
+                }
+                Err(_) => {}
+            }
+        }
+        self.metrics.group_pending.set(group_pending as f64);
+        self.metrics.consumer_pending.set(consumer_pending as f64);
+        if let Some(idle) = oldest_pending_idle {
+            self.metrics.oldest_idle.set(idle.as_secs_f64());
+        } else {
+            self.metrics.oldest_idle.set(0.0);
+        }
+        if let Some(lag) = lag {
+            self.metrics.lag.set(lag as f64);
+        }
+        self.health.set_group(crate::health::GroupGauges {
+            group_pending,
+            consumer_pending,
+            oldest_pending_idle,
+            lag,
+            at: SystemTime::now(),
+        });
     }
 
     /// One XAUTOCLAIM tick: a bounded number of calls, the cursor kept across ticks.
