@@ -31,6 +31,8 @@ const RELEASE_IDLE: Duration = Duration::from_secs(24 * 3600);
 const LAST_ERRORS_CAP: usize = 10_000;
 
 type ReadFuture = BoxFuture<'static, Result<Vec<ReadItem>>>;
+/// `XPENDING key group`: count, smallest id, largest id, per-consumer counts.
+type PendingSummary = (u64, redis::Value, redis::Value, Vec<(String, String)>);
 
 /// The read connection and its server-side client id (for `CLIENT UNBLOCK`).
 struct ReadConn {
@@ -494,12 +496,11 @@ impl Worker {
     async fn refresh_gauges(&mut self) {
         self.next_gauges = Instant::now() + self.opts.gauge_interval;
         let (stream, group) = (self.id.stream.clone(), self.id.group.clone());
-        let summary: redis::RedisResult<(u64, redis::Value, redis::Value, Vec<(String, String)>)> =
-            redis::cmd("XPENDING")
-                .arg(&*stream)
-                .arg(&*group)
-                .query_async(&mut self.control)
-                .await;
+        let summary: redis::RedisResult<PendingSummary> = redis::cmd("XPENDING")
+            .arg(&*stream)
+            .arg(&*group)
+            .query_async(&mut self.control)
+            .await;
         let Ok((group_pending, _, _, consumers)) = summary else {
             return;
         };
