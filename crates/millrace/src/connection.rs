@@ -81,6 +81,9 @@ impl Backend {
 
     pub(crate) fn from_client(client: Client, options: ConnectionOptions) -> Result<Backend> {
         options.validate()?;
+        // Without a process-wide rustls provider, a rediss:// connection panics inside redis-rs.
+        #[cfg(feature = "tls")]
+        crate::install_tls_provider();
         let info = client.get_connection_info();
         let display = format!("{}/{}", info.addr(), info.redis_settings().db());
         let config = ConnectionManagerConfig::new()

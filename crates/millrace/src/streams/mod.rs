@@ -10,7 +10,10 @@ use redis::aio::ConnectionLike;
 use redis::{Cmd, RedisResult, Value};
 
 use crate::entry::EntryId;
-pub use reply::{AutoClaim, PendingRow, ReadItem};
+pub use reply::{
+    parse_autoclaim, parse_entries, parse_pending, parse_read_reply, AutoClaim, PendingRow,
+    ReadItem,
+};
 
 /// At most this many ids go into one XACK/XCLAIM call.
 const IDS_PER_CALL: usize = 2_000;
