@@ -355,3 +355,32 @@ async fn the_poll_loop_does_not_spin_on_its_own_unacked_entries() {
     );
     app.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_handler_past_its_timeout_fails_the_batch() {
+    let (server, mut con) = server().await;
+    xadd_n(&mut con, "s", 3).await;
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(
+            spec("s", "g", "c")
+                .handler_timeout(Duration::from_millis(100))
+                .handler(|_b: Batch<RawEntry>| async {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    HandlerResult::Ok
+                }),
+        )
+        .start()
+        .await
+        .unwrap();
+    let id = ConsumerId::new("s", "g", "c");
+    eventually(WAIT, "the batch failed by timeout", || {
+        let h = app.consumer_health(&id).unwrap();
+        async move {
+            h.counters.failed == 3 && h.last_error.unwrap_or_default().contains("handler_timeout")
+        }
+    })
+    .await;
+    assert_eq!(pending(&mut con, "s", "g").await, 3);
+    app.shutdown().await.unwrap();
+}

@@ -599,3 +599,48 @@ async fn a_handler_can_dead_letter_an_entry_explicitly() {
     );
     app.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_slow_handler_keeps_its_batch_from_being_claimed() {
+    let (server, mut con) = server().await;
+    xadd_n(&mut con, "s", 5).await;
+    let seen = Seen::default();
+    let slow_seen = seen.clone();
+    let min_idle = Duration::from_millis(600);
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(spec("s", "g", "slow").claim_min_idle(min_idle).handler(
+            move |batch: Batch<RawEntry>| {
+                slow_seen.record(&batch);
+                async {
+                    // Three times claim_min_idle: without the heartbeat the batch would be claimed.
+                    tokio::time::sleep(Duration::from_millis(1800)).await;
+                    HandlerResult::Ok
+                }
+            },
+        ))
+        .start()
+        .await
+        .unwrap();
+    wait_handled(&seen, 5).await;
+    app.add_consumer(
+        spec("s", "g", "eager")
+            .claim_interval(Duration::from_millis(50))
+            .claim_min_idle(min_idle)
+            .handler(recording(&seen)),
+    )
+    .await
+    .unwrap();
+    wait_no_pending(&con, "s", "g").await;
+    assert_eq!(
+        seen.len(),
+        5,
+        "no entry was claimed away and handled twice: {:?}",
+        seen.all()
+    );
+    let eager = app
+        .consumer_health(&ConsumerId::new("s", "g", "eager"))
+        .unwrap();
+    assert_eq!(eager.counters.claimed, 0);
+    app.shutdown().await.unwrap();
+}

@@ -141,9 +141,19 @@ impl SupervisorBuilder {
             let claim = Claim::take(backend.server(), &spec.id)?;
             initial.push((spec, claim));
         }
+        // Health is visible from the moment start() returns.
+        let health = initial
+            .iter()
+            .map(|(spec, _): &(ConsumerSpec, Claim)| {
+                (
+                    spec.id.clone(),
+                    Arc::new(crate::health::HealthCell::new(spec.id.clone())),
+                )
+            })
+            .collect::<BTreeMap<_, _>>();
         let shared = Arc::new(Shared {
             backend: Arc::new(backend),
-            health: Mutex::new(BTreeMap::new()),
+            health: Mutex::new(health),
             failure: Mutex::new(None),
         });
         let args = SupArgs {

@@ -703,18 +703,19 @@ impl Worker {
         Ok(())
     }
 
-    /// Delivery counts of replayed or claimed entries, from Redis's own counter (XPENDING).
-    async fn delivery_counts(
-        &mut self,
-        first: EntryId,
-        last: EntryId,
-        n: usize,
-    ) -> Result<HashMap<EntryId, u64>> {
+    /// Delivery counts of replayed or claimed entries, from Redis's own counter (XPENDING). Ids
+    /// missing from the answer are no longer pending for this consumer.
+    async fn delivery_counts(&mut self, ids: &[EntryId]) -> Result<HashMap<EntryId, u64>> {
+        let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else {
+            return Ok(HashMap::new());
+        };
         let (stream, group, consumer) = (
             self.id.stream.clone(),
             self.id.group.clone(),
             self.id.consumer.clone(),
         );
+        let limit = ids.len() * 2 + 16;
+        let range = (first, last);
         let rows = self
             .retry("XPENDING", move |c| {
                 let (stream, group, consumer) = (stream.clone(), group.clone(), consumer.clone());
@@ -724,9 +725,9 @@ impl Worker {
                         &stream,
                         &group,
                         None,
-                        first,
-                        last,
-                        n,
+                        range.0,
+                        range.1,
+                        limit,
                         Some(&consumer),
                     )
                     .await
@@ -734,7 +735,46 @@ impl Worker {
                 .boxed()
             })
             .await?;
-        Ok(rows.into_iter().map(|r| (r.id, r.deliveries)).collect())
+        let truncated = rows.len() >= limit;
+        let mut counts: HashMap<EntryId, u64> =
+            rows.into_iter().map(|r| (r.id, r.deliveries)).collect();
+        if truncated {
+            // Our pending list holds more between first and last than the batch: ask for the rest one by one.
+            let missing: Vec<EntryId> = ids
+                .iter()
+                .copied()
+                .filter(|id| !counts.contains_key(id))
+                .collect();
+            for id in missing {
+                let (stream, group, consumer) = (
+                    self.id.stream.clone(),
+                    self.id.group.clone(),
+                    self.id.consumer.clone(),
+                );
+                let rows = self
+                    .retry("XPENDING", move |c| {
+                        let (stream, group, consumer) =
+                            (stream.clone(), group.clone(), consumer.clone());
+                        async move {
+                            streams::xpending_range(
+                                c,
+                                &stream,
+                                &group,
+                                None,
+                                id,
+                                id,
+                                1,
+                                Some(&consumer),
+                            )
+                            .await
+                        }
+                        .boxed()
+                    })
+                    .await?;
+                counts.extend(rows.into_iter().map(|r| (r.id, r.deliveries)));
+            }
+        }
+        Ok(counts)
     }
 
     fn remember_failure(&mut self, ids: &[EntryId], reason: &str) {
@@ -795,11 +835,8 @@ impl Worker {
         if source == Source::New && !std::mem::take(&mut self.verify_next) {
             batch.extend(live.into_iter().map(|e| (e, Some(1))));
         } else {
-            let first = live.first().map(|e| e.id).unwrap_or_default();
-            let last = live.last().map(|e| e.id).unwrap_or_default();
-            let counts = self
-                .delivery_counts(first, last, n.max(self.opts.count))
-                .await?;
+            let ids: Vec<EntryId> = live.iter().map(|e| e.id).collect();
+            let counts = self.delivery_counts(&ids).await?;
             let mut redelivered = 0;
             for e in live {
                 match counts.get(&e.id) {
