@@ -1,0 +1,295 @@
+//! The command line: global options and one subcommand per job, parsed with clap's derive API.
+
+use std::time::Duration;
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use millrace::EntryId;
+
+/// Inspect and repair Redis Streams consumer groups: streams, groups, consumers, pending entries,
+/// dead letters, safe trimming and safe consumer clean-up.
+///
+/// Exit codes: 0 ok, 1 runtime or Redis error (also a missing stream or group, or a key of the wrong
+/// type), 2 usage error, 3 refused for safety (re-run with --force or --yes after reading why).
+#[derive(Debug, Parser)]
+#[command(name = "millrace", version, about, long_about)]
+pub(crate) struct Cli {
+    /// Redis URL, e.g. redis://user:password@host:6379/0 or rediss://... for TLS. The password is
+    /// never printed.
+    #[arg(
+        long = "redis",
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true,
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub(crate) redis: String,
+
+    /// Print machine-readable JSON instead of tables (one JSON document per line for `tail` and
+    /// a refreshing `top`).
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// List streams (found with SCAN ... TYPE stream) with length, first and last id and number of
+    /// groups.
+    Streams {
+        /// Only keys matching this glob pattern (SCAN MATCH), e.g. `orders*`.
+        pattern: Option<String>,
+    },
+    /// Show the consumer groups of a stream: consumers, pending, last-delivered-id, entries-read
+    /// and lag.
+    Groups {
+        /// The stream key.
+        stream: String,
+    },
+    /// Show the consumers of a group: pending entries, idle and inactive time.
+    Consumers {
+        /// The stream key.
+        stream: String,
+        /// The consumer group.
+        group: String,
+    },
+    /// List pending entries of a group: id, consumer, idle time and delivery count.
+    Pending(PendingArgs),
+    /// Inspect, replay or purge dead letters (entries millrace moved to `<stream>:dlq`).
+    Dlq {
+        /// What to do with the dead letters.
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Trim old entries, refusing when a group has not yet read them or still holds them pending.
+    Trim(TrimArgs),
+    /// Clean up idle consumers safely: claim their pending entries first, then delete them only
+    /// if nothing is pending.
+    Reap(ReapArgs),
+    /// Follow new entries of a stream like `tail -f`, until Ctrl-C.
+    Tail(TailArgs),
+    /// A refreshing terminal view of streams, groups, lag, pending entries and rates.
+    Top(TopArgs),
+}
+
+/// Arguments of `pending`.
+#[derive(Debug, Args)]
+pub(crate) struct PendingArgs {
+    /// The stream key.
+    pub(crate) stream: String,
+    /// The consumer group.
+    pub(crate) group: String,
+    /// Only entries held by this consumer.
+    #[arg(long)]
+    pub(crate) consumer: Option<String>,
+    /// Only entries idle at least this long, e.g. `5m`, `90s`, `1h 30m`.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) idle: Option<Duration>,
+    /// Show at most this many entries (oldest first).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) limit: u64,
+}
+
+/// The `dlq` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum DlqCommand {
+    /// List dead letters: id, source id, group, deliveries, reason and age.
+    List {
+        /// Where the dead letters are.
+        #[command(flatten)]
+        target: DlqTarget,
+        /// Show at most this many dead letters (oldest first).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: u64,
+    },
+    /// Show one dead letter in full, with its original fields.
+    Show {
+        /// Where the dead letters are.
+        #[command(flatten)]
+        target: DlqTarget,
+        /// The dead letter's id in the dead-letter stream.
+        #[arg(value_parser = parse_id)]
+        id: EntryId,
+    },
+    /// Move dead letters back to their source stream (XADD there, XDEL here; atomic per entry).
+    Replay {
+        /// Where the dead letters are.
+        #[command(flatten)]
+        target: DlqTarget,
+        /// Which dead letters (all when neither --id nor --filter-reason is given).
+        #[command(flatten)]
+        select: DlqSelect,
+        /// Print what would be replayed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete dead letters for good. Asks for confirmation on a terminal unless --yes.
+    Purge {
+        /// Where the dead letters are.
+        #[command(flatten)]
+        target: DlqTarget,
+        /// Which dead letters (all when neither --id nor --filter-reason is given).
+        #[command(flatten)]
+        select: DlqSelect,
+        /// Do not ask for confirmation (required when stdin is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Print what would be deleted, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// The source stream and its dead-letter stream.
+#[derive(Debug, Args)]
+pub(crate) struct DlqTarget {
+    /// The source stream (the dead-letter stream defaults to `<STREAM>:dlq`).
+    pub(crate) stream: String,
+    /// The dead-letter stream, when it is not `<STREAM>:dlq`.
+    #[arg(long, value_name = "KEY")]
+    pub(crate) dlq: Option<String>,
+}
+
+impl DlqTarget {
+    /// The dead-letter stream key.
+    pub(crate) fn dlq_key(&self) -> String {
+        self.dlq
+            .clone()
+            .unwrap_or_else(|| format!("{}:dlq", self.stream))
+    }
+}
+
+/// Which dead letters a command acts on.
+#[derive(Debug, Args)]
+pub(crate) struct DlqSelect {
+    /// A dead letter's id in the dead-letter stream; repeat for several.
+    #[arg(long = "id", value_name = "ID", value_parser = parse_id)]
+    pub(crate) ids: Vec<EntryId>,
+    /// Only dead letters whose reason contains this text.
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) filter_reason: Option<String>,
+}
+
+/// Arguments of `trim`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("cut").required(true).args(["maxlen", "minid"])))]
+pub(crate) struct TrimArgs {
+    /// The stream key.
+    pub(crate) stream: String,
+    /// Keep only the newest N entries.
+    #[arg(long, value_name = "N")]
+    pub(crate) maxlen: Option<u64>,
+    /// Remove entries with ids lower than this one.
+    #[arg(long, value_name = "ID", value_parser = parse_id)]
+    pub(crate) minid: Option<EntryId>,
+    /// Trim even entries that a group has not read yet or still holds pending (they are lost to it).
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// Print what would be removed, change nothing (exit 3 when a real run would be refused).
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+}
+
+/// Arguments of `reap`.
+#[derive(Debug, Args)]
+pub(crate) struct ReapArgs {
+    /// The stream key.
+    pub(crate) stream: String,
+    /// The consumer group.
+    pub(crate) group: String,
+    /// Reap consumers idle longer than this, e.g. `1h`.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) idle: Duration,
+    /// The consumer that receives the reaped consumers' pending entries.
+    #[arg(long, value_name = "CONSUMER", default_value = "millrace-reaper")]
+    pub(crate) into: String,
+    /// Print what would be claimed and deleted, change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+}
+
+/// Arguments of `tail`.
+#[derive(Debug, Args)]
+pub(crate) struct TailArgs {
+    /// The stream key.
+    pub(crate) stream: String,
+    /// Read as this consumer group (XREADGROUP) instead of plain XREAD; needs --consumer.
+    #[arg(long, requires = "consumer")]
+    pub(crate) group: Option<String>,
+    /// The consumer name to read as, with --group.
+    #[arg(long, requires = "group")]
+    pub(crate) consumer: Option<String>,
+    /// With --group: acknowledge what was printed (by default entries stay pending for the
+    /// consumer, so real workers can claim them).
+    #[arg(long, requires = "group")]
+    pub(crate) ack: bool,
+    /// Exit after printing N entries.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) count: Option<u64>,
+}
+
+/// Arguments of `top`.
+#[derive(Debug, Args)]
+pub(crate) struct TopArgs {
+    /// Only streams matching this glob pattern.
+    pub(crate) pattern: Option<String>,
+    /// Time between refreshes (and between the two samples of --once), e.g. `1s`, `500ms`.
+    #[arg(long, default_value = "1s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    pub(crate) interval: Duration,
+    /// Print one snapshot (with rates measured over one interval) and exit.
+    #[arg(long)]
+    pub(crate) once: bool,
+}
+
+/// Parses a humantime duration (`5m`, `1h 30m`, `250ms`).
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("{e}; expected a duration with a unit, e.g. `90s`, `5m`, `1h 30m`, `250ms`")
+    })
+}
+
+/// Parses a humantime duration that must not be zero.
+pub(crate) fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("must be greater than zero, e.g. `1s`".into());
+    }
+    Ok(d)
+}
+
+/// Parses a stream entry id (`1700000000000-0`).
+pub(crate) fn parse_id(s: &str) -> Result<EntryId, String> {
+    s.trim().parse::<EntryId>().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_need_units() {
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_positive_duration("0s").is_err());
+    }
+
+    #[test]
+    fn dlq_key_defaults_to_stream_colon_dlq() {
+        let t = DlqTarget {
+            stream: "orders".into(),
+            dlq: None,
+        };
+        assert_eq!(t.dlq_key(), "orders:dlq");
+    }
+}

@@ -1,0 +1,280 @@
+//! `millrace trim STREAM --maxlen N | --minid ID`: trim old entries, safely.
+//!
+//! The command first walks the entries that would go and checks every consumer group: it refuses
+//! (exit 3) when a group has not yet been delivered some of them (id > its last-delivered-id) or
+//! still holds some pending (a PEL entry at or below the cut), unless `--force`. It then trims with
+//! `XTRIM MINID` at the successor of the last entry it checked, so entries added meanwhile are never
+//! removed unchecked (with `--maxlen` the stream can end up slightly longer than N).
+
+use millrace::EntryId;
+use redis::Value;
+use serde::Serialize;
+
+use crate::cli::TrimArgs;
+use crate::connect::Redis;
+use crate::error::{CliError, Result};
+use crate::info;
+use crate::render::{self, escape, Align, Table};
+
+/// Entries per XRANGE/XPENDING page.
+const PAGE: u64 = 1000;
+
+#[derive(Debug, Serialize)]
+struct GroupCheck {
+    group: String,
+    last_delivered_id: Option<String>,
+    /// Entries that would go before the group was delivered them.
+    undelivered: u64,
+    /// Pending entries of the group at or below the cut.
+    pending: u64,
+    /// The oldest of those pending entries.
+    oldest_pending: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct TrimReport {
+    stream: String,
+    length: u64,
+    /// Entries that the trim removes (or would remove).
+    remove: u64,
+    first_removed: Option<String>,
+    last_removed: Option<String>,
+    /// `XTRIM MINID` threshold used: everything below it goes.
+    threshold: Option<String>,
+    /// Groups that would lose entries.
+    unsafe_groups: Vec<GroupCheck>,
+    refused: bool,
+    forced: bool,
+    dry_run: bool,
+    /// Entries Redis removed (0 in a dry run or when refused).
+    removed: u64,
+}
+
+/// The id right after `id`.
+pub(crate) fn successor(id: EntryId) -> EntryId {
+    match id.seq.checked_add(1) {
+        Some(seq) => EntryId::new(id.ms, seq),
+        None => EntryId::new(id.ms.saturating_add(1), 0),
+    }
+}
+
+/// Trims the stream (or says why not).
+pub(crate) async fn run(redis: &mut Redis, json: bool, args: &TrimArgs) -> Result<()> {
+    let stream = args.stream.as_str();
+    redis.require_stream(stream).await?;
+    let length = info::stream(redis, stream.as_bytes())
+        .await?
+        .map(|s| s.length)
+        .unwrap_or_default();
+    let groups = info::groups(redis, stream.as_bytes()).await?;
+
+    // How many entries go, and where the walk stops.
+    let (budget, end) = match (args.maxlen, args.minid) {
+        (Some(n), _) => (Some(length.saturating_sub(n)), "+".to_owned()),
+        (None, Some(id)) => (None, format!("({id}")),
+        (None, None) => return Err(CliError::usage("give --maxlen N or --minid ID")),
+    };
+
+    // Walk the entries that would go, counting per group those not delivered yet.
+    let mut undelivered = vec![0u64; groups.len()];
+    let mut remove = 0u64;
+    let mut first = None;
+    let mut last = None;
+    let mut start = "-".to_owned();
+    while budget.is_none_or(|b| remove < b) {
+        let want = budget.map_or(PAGE, |b| (b - remove).min(PAGE));
+        let reply: Value = redis
+            .query(
+                redis::cmd("XRANGE")
+                    .arg(stream)
+                    .arg(&start)
+                    .arg(&end)
+                    .arg("COUNT")
+                    .arg(want),
+            )
+            .await?;
+        let ids: Vec<EntryId> = millrace::streams::reply::parse_entries(reply)
+            .iter()
+            .filter_map(|item| item.id())
+            .collect();
+        for id in &ids {
+            first.get_or_insert(*id);
+            last = Some(*id);
+            remove += 1;
+            for (g, count) in groups.iter().zip(undelivered.iter_mut()) {
+                if g.last_delivered_id.is_none_or(|ld| *id > ld) {
+                    *count += 1;
+                }
+            }
+        }
+        match ids.last() {
+            Some(id) if (ids.len() as u64) == want => start = format!("({id}"),
+            _ => break,
+        }
+    }
+
+    let mut report = TrimReport {
+        stream: stream.to_owned(),
+        length,
+        remove,
+        first_removed: first.map(|i| i.to_string()),
+        last_removed: last.map(|i| i.to_string()),
+        threshold: last.map(|i| successor(i).to_string()),
+        unsafe_groups: Vec::new(),
+        refused: false,
+        forced: args.force,
+        dry_run: args.dry_run,
+        removed: 0,
+    };
+
+    if let Some(cut) = last {
+        for (g, undelivered) in groups.iter().zip(undelivered) {
+            let name = String::from_utf8_lossy(&g.name).into_owned();
+            let (pending, oldest) = pending_up_to(redis, stream, &g.name, cut).await?;
+            if undelivered > 0 || pending > 0 {
+                report.unsafe_groups.push(GroupCheck {
+                    group: name,
+                    last_delivered_id: g.last_delivered_id.map(|i| i.to_string()),
+                    undelivered,
+                    pending,
+                    oldest_pending: oldest.map(|i| i.to_string()),
+                });
+            }
+        }
+    }
+    report.refused = !report.unsafe_groups.is_empty() && !args.force;
+
+    if let (Some(threshold), false, false) = (last.map(successor), report.refused, args.dry_run) {
+        report.removed = redis
+            .query(
+                redis::cmd("XTRIM")
+                    .arg(stream)
+                    .arg("MINID")
+                    .arg("=")
+                    .arg(threshold),
+            )
+            .await?;
+    }
+
+    if json {
+        render::json(&report)?;
+    } else {
+        print(&report)?;
+    }
+    if report.refused {
+        return Err(CliError::refused(format!(
+            "not trimming `{stream}`: {} group(s) would lose entries they have not processed; \
+             re-run with --force to trim anyway",
+            report.unsafe_groups.len()
+        )));
+    }
+    Ok(())
+}
+
+/// How many pending entries `group` has at or below `cut`, and the oldest of them.
+async fn pending_up_to(
+    redis: &mut Redis,
+    stream: &str,
+    group: &[u8],
+    cut: EntryId,
+) -> Result<(u64, Option<EntryId>)> {
+    let mut count = 0;
+    let mut oldest = None;
+    let mut start = "-".to_owned();
+    loop {
+        let reply: Value = redis
+            .query(
+                redis::cmd("XPENDING")
+                    .arg(stream)
+                    .arg(group)
+                    .arg(&start)
+                    .arg(cut)
+                    .arg(PAGE),
+            )
+            .await?;
+        let rows = millrace::streams::reply::parse_pending(reply);
+        let n = rows.len() as u64;
+        if let Some(first) = rows.first() {
+            oldest.get_or_insert(first.id);
+        }
+        count += n;
+        match rows.last() {
+            Some(row) if n == PAGE => start = format!("({}", row.id),
+            _ => return Ok((count, oldest)),
+        }
+    }
+}
+
+fn print(r: &TrimReport) -> Result<()> {
+    let mut text = String::new();
+    if r.remove == 0 {
+        text.push_str(&format!(
+            "nothing to trim: `{}` has {} entries and none is past the limit",
+            r.stream, r.length
+        ));
+        return render::out(&text);
+    }
+    let span = match (&r.first_removed, &r.last_removed) {
+        (Some(a), Some(b)) if a != b => format!(" ({a} … {b})"),
+        (Some(a), _) => format!(" ({a})"),
+        _ => String::new(),
+    };
+    let verb = if r.dry_run || r.refused {
+        "would remove"
+    } else {
+        "removing"
+    };
+    text.push_str(&format!(
+        "{verb} {} of {} entries of `{}`{span}\n",
+        r.remove, r.length, r.stream
+    ));
+    if !r.unsafe_groups.is_empty() {
+        text.push_str("groups that would lose entries they have not processed:\n");
+        let mut table = Table::new(&[
+            ("GROUP", Align::Left),
+            ("LAST-DELIVERED", Align::Left),
+            ("NOT-DELIVERED", Align::Right),
+            ("PENDING", Align::Right),
+            ("OLDEST-PENDING", Align::Left),
+        ]);
+        for g in &r.unsafe_groups {
+            table.row(vec![
+                escape(g.group.as_bytes()),
+                render::opt(g.last_delivered_id.as_deref()),
+                g.undelivered.to_string(),
+                g.pending.to_string(),
+                g.oldest_pending.clone().unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        text.push_str(&table.render());
+        if r.forced {
+            text.push_str(
+                "--force given: trimming anyway; those entries are lost to those groups\n",
+            );
+        }
+    }
+    if r.dry_run {
+        text.push_str(if r.refused {
+            "dry run: a real run would refuse (re-run with --force to trim anyway)"
+        } else {
+            "dry run: nothing changed"
+        });
+    } else if !r.refused {
+        text.push_str(&format!(
+            "trimmed {} entries from `{}`",
+            r.removed, r.stream
+        ));
+    }
+    render::out(text.trim_end())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn successor_is_the_next_id() {
+        assert_eq!(successor(EntryId::new(5, 1)), EntryId::new(5, 2));
+        assert_eq!(successor(EntryId::new(5, u64::MAX)), EntryId::new(6, 0));
+    }
+}

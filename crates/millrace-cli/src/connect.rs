@@ -1,0 +1,249 @@
+//! Connecting to Redis, redacting the URL for every message, and checking what a key holds.
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisError, Value};
+
+use crate::error::{self, CliError, Result};
+
+/// How long to wait for a TCP (and TLS) connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for a reply to a non-blocking command.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Replaces the password of a Redis URL (and a `pass=`/`password=` query value) with `***`.
+///
+/// A user-info part without a colon (`redis://secret@host`) may be a bare password, so it is
+/// replaced whole.
+pub(crate) fn redact(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some(parts) => parts,
+        None => return "<unparsable Redis URL>".to_owned(),
+    };
+    // Everything before the last `@` is user info, even when it holds a `/` or `?`, so that no
+    // part of an unusual password leaks.
+    let (authority, tail) = match rest.rfind('@') {
+        Some(at) => {
+            let (userinfo, after) = (&rest[..at], &rest[at + 1..]);
+            let redacted = match userinfo.split_once(':') {
+                Some((user, _password)) => format!("{user}:***@"),
+                None => "***@".to_owned(),
+            };
+            let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+            (format!("{redacted}{}", &after[..end]), &after[end..])
+        }
+        None => {
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            (rest[..end].to_owned(), &rest[end..])
+        }
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _))
+                        if k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password") =>
+                    {
+                        format!("{k}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// A connection to Redis and the redacted URL it came from.
+#[derive(Debug, Clone)]
+pub(crate) struct Redis {
+    client: redis::Client,
+    conn: MultiplexedConnection,
+    /// The URL with its password replaced, for messages.
+    pub(crate) target: String,
+}
+
+impl Redis {
+    /// Connects (and authenticates) to `url`.
+    pub(crate) async fn connect(url: &str) -> Result<Redis> {
+        let target = redact(url);
+        let client = redis::Client::open(url).map_err(|e| error::from_redis(&e, &target))?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| connect_error(&e, &target))?;
+        Ok(Redis {
+            client,
+            conn,
+            target,
+        })
+    }
+
+    /// A second connection for blocking reads: its response timeout is `block` plus a margin.
+    pub(crate) async fn blocking_connection(
+        &self,
+        block: Duration,
+    ) -> Result<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(block + RESPONSE_TIMEOUT));
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| connect_error(&e, &self.target))
+    }
+
+    /// The shared connection, for helpers that take a `ConnectionLike`.
+    pub(crate) fn conn(&mut self) -> &mut MultiplexedConnection {
+        &mut self.conn
+    }
+
+    /// Runs a command; errors stay Redis errors so the caller can explain them.
+    pub(crate) async fn raw<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, RedisError> {
+        cmd.query_async(&mut self.conn).await
+    }
+
+    /// Runs a command; errors are translated generically.
+    pub(crate) async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T> {
+        cmd.query_async(&mut self.conn)
+            .await
+            .map_err(|e| self.error(&e))
+    }
+
+    /// Translates a Redis error generically.
+    pub(crate) fn error(&self, e: &RedisError) -> CliError {
+        error::from_redis(e, &self.target)
+    }
+
+    /// `TYPE key`: `none`, `string`, `stream`, ...
+    pub(crate) async fn key_type(&mut self, key: &[u8]) -> Result<String> {
+        let v: Value = self.query(redis::cmd("TYPE").arg(key)).await?;
+        Ok(crate::value::text(&v).unwrap_or_default())
+    }
+
+    /// What `key` is: a stream, nothing, or something else.
+    pub(crate) async fn stream_state(&mut self, key: &str) -> Result<KeyState> {
+        Ok(match self.key_type(key.as_bytes()).await?.as_str() {
+            "stream" => KeyState::Stream,
+            "none" => KeyState::Missing,
+            other => KeyState::Other(other.to_owned()),
+        })
+    }
+
+    /// Fails with a clear message unless `key` holds a stream.
+    pub(crate) async fn require_stream(&mut self, key: &str) -> Result<()> {
+        match self.stream_state(key).await? {
+            KeyState::Stream => Ok(()),
+            KeyState::Missing => Err(no_such_stream(key)),
+            KeyState::Other(t) => Err(wrong_type(key, &t)),
+        }
+    }
+
+    /// Explains a `NOGROUP` (or `ERR no such key`) reply for `stream`/`group`.
+    pub(crate) async fn explain_missing(&mut self, stream: &str, group: &str) -> CliError {
+        match self.stream_state(stream).await {
+            Ok(KeyState::Missing) => no_such_stream(stream),
+            Ok(KeyState::Other(t)) => wrong_type(stream, &t),
+            Ok(KeyState::Stream) => no_such_group(stream, group),
+            Err(e) => e,
+        }
+    }
+
+    /// Runs a command on `stream`/`group`, explaining NOGROUP, WRONGTYPE and missing keys.
+    pub(crate) async fn group_query<T: FromRedisValue>(
+        &mut self,
+        cmd: &Cmd,
+        stream: &str,
+        group: &str,
+    ) -> Result<T> {
+        match self.raw(cmd).await {
+            Ok(v) => Ok(v),
+            Err(e) if is_missing(&e) => Err(self.explain_missing(stream, group).await),
+            Err(e) => Err(self.error(&e)),
+        }
+    }
+}
+
+/// What a key holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum KeyState {
+    /// A stream.
+    Stream,
+    /// Nothing.
+    Missing,
+    /// Another type, named as `TYPE` does.
+    Other(String),
+}
+
+/// True for the replies Redis gives for a missing key, a missing group, or a wrong key type.
+pub(crate) fn is_missing(e: &RedisError) -> bool {
+    match error::code(e) {
+        Some("NOGROUP" | "WRONGTYPE") => true,
+        Some("ERR") => e
+            .detail()
+            .is_some_and(|d| d.to_ascii_lowercase().contains("no such key")),
+        _ => false,
+    }
+}
+
+/// "no such stream" with a hint.
+pub(crate) fn no_such_stream(key: &str) -> CliError {
+    CliError::runtime(format!(
+        "no such stream `{key}`; list the streams with `millrace streams`"
+    ))
+}
+
+/// "key is a string, not a stream".
+pub(crate) fn wrong_type(key: &str, actual: &str) -> CliError {
+    CliError::runtime(format!("key `{key}` is a {actual}, not a stream"))
+}
+
+/// "group does not exist" with a hint.
+pub(crate) fn no_such_group(stream: &str, group: &str) -> CliError {
+    CliError::runtime(format!(
+        "group `{group}` does not exist on stream `{stream}`; list its groups with `millrace groups {stream}`"
+    ))
+}
+
+fn connect_error(e: &RedisError, target: &str) -> CliError {
+    if e.is_io_error() && !e.is_timeout() {
+        return CliError::runtime(format!(
+            "cannot connect to Redis at {target}: {e}; is the server running? Point --redis (or REDIS_URL) at it"
+        ));
+    }
+    error::from_redis(e, target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_survive_redaction() {
+        let cases = [
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("redis://:s3cret@host:1/0", "redis://:***@host:1/0"),
+            ("rediss://alice:s3cret@host", "rediss://alice:***@host"),
+            ("redis://s3cret@host", "redis://***@host"),
+            ("redis://u:p%40ss:s3cret@h/2", "redis://u:***@h/2"),
+            (
+                "redis+unix:///tmp/r.sock?db=1&pass=s3cret",
+                "redis+unix:///tmp/r.sock?db=1&pass=***",
+            ),
+            ("redis://:pa/ss?s3cret@host/1", "redis://:***@host/1"),
+            ("not a url s3cret", "<unparsable Redis URL>"),
+        ];
+        for (url, want) in cases {
+            let got = redact(url);
+            assert_eq!(got, want);
+            assert!(!got.contains("s3cret"), "{got}");
+        }
+    }
+}

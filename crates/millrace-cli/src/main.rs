@@ -1,0 +1,55 @@
+//! `millrace`: inspect and repair Redis Streams consumer groups run by millrace (or anything else
+//! that uses consumer groups).
+//!
+//! ```text
+//! millrace streams 'orders*'
+//! millrace groups orders
+//! millrace pending orders processors --idle 5m
+//! millrace dlq list orders
+//! millrace dlq replay orders --filter-reason timeout --dry-run
+//! millrace trim orders --maxlen 100000
+//! millrace reap orders processors --idle 1h
+//! millrace tail orders
+//! millrace top
+//! ```
+//!
+//! Exit codes: 0 ok, 1 runtime or Redis error, 2 usage error, 3 refused for safety. See the
+//! crate's README for more.
+
+mod cli;
+mod commands;
+mod connect;
+mod error;
+mod info;
+mod render;
+mod value;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            render::note(&format!("error: cannot start the async runtime: {e}"));
+            return error::Exit::Runtime.code();
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(e) => {
+            let label = match e.exit {
+                error::Exit::Refused => "refused",
+                error::Exit::Runtime | error::Exit::Usage => "error",
+            };
+            render::note(&format!("{label}: {e}"));
+            e.exit.code()
+        }
+    }
+}
