@@ -45,10 +45,12 @@ async fn ok_acks_every_entry_of_the_batch() {
         .all()
         .iter()
         .all(|s| s.1 == Some(1) && s.2 == Source::New));
-    let health = app
-        .consumer_health(&ConsumerId::new("s", "g", "c1"))
-        .unwrap();
-    assert_eq!(health.counters.acked, 25);
+    let id = ConsumerId::new("s", "g", "c1");
+    eventually(WAIT, "25 counted as acked", || {
+        let acked = app.consumer_health(&id).unwrap().counters.acked;
+        async move { acked == 25 }
+    })
+    .await;
     app.shutdown().await.unwrap();
 }
 

@@ -586,17 +586,12 @@ async fn a_handler_can_dead_letter_an_entry_explicitly() {
         "original fields copied by the move"
     );
     assert_eq!(dead[0].deliveries, Some(1));
-    let h = app
-        .consumer_health(&ConsumerId::new("s", "g", "c"))
-        .unwrap();
-    assert_eq!(
-        (
-            h.counters.acked,
-            h.counters.dead_lettered,
-            h.counters.failed
-        ),
-        (2, 1, 0)
-    );
+    let id = ConsumerId::new("s", "g", "c");
+    eventually(WAIT, "2 acked, 1 dead-lettered, none failed", || {
+        let c = app.consumer_health(&id).unwrap().counters;
+        async move { (c.acked, c.dead_lettered, c.failed) == (2, 1, 0) }
+    })
+    .await;
     app.shutdown().await.unwrap();
 }
 

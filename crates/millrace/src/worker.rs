@@ -66,6 +66,8 @@ pub(crate) struct Worker {
     claim_cursor: EntryId,
     next_claim: Instant,
     next_gauges: Instant,
+    /// The XACK of the previous batch, still in flight.
+    ack_inflight: Option<tokio::task::JoinHandle<Result<()>>>,
     xinfo_allowed: bool,
     /// The last failure reason per pending entry, recorded with dead letters.
     last_errors: HashMap<EntryId, String>,
@@ -104,6 +106,7 @@ impl Worker {
             next_claim: Instant::now(),
             next_gauges: Instant::now(),
             xinfo_allowed: true,
+            ack_inflight: None,
             read_cmd: Arc::new(read_cmd),
             id,
             opts,
@@ -137,6 +140,10 @@ impl Worker {
                     Err(e) => e,
                 };
                 self.read = None;
+                // Best effort: an ack that cannot land means its entries come back via the replay.
+                if let Err(e) = self.flush_acks().await {
+                    debug!(error = %e, "last ack of the session failed");
+                }
                 self.health.set_error(err.to_string());
                 if let Error::Redis { command: "XREADGROUP", .. } = err {
                     self.shrink_reads();
@@ -417,6 +424,7 @@ impl Worker {
             let items = tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => {
+                    self.flush_acks().await?;
                     self.stop_reading(inflight).await;
                     return Ok(());
                 }
@@ -428,16 +436,19 @@ impl Worker {
                 continue;
             }
             if self.cancel.is_cancelled() {
+                self.flush_acks().await?;
                 self.release(&items).await;
                 return Ok(());
             }
             inflight = self.start_read();
             let started = Instant::now();
-            self.process(items, Source::New).await?;
+            let to_ack = self.handle_items(items, Source::New).await?;
+            self.ack_behind(to_ack).await?;
             // Held so long that the read-ahead batch, idle all that time, may have been claimed by
             // another consumer: check ownership before handling it.
             self.verify_next = started.elapsed() >= self.opts.claim_min_idle / 2;
             if self.cancel.is_cancelled() {
+                self.flush_acks().await?;
                 self.stop_reading(inflight).await;
                 return Ok(());
             }
@@ -648,7 +659,69 @@ impl Worker {
         for id in ids.iter() {
             self.last_errors.remove(id);
         }
+        HealthCell::add(&self.health.acked, ids.len());
+        self.metrics.acked.increment(ids.len() as u64);
         Ok(())
+    }
+
+    /// Sends the XACK for a batch without waiting for it, after the previous batch's XACK has
+    /// completed: the reply's round trip overlaps the next batch instead of stalling the loop.
+    /// A failed XACK fails the session (the entries come back through the replay).
+    async fn ack_behind(&mut self, ids: Vec<EntryId>) -> Result<()> {
+        self.flush_acks().await?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for id in &ids {
+            self.last_errors.remove(id);
+        }
+        let mut control = self.control.clone();
+        let (consumer, health, acked) = (
+            self.id.clone(),
+            self.health.clone(),
+            self.metrics.acked.clone(),
+        );
+        let backoff_max = self.opts.reconnect_backoff_max.min(Duration::from_secs(1));
+        self.ack_inflight = Some(tokio::spawn(async move {
+            let mut attempt = 0u32;
+            loop {
+                match streams::xack(&mut control, &consumer.stream, &consumer.group, &ids).await {
+                    Ok(_) => {
+                        HealthCell::add(&health.acked, ids.len());
+                        acked.increment(ids.len() as u64);
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        let err = Error::from_redis(&consumer, "XACK", &consumer.stream, e);
+                        if err.class() != Class::Transient || attempt >= 10 {
+                            return Err(err);
+                        }
+                        tokio::time::sleep(backoff_with_jitter(
+                            Duration::from_millis(20),
+                            backoff_max,
+                            attempt,
+                        ))
+                        .await;
+                        attempt += 1;
+                    }
+                }
+            }
+        }));
+        Ok(())
+    }
+
+    /// Waits for the XACK in flight, if any.
+    async fn flush_acks(&mut self) -> Result<()> {
+        match self.ack_inflight.take() {
+            None => Ok(()),
+            Some(task) => match task.await {
+                Ok(r) => r,
+                Err(join) => Err(Error::Internal {
+                    consumer: self.id.clone(),
+                    message: format!("ack task failed: {join}"),
+                }),
+            },
+        }
     }
 
     async fn dead_letter(
@@ -787,7 +860,15 @@ impl Worker {
     }
 
     /// Handles one batch of read items: tombstones, poison entries, undecodable entries, the handler, acks.
+    /// Handles a batch and acknowledges what the handler says, before returning.
     async fn process(&mut self, items: Vec<ReadItem>, source: Source) -> Result<()> {
+        let to_ack = self.handle_items(items, source).await?;
+        self.ack(to_ack).await
+    }
+
+    /// Handles one batch of read items: tombstones, poison entries, undecodable entries, the handler.
+    /// Returns the ids to acknowledge.
+    async fn handle_items(&mut self, items: Vec<ReadItem>, source: Source) -> Result<Vec<EntryId>> {
         let mut live: Vec<RawEntry> = Vec::with_capacity(items.len());
         let mut tombstones = Vec::new();
         let mut malformed = Vec::new();
@@ -824,7 +905,7 @@ impl Worker {
             .await?;
         }
         if live.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let n = live.len();
         HealthCell::add(&self.health.received, n);
@@ -863,7 +944,7 @@ impl Worker {
             self.metrics.redelivered.increment(redelivered as u64);
         }
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         if let Some(oldest) = batch.first().map(|(e, _)| e.id) {
             let now_ms = SystemTime::now()
@@ -973,11 +1054,7 @@ impl Worker {
                 self.note_failed(&unacked, &reason);
             }
         }
-        let acked = to_ack.len();
-        self.ack(to_ack).await?;
-        HealthCell::add(&self.health.acked, acked);
-        self.metrics.acked.increment(acked as u64);
-        Ok(())
+        Ok(to_ack)
     }
 
     /// Awaits the handler; while it runs longer than a third of `claim_min_idle`, refreshes the
