@@ -358,3 +358,66 @@ async fn millrace_runs_under_a_users_ractor_supervisor_and_escalates_to_it() {
     parent.stop(None);
     parent_join.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_stop_does_not_wait_for_a_blocked_read() {
+    let (server, mut con) = server().await;
+    xadd_n(&mut con, "s", 1).await;
+    let seen = Seen::default();
+    let seen2 = seen.clone();
+    // BLOCK far longer than the test's patience: a stop must wake the read (CLIENT UNBLOCK), not
+    // wait for it to run out.
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(spec("s", "g", "c").block(Duration::from_secs(120)).handler(
+            move |batch: Batch<RawEntry>| {
+                seen2.record(&batch);
+                async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    HandlerResult::Ok
+                }
+            },
+        ))
+        .start()
+        .await
+        .unwrap();
+    eventually(WAIT, "the batch is being handled", || {
+        let n = seen.len();
+        async move { n == 1 }
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(20), app.shutdown())
+        .await
+        .expect("shutdown finished long before BLOCK ran out")
+        .unwrap();
+    assert_eq!(
+        pending(&mut con, "s", "g").await,
+        0,
+        "the in-flight batch finished and was acked"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_group_without_create_group_is_a_clear_error() {
+    let (server, mut con) = server().await;
+    xadd_n(&mut con, "s", 1).await;
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(
+            spec("s", "nogroup", "c")
+                .create_group(false)
+                .handler(recording(&Seen::default())),
+        )
+        .start()
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(WAIT, app.wait())
+        .await
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("does not exist") && err.contains("XGROUP CREATE s nogroup"),
+        "{err}"
+    );
+}

@@ -39,8 +39,8 @@
 //! Delivery is at-least-once: handlers must be idempotent. See `docs/semantics.md`.
 //!
 //! ## Cargo features
-//! - `tls`: `rediss://` URLs through rustls (ring provider, Mozilla roots); call
-//!   [`install_tls_provider`] once or enable a rustls provider yourself.
+//! - `tls`: `rediss://` URLs through rustls (ring provider, Mozilla roots). millrace installs the
+//!   ring provider as the process default when it starts, unless one is installed already.
 //!
 //! Do not enable ractor's `async-trait` or `cluster` features in the same binary: cargo unifies
 //! features, and either one changes ractor's traits under millrace.

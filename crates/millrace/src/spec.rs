@@ -143,6 +143,10 @@ impl ConsumerSpec {
         claim_min_idle: Duration => claim_min_idle;
         /// Entries per XAUTOCLAIM call. See [`ConsumerOptions::claim_count`].
         claim_count: usize => claim_count;
+        /// XAUTOCLAIM calls per claim tick. See [`ConsumerOptions::claim_calls_per_tick`].
+        claim_calls_per_tick: usize => claim_calls_per_tick;
+        /// Longest reconnect backoff. See [`ConsumerOptions::reconnect_backoff_max`].
+        reconnect_backoff_max: Duration => reconnect_backoff_max;
         /// Where a new group starts. See [`ConsumerOptions::start_id`].
         start_id: StartId => start_id;
         /// Whether to create a missing group. See [`ConsumerOptions::create_group`].

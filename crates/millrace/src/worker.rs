@@ -161,7 +161,18 @@ impl Worker {
                         }
                     }
                     Class::GroupLost => {
-                        if self.opts.on_group_lost == OnGroupLost::Fail || !self.opts.create_group {
+                        if !self.opts.create_group {
+                            return Err(Error::Fatal {
+                                consumer: Some(self.id.clone()),
+                                command: "XREADGROUP",
+                                reason: format!("consumer group `{}` does not exist on `{}` ({err})", self.id.group, self.id.stream),
+                                hint: format!(
+                                    "create it (`XGROUP CREATE {} {} $ MKSTREAM`) or set create_group = true",
+                                    self.id.stream, self.id.group
+                                ),
+                            });
+                        }
+                        if self.opts.on_group_lost == OnGroupLost::Fail {
                             return Err(err);
                         }
                         error!(error = %err, "consumer group or stream vanished; recreating the group from the start of the stream");
@@ -393,6 +404,8 @@ impl Worker {
         ));
     }
 
+    /// Sends the next read at once (a spawned task, so it is on the wire while the current batch is
+    /// handled) and returns a future for its reply.
     fn start_read(&self) -> ReadFuture {
         let mut conn = self
             .read
@@ -402,10 +415,20 @@ impl Worker {
             .clone();
         let cmd = self.read_cmd.clone();
         let id = self.id.clone();
-        async move {
+        let task = tokio::spawn(async move {
             streams::read(&mut conn, &cmd)
                 .await
                 .map_err(|e| Error::from_redis(&id, "XREADGROUP", &id.stream, e))
+        });
+        let id = self.id.clone();
+        async move {
+            match task.await {
+                Ok(result) => result,
+                Err(e) => Err(Error::Internal {
+                    consumer: id,
+                    message: format!("read task failed: {e}"),
+                }),
+            }
         }
         .boxed()
     }
