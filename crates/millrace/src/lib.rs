@@ -84,6 +84,34 @@ pub fn install_tls_provider() {
 mod doc_examples {
     #[doc = include_str!("../../../README.md")]
     struct Readme;
+    #[doc = include_str!("../../../docs/README.md")]
+    struct DocsReadme;
+    #[doc = include_str!("../../../docs/concepts.md")]
+    struct DocsConcepts;
+    #[doc = include_str!("../../../docs/quickstart.md")]
+    struct DocsQuickstart;
+    #[doc = include_str!("../../../docs/handlers.md")]
+    struct DocsHandlers;
+    #[doc = include_str!("../../../docs/semantics.md")]
+    struct DocsSemantics;
+    #[doc = include_str!("../../../docs/architecture.md")]
+    struct DocsArchitecture;
+    #[doc = include_str!("../../../docs/supervision.md")]
+    struct DocsSupervision;
+    #[doc = include_str!("../../../docs/recovery.md")]
+    struct DocsRecovery;
+    #[doc = include_str!("../../../docs/configuration.md")]
+    struct DocsConfiguration;
+    #[doc = include_str!("../../../docs/observability.md")]
+    struct DocsObservability;
+    #[doc = include_str!("../../../docs/permissions.md")]
+    struct DocsPermissions;
+    #[doc = include_str!("../../../docs/cli.md")]
+    struct DocsCli;
+    #[doc = include_str!("../../../docs/migrating.md")]
+    struct DocsMigrating;
+    #[doc = include_str!("../../../docs/decisions/0001-consume-loop-in-a-task.md")]
+    struct DocsDecisionConsumeLoopInATask;
 }
 
 /// Replaces the default panic hook (which prints to stderr, with a backtrace when `RUST_BACKTRACE`
