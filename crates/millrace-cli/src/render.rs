@@ -86,12 +86,20 @@ pub(crate) fn truncate(text: &str, max: usize) -> String {
     cut
 }
 
-/// A duration for people: `850ms`, `42s`, `3m 12s`, `2h 5m 3s`, `3days 4h` (whole seconds from 1s on).
+/// A duration for people, to its two largest units: `850ms`, `42s`, `3m 12s`, `2h 5m`,
+/// `3days 4h`.
 pub(crate) fn duration(d: Duration) -> String {
     if d < Duration::from_secs(1) {
         return format!("{}ms", d.as_millis());
     }
-    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    let full = humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
+    full.split(' ').take(2).collect::<Vec<_>>().join(" ")
+}
+
+/// `1 entry`, `2 entries`: `n` and the singular or plural noun.
+pub(crate) fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// [`duration`] of a millisecond count.
@@ -241,6 +249,9 @@ mod tests {
         assert_eq!(millis(850), "850ms");
         assert_eq!(millis(192_000), "3m 12s");
         assert_eq!(millis(192_999), "3m 12s");
+        assert_eq!(millis(7_384_000), "2h 3m");
+        assert_eq!(count(1u64, "entry", "entries"), "1 entry");
+        assert_eq!(count(0u64, "entry", "entries"), "0 entries");
     }
 
     #[test]

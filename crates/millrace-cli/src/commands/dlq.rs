@@ -319,7 +319,8 @@ async fn list(redis: &mut Redis, json: bool, target: &DlqTarget, limit: u64) -> 
     }
     if others > 0 {
         render::note(&format!(
-            "({others} entries of `{dlq}` belong to other streams and are not shown)"
+            "({} of `{dlq}` belong to other streams and are not shown)",
+            letters_of(others, "entry", "entries")
         ));
     }
     Ok(())
@@ -518,8 +519,12 @@ async fn replay(
     }
     if !sel.ids.is_empty() && !report.skipped.is_empty() {
         return Err(CliError::runtime(format!(
-            "{} of the named dead letters could not be replayed (see above)",
-            report.skipped.len()
+            "{} could not be replayed (see above)",
+            letters_of(
+                report.skipped.len(),
+                "named dead letter",
+                "named dead letters"
+            )
         )));
     }
     Ok(())
@@ -557,18 +562,23 @@ fn print_replay(report: &ReplayReport, others: usize) -> Result<()> {
     let n = report.replayed.len();
     text.push_str(&if report.dry_run {
         format!(
-            "dry run: would replay {n} dead letters from `{}` to `{}`",
-            report.dlq, report.stream
+            "dry run: would replay {} from `{}` to `{}`",
+            n_letters(n),
+            report.dlq,
+            report.stream
         )
     } else {
         format!(
-            "replayed {n} dead letters from `{}` to `{}`",
-            report.dlq, report.stream
+            "replayed {} from `{}` to `{}`",
+            n_letters(n),
+            report.dlq,
+            report.stream
         )
     });
     if others > 0 {
         text.push_str(&format!(
-            "\n({others} entries of `{}` belong to other streams and were left alone)",
+            "\n({} of `{}` belong to other streams and were left alone)",
+            letters_of(others, "entry", "entries"),
             report.dlq
         ));
     }
@@ -623,7 +633,7 @@ async fn purge(
     };
     let n = ids.len();
     if n > 0 && !dry_run && !yes {
-        confirm(&format!("delete {n} dead letters from `{dlq}` for good?"))?;
+        confirm(&format!("delete {} from `{dlq}` for good", n_letters(n)))?;
     }
     if !dry_run {
         for chunk in ids.chunks(PAGE) {
@@ -635,7 +645,7 @@ async fn purge(
         return render::json(&report);
     }
     let mut text = if dry_run {
-        let mut t = format!("dry run: would delete {n} dead letters from `{dlq}`");
+        let mut t = format!("dry run: would delete {} from `{dlq}`", n_letters(n));
         if n > 0 {
             t.push_str(": ");
             t.push_str(&report.ids.join(" "));
@@ -644,27 +654,40 @@ async fn purge(
     } else if n == 0 {
         format!("nothing to purge in `{dlq}`")
     } else {
-        format!("deleted {} dead letters from `{dlq}`", report.deleted)
+        format!(
+            "deleted {} from `{dlq}`",
+            render::count(report.deleted, "dead letter", "dead letters")
+        )
     };
     if others > 0 {
         text.push_str(&format!(
-            "\n({others} entries of `{dlq}` belong to other streams or are not dead letters and were \
-             kept; name them with --id to delete them)"
+            "\n({} of `{dlq}` belong to other streams or are not dead letters and were kept; name \
+             them with --id to delete them)",
+            letters_of(others, "entry", "entries")
         ));
     }
     render::out(&text)
 }
 
-/// Asks on the terminal; refuses (exit 3) without one, or when the answer is not yes.
-fn confirm(question: &str) -> Result<()> {
+fn n_letters(n: usize) -> String {
+    letters_of(n, "dead letter", "dead letters")
+}
+
+fn letters_of(n: usize, one: &str, many: &str) -> String {
+    render::count(u64::try_from(n).unwrap_or(u64::MAX), one, many)
+}
+
+/// Asks on the terminal whether to `action`; refuses (exit 3) without a terminal, or when the
+/// answer is not yes.
+fn confirm(action: &str) -> Result<()> {
     if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
         return Err(CliError::refused(format!(
-            "{question} needs confirmation, and stdin is not a terminal; re-run with --yes \
-             (or --dry-run to see what would go)"
+            "will not {action} without confirmation, and stdin is not a terminal to ask on; \
+             re-run with --yes (or --dry-run to see what would go)"
         )));
     }
     let mut stderr = std::io::stderr().lock();
-    write!(stderr, "{question} [y/N] ")?;
+    write!(stderr, "{action}? [y/N] ")?;
     stderr.flush()?;
     drop(stderr);
     let mut answer = String::new();

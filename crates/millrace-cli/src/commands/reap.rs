@@ -22,7 +22,7 @@ use crate::render::{self, escape, millis, Align, JsonBytes, Table};
 /// Pending entries claimed per XPENDING/XCLAIM round.
 const BATCH: usize = 500;
 
-/// Deletes a consumer only if it has no pending entry and is still idle for at least ARGV[3] ms.
+/// Deletes a consumer only if it has no pending entry and is still idle for at least `ARGV[3]` ms.
 /// Returns the DELCONSUMER reply (0), -1 when entries are pending, -2 when it became active,
 /// -3 when it no longer exists.
 static DELETE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
@@ -141,13 +141,18 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &ReapArgs) -> Resul
     let mut text = table.render();
     text.push_str(&if args.dry_run {
         format!(
-            "dry run: {} consumers would be reaped",
-            report.consumers.len()
+            "dry run: {} would be reaped",
+            render::count(report.consumers.len() as u64, "consumer", "consumers")
         )
     } else {
         format!(
-            "deleted {deleted} of {} idle consumers",
-            report.consumers.len()
+            "deleted {deleted} of {} idle {}",
+            report.consumers.len(),
+            if report.consumers.len() == 1 {
+                "consumer"
+            } else {
+                "consumers"
+            }
         )
     });
     render::out(&text)

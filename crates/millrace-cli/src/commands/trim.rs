@@ -4,7 +4,12 @@
 //! (exit 3) when a group has not yet been delivered some of them (id > its last-delivered-id) or
 //! still holds some pending (a PEL entry at or below the cut), unless `--force`. It then trims with
 //! `XTRIM MINID` at the successor of the last entry it checked, so entries added meanwhile are never
-//! removed unchecked (with `--maxlen` the stream can end up slightly longer than N).
+//! removed unchecked (with `--maxlen` the stream can end up slightly longer than N). Without
+//! `--force` the trim itself runs in a Lua script that re-checks every group atomically (cheaply:
+//! last-delivered-id at or past the cut, no pending entry at or below it), so a group that changed
+//! during the walk (a new group at `0`, `XGROUP SETID` backwards) cannot lose entries.
+
+use std::sync::LazyLock;
 
 use millrace::EntryId;
 use redis::Value;
@@ -18,6 +23,36 @@ use crate::render::{self, escape, Align, Table};
 
 /// Entries per XRANGE/XPENDING page.
 const PAGE: u64 = 1000;
+
+/// `XTRIM KEYS[1] MINID = ARGV[1]` if every group has been delivered everything up to the cut
+/// `ARGV[2]` and holds nothing pending at or below it. Returns the number of entries removed, or
+/// `{-1, group}` / `{-2, group}` naming a group that would lose undelivered / pending entries.
+static TRIM_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local function num_lt(x, y)
+  if #x ~= #y then return #x < #y end
+  return x < y
+end
+local function id_lt(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  if not am or not bm then return true end
+  if am ~= bm then return num_lt(am, bm) end
+  return num_lt(as, bs)
+end
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, last
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
+  end
+  if not last or id_lt(last, ARGV[2]) then return {-1, name} end
+  if #redis.call('XPENDING', KEYS[1], name, '-', ARGV[2], 1) > 0 then return {-2, name} end
+end
+return redis.call('XTRIM', KEYS[1], 'MINID', '=', ARGV[1])
+",
+    )
+});
 
 #[derive(Debug, Serialize)]
 struct GroupCheck {
@@ -144,16 +179,41 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &TrimArgs) -> Resul
     }
     report.refused = !report.unsafe_groups.is_empty() && !args.force;
 
-    if let (Some(threshold), false, false) = (last.map(successor), report.refused, args.dry_run) {
-        report.removed = redis
-            .query(
-                redis::cmd("XTRIM")
-                    .arg(stream)
-                    .arg("MINID")
-                    .arg("=")
-                    .arg(threshold),
-            )
-            .await?;
+    if let (Some(cut), false, false) = (last, report.refused, args.dry_run) {
+        let threshold = successor(cut);
+        if args.force {
+            report.removed = redis
+                .query(
+                    redis::cmd("XTRIM")
+                        .arg(stream)
+                        .arg("MINID")
+                        .arg("=")
+                        .arg(threshold),
+                )
+                .await?;
+        } else {
+            let reply: Value = TRIM_SCRIPT
+                .key(stream)
+                .arg(threshold)
+                .arg(cut)
+                .invoke_async(redis.conn())
+                .await
+                .map_err(|e| redis.error(&e))?;
+            match reply {
+                Value::Int(n) => report.removed = u64::try_from(n).unwrap_or_default(),
+                other => {
+                    let parts = crate::value::list(other);
+                    let group = parts
+                        .get(1)
+                        .and_then(crate::value::text)
+                        .unwrap_or_else(|| "?".to_owned());
+                    return Err(CliError::refused(format!(
+                        "not trimming `{stream}`: group `{group}` changed while the entries were \
+                         checked and would now lose some; run the command again"
+                    )));
+                }
+            }
+        }
     }
 
     if json {
@@ -163,9 +223,9 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &TrimArgs) -> Resul
     }
     if report.refused {
         return Err(CliError::refused(format!(
-            "not trimming `{stream}`: {} group(s) would lose entries they have not processed; \
-             re-run with --force to trim anyway",
-            report.unsafe_groups.len()
+            "not trimming `{stream}`: {} would lose entries not yet processed; re-run with \
+             --force to trim anyway",
+            render::count(report.unsafe_groups.len() as u64, "group", "groups")
         )));
     }
     Ok(())
@@ -209,8 +269,9 @@ fn print(r: &TrimReport) -> Result<()> {
     let mut text = String::new();
     if r.remove == 0 {
         text.push_str(&format!(
-            "nothing to trim: `{}` has {} entries and none is past the limit",
-            r.stream, r.length
+            "nothing to trim: `{}` has {} and none is past the limit",
+            r.stream,
+            render::count(r.length, "entry", "entries")
         ));
         return render::out(&text);
     }
@@ -225,8 +286,10 @@ fn print(r: &TrimReport) -> Result<()> {
         "removing"
     };
     text.push_str(&format!(
-        "{verb} {} of {} entries of `{}`{span}\n",
-        r.remove, r.length, r.stream
+        "{verb} {} of {} of `{}`{span}\n",
+        r.remove,
+        render::count(r.length, "entry", "entries"),
+        r.stream
     ));
     if !r.unsafe_groups.is_empty() {
         text.push_str("groups that would lose entries they have not processed:\n");
@@ -261,8 +324,9 @@ fn print(r: &TrimReport) -> Result<()> {
         });
     } else if !r.refused {
         text.push_str(&format!(
-            "trimmed {} entries from `{}`",
-            r.removed, r.stream
+            "trimmed {} from `{}`",
+            render::count(r.removed, "entry", "entries"),
+            r.stream
         ));
     }
     render::out(text.trim_end())
