@@ -274,9 +274,9 @@ async fn list(redis: &mut Redis, json: bool, target: &DlqTarget, limit: u64) -> 
     let dlq = target.dlq_key();
     let now = render::now_ms();
     let (letters, others) = if open(redis, target).await? {
-        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let max = usize::try_from(limit).unwrap_or(usize::MAX);
         // Entries that are not dead letters at all are shown too: they need attention.
-        scan(redis, &dlq, Some(limit), |l| {
+        scan(redis, &dlq, Some(max), |l| {
             l.belongs_to(&target.stream) || l.dead.is_none()
         })
         .await?
@@ -316,6 +316,12 @@ async fn list(redis: &mut Redis, json: bool, target: &DlqTarget, limit: u64) -> 
             ]);
         }
         render::out(&table.render())?;
+    }
+    if u64::try_from(letters.len()).is_ok_and(|n| n >= limit) {
+        render::note(&format!(
+            "(showing the oldest {}; raise --limit to see more)",
+            letters.len()
+        ));
     }
     if others > 0 {
         render::note(&format!(
