@@ -639,3 +639,100 @@ async fn a_slow_handler_keeps_its_batch_from_being_claimed() {
     assert_eq!(eager.counters.claimed, 0);
     app.shutdown().await.unwrap();
 }
+
+async fn consumers_of(
+    con: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    group: &str,
+) -> Vec<String> {
+    let rows: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(stream)
+        .arg(group)
+        .query_async(con)
+        .await
+        .unwrap();
+    rows.into_iter()
+        .map(|r| match r.get("name") {
+            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_opt_in_reaper_deletes_only_idle_consumers_without_pending_entries() {
+    let (server, mut con) = server().await;
+    create_group(&mut con, "s", "g").await;
+    xadd_n(&mut con, "s", 2).await;
+    // Two consumers that went away: `empty` acked what it read, `holding` still holds an entry.
+    let read = |name: &str| millrace::streams::xreadgroup_cmd("s", "g", name, 1, None, ">");
+    let got = millrace::streams::read(&mut con, &read("empty"))
+        .await
+        .unwrap();
+    let _: u64 = redis::cmd("XACK")
+        .arg("s")
+        .arg("g")
+        .arg(got[0].id().unwrap())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    millrace::streams::read(&mut con, &read("holding"))
+        .await
+        .unwrap();
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(
+            spec("s", "g", "live")
+                .claim_interval(Duration::from_millis(50))
+                .claim_min_idle(Duration::from_secs(60))
+                .reap_idle_consumers_after(Duration::from_secs(61))
+                .handler(recording(&Seen::default())),
+        )
+        .start()
+        .await
+        .unwrap();
+    let err = Supervisor::builder()
+        .redis(server.url())
+        .consumer(
+            spec("s", "g", "x")
+                .reap_idle_consumers_after(Duration::from_secs(1))
+                .handler(recording(&Seen::default())),
+        )
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("reap_idle_consumers_after"),
+        "{err}"
+    );
+    app.shutdown().await.unwrap();
+
+    // `holding` is reaped only after the normal XAUTOCLAIM took its entry (a consumer that holds
+    // entries is never deleted: Redis would drop them silently, and the entry would never be handled).
+    let reaper = spec("s", "g", "live")
+        .claim_interval(Duration::from_millis(50))
+        .claim_min_idle(Duration::from_millis(100))
+        .reap_idle_consumers_after(Duration::from_millis(150));
+    let seen = Seen::default();
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(reaper.handler(recording(&seen)))
+        .start()
+        .await
+        .unwrap();
+    eventually(
+        WAIT,
+        "both gone, the held entry handled by the live consumer",
+        || {
+            let mut con = con.clone();
+            let handled = seen.len();
+            async move {
+                handled == 1 && consumers_of(&mut con, "s", "g").await == vec!["live".to_owned()]
+            }
+        },
+    )
+    .await;
+    assert_eq!(pending(&mut con, "s", "g").await, 0);
+    app.shutdown().await.unwrap();
+}

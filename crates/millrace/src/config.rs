@@ -137,6 +137,12 @@ pub struct ConsumerOptions {
     /// [`ConsumerHealth`](crate::ConsumerHealth)). Default 10s.
     #[serde(with = "duration")]
     pub gauge_interval: Duration,
+    /// Opt-in reaper: on each claim tick, delete consumers of the group that have been idle this long
+    /// and hold no pending entries (their entries are claimed first by the normal `XAUTOCLAIM`). The
+    /// check and the delete are one atomic script, so a consumer holding entries is never deleted.
+    /// Must exceed `claim_min_idle`. Default: off. Needs `+xinfo|consumers +xgroup|delconsumer`.
+    #[serde(with = "opt_duration")]
+    pub reap_idle_consumers_after: Option<Duration>,
 }
 
 impl Default for ConsumerOptions {
@@ -158,6 +164,7 @@ impl Default for ConsumerOptions {
             shutdown_timeout: Duration::from_secs(30),
             reconnect_backoff_max: Duration::from_secs(5),
             gauge_interval: Duration::from_secs(10),
+            reap_idle_consumers_after: None,
         }
     }
 }
@@ -226,6 +233,14 @@ impl ConsumerOptions {
                 return err(
                     "handler_timeout",
                     "must be greater than 0 (leave it unset for no timeout)",
+                );
+            }
+        }
+        if let Some(reap) = self.reap_idle_consumers_after {
+            if reap <= self.claim_min_idle {
+                return err(
+                    "reap_idle_consumers_after",
+                    "must exceed `claim_min_idle`, so an idle consumer's entries are claimed before it is deleted",
                 );
             }
         }

@@ -147,6 +147,8 @@ impl ConsumerSpec {
         claim_calls_per_tick: usize => claim_calls_per_tick;
         /// Longest reconnect backoff. See [`ConsumerOptions::reconnect_backoff_max`].
         reconnect_backoff_max: Duration => reconnect_backoff_max;
+        /// Opt-in reaper of idle, empty consumers. See [`ConsumerOptions::reap_idle_consumers_after`].
+        reap_idle_consumers_after: Duration => reap_idle_consumers_after(Some);
         /// Where a new group starts. See [`ConsumerOptions::start_id`].
         start_id: StartId => start_id;
         /// Whether to create a missing group. See [`ConsumerOptions::create_group`].

@@ -601,6 +601,20 @@ impl Worker {
     async fn claim_tick(&mut self) -> Result<()> {
         self.next_claim = Instant::now() + self.opts.claim_interval;
         let stream = self.id.stream.clone();
+        if let Some(after) = self.opts.reap_idle_consumers_after {
+            let removed = streams::reap_idle_consumers(
+                &mut self.control,
+                &stream,
+                &self.id.group,
+                &self.id.consumer,
+                after,
+            )
+            .await
+            .map_err(|e| self.redis_err("EVAL (reap idle consumers)", &stream, e))?;
+            if !removed.is_empty() {
+                info!(consumers = ?removed, "reaped idle consumers that held no pending entries");
+            }
+        }
         for _ in 0..self.opts.claim_calls_per_tick {
             let reply = streams::xautoclaim(
                 &mut self.control,

@@ -167,3 +167,36 @@ pub async fn xgroup_create<C: ConnectionLike + Send>(
         Err(e) => Err(e),
     }
 }
+
+/// Deletes, atomically, every consumer of the group other than `keep` that has no pending entries
+/// and has been idle at least `min_idle`. Returns the deleted names. A consumer that holds entries is
+/// never deleted (Redis would drop its pending entries silently).
+pub async fn reap_idle_consumers<C: ConnectionLike + Send>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+    keep: &str,
+    min_idle: Duration,
+) -> RedisResult<Vec<String>> {
+    const SCRIPT: &str = r"
+local removed = {}
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+  if info['name'] ~= ARGV[3] and info['pending'] == 0 and info['idle'] >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed[#removed + 1] = info['name']
+  end
+end
+return removed
+";
+    redis::cmd("EVAL")
+        .arg(SCRIPT)
+        .arg(1)
+        .arg(stream)
+        .arg(group)
+        .arg(millis(min_idle))
+        .arg(keep)
+        .query_async(conn)
+        .await
+}
