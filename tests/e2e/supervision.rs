@@ -354,6 +354,14 @@ async fn millrace_runs_under_a_users_ractor_supervisor_and_escalates_to_it() {
         msg.contains("consumer `c`") && msg.contains("poisoned"),
         "{msg}"
     );
+    // The names are free as soon as the parent hears of the failure: it can start them again.
+    let again = Supervisor::builder()
+        .redis(server.url())
+        .consumer(spec("s", "g", "c").handler(recording(&Seen::default())))
+        .start()
+        .await
+        .expect("the failed tree released its consumer names before escalating");
+    again.shutdown().await.unwrap();
     assert!(app.wait().await.is_err());
     parent.stop(None);
     parent_join.await.unwrap();

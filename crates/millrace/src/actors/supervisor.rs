@@ -239,6 +239,10 @@ impl SupState {
                 child.health.set_state(ConsumerState::Stopped);
             }
         }
+        // Free the consumer names now, not when ractor drops this state (after the parent has
+        // already heard of the stop), so a parent can start the same consumers again at once.
+        self.children.clear();
+        self.by_actor.clear();
     }
 }
 
