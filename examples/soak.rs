@@ -111,13 +111,13 @@ async fn run(args: Args) -> AnyResult<bool> {
     let logs = std::env::temp_dir().join(format!("millrace-soak-{}", std::process::id()));
     std::fs::create_dir_all(&logs)?;
     println!(
-        "soak: {} orders, {} workers (count {}, panic-rate {}), poison-rate {}, rate {}/s, redis {} with appendfsync always",
+        "soak: {} orders, {} workers (count {}, panic-rate {}), poison-rate {}, rate {}, redis {} with appendfsync always",
         args.orders,
         args.workers,
         args.count,
         args.panic_rate,
         args.poison_rate,
-        if args.rate == 0 { "unpaced".to_owned() } else { args.rate.to_string() },
+        if args.rate == 0 { "unpaced".to_owned() } else { format!("{}/s", args.rate) },
         server.url_without_password(),
     );
     println!("soak: worker logs in {}", logs.display());
