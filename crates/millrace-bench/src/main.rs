@@ -16,6 +16,7 @@ mod baseline;
 mod bench;
 mod latency;
 mod measure;
+mod micro;
 mod mr;
 mod report;
 mod soak;
@@ -34,7 +35,7 @@ use report::ConfigResult;
 /// Errors of the benchmark itself.
 pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-const SECTIONS: [&str; 5] = ["main", "typed", "count", "consumers", "latency"];
+const SECTIONS: [&str; 6] = ["main", "typed", "count", "consumers", "latency", "micro"];
 
 /// Benchmark millrace against hand-written redis-rs consumer-group loops.
 #[derive(Debug, Parser)]
@@ -58,11 +59,11 @@ struct Args {
     /// Entries per second in the latency section.
     #[arg(long, default_value_t = 2_000)]
     latency_rate: u64,
-    /// Sections to run, comma-separated: main, typed, count, consumers, latency.
+    /// Sections to run, comma-separated: main, typed, count, consumers, latency, micro.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "main,typed,count,consumers,latency"
+        default_value = "main,typed,count,consumers,latency,micro"
     )]
     sections: Vec<String>,
     /// Variants to run, comma-separated: a, a' (or a2), b, b' (or b2), c.
@@ -433,6 +434,17 @@ async fn run(mut args: Args) -> Res<bool> {
         println!("\n{}", report::latency_table(args.latency_rate, &lat));
     }
 
+    let mut micro_table = String::new();
+    if args.sections.iter().any(|s| s == "micro") {
+        let steps = micro::run(std::time::Duration::from_millis(if args.quick {
+            30
+        } else {
+            150
+        }));
+        micro_table = report::micro_table(&steps);
+        println!("{micro_table}");
+    }
+
     let (busy1, total1) = measure::machine_cpu();
     let load_after = measure::loadavg();
     let machine_busy = (busy1 - busy0) / (total1 - total0).max(1e-9) * cores as f64;
@@ -462,6 +474,9 @@ async fn run(mut args: Args) -> Res<bool> {
         }
         if !lat.is_empty() {
             let _ = writeln!(doc, "{}", report::latency_table(args.latency_rate, &lat));
+        }
+        if !micro_table.is_empty() {
+            let _ = writeln!(doc, "{micro_table}");
         }
         let _ = writeln!(doc, "## Soak\n");
         match existing_soak_block() {
@@ -540,6 +555,10 @@ const DOC_METHOD: &str = "
 - **latency**: a producer thread adds one entry every 500 µs on an absolute schedule with a `ts` field
   (µs on a monotonic clock of the same process) stamped just before its `XADD`; the consumer records
   `now − ts` per entry when its handler (or loop) sees it. One consumer, COUNT 500, BLOCK 100 ms.
+- **server time by command**: `INFO commandstats` after `CONFIG RESETSTAT` before each run.
+- **single steps**: a synthetic 500-entry reply cloned outside the timed part and processed by one
+  step at a time, timed with `CLOCK_THREAD_CPUTIME_ID`; glibc malloc dominates several of them, so
+  read them as orders of magnitude.
 - **connections**: `CLIENT LIST TYPE normal` right after `shutdown()` returns and again after up to 2 s.
 - The machine is shared by the client, the server and whatever else runs: numbers taken while other
   work runs (see `others' CPU`, load average) are noisy; compare ratios within one run.

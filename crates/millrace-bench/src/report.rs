@@ -186,6 +186,16 @@ pub(crate) fn latency_table(rate: u64, results: &[LatencyResult]) -> String {
     s
 }
 
+pub(crate) fn micro_table(steps: &[crate::micro::Step]) -> String {
+    let mut s = String::from(
+        "### Client CPU per entry of single steps (synthetic 500-entry reply, thread CPU clock)\n\n| step | done by | ns/entry |\n|---|---|--:|\n",
+    );
+    for x in steps {
+        let _ = writeln!(s, "| {} | {} | {:.0} |", x.name, x.who, x.ns_per_entry);
+    }
+    s
+}
+
 pub(crate) fn soak_table(r: &SoakResult) -> String {
     let mut s = String::new();
     let _ = writeln!(

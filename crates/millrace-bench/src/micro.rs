@@ -1,0 +1,175 @@
+//! CPU cost per entry of the client-side steps, on a synthetic 500-entry `XREADGROUP` reply, timed
+//! with the thread's own CPU clock (so other load on the machine barely moves it): what redis-rs
+//! does to every reply, what millrace adds, and what the hand-written loops do instead.
+
+use std::time::Duration;
+
+use redis::Value;
+
+use crate::workload::{decode_by_hand, event, take_ids, UserEvent, Work};
+
+/// Per-entry cost of one step, in ns.
+#[derive(Debug, Clone)]
+pub(crate) struct Step {
+    pub(crate) name: &'static str,
+    pub(crate) who: &'static str,
+    pub(crate) ns_per_entry: f64,
+}
+
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+fn bulk(s: impl Into<Vec<u8>>) -> Value {
+    Value::BulkString(s.into())
+}
+
+/// A RESP2 `XREADGROUP` reply of `n` entries like the preloaded ones.
+fn reply(n: usize) -> Value {
+    let entries = (0..n)
+        .map(|k| {
+            let (user, action, page) = event(k);
+            Value::Array(vec![
+                bulk(format!("1700000000000-{k}")),
+                Value::Array(vec![
+                    bulk("user_id"),
+                    bulk(user.to_string()),
+                    bulk("action"),
+                    bulk(action),
+                    bulk("page"),
+                    bulk(page),
+                ]),
+            ])
+        })
+        .collect();
+    Value::Array(vec![Value::Array(vec![
+        bulk("bench:events"),
+        Value::Array(entries),
+    ])])
+}
+
+/// Runs `f` over fresh clones of a 500-entry reply until about `budget` of CPU is spent; returns
+/// ns per entry (clones made outside the timed part).
+fn time(budget: Duration, mut f: impl FnMut(Value)) -> f64 {
+    const N: usize = 500;
+    const CLONES: usize = 16;
+    let proto = reply(N);
+    let (mut spent, mut entries) = (Duration::ZERO, 0usize);
+    while spent < budget {
+        let batch: Vec<Value> = (0..CLONES).map(|_| proto.clone()).collect();
+        let t = thread_cpu();
+        for v in batch {
+            f(v);
+        }
+        spent += thread_cpu().saturating_sub(t);
+        entries += N * CLONES;
+    }
+    spent.as_nanos() as f64 / entries as f64
+}
+
+/// Runs `f` (one 500-entry batch per call) until about `budget` of CPU is spent; ns per entry.
+fn time_plain(budget: Duration, mut f: impl FnMut()) -> f64 {
+    let (mut spent, mut entries) = (Duration::ZERO, 0usize);
+    while spent < budget {
+        let t = thread_cpu();
+        for _ in 0..16 {
+            f();
+        }
+        spent += thread_cpu().saturating_sub(t);
+        entries += 500 * 16;
+    }
+    spent.as_nanos() as f64 / entries as f64
+}
+
+/// Measures every step; `budget` is the CPU time spent on each.
+pub(crate) fn run(budget: Duration) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut push = |name, who, ns| {
+        steps.push(Step {
+            name,
+            who,
+            ns_per_entry: ns,
+        })
+    };
+    push(
+        "drop the reply (`Value` tree)",
+        "all",
+        time(budget, |v| drop(std::hint::black_box(v))),
+    );
+    push(
+        "`Value::extract_error` (what `Cmd::query_async` does to every reply)",
+        "redis-rs",
+        time(budget, |v| {
+            let _ = std::hint::black_box(v.extract_error());
+        }),
+    );
+    push(
+        "walk the reply, take the ids (hand-written loops), drop",
+        "(a), (b)",
+        time(budget, |v| {
+            let _ = std::hint::black_box(take_ids(v, &Work::Noop));
+        }),
+    );
+    push(
+        "`streams::reply::parse_read_reply` → `RawEntry`s, drop",
+        "millrace",
+        time(budget, |v| {
+            std::hint::black_box(millrace::streams::reply::parse_read_reply(v));
+        }),
+    );
+    push(
+        "decode `UserEvent` by hand from the reply, drop",
+        "(a), (b) typed",
+        time(budget, |v| {
+            if let Value::Array(mut s) = v {
+                if let Some(Value::Array(mut pair)) = s.pop() {
+                    if let Some(Value::Array(entries)) = pair.pop() {
+                        for e in entries {
+                            if let Value::Array(parts) = e {
+                                if let Some(Value::Array(fields)) = parts.get(1) {
+                                    std::hint::black_box(decode_by_hand(fields));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }),
+    );
+    push(
+        "parse_read_reply + serde `decode::from_fields::<UserEvent>`, drop",
+        "millrace typed",
+        time(budget, |v| {
+            for item in millrace::streams::reply::parse_read_reply(v) {
+                if let millrace::streams::ReadItem::Entry(e) = item {
+                    let _ =
+                        std::hint::black_box(millrace::decode::from_fields::<UserEvent>(&e.fields));
+                }
+            }
+        }),
+    );
+    let ids: Vec<millrace::EntryId> = (0..500)
+        .map(|k| millrace::EntryId::new(1_700_000_000_000, k))
+        .collect();
+    let raw_ids: Vec<Vec<u8>> = ids.iter().map(|i| i.to_string().into_bytes()).collect();
+    push(
+        "pack `XACK` with 500 `EntryId`s",
+        "millrace",
+        time_plain(budget, || {
+            let mut cmd = redis::cmd("XACK");
+            cmd.arg("bench:events").arg("g").arg(&ids[..]);
+            std::hint::black_box(cmd.get_packed_command());
+        }),
+    );
+    push(
+        "pack `XACK` with 500 ids kept as bytes",
+        "(a), (b)",
+        time_plain(budget, || {
+            let mut cmd = redis::cmd("XACK");
+            cmd.arg("bench:events").arg("g").arg(&raw_ids[..]);
+            std::hint::black_box(cmd.get_packed_command());
+        }),
+    );
+    steps
+}
