@@ -241,9 +241,9 @@ async fn work(
     work_ms: u64,
     max_restarts: usize,
 ) -> AnyResult {
-    let recorder = redis::Client::open(url)?
-        .get_multiplexed_async_connection()
-        .await?;
+    // A ConnectionManager reconnects after a Redis restart or CLIENT KILL; a plain multiplexed
+    // connection would fail every later batch.
+    let recorder = redis::aio::ConnectionManager::new(redis::Client::open(url)?).await?;
     let spec = spec.handler(move |batch: Batch<Order>| {
         let mut con = recorder.clone();
         let roll: f64 = rand::random();
@@ -303,8 +303,10 @@ async fn work(
 }
 
 async fn report(url: &str, stream: &str, group: &str) -> AnyResult {
+    // No response timeout: HGETALL of a million processed orders takes longer than the default 500 ms.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
     let mut con = redis::Client::open(url)?
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await?;
     let produced: u64 = redis::cmd("GET")
         .arg(produced_key(stream))

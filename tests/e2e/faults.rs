@@ -628,7 +628,6 @@ async fn handler_panics_and_errors_lose_nothing() {
 
 // C.2 #8: Redis SIGKILLed and restarted (AOF, fsync always) twice during load.
 #[tokio::test]
-#[ignore = "bug: examples/orders.rs records through a MultiplexedConnection that never reconnects, so every batch fails after a dropped connection"]
 async fn redis_killed_and_restarted_with_fsync_always_loses_nothing() {
     const ORDERS: u64 = 3000;
     const WORKERS: u64 = 2;
@@ -651,7 +650,6 @@ async fn redis_killed_and_restarted_with_fsync_always_loses_nothing() {
 
 // C.2 #11: every client connection dropped (`CLIENT KILL TYPE normal`) again and again during load.
 #[tokio::test]
-#[ignore = "bug: examples/orders.rs records through a MultiplexedConnection that never reconnects, so every batch fails after a dropped connection"]
 async fn connections_killed_repeatedly_lose_nothing() {
     const ORDERS: u64 = 4000;
     const WORKERS: u64 = 2;

@@ -12,6 +12,6 @@ mod common;
 mod acks;
 mod config;
 mod faults;
-mod tls;
 mod recovery;
 mod supervision;
+mod tls;

@@ -17,7 +17,7 @@ use crate::spec::{ConsumerId, ConsumerSpec};
 
 enum RedisSource {
     Url(String),
-    Client(redis::Client),
+    Client(Box<redis::Client>),
 }
 
 /// Builds and starts a [`Supervisor`].
@@ -74,7 +74,7 @@ impl SupervisorBuilder {
 
     /// A ready-made `redis::Client` (for custom TLS certificates, for example).
     pub fn redis_client(mut self, client: redis::Client) -> Self {
-        self.redis = Some(RedisSource::Client(client));
+        self.redis = Some(RedisSource::Client(Box::new(client)));
         self
     }
 
@@ -125,7 +125,7 @@ impl SupervisorBuilder {
                 ))
             }
             Some(RedisSource::Url(url)) => Backend::open(&url, self.connection)?,
-            Some(RedisSource::Client(client)) => Backend::from_client(client, self.connection)?,
+            Some(RedisSource::Client(client)) => Backend::from_client(*client, self.connection)?,
         };
         let mut seen = HashSet::new();
         for spec in &self.consumers {
