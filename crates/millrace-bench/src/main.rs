@@ -170,6 +170,25 @@ fn utc_now() -> String {
     )
 }
 
+/// The millrace commit benchmarked: `$MILLRACE_BENCH_COMMIT`, else `git rev-parse` of the checkout.
+fn commit() -> Option<String> {
+    if let Ok(c) = std::env::var("MILLRACE_BENCH_COMMIT") {
+        return Some(c);
+    }
+    let out = std::process::Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ])
+        .output()
+        .ok()?;
+    let c = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (out.status.success() && !c.is_empty()).then_some(c)
+}
+
 fn command_line() -> String {
     let rest: Vec<String> = std::env::args().skip(1).collect();
     if rest.is_empty() {
@@ -319,8 +338,11 @@ async fn run(mut args: Args) -> Res<bool> {
     );
     let _ = writeln!(
         header,
-        "- versions: millrace {}, redis-rs {}, ractor {}, tokio {}, {}, Redis {} ({})",
+        "- versions: millrace {}{}, redis-rs {}, ractor {}, tokio {}, {}, Redis {} ({})",
         env!("CARGO_PKG_VERSION"),
+        commit()
+            .map(|c| format!(" (commit {c})"))
+            .unwrap_or_default(),
         locked_version("redis"),
         locked_version("ractor"),
         locked_version("tokio"),

@@ -157,12 +157,14 @@ pub(crate) async fn run(
     let after = Snapshot::take(&mut env.admin).await?;
     let handled = running.progress.handled();
     let (rss, hwm) = measure::rss_kib();
-    samples.push(Sample {
-        handled,
-        elapsed: start.elapsed(),
-        rss_kib: rss,
-        hwm_kib: hwm,
-    });
+    if samples.last().map(|s| s.handled) != Some(handled) {
+        samples.push(Sample {
+            handled,
+            elapsed: start.elapsed(),
+            rss_kib: rss,
+            hwm_kib: hwm,
+        });
+    }
     running.shutdown().await?;
     let left =
         measure::settle_clients(&mut env.admin, env.base_clients, Duration::from_secs(2)).await?;
