@@ -87,7 +87,7 @@ pub(crate) async fn run(
     let target = Arc::new(target);
     let ack_conn = match kind {
         Loop::ReadAhead | Loop::ReadAheadMultiplexed => {
-            Some(target.client.get_multiplexed_async_connection().await?)
+            Some(crate::workload::connect(&target.client).await?)
         }
         _ => None,
     };
@@ -146,7 +146,7 @@ async fn xack(
 
 /// (a): read, then ack, one after the other, on one connection.
 async fn sequential(target: &Target, consumer: &str, progress: &Progress) -> Res<Option<Instant>> {
-    let mut conn = target.client.get_multiplexed_async_connection().await?;
+    let mut conn = crate::workload::connect(&target.client).await?;
     let cmd = target.read_cmd(consumer);
     let mut last_ack = None;
     loop {
@@ -172,7 +172,7 @@ async fn sequential_typed_api(
     consumer: &str,
     progress: &Progress,
 ) -> Res<Option<Instant>> {
-    let mut conn = target.client.get_multiplexed_async_connection().await?;
+    let mut conn = crate::workload::connect(&target.client).await?;
     let opts = StreamReadOptions::default()
         .group(&*target.group, consumer)
         .count(target.count)
@@ -228,7 +228,9 @@ fn read_ahead_thread(
     }
     let mut acks = Vec::new();
     loop {
-        let reply = conn.recv_response()?;
+        let reply = conn
+            .recv_response()
+            .map_err(|e| format!("read-ahead {consumer}: XREADGROUP reply: {e}"))?;
         if !progress.is_done() {
             conn.send_packed_command(&packed)?;
         }
@@ -255,7 +257,8 @@ fn read_ahead_thread(
     for ack in acks {
         let t = handle
             .block_on(ack)
-            .map_err(|e| format!("ack task: {e}"))??;
+            .map_err(|e| format!("ack task: {e}"))?
+            .map_err(|e| format!("read-ahead {consumer}: XACK: {e}"))?;
         last = last.max(Some(t));
     }
     Ok(last)
@@ -269,7 +272,7 @@ async fn read_ahead(
     ack_conn: MultiplexedConnection,
     progress: &Progress,
 ) -> Res<Option<Instant>> {
-    let conn = target.client.get_multiplexed_async_connection().await?;
+    let conn = crate::workload::connect(&target.client).await?;
     let cmd = Arc::new(target.read_cmd(consumer));
     let read = || {
         let (mut conn, cmd) = (conn.clone(), cmd.clone());

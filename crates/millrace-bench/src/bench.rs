@@ -131,7 +131,7 @@ pub(crate) struct Env {
 impl Env {
     pub(crate) async fn new(url: String) -> Res<Env> {
         let client = Client::open(url.as_str())?;
-        let mut admin = client.get_multiplexed_async_connection().await?;
+        let mut admin = crate::workload::connect(&client).await?;
         let base_clients = measure::client_count(&mut admin).await?;
         Ok(Env {
             url,

@@ -40,7 +40,7 @@ fn produce(client: redis::Client, stream: String, total: u64, rate: u64) -> Res<
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut conn = crate::workload::connect(&client).await?;
         let period = Duration::from_nanos(1_000_000_000 / rate.max(1));
         let start = Instant::now();
         for i in 0..total {

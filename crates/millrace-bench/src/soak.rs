@@ -42,7 +42,7 @@ async fn producer(
     total: u64,
     progress: Arc<Progress>,
 ) -> Res<()> {
-    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut conn = crate::workload::connect(&client).await?;
     let mut added = 0u64;
     while added < total {
         if added.saturating_sub(progress.handled()) > MAX_BACKLOG {

@@ -32,6 +32,16 @@ pub(crate) fn event(k: usize) -> (u64, &'static str, &'static str) {
     )
 }
 
+/// A multiplexed connection whose commands may wait up to 30 s for their reply (the default 500 ms
+/// fails acks when 256 consumer threads keep the runtime's workers from running for a while).
+pub(crate) async fn connect(client: &redis::Client) -> redis::RedisResult<MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(std::time::Duration::from_secs(30)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
 /// Deletes `stream` and adds `n` entries with three short fields, pipelined.
 pub(crate) async fn preload(conn: &mut MultiplexedConnection, stream: &str, n: usize) -> Res<()> {
     let _: () = redis::cmd("DEL").arg(stream).query_async(conn).await?;
