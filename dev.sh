@@ -35,6 +35,14 @@ case "${1:-}" in
     cargo clippy --workspace --all-targets --locked -- -D warnings
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
     cargo build --workspace --examples --locked
+    # Every example runs to completion against its own throwaway server (orders is driven by the
+    # fault suite; soak is a long benchmark-style run: cargo run --release -p millrace-examples --example soak).
+    for example in quickstart notifications cart_projector stream_management under_ractor observability; do
+      echo "== example $example"
+      env -u REDIS_URL "target/debug/examples/$example" > "target/example-$example.log" 2>&1 \
+        || { cat "target/example-$example.log"; echo "example $example failed" >&2; exit 1; }
+      tail -n 3 "target/example-$example.log"
+    done
     cargo test --workspace --locked -- --test-threads=4
     ;;
   *)
