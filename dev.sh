@@ -39,9 +39,9 @@ case "${1:-}" in
     # fault suite; soak is a long benchmark-style run: cargo run --release -p millrace-examples --example soak).
     for example in quickstart notifications cart_projector stream_management under_ractor observability; do
       echo "== example $example"
-      env -u REDIS_URL "target/debug/examples/$example" > "target/example-$example.log" 2>&1 \
-        || { cat "target/example-$example.log"; echo "example $example failed" >&2; exit 1; }
-      tail -n 3 "target/example-$example.log"
+      env -u REDIS_URL "${CARGO_TARGET_DIR:-target}/debug/examples/$example" > "${CARGO_TARGET_DIR:-target}/example-$example.log" 2>&1 \
+        || { cat "${CARGO_TARGET_DIR:-target}/example-$example.log"; echo "example $example failed" >&2; exit 1; }
+      tail -n 3 "${CARGO_TARGET_DIR:-target}/example-$example.log"
     done
     cargo test --workspace --locked -- --test-threads=4
     ;;
