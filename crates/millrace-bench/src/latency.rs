@@ -24,6 +24,50 @@ pub(crate) struct LatencyResult {
     pub(crate) p999: u64,
     pub(crate) max: u64,
     pub(crate) cost: Cost,
+    /// Every sample, sorted.
+    pub(crate) sorted: Vec<u64>,
+}
+
+impl LatencyResult {
+    fn from_samples(variant: Variant, achieved_rate: f64, cost: Cost, mut s: Vec<u64>) -> Self {
+        s.sort_unstable();
+        LatencyResult {
+            variant,
+            samples: s.len(),
+            achieved_rate,
+            p50: percentile(&s, 0.50),
+            p90: percentile(&s, 0.90),
+            p99: percentile(&s, 0.99),
+            p999: percentile(&s, 0.999),
+            max: s.last().copied().unwrap_or(0),
+            cost,
+            sorted: s,
+        }
+    }
+
+    /// Pools the samples and costs of several runs of one variant.
+    pub(crate) fn merge(parts: Vec<LatencyResult>) -> Option<LatencyResult> {
+        let variant = parts.first()?.variant;
+        let mut cost = Cost::default();
+        let (mut samples, mut rate_sum) = (Vec::new(), 0.0);
+        let n = parts.len() as f64;
+        for p in parts {
+            cost.wall += p.cost.wall;
+            cost.handled += p.cost.handled;
+            cost.client_cpu += p.cost.client_cpu;
+            cost.server_cpu += p.cost.server_cpu;
+            cost.others_cpu += p.cost.others_cpu;
+            cost.peak_rss_kib = cost.peak_rss_kib.max(p.cost.peak_rss_kib);
+            rate_sum += p.achieved_rate;
+            samples.extend(p.sorted);
+        }
+        Some(LatencyResult::from_samples(
+            variant,
+            rate_sum / n,
+            cost,
+            samples,
+        ))
+    }
 }
 
 fn percentile(sorted: &[u64], q: f64) -> u64 {
@@ -190,20 +234,9 @@ pub(crate) async fn run(
         .query_async(&mut env.admin)
         .await?;
 
-    let mut s = samples.take();
-    s.sort_unstable();
+    let s = samples.take();
     if s.len() as u64 != total {
         return Err(format!("{variant}: {} latency samples of {total}", s.len()).into());
     }
-    Ok(LatencyResult {
-        variant,
-        samples: s.len(),
-        achieved_rate,
-        p50: percentile(&s, 0.50),
-        p90: percentile(&s, 0.90),
-        p99: percentile(&s, 0.99),
-        p999: percentile(&s, 0.999),
-        max: s.last().copied().unwrap_or(0),
-        cost,
-    })
+    Ok(LatencyResult::from_samples(variant, achieved_rate, cost, s))
 }

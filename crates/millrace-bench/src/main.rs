@@ -35,6 +35,9 @@ use report::ConfigResult;
 /// Errors of the benchmark itself.
 pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+/// The latency section alternates the variants over this many rounds and pools the samples.
+const LATENCY_ROUNDS: usize = 2;
+
 const SECTIONS: [&str; 6] = ["main", "typed", "count", "consumers", "latency", "micro"];
 
 /// Benchmark millrace against hand-written redis-rs consumer-group loops.
@@ -88,6 +91,10 @@ struct Args {
     /// Diagnostics: XREADGROUP calls the read-ahead loop (b) keeps in flight.
     #[arg(long, default_value_t = 2)]
     read_ahead_depth: usize,
+    /// Internal: print the peak RSS of every millrace run as `RSS-PROBE <config> <KiB>` (the full
+    /// run starts itself with it to measure 16 consumers in a fresh process).
+    #[arg(long, hide = true)]
+    rss_probe: bool,
     /// Use this Redis instead of starting a throwaway redis-server (its CPU is still read from INFO).
     #[arg(long, env = "MILLRACE_BENCH_REDIS_URL")]
     redis_url: Option<String>,
@@ -283,6 +290,31 @@ fn configs(args: &Args, messages: usize, variants: &[Variant]) -> Vec<Config> {
     out
 }
 
+/// Runs this benchmark again as a child process, 16 millrace consumers only, and returns its peak RSS.
+async fn rss_probe(url: &str, messages: usize) -> Option<u64> {
+    let exe = std::env::current_exe().ok()?;
+    let out = tokio::process::Command::new(exe)
+        .args([
+            "--redis-url",
+            url,
+            "--sections",
+            "consumers",
+            "--consumers",
+            "16",
+        ])
+        .args(["--variants", "c", "--rounds", "1", "--rss-probe"])
+        .args(["--messages", &messages.to_string()])
+        .output()
+        .await
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        l.strip_prefix("RSS-PROBE consumers16 ")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 async fn run(mut args: Args) -> Res<bool> {
     if args.quick {
         args.messages = 40_000;
@@ -361,7 +393,7 @@ async fn run(mut args: Args) -> Res<bool> {
         let result = soak::run(&mut env, total, 16, 500).await?;
         let table = report::soak_table(&result);
         println!("{table}");
-        let verdicts = report::verdicts(&[], &[], Some(&result));
+        let verdicts = report::verdicts(&[], &[], Some(&result), None);
         println!("{}", report::verdict_table(&verdicts));
         if args.write_docs {
             let block = format!(
@@ -431,28 +463,64 @@ async fn run(mut args: Args) -> Res<bool> {
         results.push(result);
     }
 
+    if args.rss_probe {
+        for r in &results {
+            if let Some(c) = r.get(Variant::C) {
+                println!("RSS-PROBE {} {}", r.config.key, c.peak_rss_kib);
+            }
+        }
+        return Ok(true);
+    }
+    // Peak RSS of 16 millrace consumers measured in a fresh process, without the allocator memory
+    // that earlier runs (256 consumers, 16 read-ahead threads) leave behind in this one.
+    let mut rss16 = None;
+    if results.iter().any(|r| r.config.key == "consumers16") {
+        rss16 = rss_probe(&env.url, args.messages).await;
+        if let Some(kib) = rss16 {
+            println!(
+                "peak RSS of a fresh process running 16 millrace consumers at COUNT 500: {:.1} MiB\n",
+                kib as f64 / 1024.0
+            );
+        }
+    }
+
     let mut lat = Vec::new();
     if args.sections.iter().any(|s| s == "latency") {
+        let rounds = LATENCY_ROUNDS;
         println!(
-            "## Latency at {} entries/s, {} s per variant",
+            "## Latency at {} entries/s, {} s per variant in {rounds} alternating rounds",
             args.latency_rate, args.latency_secs
         );
-        for v in [Variant::A, Variant::B, Variant::C] {
-            if !variants.contains(&v) {
-                continue;
+        // Let the machine settle after the heavy runs before timing single entries.
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let order: Vec<Variant> = [Variant::A, Variant::B, Variant::C]
+            .into_iter()
+            .filter(|v| variants.contains(v))
+            .collect();
+        let mut parts: Vec<Vec<latency::LatencyResult>> = vec![Vec::new(); order.len()];
+        for round in 0..rounds {
+            for i in 0..order.len() {
+                let k = (i + round) % order.len();
+                let v = order[k];
+                let secs = args.latency_secs / rounds as f64;
+                let r = latency::run(&mut env, v, secs, args.latency_rate, 500).await?;
+                println!(
+                    "  round {}/{rounds} {:<44} p50 {} µs  p99 {} µs  max {} µs  ({} entries at {:.0}/s)",
+                    round + 1,
+                    v.label(),
+                    r.p50,
+                    r.p99,
+                    r.max,
+                    r.samples,
+                    r.achieved_rate
+                );
+                parts[k].push(r);
             }
-            let r = latency::run(&mut env, v, args.latency_secs, args.latency_rate, 500).await?;
-            println!(
-                "  {:<44} p50 {} µs  p99 {} µs  max {} µs  ({} entries at {:.0}/s)",
-                v.label(),
-                r.p50,
-                r.p99,
-                r.max,
-                r.samples,
-                r.achieved_rate
-            );
-            lat.push(r);
         }
+        lat = parts
+            .into_iter()
+            .filter_map(latency::LatencyResult::merge)
+            .collect();
         println!("\n{}", report::latency_table(args.latency_rate, &lat));
     }
 
@@ -479,7 +547,7 @@ async fn run(mut args: Args) -> Res<bool> {
     );
     println!("{quiet}");
 
-    let verdicts = report::verdicts(&results, &lat, None);
+    let verdicts = report::verdicts(&results, &lat, None, rss16);
     let summary = report::summary_table(&results);
     let verdict_table = report::verdict_table(&verdicts);
     println!("## Summary\n\n{summary}\n## Targets\n\n{verdict_table}");
@@ -573,10 +641,14 @@ const DOC_METHOD: &str = "
 - **others' CPU**: `/proc/stat` busy time of the whole machine minus the two above, in cores: how much
   the machine was disturbed by other work during each run (10 ms resolution).
 - **peak RSS**: `VmHWM` of the benchmark process, reset before each run through `/proc/self/clear_refs`;
-  it includes the harness and allocator memory kept from earlier runs.
+  it includes the harness and allocator memory kept from earlier runs (glibc keeps what the 256-consumer
+  and read-ahead-thread runs freed). The 16-consumer RSS target is therefore also measured in a
+  fresh child process that runs only millrace with 16 consumers (`--rss-probe`, started by the
+  benchmark itself), and the soak samples RSS over millions of entries in a process of its own.
 - **latency**: a producer thread adds one entry every 500 µs on an absolute schedule with a `ts` field
   (µs on a monotonic clock of the same process) stamped just before its `XADD`; the consumer records
   `now − ts` per entry when its handler (or loop) sees it. One consumer, COUNT 500, BLOCK 100 ms.
+  The variants alternate over two rounds of half the time each and the samples are pooled.
 - **server time by command**: `INFO commandstats` after `CONFIG RESETSTAT` before each run.
 - **single steps**: a synthetic 500-entry reply cloned outside the timed part and processed by one
   step at a time, timed with `CLOCK_THREAD_CPUTIME_ID`; glibc malloc dominates several of them, so
