@@ -36,8 +36,29 @@ impl EntryId {
 
     /// Parses an id from the bytes Redis sends (`b"1700000000000-3"`).
     pub fn from_bytes(bytes: &[u8]) -> Option<EntryId> {
-        let text = std::str::from_utf8(bytes).ok()?;
-        text.parse().ok()
+        fn num(b: &[u8]) -> Option<u64> {
+            if b.is_empty() {
+                return None;
+            }
+            let mut n: u64 = 0;
+            for &c in b {
+                if !c.is_ascii_digit() {
+                    return None;
+                }
+                n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+            }
+            Some(n)
+        }
+        match bytes.iter().position(|&c| c == b'-') {
+            Some(i) => Some(EntryId {
+                ms: num(&bytes[..i])?,
+                seq: num(&bytes[i + 1..])?,
+            }),
+            None => Some(EntryId {
+                ms: num(bytes)?,
+                seq: 0,
+            }),
+        }
     }
 
     /// The wall-clock time the id encodes, as milliseconds since the Unix epoch.
@@ -96,7 +117,21 @@ impl redis::ToRedisArgs for EntryId {
     where
         W: ?Sized + redis::RedisWrite,
     {
-        out.write_arg_fmt(self);
+        fn put(buf: &mut [u8; 41], mut at: usize, mut n: u64) -> usize {
+            loop {
+                at -= 1;
+                buf[at] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    return at;
+                }
+            }
+        }
+        let mut buf = [0u8; 41];
+        let mut at = put(&mut buf, 41, self.seq) - 1;
+        buf[at] = b'-';
+        at = put(&mut buf, at, self.ms);
+        out.write_arg(&buf[at..]);
     }
 }
 

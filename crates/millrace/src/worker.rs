@@ -103,7 +103,9 @@ impl Worker {
             dlq: spec.dead_letter_stream_name(),
             control: backend.control(),
             create_from: opts.start_id.as_arg(),
-            next_claim: Instant::now(),
+            // Spread the first claim tick over one interval: hundreds of consumers starting together
+            // would otherwise all scan the pending list at once.
+            next_claim: Instant::now() + opts.claim_interval.mul_f64(rand::random::<f64>()),
             next_gauges: Instant::now(),
             xinfo_allowed: true,
             ack_inflight: None,
@@ -280,10 +282,27 @@ impl Worker {
         );
         let none = EntryId::new(0, 1);
         let c = &mut self.control;
-        let checks: [(&'static str, redis::RedisResult<()>); 4] = [
+        let mut deleted = Vec::new();
+        let checks: [(&'static str, redis::RedisResult<()>); 5] = [
             (
                 "XACK",
                 streams::xack(c, &stream, &group, &[none]).await.map(drop),
+            ),
+            (
+                // A min-idle no entry can have: claims nothing, checks the permission (and drops any
+                // deleted entries it scans, which are counted below).
+                "XAUTOCLAIM",
+                streams::xautoclaim(
+                    c,
+                    &stream,
+                    &group,
+                    &consumer,
+                    Duration::from_secs(u64::from(u32::MAX)),
+                    EntryId::MIN,
+                    1,
+                )
+                .await
+                .map(|r| deleted.extend(r.deleted)),
             ),
             (
                 "XPENDING",
@@ -318,6 +337,16 @@ impl Worker {
                 };
                 return Err(self.redis_err(command, &key, e));
             }
+        }
+        if !deleted.is_empty() {
+            info!(
+                entries = deleted.len(),
+                "pending entries were deleted or trimmed; Redis dropped them from the pending list"
+            );
+            HealthCell::add(&self.health.deleted_while_pending, deleted.len());
+            self.metrics
+                .deleted_while_pending
+                .increment(deleted.len() as u64);
         }
         Ok(())
     }
@@ -709,8 +738,10 @@ impl Worker {
         if ids.is_empty() {
             return Ok(());
         }
-        for id in &ids {
-            self.last_errors.remove(id);
+        if !self.last_errors.is_empty() {
+            for id in &ids {
+                self.last_errors.remove(id);
+            }
         }
         let mut control = self.control.clone();
         let (consumer, health, acked) = (
@@ -997,8 +1028,7 @@ impl Worker {
 
         let started = Instant::now();
         let ids: Vec<EntryId> = batch.iter().map(|(e, _)| e.id).collect();
-        let delivered: HashMap<EntryId, Option<u64>> =
-            batch.iter().map(|(e, d)| (e.id, *d)).collect();
+        let delivered: Vec<Option<u64>> = batch.iter().map(|(_, d)| *d).collect();
         let runner = self.runner.clone();
         let run = runner.run(self.meta.clone(), source, batch, self.opts.handler_timeout);
         let report = self.with_heartbeat(run, &ids).await;
@@ -1022,7 +1052,7 @@ impl Worker {
                 continue;
             }
             if explicit.insert(id) {
-                let deliveries = delivered.get(&id).copied().flatten();
+                let deliveries = ids.iter().position(|x| *x == id).and_then(|i| delivered[i]);
                 self.dead_letter(
                     RawEntry::new(id, Vec::new()),
                     deliveries,

@@ -46,7 +46,10 @@ pub fn xreadgroup_cmd(
 
 /// Runs a read command and parses its reply tolerantly.
 pub async fn read<C: ConnectionLike + Send>(conn: &mut C, cmd: &Cmd) -> RedisResult<Vec<ReadItem>> {
-    let v: Value = cmd.query_async(conn).await?;
+    let v = conn.req_packed_command(cmd).await?;
+    if let Value::ServerError(e) = v {
+        return Err(e.into());
+    }
     Ok(reply::parse_read_reply(v))
 }
 

@@ -90,12 +90,23 @@ pub fn parse_entry(v: Value) -> ReadItem {
                         reason: "odd number of field/value elements".into(),
                     };
                 }
-                let mut pairs = Vec::with_capacity(flat.len() / 2);
+                if flat.is_empty() {
+                    return ReadItem::Tombstone(id);
+                }
+                let mut fields = Vec::with_capacity(flat.len() / 2);
                 let mut it = flat.into_iter();
                 while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    pairs.push((k, v));
+                    match (bytes(k), bytes(v)) {
+                        (Some(k), Some(v)) => fields.push((k, v)),
+                        _ => {
+                            return ReadItem::Malformed {
+                                id: Some(id),
+                                reason: "a field or value is not a string".into(),
+                            }
+                        }
+                    }
                 }
-                pairs
+                return ReadItem::Entry(RawEntry { id, fields });
             }
             None => {
                 return ReadItem::Malformed {
