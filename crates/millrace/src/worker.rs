@@ -2,7 +2,7 @@
 //! acks, XAUTOCLAIM recovery, dead letters, reconnects, and the graceful stop. It runs as a task
 //! owned by the consumer actor.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,6 +40,12 @@ struct ReadConn {
     client_id: Option<i64>,
 }
 
+/// Reads in flight at once on new entries, each on its own connection: while the client parses
+/// and handles one reply, the server already executes the next read. (Two reads pipelined on one
+/// multiplexed connection do not overlap: redis-rs parses every received reply before it writes
+/// the next command.)
+const READS_IN_FLIGHT: usize = 2;
+
 pub(crate) struct Worker {
     id: ConsumerId,
     meta: BatchMeta,
@@ -51,7 +57,7 @@ pub(crate) struct Worker {
     health: Arc<HealthCell>,
     metrics: ConsumerMetrics,
     cancel: CancellationToken,
-    read: Option<ReadConn>,
+    read: Vec<ReadConn>,
     read_cmd: Arc<Cmd>,
     group_ready: bool,
     preflight_done: bool,
@@ -59,8 +65,11 @@ pub(crate) struct Worker {
     /// buffer closes the connection after the entries went to the PEL), grown back after clean reads.
     read_count: usize,
     clean_reads: u32,
-    /// The last batch was held so long that the read-ahead batch may have been claimed meanwhile.
-    verify_next: bool,
+    /// How many coming batches to check for ownership first: the last batch was held so long that
+    /// the batches read ahead may have been claimed meanwhile.
+    verify_next: usize,
+    /// Which read connection the next read goes to.
+    next_read: usize,
     /// Start id when (re)creating the group: the configured one first, `0` after the group vanished.
     create_from: String,
     claim_cursor: EntryId,
@@ -117,11 +126,12 @@ impl Worker {
             health,
             metrics,
             cancel,
-            read: None,
+            read: Vec::new(),
             group_ready: false,
             preflight_done: false,
             clean_reads: 0,
-            verify_next: false,
+            verify_next: 0,
+            next_read: 0,
             claim_cursor: EntryId::MIN,
             last_errors: HashMap::new(),
             retry_attempt: 0,
@@ -141,7 +151,7 @@ impl Worker {
                     Ok(()) => return Ok(()),
                     Err(e) => e,
                 };
-                self.read = None;
+                self.read.clear();
                 // Best effort: an ack that cannot land means its entries come back via the replay.
                 if let Err(e) = self.flush_acks().await {
                     debug!(error = %e, "last ack of the session failed");
@@ -228,27 +238,31 @@ impl Worker {
     }
 
     async fn connect(&mut self) -> Result<()> {
-        if self.read.is_some() {
+        if !self.read.is_empty() {
             return Ok(());
         }
-        let mut conn = self
-            .backend
-            .read_connection(self.opts.effective_read_timeout())
-            .await
-            .map_err(|e| self.redis_err("CONNECT", &self.id.stream.clone(), e))?;
-        // The id lets a stop wake a blocked read with CLIENT UNBLOCK; without the permission a stop
-        // waits for BLOCK to run out instead.
-        let client_id: Option<i64> = redis::cmd("CLIENT")
-            .arg("ID")
-            .query_async(&mut conn)
-            .await
-            .ok();
-        debug!(
-            server = self.backend.server(),
-            ?client_id,
-            "read connection open"
-        );
-        self.read = Some(ReadConn { conn, client_id });
+        let mut conns = Vec::with_capacity(READS_IN_FLIGHT);
+        for _ in 0..READS_IN_FLIGHT {
+            let mut conn = self
+                .backend
+                .read_connection(self.opts.effective_read_timeout())
+                .await
+                .map_err(|e| self.redis_err("CONNECT", &self.id.stream.clone(), e))?;
+            // The id lets a stop wake a blocked read with CLIENT UNBLOCK; without the permission a
+            // stop waits for BLOCK to run out instead.
+            let client_id: Option<i64> = redis::cmd("CLIENT")
+                .arg("ID")
+                .query_async(&mut conn)
+                .await
+                .ok();
+            debug!(
+                server = self.backend.server(),
+                ?client_id,
+                "read connection open"
+            );
+            conns.push(ReadConn { conn, client_id });
+        }
+        self.read = conns;
         Ok(())
     }
 
@@ -368,7 +382,7 @@ impl Worker {
                 None,
                 &cursor.to_string(),
             );
-            let conn = &mut self.read.as_mut().expect("connected before replay").conn;
+            let conn = &mut self.read.first_mut().expect("connected before replay").conn;
             let items = match streams::read(conn, &cmd).await {
                 Ok(items) => items,
                 Err(e) if e.code() == Some("NOGROUP") && !self.opts.create_group => {
@@ -435,10 +449,12 @@ impl Worker {
 
     /// Sends the next read at once (a spawned task, so it is on the wire while the current batch is
     /// handled) and returns a future for its reply.
-    fn start_read(&self) -> ReadFuture {
+    fn start_read(&mut self) -> ReadFuture {
+        let slot = self.next_read % self.read.len().max(1);
+        self.next_read = self.next_read.wrapping_add(1);
         let mut conn = self
             .read
-            .as_ref()
+            .get(slot)
             .expect("connected before reading")
             .conn
             .clone();
@@ -462,10 +478,15 @@ impl Worker {
         .boxed()
     }
 
-    /// Reads new entries with one read always in flight while a batch is handled.
+    /// Reads new entries with [`READS_IN_FLIGHT`] reads always in flight, handled in the order they
+    /// were sent.
     async fn live(&mut self) -> Result<()> {
         self.health.set_state(ConsumerState::Running);
-        let mut inflight = self.start_read();
+        let mut inflight: VecDeque<ReadFuture> = VecDeque::with_capacity(self.read.len());
+        for _ in 0..self.read.len() {
+            let read = self.start_read();
+            inflight.push_back(read);
+        }
         loop {
             if Instant::now() >= self.next_claim {
                 self.claim_tick().await?;
@@ -473,6 +494,7 @@ impl Worker {
             if Instant::now() >= self.next_gauges {
                 self.refresh_gauges().await;
             }
+            let next = inflight.front_mut().expect("reads in flight");
             let items = tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => {
@@ -480,25 +502,29 @@ impl Worker {
                     self.stop_reading(inflight).await;
                     return Ok(());
                 }
-                r = &mut inflight => r?,
+                r = next => r?,
             };
+            inflight.pop_front();
             self.read_succeeded();
+            let read = self.start_read();
+            inflight.push_back(read);
             if items.is_empty() {
-                inflight = self.start_read();
                 continue;
             }
             if self.cancel.is_cancelled() {
                 self.flush_acks().await?;
                 self.release(&items).await;
+                self.stop_reading(inflight).await;
                 return Ok(());
             }
-            inflight = self.start_read();
             let started = Instant::now();
             let to_ack = self.handle_items(items, Source::New).await?;
             self.ack_behind(to_ack).await?;
-            // Held so long that the read-ahead batch, idle all that time, may have been claimed by
-            // another consumer: check ownership before handling it.
-            self.verify_next = started.elapsed() >= self.opts.claim_min_idle / 2;
+            // Held so long that the batches read ahead, idle all that time, may have been claimed
+            // by another consumer: check ownership before handling them.
+            if started.elapsed() >= self.opts.claim_min_idle / 2 {
+                self.verify_next = inflight.len();
+            }
             if self.cancel.is_cancelled() {
                 self.flush_acks().await?;
                 self.stop_reading(inflight).await;
@@ -507,11 +533,12 @@ impl Worker {
         }
     }
 
-    /// Stops the read in flight: wakes it with CLIENT UNBLOCK when permitted, waits for its reply, and
-    /// releases any entries it fetched to the other consumers.
-    async fn stop_reading(&mut self, inflight: ReadFuture) {
+    /// Stops the reads in flight: wakes them with CLIENT UNBLOCK when permitted, waits for their
+    /// replies, and releases any entries they fetched to the other consumers.
+    async fn stop_reading(&mut self, inflight: VecDeque<ReadFuture>) {
         self.health.set_state(ConsumerState::Stopping);
-        if let Some(client_id) = self.read.as_ref().and_then(|r| r.client_id) {
+        let ids: Vec<i64> = self.read.iter().filter_map(|r| r.client_id).collect();
+        for client_id in ids {
             let r: redis::RedisResult<i64> = redis::cmd("CLIENT")
                 .arg("UNBLOCK")
                 .arg(client_id)
@@ -521,10 +548,14 @@ impl Worker {
                 debug!(error = %e, "CLIENT UNBLOCK not possible; waiting for BLOCK to run out");
             }
         }
-        match inflight.await {
-            Ok(items) if !items.is_empty() => self.release(&items).await,
-            Ok(_) => {}
-            Err(e) => debug!(error = %e, "last read failed during stop; its entries stay pending"),
+        for read in inflight {
+            match read.await {
+                Ok(items) if !items.is_empty() => self.release(&items).await,
+                Ok(_) => {}
+                Err(e) => {
+                    debug!(error = %e, "last read failed during stop; its entries stay pending")
+                }
+            }
         }
     }
 
@@ -981,7 +1012,11 @@ impl Worker {
 
         // Delivery counts: a `>` read is the first delivery; replays and claims ask Redis.
         let mut batch: Vec<RawItem> = Vec::with_capacity(n);
-        if source == Source::New && !std::mem::take(&mut self.verify_next) {
+        let verify = source == Source::New && self.verify_next > 0;
+        if verify {
+            self.verify_next -= 1;
+        }
+        if source == Source::New && !verify {
             batch.extend(live.into_iter().map(|e| (e, Some(1))));
         } else {
             let ids: Vec<EntryId> = live.iter().map(|e| e.id).collect();
