@@ -736,3 +736,117 @@ async fn the_opt_in_reaper_deletes_only_idle_consumers_without_pending_entries()
     assert_eq!(pending(&mut con, "s", "g").await, 0);
     app.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_graceful_redis_restart_is_survived() {
+    init_tracing();
+    let mut server = RedisServer::builder().appendonly(true).start();
+    let mut con = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let seen = Seen::default();
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(spec("s", "g", "c").handler(recording(&seen)))
+        .start()
+        .await
+        .unwrap();
+    xadd_n(&mut con, "s", 10).await;
+    wait_handled(&seen, 10).await;
+    server.stop();
+    server.restart();
+    let mut con = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    xadd_n(&mut con, "s", 10).await;
+    wait_handled(&seen, 20).await;
+    wait_no_pending(&con, "s", "g").await;
+    assert_eq!(seen.count_by_id().len(), 20);
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restart_without_persistence_recreates_the_group() {
+    init_tracing();
+    let mut server = RedisServer::start();
+    let mut con = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let seen = Seen::default();
+    let id = ConsumerId::new("s", "g", "c");
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(spec("s", "g", "c").handler(recording(&seen)))
+        .start()
+        .await
+        .unwrap();
+    xadd_n(&mut con, "s", 5).await;
+    wait_handled(&seen, 5).await;
+    server.kill();
+    server.restart();
+    eventually(
+        WAIT,
+        "the group was recreated after the data was lost",
+        || {
+            let n = app.consumer_health(&id).unwrap().counters.group_recreated;
+            async move { n >= 1 }
+        },
+    )
+    .await;
+    let mut con = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    xadd_n(&mut con, "s", 5).await;
+    wait_handled(&seen, 10).await;
+    wait_no_pending(&con, "s", "g").await;
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_black_holed_connection_recovers_after_heal() {
+    let (server, mut con) = server().await;
+    let proxy = FaultProxy::start(server.port()).await;
+    let seen = Seen::default();
+    let id = ConsumerId::new("s", "g", "c");
+    let mut options = millrace::ConnectionOptions::default();
+    options.command_timeout = Duration::from_secs(1);
+    options.connect_timeout = Duration::from_millis(500);
+    let app = Supervisor::builder()
+        .redis(proxy.url())
+        .connection_options(options)
+        .consumer(
+            spec("s", "g", "c")
+                .read_timeout(Duration::from_secs(1))
+                .reconnect_backoff_max(Duration::from_millis(200))
+                .handler(recording(&seen)),
+        )
+        .start()
+        .await
+        .unwrap();
+    eventually(WAIT, "running", || {
+        let r = app.is_ready();
+        async move { r }
+    })
+    .await;
+    proxy.blackhole();
+    let ids = xadd_n(&mut con, "s", 20).await;
+    eventually(WAIT, "the consumer noticed the partition", || {
+        let reconnects = app.consumer_health(&id).unwrap().counters.reconnects;
+        async move { reconnects >= 1 }
+    })
+    .await;
+    proxy.heal();
+    wait_handled(&seen, 20).await;
+    wait_no_pending(&con, "s", "g").await;
+    let counts = seen.count_by_id();
+    assert!(ids.iter().all(|i| counts.contains_key(i)));
+    app.shutdown().await.unwrap();
+}
