@@ -850,3 +850,45 @@ async fn a_black_holed_connection_recovers_after_heal() {
     assert!(ids.iter().all(|i| counts.contains_key(i)));
     app.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_reply_too_large_for_the_output_buffer_shrinks_the_batch_instead_of_looping() {
+    let (server, mut con) = server().await;
+    // Replies above 64 KB close the connection, after the server put the entries into the PEL.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("client-output-buffer-limit")
+        .arg("normal 64kb 64kb 0")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let big = "x".repeat(10_000);
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        ids.push(xadd(&mut con, "s", &[("blob", big.as_str())]).await);
+    }
+    let seen = Seen::default();
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(
+            spec("s", "g", "c")
+                .count(40)
+                .reconnect_backoff_max(Duration::from_millis(50))
+                .handler(recording(&seen)),
+        )
+        .start()
+        .await
+        .unwrap();
+    wait_handled(&seen, 40).await;
+    wait_no_pending(&con, "s", "g").await;
+    let counts = seen.count_by_id();
+    assert!(ids.iter().all(|i| counts.contains_key(i)));
+    let h = app
+        .consumer_health(&ConsumerId::new("s", "g", "c"))
+        .unwrap();
+    assert!(
+        h.counters.reconnects >= 1,
+        "the oversized reply did close the connection"
+    );
+    app.shutdown().await.unwrap();
+}

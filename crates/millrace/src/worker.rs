@@ -378,7 +378,7 @@ impl Worker {
                 &stream,
                 &self.id.group,
                 &self.id.consumer,
-                self.opts.count,
+                self.read_count,
                 None,
                 &cursor.to_string(),
             );
@@ -1065,7 +1065,18 @@ impl Worker {
         let ids: Vec<EntryId> = batch.iter().map(|(e, _)| e.id).collect();
         let delivered: Vec<Option<u64>> = batch.iter().map(|(_, d)| *d).collect();
         let runner = self.runner.clone();
-        let run = runner.run(self.meta.clone(), source, batch, self.opts.handler_timeout);
+        // One span per batch, inside the consumer span; its fields are part of the API.
+        let span = tracing::info_span!(
+            "batch",
+            %source,
+            entries = ids.len(),
+            entry_id = %ids.first().copied().unwrap_or_default(),
+            deliveries = delivered.first().copied().flatten(),
+        );
+        let run = runner
+            .run(self.meta.clone(), source, batch, self.opts.handler_timeout)
+            .instrument(span)
+            .boxed();
         let report = self.with_heartbeat(run, &ids).await;
         self.metrics
             .handler_duration
