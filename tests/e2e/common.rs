@@ -21,12 +21,20 @@ pub(crate) fn init_tracing() {
 pub(crate) async fn server() -> (RedisServer, MultiplexedConnection) {
     init_tracing();
     let server = RedisServer::start();
-    let con = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let con = connect(&server).await;
     (server, con)
+}
+
+/// The test's own connection: a generous response timeout, since a loaded 2-core machine can take
+/// longer than redis-rs's default 500 ms.
+pub(crate) async fn connect(server: &RedisServer) -> MultiplexedConnection {
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+    server
+        .client()
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap()
 }
 
 pub(crate) async fn xadd(
@@ -78,6 +86,42 @@ pub(crate) async fn pending(con: &mut MultiplexedConnection, stream: &str, group
             .query_async(con)
             .await;
     r.map(|r| r.0).unwrap_or(u64::MAX)
+}
+
+/// True when the group has been delivered everything in the stream and nothing is pending: the
+/// consumers are done, not merely not started.
+pub(crate) async fn drained(con: &mut MultiplexedConnection, stream: &str, group: &str) -> bool {
+    if pending(con, stream, group).await != 0 {
+        return false;
+    }
+    let last: redis::RedisResult<std::collections::HashMap<String, redis::Value>> =
+        redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(stream)
+            .query_async(con)
+            .await;
+    let Ok(info) = last else { return false };
+    let last_id = match info.get("last-generated-id") {
+        Some(redis::Value::BulkString(b)) => EntryId::from_bytes(b),
+        _ => None,
+    };
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(con)
+        .await
+        .unwrap_or_default();
+    let delivered = groups
+        .iter()
+        .find_map(|g| match (g.get("name"), g.get("last-delivered-id")) {
+            (Some(redis::Value::BulkString(n)), Some(redis::Value::BulkString(id)))
+                if n.as_slice() == group.as_bytes() =>
+            {
+                EntryId::from_bytes(id)
+            }
+            _ => None,
+        });
+    matches!((last_id, delivered), (Some(l), Some(d)) if d >= l)
 }
 
 /// Pending ids of a group with their owner and delivery count.

@@ -170,7 +170,7 @@ impl Drill {
         assert!(bin.exists());
         let server = builder.start();
         let url = server.url();
-        let con = ConnectionManager::new(server.client())
+        let con = ConnectionManager::new_with_config(server.client(), patient_manager())
             .await
             .expect("connecting to the test server");
         Drill {
@@ -187,7 +187,7 @@ impl Drill {
     async fn kill_and_restart_redis(&mut self) {
         self.server.kill();
         self.server.restart();
-        self.con = ConnectionManager::new(self.server.client())
+        self.con = ConnectionManager::new_with_config(self.server.client(), patient_manager())
             .await
             .expect("reconnecting to the restarted server");
     }
@@ -529,6 +529,12 @@ fn order_id(e: &RawEntry) -> u64 {
 }
 
 /// A connection without a response timeout, for commands that block on purpose (`DEBUG SLEEP`).
+/// The harness's own commands (XRANGE of a whole stream, HGETALL) may take longer than redis-rs's
+/// default 500 ms on a loaded 2-core machine.
+fn patient_manager() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(30)))
+}
+
 async fn patient_connection(server: &RedisServer) -> MultiplexedConnection {
     server
         .client()

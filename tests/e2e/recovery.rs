@@ -31,10 +31,10 @@ async fn wait_handled(seen: &Seen, n: usize) {
 }
 
 async fn wait_no_pending(con: &redis::aio::MultiplexedConnection, stream: &str, group: &str) {
-    eventually(WAIT, "nothing pending", || {
+    eventually(WAIT, "everything delivered and nothing pending", || {
         let mut con = con.clone();
         let (stream, group) = (stream.to_owned(), group.to_owned());
-        async move { pending(&mut con, &stream, &group).await == 0 }
+        async move { drained(&mut con, &stream, &group).await }
     })
     .await;
 }
@@ -97,11 +97,7 @@ async fn a_killed_connection_is_reconnected_and_nothing_is_lost() {
 async fn a_redis_crash_and_restart_with_persistence_is_survived() {
     init_tracing();
     let mut server = RedisServer::builder().appendonly(true).start();
-    let mut con = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut con = connect(&server).await;
     let seen = Seen::default();
     let app = Supervisor::builder()
         .redis(server.url())
@@ -113,11 +109,7 @@ async fn a_redis_crash_and_restart_with_persistence_is_survived() {
     wait_handled(&seen, 20).await;
     server.kill();
     server.restart();
-    let mut con = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut con = connect(&server).await;
     xadd_n(&mut con, "s", 20).await;
     wait_handled(&seen, 40).await;
     wait_no_pending(&con, "s", "g").await;
@@ -498,11 +490,7 @@ impl Write for Captured {
 #[tokio::test(flavor = "current_thread")]
 async fn a_password_never_appears_in_logs_errors_or_debug_output() {
     let server = RedisServer::start();
-    let mut con = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut con = connect(&server).await;
     let sentinel = format!("S3ntinel-PW-{}", std::process::id());
     acl_user(&mut con, "worker", &sentinel, &least_privilege()).await;
     let captured = Captured::default();
@@ -741,11 +729,7 @@ async fn the_opt_in_reaper_deletes_only_idle_consumers_without_pending_entries()
 async fn a_graceful_redis_restart_is_survived() {
     init_tracing();
     let mut server = RedisServer::builder().appendonly(true).start();
-    let mut con = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut con = connect(&server).await;
     let seen = Seen::default();
     let app = Supervisor::builder()
         .redis(server.url())
@@ -757,11 +741,7 @@ async fn a_graceful_redis_restart_is_survived() {
     wait_handled(&seen, 10).await;
     server.stop();
     server.restart();
-    let mut con = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut con = connect(&server).await;
     xadd_n(&mut con, "s", 10).await;
     wait_handled(&seen, 20).await;
     wait_no_pending(&con, "s", "g").await;
@@ -773,11 +753,7 @@ async fn a_graceful_redis_restart_is_survived() {
 async fn a_restart_without_persistence_recreates_the_group() {
     init_tracing();
     let mut server = RedisServer::start();
-    let mut con = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut con = connect(&server).await;
     let seen = Seen::default();
     let id = ConsumerId::new("s", "g", "c");
     let app = Supervisor::builder()
@@ -799,11 +775,7 @@ async fn a_restart_without_persistence_recreates_the_group() {
         },
     )
     .await;
-    let mut con = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut con = connect(&server).await;
     xadd_n(&mut con, "s", 5).await;
     wait_handled(&seen, 10).await;
     wait_no_pending(&con, "s", "g").await;
