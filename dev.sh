@@ -19,6 +19,7 @@ ensure_redis() {
 ensure_tools() {
   command -v openssl >/dev/null 2>&1 || {
     local sudo=""; if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y openssl
   }
 }
