@@ -206,3 +206,12 @@ pub(crate) fn recording(
         futures::future::ready(HandlerResult::Ok)
     }
 }
+
+/// Waits until every consumer of `app` is reading.
+pub(crate) async fn wait_running(app: &millrace::Supervisor) {
+    millrace_testkit::eventually(WAIT, "every consumer running", || {
+        let ready = app.is_ready();
+        async move { ready }
+    })
+    .await;
+}

@@ -69,11 +69,7 @@ async fn a_killed_connection_is_reconnected_and_nothing_is_lost() {
         .await
         .unwrap();
     let id = ConsumerId::new("s", "g", "c");
-    eventually(WAIT, "running", || {
-        let r = app.is_ready();
-        async move { r }
-    })
-    .await;
+    wait_running(&app).await;
     for round in 0..3 {
         let _: u64 = redis::cmd("CLIENT")
             .arg("KILL")
@@ -93,8 +89,9 @@ async fn a_killed_connection_is_reconnected_and_nothing_is_lost() {
     app.shutdown().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_redis_crash_and_restart_with_persistence_is_survived() {
+/// Runs a consumer across a Redis restart with persistence: `stop` takes the server down (crash
+/// or graceful), then it comes back with the same data and everything is handled.
+async fn survives_a_restart(stop: fn(&mut RedisServer)) {
     init_tracing();
     let mut server = RedisServer::builder().appendonly(true).start();
     let mut con = connect(&server).await;
@@ -107,7 +104,7 @@ async fn a_redis_crash_and_restart_with_persistence_is_survived() {
         .unwrap();
     xadd_n(&mut con, "s", 20).await;
     wait_handled(&seen, 20).await;
-    server.kill();
+    stop(&mut server);
     server.restart();
     let mut con = connect(&server).await;
     xadd_n(&mut con, "s", 20).await;
@@ -115,6 +112,16 @@ async fn a_redis_crash_and_restart_with_persistence_is_survived() {
     wait_no_pending(&con, "s", "g").await;
     assert_eq!(seen.count_by_id().len(), 40);
     app.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_redis_crash_and_restart_with_persistence_is_survived() {
+    survives_a_restart(RedisServer::kill).await;
+}
+
+#[tokio::test]
+async fn a_graceful_redis_restart_is_survived() {
+    survives_a_restart(RedisServer::stop).await;
 }
 
 #[tokio::test]
@@ -361,11 +368,7 @@ async fn a_reply_cut_off_halfway_strands_nothing() {
         .start()
         .await
         .unwrap();
-    eventually(WAIT, "running", || {
-        let r = app.is_ready();
-        async move { r }
-    })
-    .await;
+    wait_running(&app).await;
     // The next reply on every open connection is cut after 300 bytes: the blocked read's entries go
     // into the PEL, but the client never sees them.
     proxy.cut_downstream_after(300);
@@ -726,30 +729,6 @@ async fn the_opt_in_reaper_deletes_only_idle_consumers_without_pending_entries()
 }
 
 #[tokio::test]
-async fn a_graceful_redis_restart_is_survived() {
-    init_tracing();
-    let mut server = RedisServer::builder().appendonly(true).start();
-    let mut con = connect(&server).await;
-    let seen = Seen::default();
-    let app = Supervisor::builder()
-        .redis(server.url())
-        .consumer(spec("s", "g", "c").handler(recording(&seen)))
-        .start()
-        .await
-        .unwrap();
-    xadd_n(&mut con, "s", 10).await;
-    wait_handled(&seen, 10).await;
-    server.stop();
-    server.restart();
-    let mut con = connect(&server).await;
-    xadd_n(&mut con, "s", 10).await;
-    wait_handled(&seen, 20).await;
-    wait_no_pending(&con, "s", "g").await;
-    assert_eq!(seen.count_by_id().len(), 20);
-    app.shutdown().await.unwrap();
-}
-
-#[tokio::test]
 async fn a_restart_without_persistence_recreates_the_group() {
     init_tracing();
     let mut server = RedisServer::start();
@@ -803,11 +782,7 @@ async fn a_black_holed_connection_recovers_after_heal() {
         .start()
         .await
         .unwrap();
-    eventually(WAIT, "running", || {
-        let r = app.is_ready();
-        async move { r }
-    })
-    .await;
+    wait_running(&app).await;
     proxy.blackhole();
     let ids = xadd_n(&mut con, "s", 20).await;
     eventually(WAIT, "the consumer noticed the partition", || {

@@ -220,11 +220,7 @@ async fn consumers_can_be_added_and_removed_while_running() {
         .await
         .unwrap();
     assert_eq!(app.health().len(), 2);
-    eventually(WAIT, "both running", || {
-        let ready = app.is_ready();
-        async move { ready }
-    })
-    .await;
+    wait_running(&app).await;
     xadd_n(&mut con, "s", 50).await;
     eventually(WAIT, "all handled", || {
         let s = seen.clone();
