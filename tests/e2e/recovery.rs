@@ -839,3 +839,88 @@ async fn a_reply_too_large_for_the_output_buffer_shrinks_the_batch_instead_of_lo
     );
     app.shutdown().await.unwrap();
 }
+
+/// The live reader opens its own socket: over a Unix socket, as an ACL user with only the consumer's
+/// rules, in a database other than 0, entries still flow, and when `shutdown()` returns the server
+/// no longer lists any of the consumer's connections.
+#[tokio::test]
+async fn reads_over_a_unix_socket_as_an_acl_user_in_another_database() {
+    init_tracing();
+    let socket = std::env::temp_dir().join(format!(
+        "millrace-e2e-{}-{}.sock",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let server = RedisServer::builder()
+        .arg("--unixsocket")
+        .arg(socket.to_string_lossy())
+        .arg("--unixsocketperm")
+        .arg("700")
+        .start();
+    let mut admin = connect(&server).await;
+    let spec = spec("s", "g", "c1").count(7);
+    let mut setuser = redis::cmd("ACL");
+    setuser
+        .arg("SETUSER")
+        .arg("worker")
+        .arg("on")
+        .arg(">s3cret");
+    for rule in spec.acl_rules().split_whitespace() {
+        setuser.arg(rule);
+    }
+    setuser.arg("+select").arg("+client|list");
+    let _: () = setuser.query_async(&mut admin).await.unwrap();
+    let _: () = redis::cmd("SELECT")
+        .arg(3)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let ids = xadd_n(&mut admin, "s", 40).await;
+
+    let url = format!(
+        "redis+unix://{}?db=3&user=worker&pass=s3cret",
+        socket.display()
+    );
+    let seen = Seen::default();
+    let app = Supervisor::builder()
+        .redis(url)
+        .consumer(spec.handler(recording(&seen)))
+        .start()
+        .await
+        .unwrap();
+    wait_handled(&seen, 40).await;
+    wait_no_pending(&admin, "s", "g").await;
+    assert_eq!(seen.ids(), ids, "each entry once, in stream order");
+    let acl_log: Vec<redis::Value> = redis::cmd("ACL")
+        .arg("LOG")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(acl_log.is_empty(), "no command refused: {acl_log:?}");
+
+    app.shutdown().await.unwrap();
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    // The reader closes its connection before the stop returns; the shared control connection
+    // (a redis-rs ConnectionManager) closes in the background, so at most that one may remain.
+    let worker_conns: Vec<&str> = clients
+        .lines()
+        .filter(|l| l.contains("user=worker"))
+        .collect();
+    assert!(
+        worker_conns.len() <= 1,
+        "read connections still open after shutdown: {worker_conns:?}"
+    );
+    drop(server);
+    let _ = std::fs::remove_file(&socket);
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish()
+}

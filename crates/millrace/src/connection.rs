@@ -1,5 +1,5 @@
-//! Connections: one shared control connection (acks, claims, admin) and one dedicated read
-//! connection per consumer, whose response timeout exceeds its BLOCK.
+//! Connections: one shared control connection (acks, claims, admin, replays) and one dedicated
+//! blocking read connection per consumer (see `reader`), whose response timeout exceeds its BLOCK.
 //!
 //! Everything that talks to Redis goes through [`Backend`]; a Redis Cluster backend would add a
 //! variant here and hand out cluster connections, and the consumer would not change.
@@ -7,8 +7,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Client;
 
 use crate::error::{Error, Result};
 
@@ -111,17 +111,19 @@ impl Backend {
         self.control.clone()
     }
 
-    /// A new, dedicated connection for blocking reads (a new socket, never shared).
-    pub(crate) async fn read_connection(
-        &self,
-        read_timeout: Duration,
-    ) -> redis::RedisResult<MultiplexedConnection> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.options.connect_timeout))
-            .set_response_timeout(Some(read_timeout));
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
+    /// The client, for connections of a consumer's own (its reader thread).
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Timeout of one connection attempt.
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.options.connect_timeout
+    }
+
+    /// Response timeout of acks, claims and admin commands.
+    pub(crate) fn command_timeout(&self) -> Duration {
+        self.options.command_timeout
     }
 
     /// The server address without credentials.

@@ -54,6 +54,7 @@ mod entry;
 mod error;
 mod handler;
 mod health;
+mod reader;
 mod settings;
 mod spec;
 pub mod streams;

@@ -2,14 +2,14 @@
 //! acks, XAUTOCLAIM recovery, dead letters, reconnects, and the graceful stop. It runs as a task
 //! owned by the consumer actor.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
-use redis::{AsyncCommands, Cmd};
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
@@ -20,6 +20,7 @@ use crate::entry::{BatchMeta, EntryId, RawEntry, Source};
 use crate::error::{Class, Error, Result};
 use crate::handler::{BatchRunner, Outcome, RawItem};
 use crate::health::{ConsumerState, HealthCell};
+use crate::reader::{Reader, ReaderConfig, FETCHED_AHEAD};
 use crate::spec::{ConsumerId, ConsumerSpec};
 use crate::streams::{self, ReadItem};
 use crate::telemetry::ConsumerMetrics;
@@ -30,21 +31,8 @@ const RELEASE_IDLE: Duration = Duration::from_secs(24 * 3600);
 /// Most failure reasons remembered for dead letters.
 const LAST_ERRORS_CAP: usize = 10_000;
 
-type ReadFuture = BoxFuture<'static, Result<Vec<ReadItem>>>;
 /// `XPENDING key group`: count, smallest id, largest id, per-consumer counts.
 type PendingSummary = (u64, redis::Value, redis::Value, Vec<(String, String)>);
-
-/// The read connection and its server-side client id (for `CLIENT UNBLOCK`).
-struct ReadConn {
-    conn: MultiplexedConnection,
-    client_id: Option<i64>,
-}
-
-/// Reads in flight at once on new entries, each on its own connection: while the client parses
-/// and handles one reply, the server already executes the next read. (Two reads pipelined on one
-/// multiplexed connection do not overlap: redis-rs parses every received reply before it writes
-/// the next command.)
-const READS_IN_FLIGHT: usize = 2;
 
 pub(crate) struct Worker {
     id: ConsumerId,
@@ -57,8 +45,6 @@ pub(crate) struct Worker {
     health: Arc<HealthCell>,
     metrics: ConsumerMetrics,
     cancel: CancellationToken,
-    read: Vec<ReadConn>,
-    read_cmd: Arc<Cmd>,
     group_ready: bool,
     preflight_done: bool,
     /// COUNT in effect: halved after a read fails mid-reply (a reply too large for the client output
@@ -68,8 +54,6 @@ pub(crate) struct Worker {
     /// How many coming batches to check for ownership first: the last batch was held so long that
     /// the batches read ahead may have been claimed meanwhile.
     verify_next: usize,
-    /// Which read connection the next read goes to.
-    next_read: usize,
     /// Start id when (re)creating the group: the configured one first, `0` after the group vanished.
     create_from: String,
     claim_cursor: EntryId,
@@ -97,14 +81,6 @@ impl Worker {
             .ok_or_else(|| Error::config(Some(&spec.id), "handler", "is not set"))?;
         let id = spec.id.clone();
         let opts = spec.options.clone();
-        let read_cmd = streams::xreadgroup_cmd(
-            &id.stream,
-            &id.group,
-            &id.consumer,
-            opts.count,
-            Some(opts.block),
-            ">",
-        );
         let read_count = opts.count;
         Ok(Worker {
             read_count,
@@ -118,7 +94,6 @@ impl Worker {
             next_gauges: Instant::now(),
             xinfo_allowed: true,
             ack_inflight: None,
-            read_cmd: Arc::new(read_cmd),
             id,
             opts,
             runner,
@@ -126,12 +101,10 @@ impl Worker {
             health,
             metrics,
             cancel,
-            read: Vec::new(),
             group_ready: false,
             preflight_done: false,
             clean_reads: 0,
             verify_next: 0,
-            next_read: 0,
             claim_cursor: EntryId::MIN,
             last_errors: HashMap::new(),
             retry_attempt: 0,
@@ -151,7 +124,6 @@ impl Worker {
                     Ok(()) => return Ok(()),
                     Err(e) => e,
                 };
-                self.read.clear();
                 // Best effort: an ack that cannot land means its entries come back via the replay.
                 if let Err(e) = self.flush_acks().await {
                     debug!(error = %e, "last ack of the session failed");
@@ -222,7 +194,6 @@ impl Worker {
     /// One connected stretch: connect, ensure the group, replay the own PEL, then read live.
     async fn session(&mut self) -> Result<()> {
         self.health.set_state(ConsumerState::Starting);
-        self.connect().await?;
         if !self.group_ready {
             self.ensure_group().await?;
             if !self.preflight_done {
@@ -235,35 +206,6 @@ impl Worker {
             return Ok(());
         }
         self.live().await
-    }
-
-    async fn connect(&mut self) -> Result<()> {
-        if !self.read.is_empty() {
-            return Ok(());
-        }
-        let mut conns = Vec::with_capacity(READS_IN_FLIGHT);
-        for _ in 0..READS_IN_FLIGHT {
-            let mut conn = self
-                .backend
-                .read_connection(self.opts.effective_read_timeout())
-                .await
-                .map_err(|e| self.redis_err("CONNECT", &self.id.stream.clone(), e))?;
-            // The id lets a stop wake a blocked read with CLIENT UNBLOCK; without the permission a
-            // stop waits for BLOCK to run out instead.
-            let client_id: Option<i64> = redis::cmd("CLIENT")
-                .arg("ID")
-                .query_async(&mut conn)
-                .await
-                .ok();
-            debug!(
-                server = self.backend.server(),
-                ?client_id,
-                "read connection open"
-            );
-            conns.push(ReadConn { conn, client_id });
-        }
-        self.read = conns;
-        Ok(())
     }
 
     async fn ensure_group(&mut self) -> Result<()> {
@@ -382,8 +324,7 @@ impl Worker {
                 None,
                 &cursor.to_string(),
             );
-            let conn = &mut self.read.first_mut().expect("connected before replay").conn;
-            let items = match streams::read(conn, &cmd).await {
+            let items = match streams::read(&mut self.control, &cmd).await {
                 Ok(items) => items,
                 Err(e) if e.code() == Some("NOGROUP") && !self.opts.create_group => {
                     return Err(Error::Fatal {
@@ -437,56 +378,23 @@ impl Worker {
 
     fn set_read_count(&mut self, count: usize) {
         self.read_count = count;
-        self.read_cmd = Arc::new(streams::xreadgroup_cmd(
-            &self.id.stream,
-            &self.id.group,
-            &self.id.consumer,
-            count,
-            Some(self.opts.block),
-            ">",
-        ));
     }
 
-    /// Sends the next read at once (a spawned task, so it is on the wire while the current batch is
-    /// handled) and returns a future for its reply.
-    fn start_read(&mut self) -> ReadFuture {
-        let slot = self.next_read % self.read.len().max(1);
-        self.next_read = self.next_read.wrapping_add(1);
-        let mut conn = self
-            .read
-            .get(slot)
-            .expect("connected before reading")
-            .conn
-            .clone();
-        let cmd = self.read_cmd.clone();
-        let id = self.id.clone();
-        let task = tokio::spawn(async move {
-            streams::read(&mut conn, &cmd)
-                .await
-                .map_err(|e| Error::from_redis(&id, "XREADGROUP", &id.stream, e))
-        });
-        let id = self.id.clone();
-        async move {
-            match task.await {
-                Ok(result) => result,
-                Err(e) => Err(Error::Internal {
-                    consumer: id,
-                    message: format!("read task failed: {e}"),
-                }),
-            }
-        }
-        .boxed()
-    }
-
-    /// Reads new entries with [`READS_IN_FLIGHT`] reads always in flight, handled in the order they
-    /// were sent.
+    /// Reads new entries through the reader thread, which keeps reads in flight while batches are
+    /// handled; batches come in the order the reads were sent.
     async fn live(&mut self) -> Result<()> {
+        let mut reader = Reader::start(
+            &self.backend,
+            ReaderConfig {
+                id: self.id.clone(),
+                count: self.read_count,
+                block: self.opts.block,
+                read_timeout: self.opts.effective_read_timeout(),
+                write_timeout: self.backend.command_timeout(),
+            },
+        )
+        .await?;
         self.health.set_state(ConsumerState::Running);
-        let mut inflight: VecDeque<ReadFuture> = VecDeque::with_capacity(self.read.len());
-        for _ in 0..self.read.len() {
-            let read = self.start_read();
-            inflight.push_back(read);
-        }
         loop {
             if Instant::now() >= self.next_claim {
                 self.claim_tick().await?;
@@ -494,27 +402,25 @@ impl Worker {
             if Instant::now() >= self.next_gauges {
                 self.refresh_gauges().await;
             }
-            let next = inflight.front_mut().expect("reads in flight");
+            let timers = tokio::time::Instant::from_std(self.next_claim.min(self.next_gauges));
             let items = tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => {
                     self.flush_acks().await?;
-                    self.stop_reading(inflight).await;
+                    self.stop_reading(reader, Vec::new()).await;
                     return Ok(());
                 }
-                r = next => r?,
+                r = reader.next() => r?,
+                _ = tokio::time::sleep_until(timers) => continue,
             };
-            inflight.pop_front();
             self.read_succeeded();
-            let read = self.start_read();
-            inflight.push_back(read);
+            reader.set_count(self.read_count);
             if items.is_empty() {
                 continue;
             }
             if self.cancel.is_cancelled() {
                 self.flush_acks().await?;
-                self.release(&items).await;
-                self.stop_reading(inflight).await;
+                self.stop_reading(reader, items).await;
                 return Ok(());
             }
             let started = Instant::now();
@@ -523,39 +429,24 @@ impl Worker {
             // Held so long that the batches read ahead, idle all that time, may have been claimed
             // by another consumer: check ownership before handling them.
             if started.elapsed() >= self.opts.claim_min_idle / 2 {
-                self.verify_next = inflight.len();
+                self.verify_next = FETCHED_AHEAD;
             }
             if self.cancel.is_cancelled() {
                 self.flush_acks().await?;
-                self.stop_reading(inflight).await;
+                self.stop_reading(reader, Vec::new()).await;
                 return Ok(());
             }
         }
     }
 
-    /// Stops the reads in flight: wakes them with CLIENT UNBLOCK when permitted, waits for their
-    /// replies, and releases any entries they fetched to the other consumers.
-    async fn stop_reading(&mut self, inflight: VecDeque<ReadFuture>) {
+    /// Stops the reader (waking its blocked reads with CLIENT UNBLOCK when permitted), and releases
+    /// the entries fetched but not handled (`unhandled` plus what the last reads returned) to the
+    /// other consumers.
+    async fn stop_reading(&mut self, reader: Reader, mut unhandled: Vec<ReadItem>) {
         self.health.set_state(ConsumerState::Stopping);
-        let ids: Vec<i64> = self.read.iter().filter_map(|r| r.client_id).collect();
-        for client_id in ids {
-            let r: redis::RedisResult<i64> = redis::cmd("CLIENT")
-                .arg("UNBLOCK")
-                .arg(client_id)
-                .query_async(&mut self.control)
-                .await;
-            if let Err(e) = r {
-                debug!(error = %e, "CLIENT UNBLOCK not possible; waiting for BLOCK to run out");
-            }
-        }
-        for read in inflight {
-            match read.await {
-                Ok(items) if !items.is_empty() => self.release(&items).await,
-                Ok(_) => {}
-                Err(e) => {
-                    debug!(error = %e, "last read failed during stop; its entries stay pending")
-                }
-            }
+        unhandled.extend(reader.stop(&mut self.control).await);
+        if !unhandled.is_empty() {
+            self.release(&unhandled).await;
         }
     }
 

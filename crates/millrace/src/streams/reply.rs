@@ -35,7 +35,7 @@ impl ReadItem {
     }
 }
 
-fn bytes(v: Value) -> Option<Vec<u8>> {
+pub(crate) fn bytes(v: Value) -> Option<Vec<u8>> {
     match v {
         Value::BulkString(b) => Some(b),
         Value::SimpleString(s) => Some(s.into_bytes()),
@@ -46,7 +46,7 @@ fn bytes(v: Value) -> Option<Vec<u8>> {
     }
 }
 
-fn id_of(v: Value) -> Option<EntryId> {
+pub(crate) fn id_of(v: Value) -> Option<EntryId> {
     bytes(v).and_then(|b| EntryId::from_bytes(&b))
 }
 
