@@ -302,6 +302,12 @@ impl<S: Read + Write + HalfClose> RespReader<S> {
 
     /// Blocks until at least one byte of the next reply is buffered.
     fn wait(&mut self) -> io::Result<()> {
+        if self.pos == self.end && self.buf.len() > BUFFER {
+            // A large entry grew the buffer; give the memory back between replies.
+            self.buf = vec![0; BUFFER];
+            self.pos = 0;
+            self.end = 0;
+        }
         if self.pos == self.end {
             self.fill()?;
         }
