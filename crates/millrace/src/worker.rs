@@ -59,8 +59,10 @@ pub(crate) struct Worker {
     claim_cursor: EntryId,
     next_claim: Instant,
     next_gauges: Instant,
-    /// The XACK of the previous batch, still in flight.
+    /// The XACK in flight, if any.
     ack_inflight: Option<tokio::task::JoinHandle<Result<()>>>,
+    /// Ids the handler acknowledged that wait for the XACK in flight to return.
+    ack_held: Vec<EntryId>,
     xinfo_allowed: bool,
     /// The last failure reason per pending entry, recorded with dead letters.
     last_errors: HashMap<EntryId, String>,
@@ -94,6 +96,7 @@ impl Worker {
             next_gauges: Instant::now(),
             xinfo_allowed: true,
             ack_inflight: None,
+            ack_held: Vec::new(),
             id,
             opts,
             runner,
@@ -411,6 +414,16 @@ impl Worker {
                     return Ok(());
                 }
                 r = reader.next() => r?,
+                // The XACK in flight returned while ids wait: send them now, not with the next batch.
+                r = async { self.ack_inflight.as_mut().expect("checked").await }, if self.ack_inflight.is_some() && !self.ack_held.is_empty() => {
+                    self.ack_inflight = None;
+                    match r {
+                        Ok(r) => r?,
+                        Err(join) => return Err(Error::Internal { consumer: self.id.clone(), message: format!("ack task failed: {join}") }),
+                    }
+                    self.send_held_acks().await?;
+                    continue;
+                }
                 _ = tokio::time::sleep_until(timers) => continue,
             };
             self.read_succeeded();
@@ -652,19 +665,42 @@ impl Worker {
         Ok(())
     }
 
-    /// Sends the XACK for a batch without waiting for it, after the previous batch's XACK has
-    /// completed: the reply's round trip overlaps the next batch instead of stalling the loop.
-    /// A failed XACK fails the session (the entries come back through the replay).
+    /// Acknowledges a batch without waiting: one XACK is in flight at a time, and the ids of
+    /// batches handled meanwhile ride on the next one, sent when the one in flight returns. With
+    /// small batches the loop therefore never waits for an ack round trip, and the server sees one
+    /// XACK per round trip instead of one per batch. Ids held back are bounded by
+    /// [`Worker::ack_hold_limit`]; past it, the loop waits. A failed XACK fails the session (the
+    /// entries come back through the replay).
     async fn ack_behind(&mut self, ids: Vec<EntryId>) -> Result<()> {
-        self.flush_acks().await?;
-        if ids.is_empty() {
-            return Ok(());
-        }
         if !self.last_errors.is_empty() {
             for id in &ids {
                 self.last_errors.remove(id);
             }
         }
+        self.ack_held.extend(ids);
+        if self.ack_held.is_empty() {
+            return Ok(());
+        }
+        if let Some(task) = &self.ack_inflight {
+            if !task.is_finished() && self.ack_held.len() < self.ack_hold_limit() {
+                return Ok(());
+            }
+        }
+        self.send_held_acks().await
+    }
+
+    /// At most this many acknowledged-by-the-handler ids wait for the XACK in flight.
+    fn ack_hold_limit(&self) -> usize {
+        (self.opts.count * 4).clamp(64, 10_000)
+    }
+
+    /// Waits for the XACK in flight, then sends the held ids in one XACK, in the background.
+    async fn send_held_acks(&mut self) -> Result<()> {
+        self.wait_ack_inflight().await?;
+        if self.ack_held.is_empty() {
+            return Ok(());
+        }
+        let ids = std::mem::take(&mut self.ack_held);
         let mut control = self.control.clone();
         let (consumer, health, acked) = (
             self.id.clone(),
@@ -701,7 +737,7 @@ impl Worker {
     }
 
     /// Waits for the XACK in flight, if any.
-    async fn flush_acks(&mut self) -> Result<()> {
+    async fn wait_ack_inflight(&mut self) -> Result<()> {
         match self.ack_inflight.take() {
             None => Ok(()),
             Some(task) => match task.await {
@@ -712,6 +748,12 @@ impl Worker {
                 }),
             },
         }
+    }
+
+    /// Sends every held ack and waits until all have landed.
+    async fn flush_acks(&mut self) -> Result<()> {
+        self.send_held_acks().await?;
+        self.wait_ack_inflight().await
     }
 
     async fn dead_letter(

@@ -347,9 +347,11 @@ impl<S: Read + Write + HalfClose> RespReader<S> {
             b':' => Header::Int(int(rest)?),
             b'+' => Header::Simple(rest.to_vec()),
             b'-' => Header::Error(self.buf[start..stop].to_vec()),
-            other => return Err(invalid(format!(
+            other => {
+                return Err(invalid(format!(
                 "unexpected RESP type byte {other:#04x} (is this a Redis server speaking RESP2?)"
-            ))),
+            )))
+            }
         })
     }
 
