@@ -23,6 +23,10 @@ use crate::streams::{reply, ReadItem};
 const BUFFER: usize = 64 * 1024;
 /// Deepest nesting accepted in a reply; a stream reply has four levels.
 const MAX_DEPTH: usize = 32;
+/// Longest bulk string accepted: Redis's own `proto-max-bulk-len` default.
+const MAX_BULK: i64 = 512 * 1024 * 1024;
+/// Most elements reserved up front for an array, whatever its header claims.
+const MAX_RESERVE: usize = 4096;
 
 /// One blocking read connection.
 pub(crate) enum Wire {
@@ -343,7 +347,10 @@ impl<S: Read + Write + HalfClose> RespReader<S> {
         };
         Ok(match kind {
             b'*' => Header::Array(int(rest)?),
-            b'$' => Header::Bulk(int(rest)?),
+            b'$' => match int(rest)? {
+                n if n > MAX_BULK => return Err(invalid(format!("a bulk string of {n} bytes"))),
+                n => Header::Bulk(n),
+            },
             b':' => Header::Int(int(rest)?),
             b'+' => Header::Simple(rest.to_vec()),
             b'-' => Header::Error(self.buf[start..stop].to_vec()),
@@ -392,7 +399,7 @@ impl<S: Read + Write + HalfClose> RespReader<S> {
             Header::Array(n) if n < 0 => Value::Nil,
             Header::Bulk(n) if n < 0 => Value::Nil,
             Header::Array(n) => {
-                let mut items = Vec::with_capacity((n as usize).min(1024));
+                let mut items = Vec::with_capacity((n as usize).min(MAX_RESERVE));
                 for _ in 0..n {
                     let h = self.header()?;
                     items.push(self.finish(h, depth + 1)?);
@@ -434,7 +441,7 @@ impl<S: Read + Write + HalfClose> RespReader<S> {
                     self.finish(h, 2)?; // the stream name
                     match self.header()? {
                         Header::Array(n) if n >= 0 => {
-                            out.reserve(n as usize);
+                            out.reserve((n as usize).min(MAX_RESERVE));
                             for _ in 0..n {
                                 out.push(self.entry()?);
                             }
@@ -479,7 +486,7 @@ impl<S: Read + Write + HalfClose> RespReader<S> {
                 return Ok(reply::parse_entry(entry));
             }
         };
-        let mut pairs = Vec::with_capacity(n / 2);
+        let mut pairs = Vec::with_capacity((n / 2).min(MAX_RESERVE));
         let mut bad = false;
         let mut key = None;
         for _ in 0..n {
@@ -636,5 +643,9 @@ mod tests {
     fn garbage_is_an_error_not_a_hang() {
         assert!(read(b"hello\r\n", 3).is_err());
         assert!(read(b"*1x\r\n", 3).is_err());
+        // Absurd lengths fail (or run out of input) instead of allocating them.
+        assert!(read(b"*1\r\n*2\r\n$999999999999\r\n", 3).is_err());
+        assert!(read(b"*999999999999999\r\n", 3).is_err());
+        assert!(read(b"*1\r\n*2\r\n$1\r\ns\r\n*99999999999\r\n*2\r\n$3\r\n1-1\r\n*999999999999\r\n", 3).is_err());
     }
 }
