@@ -126,6 +126,33 @@ impl Backend {
         self.options.command_timeout
     }
 
+    /// Closes the shared control connection once every consumer has stopped: `QUIT` makes the
+    /// server reply and let go of the connection, so none is left when a shutdown returns. Not
+    /// with RESP3, where redis-rs would reconnect at once on the server's close; and a refused
+    /// `QUIT` (an ACL without it) leaves the connection to close when the last handle is dropped.
+    pub(crate) async fn close(&self) {
+        if self
+            .client
+            .get_connection_info()
+            .redis_settings()
+            .protocol()
+            .supports_resp3()
+        {
+            return;
+        }
+        let mut control = self.control.clone();
+        // Bounded: with Redis unreachable, a shutdown must not wait for reconnect attempts.
+        let limit = self.options.command_timeout.min(Duration::from_secs(1));
+        let quit = redis::cmd("QUIT");
+        match tokio::time::timeout(limit, quit.query_async::<()>(&mut control)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "QUIT refused; the control connection closes when dropped")
+            }
+            Err(_) => tracing::debug!("QUIT timed out; the control connection closes when dropped"),
+        }
+    }
+
     /// The server address without credentials.
     pub(crate) fn server(&self) -> &str {
         &self.display

@@ -347,6 +347,7 @@ impl Actor for SupervisorActor {
             }
             SupMsg::Shutdown(reply) => {
                 state.stop_all().await;
+                state.shared.backend.close().await;
                 let _ = reply.send(());
                 myself.stop(Some("shutdown".to_owned()));
             }

@@ -646,6 +646,10 @@ mod tests {
         // Absurd lengths fail (or run out of input) instead of allocating them.
         assert!(read(b"*1\r\n*2\r\n$999999999999\r\n", 3).is_err());
         assert!(read(b"*999999999999999\r\n", 3).is_err());
-        assert!(read(b"*1\r\n*2\r\n$1\r\ns\r\n*99999999999\r\n*2\r\n$3\r\n1-1\r\n*999999999999\r\n", 3).is_err());
+        assert!(read(
+            b"*1\r\n*2\r\n$1\r\ns\r\n*99999999999\r\n*2\r\n$3\r\n1-1\r\n*999999999999\r\n",
+            3
+        )
+        .is_err());
     }
 }
