@@ -51,6 +51,8 @@ struct State {
     stop: bool,
     /// COUNT of the next read written.
     count: usize,
+    /// The thread waits for a credit (so a returned credit must wake it).
+    waiting: bool,
 }
 
 struct Shared {
@@ -95,6 +97,7 @@ impl Reader {
                 credits: FETCHED_AHEAD,
                 stop: false,
                 count: config.count,
+                waiting: false,
             }),
             wake: Condvar::new(),
         });
@@ -177,8 +180,14 @@ impl Reader {
     pub(crate) async fn next(&mut self) -> Result<Vec<ReadItem>> {
         match self.batches.recv().await {
             Some(batch) => {
-                self.shared.lock().credits += 1;
-                self.shared.wake.notify_one();
+                let wake = {
+                    let mut s = self.shared.lock();
+                    s.credits += 1;
+                    s.waiting
+                };
+                if wake {
+                    self.shared.wake.notify_one();
+                }
                 batch
             }
             None => Err(Error::Internal {
@@ -283,7 +292,9 @@ fn read_loop(
                     s.credits -= n;
                     break (n, s.count);
                 }
+                s.waiting = true;
                 s = shared.wake.wait(s).unwrap_or_else(|e| e.into_inner());
+                s.waiting = false;
             }
         };
         if new_count != count {
@@ -302,10 +313,23 @@ fn read_loop(
             conn.close();
             return;
         }
-        if let Err(e) = conn.wait_reply() {
-            return fail(e);
-        }
+        let small = match conn.wait_reply() {
+            Ok(small) => small,
+            Err(e) => return fail(e),
+        };
         in_flight -= 1;
+        if small {
+            // Already complete and quick to parse: hand it over first, it is waited for; the
+            // next read follows a few microseconds later.
+            let items = match conn.read_items() {
+                Ok(items) => items,
+                Err(e) => return fail(e),
+            };
+            if tx.send(Ok(items)).is_err() {
+                return;
+            }
+            continue;
+        }
         // The reply has begun, so the server has executed the read: the next read goes on the
         // wire before this reply is parsed.
         let write_next = {
