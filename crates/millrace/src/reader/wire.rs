@@ -330,7 +330,7 @@ impl<S: Read + Write + HalfClose> RespReader<S> {
     /// (the next reply has not been sent yet, as its read is not written yet).
     fn buffered_small_reply(&self) -> bool {
         let n = self.end - self.pos;
-        n <= SMALL_REPLY && n >= 2 && self.buf[self.end - 2..self.end] == *b"\r\n"
+        (2..=SMALL_REPLY).contains(&n) && self.buf[self.end - 2..self.end] == *b"\r\n"
     }
 
     /// The next line without its CRLF, as a range of `buf`.
