@@ -922,3 +922,35 @@ fn rand_suffix() -> u64 {
     h.write_u64(0);
     h.finish()
 }
+
+/// A server at `maxclients` refuses the reader's connection: the consumer keeps retrying and its
+/// health says why in the server's words, and it starts reading once a slot frees up.
+#[tokio::test]
+async fn a_full_server_is_reported_in_its_own_words_and_retried() {
+    init_tracing();
+    let server = RedisServer::builder().arg("--maxclients").arg("3").start();
+    let mut con = connect(&server).await;
+    let blocker = connect(&server).await; // the test's two connections and the control one fill it
+    let seen = Seen::default();
+    let id = ConsumerId::new("s", "g", "c1");
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(spec("s", "g", "c1").handler(recording(&seen)))
+        .start()
+        .await
+        .unwrap();
+    eventually(WAIT, "the health names the full server", || {
+        let err = app
+            .consumer_health(&id)
+            .unwrap()
+            .last_error
+            .unwrap_or_default();
+        async move { err.contains("max number of clients") }
+    })
+    .await;
+    drop(blocker);
+    let ids = xadd_n(&mut con, "s", 5).await;
+    wait_handled(&seen, 5).await;
+    assert_eq!(seen.ids(), ids);
+    app.shutdown().await.unwrap();
+}

@@ -386,17 +386,22 @@ impl Worker {
     /// Reads new entries through the reader thread, which keeps reads in flight while batches are
     /// handled; batches come in the order the reads were sent.
     async fn live(&mut self) -> Result<()> {
-        let mut reader = Reader::start(
+        let start = Reader::start(
             &self.backend,
             ReaderConfig {
                 id: self.id.clone(),
                 count: self.read_count,
                 block: self.opts.block,
                 read_timeout: self.opts.effective_read_timeout(),
-                write_timeout: self.backend.command_timeout(),
+                command_timeout: self.backend.command_timeout(),
             },
-        )
-        .await?;
+        );
+        // A stop while the reader connects (say, to an unresponsive server) need not wait for it.
+        let mut reader = tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => return Ok(()),
+            r = start => r?,
+        };
         self.health.set_state(ConsumerState::Running);
         loop {
             if Instant::now() >= self.next_claim {

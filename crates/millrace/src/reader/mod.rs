@@ -42,7 +42,7 @@ pub(crate) struct ReaderConfig {
     pub(crate) count: usize,
     pub(crate) block: Duration,
     pub(crate) read_timeout: Duration,
-    pub(crate) write_timeout: Duration,
+    pub(crate) command_timeout: Duration,
 }
 
 struct State {
@@ -115,32 +115,19 @@ impl Reader {
             .stack_size(512 * 1024)
             .spawn(move || {
                 let _finished = finished_tx;
-                let conn = Wire::connect(
+                let connected = Wire::connect(
                     &client,
                     connect_timeout,
+                    config.command_timeout,
                     config.read_timeout,
-                    config.write_timeout,
                 );
-                let mut conn = match conn {
-                    Ok(conn) => conn,
+                let (mut conn, client_id) = match connected {
+                    Ok(c) => c,
                     Err(e) => {
                         let _ = connected_tx.send(Err(e));
                         return;
                     }
                 };
-                // The id lets a stop wake a blocked read with CLIENT UNBLOCK; without the
-                // permission a stop waits for BLOCK to run out instead.
-                let client_id =
-                    match conn.call(&redis::cmd("CLIENT").arg("ID").get_packed_command()) {
-                        Ok(redis::Value::Int(id)) => Some(id),
-                        Ok(_) => None,
-                        // A refused command leaves the connection usable; a broken one does not.
-                        Err(e) if e.is_io_error() || e.is_timeout() => {
-                            let _ = connected_tx.send(Err(e));
-                            return;
-                        }
-                        Err(_) => None,
-                    };
                 if connected_tx.send(Ok(client_id)).is_err() {
                     return;
                 }

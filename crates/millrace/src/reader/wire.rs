@@ -40,44 +40,65 @@ pub(crate) enum Wire {
 }
 
 impl Wire {
-    /// Connects, authenticates and selects the database of `client`'s settings.
+    /// Connects, authenticates, selects the database of `client`'s settings and asks for the
+    /// connection's `CLIENT ID` (`None` without the permission). The handshake waits at most
+    /// `command_timeout` for each reply; reads after it wait `read_timeout`.
     pub(crate) fn connect(
         client: &Client,
         connect_timeout: Duration,
+        command_timeout: Duration,
         read_timeout: Duration,
-        write_timeout: Duration,
-    ) -> RedisResult<Wire> {
+    ) -> RedisResult<(Wire, Option<i64>)> {
         let info = client.get_connection_info();
         let socket = match info.addr() {
             ConnectionAddr::Tcp(host, port) => {
                 let stream = connect_tcp(host, *port, connect_timeout)?;
                 stream.set_nodelay(true)?;
-                Socket::Tcp(stream)
+                Some(Socket::Tcp(stream))
             }
             #[cfg(unix)]
-            ConnectionAddr::Unix(path) => Socket::Unix(UnixStream::connect(path)?),
-            _ => {
+            ConnectionAddr::Unix(path) => Some(Socket::Unix(UnixStream::connect(path)?)),
+            _ => None,
+        };
+        let mut wire = match socket {
+            Some(socket) => {
+                socket.set_timeouts(command_timeout, command_timeout)?;
+                let mut reader = RespReader::new(socket);
+                let settings = info.redis_settings();
+                if let Some(password) = settings.password() {
+                    let mut auth = redis::cmd("AUTH");
+                    if let Some(user) = settings.username() {
+                        auth.arg(user);
+                    }
+                    auth.arg(password);
+                    reader.call(&auth.get_packed_command())?;
+                }
+                if settings.db() != 0 {
+                    reader.call(&redis::cmd("SELECT").arg(settings.db()).get_packed_command())?;
+                }
+                Wire::Plain(reader)
+            }
+            None => {
                 let conn = client.get_connection_with_timeout(connect_timeout)?;
-                conn.set_read_timeout(Some(read_timeout))?;
-                conn.set_write_timeout(Some(write_timeout))?;
-                return Ok(Wire::Redis(conn, None));
+                conn.set_read_timeout(Some(command_timeout))?;
+                conn.set_write_timeout(Some(command_timeout))?;
+                Wire::Redis(conn, None)
             }
         };
-        socket.set_timeouts(read_timeout, write_timeout)?;
-        let mut wire = RespReader::new(socket);
-        let settings = info.redis_settings();
-        if let Some(password) = settings.password() {
-            let mut auth = redis::cmd("AUTH");
-            if let Some(user) = settings.username() {
-                auth.arg(user);
-            }
-            auth.arg(password);
-            wire.call(&auth.get_packed_command())?;
+        // The id lets a stop wake a blocked read with CLIENT UNBLOCK; without the permission a
+        // stop waits for BLOCK to run out instead. Any other error (say, `max number of clients
+        // reached`) fails the connect with the server's words.
+        let client_id = match wire.call(&redis::cmd("CLIENT").arg("ID").get_packed_command()) {
+            Ok(Value::Int(id)) => Some(id),
+            Ok(_) => None,
+            Err(e) if e.code() == Some("NOPERM") => None,
+            Err(e) => return Err(e),
+        };
+        match &wire {
+            Wire::Plain(r) => r.stream.set_timeouts(read_timeout, command_timeout)?,
+            Wire::Redis(conn, _) => conn.set_read_timeout(Some(read_timeout))?,
         }
-        if settings.db() != 0 {
-            wire.call(&redis::cmd("SELECT").arg(settings.db()).get_packed_command())?;
-        }
-        Ok(Wire::Plain(wire))
+        Ok((wire, client_id))
     }
 
     /// Runs one command and returns its reply (used before reads start).
