@@ -954,3 +954,34 @@ async fn a_full_server_is_reported_in_its_own_words_and_retried() {
     assert_eq!(seen.ids(), ids);
     app.shutdown().await.unwrap();
 }
+
+/// A shutdown while the server does not answer at all returns within the documented deadline
+/// (`shutdown_timeout + block + 2 s`), instead of waiting on the dead connections.
+#[tokio::test]
+async fn a_shutdown_during_a_partition_keeps_its_deadline() {
+    let (server, mut con) = server().await;
+    let proxy = FaultProxy::start(server.port()).await;
+    let seen = Seen::default();
+    let app = Supervisor::builder()
+        .redis(proxy.url())
+        .consumer(
+            spec("s", "g", "c")
+                .shutdown_timeout(Duration::from_secs(1))
+                .handler(recording(&seen)),
+        )
+        .start()
+        .await
+        .unwrap();
+    wait_running(&app).await;
+    xadd_n(&mut con, "s", 3).await;
+    wait_handled(&seen, 3).await;
+    proxy.blackhole();
+    let started = std::time::Instant::now();
+    let _ = app.shutdown().await;
+    let deadline = Duration::from_secs(1) + Duration::from_millis(300) + Duration::from_secs(2);
+    assert!(
+        started.elapsed() <= deadline,
+        "shutdown took {:?}, past its deadline {deadline:?}",
+        started.elapsed()
+    );
+}

@@ -141,8 +141,9 @@ impl Backend {
             return;
         }
         let mut control = self.control.clone();
-        // Bounded: with Redis unreachable, a shutdown must not wait for reconnect attempts.
-        let limit = self.options.command_timeout.min(Duration::from_secs(1));
+        // Bounded: with Redis unreachable, a shutdown must not wait for reconnect attempts, and it
+        // stays within the documented deadline (the consumers' own plus 1 s).
+        let limit = self.options.command_timeout.min(Duration::from_millis(250));
         let quit = redis::cmd("QUIT");
         match tokio::time::timeout(limit, quit.query_async::<()>(&mut control)).await {
             Ok(Ok(())) => {}

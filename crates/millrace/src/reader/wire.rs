@@ -25,6 +25,8 @@ const BUFFER: usize = 64 * 1024;
 const MAX_DEPTH: usize = 32;
 /// Longest bulk string accepted: Redis's own `proto-max-bulk-len` default.
 const MAX_BULK: i64 = 512 * 1024 * 1024;
+/// Longest wait for the server to close its end after the reader closed its own.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// A reply of at most this many bytes is parsed before the next read is written: it is quick to
 /// parse, and handing it over first shortens the latency of a lightly loaded consumer.
 const SMALL_REPLY: usize = 2048;
@@ -208,9 +210,15 @@ impl Socket {
 pub(crate) trait HalfClose {
     /// Closes the writing half: the server reads end-of-file and closes the connection.
     fn shutdown_write(&self) -> io::Result<()>;
+    /// Sets the read and write timeouts.
+    fn set_timeouts(&self, read: Duration, write: Duration) -> io::Result<()>;
 }
 
 impl HalfClose for Socket {
+    fn set_timeouts(&self, read: Duration, write: Duration) -> io::Result<()> {
+        Socket::set_timeouts(self, read, write)
+    }
+
     fn shutdown_write(&self) -> io::Result<()> {
         match self {
             Socket::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
@@ -326,6 +334,8 @@ impl<S: Read + Write + HalfClose> RespReader<S> {
     }
 
     fn close(&mut self) {
+        // Bounded: an unresponsive server must not hold up a stop.
+        let _ = self.stream.set_timeouts(CLOSE_WAIT, CLOSE_WAIT);
         if self.stream.shutdown_write().is_ok() {
             let mut sink = [0u8; 512];
             while matches!(self.stream.read(&mut sink), Ok(n) if n > 0) {}
@@ -582,6 +592,9 @@ mod tests {
 
     impl HalfClose for Trickle {
         fn shutdown_write(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn set_timeouts(&self, _read: Duration, _write: Duration) -> io::Result<()> {
             Ok(())
         }
     }
