@@ -25,7 +25,7 @@ use crate::streams::{self, ReadItem};
 
 mod wire;
 
-use wire::Wire;
+use wire::{Fetched, Wire};
 
 /// Reads on the wire at once. Two suffice to keep the server busy: one executing, one queued.
 const READS_IN_FLIGHT: usize = 2;
@@ -70,7 +70,7 @@ impl Shared {
 /// The consume loop's handle on its reader thread. Dropping it stops the thread after the reads in
 /// flight return (at most BLOCK later); [`Reader::stop`] stops it at once and returns what it fetched.
 pub(crate) struct Reader {
-    batches: mpsc::UnboundedReceiver<Result<Vec<ReadItem>>>,
+    batches: mpsc::UnboundedReceiver<Result<Fetched>>,
     shared: Arc<Shared>,
     client_id: Option<i64>,
     /// Resolves (with an error) when the thread has ended and its connection is closed.
@@ -175,7 +175,11 @@ impl Reader {
                 if wake {
                     self.shared.wake.notify_one();
                 }
-                batch
+                match batch? {
+                    Fetched::Items(items) => Ok(items),
+                    Fetched::Frame(frame) => wire::parse_frame(frame)
+                        .map_err(|e| Error::from_redis(&self.id, "XREADGROUP", &self.id.stream, e)),
+                }
             }
             None => Err(Error::Internal {
                 consumer: self.id.clone(),
@@ -196,7 +200,12 @@ impl Reader {
         self.signal_stop();
         let mut client_id = self.client_id;
         let mut fetched = Vec::new();
-        let mut keep = |batch: Result<Vec<ReadItem>>| match batch {
+        let id = self.id.clone();
+        let mut keep = |batch: Result<Fetched>| match batch.and_then(|f| match f {
+            Fetched::Items(items) => Ok(items),
+            Fetched::Frame(frame) => wire::parse_frame(frame)
+                .map_err(|e| Error::from_redis(&id, "XREADGROUP", &id.stream, e)),
+        }) {
             Ok(items) => fetched.extend(items),
             Err(e) => debug!(error = %e, "last read failed during stop; its entries stay pending"),
         };
@@ -245,7 +254,7 @@ fn read_loop(
     conn: &mut Wire,
     config: &ReaderConfig,
     shared: &Shared,
-    tx: &mpsc::UnboundedSender<Result<Vec<ReadItem>>>,
+    tx: &mpsc::UnboundedSender<Result<Fetched>>,
 ) {
     let id = &config.id;
     let packed_for = |count: usize| {
@@ -306,13 +315,13 @@ fn read_loop(
         };
         in_flight -= 1;
         if small {
-            // Already complete and quick to parse: hand it over first, it is waited for; the
-            // next read follows a few microseconds later.
-            let items = match conn.read_items() {
-                Ok(items) => items,
+            // Already complete: hand it over first, it is waited for; the next read follows a
+            // few microseconds later.
+            let fetched = match conn.fetch() {
+                Ok(f) => f,
                 Err(e) => return fail(e),
             };
-            if tx.send(Ok(items)).is_err() {
+            if tx.send(Ok(fetched)).is_err() {
                 return;
             }
             continue;
@@ -333,11 +342,11 @@ fn read_loop(
             }
             in_flight += 1;
         }
-        let items = match conn.read_items() {
-            Ok(items) => items,
+        let fetched = match conn.fetch() {
+            Ok(f) => f,
             Err(e) => return fail(e),
         };
-        if tx.send(Ok(items)).is_err() {
+        if tx.send(Ok(fetched)).is_err() {
             return;
         }
     }
