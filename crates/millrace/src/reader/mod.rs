@@ -1,11 +1,16 @@
-//! The live reader of one consumer: a thread with a blocking connection of its own that keeps
-//! `XREADGROUP … >` calls pipelined and writes the next one the moment a reply is in, before
-//! parsing it, so the server executes the next read while this process parses and handles the last.
+//! The live reader of one consumer: its own connection, `XREADGROUP … >` calls kept pipelined,
+//! and the next read written the moment a reply begins to arrive, before it is parsed, so the
+//! server executes the next read while this process parses and handles the last.
 //!
-//! Why a thread: redis-rs's multiplexed connection parses every reply it has received before it
-//! writes the next queued command, so two reads pipelined on it do not overlap with parsing and the
-//! server idles while the client works (measured in `docs/benchmarks.md`, variant b′). A blocking
-//! connection lets the write come first; [`wire`] says how the connection is read.
+//! Why not a redis-rs async connection: the multiplexed connection parses every reply it has
+//! received before it writes the next queued command, so pipelined reads do not overlap with
+//! parsing and the server idles while the client works (the benchmark's variant b′), and its parser
+//! costs about as much client CPU per entry as everything else millrace does. So:
+//!
+//! - plain TCP and Unix sockets ([`plain`]): a task on the runtime with a socket of its own; it
+//!   frames replies ([`resp::FrameBuf`]) and hands their bytes over; the consume loop parses them
+//!   in one pass straight into entries ([`resp::parse_read_reply`]).
+//! - TLS ([`tls`]): a thread with a blocking redis-rs connection (same pipelining, redis-rs's parser).
 //!
 //! Flow control: a read is written only against a credit, and the consume loop returns a credit
 //! when it takes a batch. With [`FETCHED_AHEAD`] credits, at most that many batches are fetched
@@ -15,7 +20,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use tokio::sync::{mpsc, oneshot};
+use redis::ConnectionAddr;
+use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::debug;
 
 use crate::connection::Backend;
@@ -23,18 +29,32 @@ use crate::error::{Error, Result};
 use crate::spec::ConsumerId;
 use crate::streams::{self, ReadItem};
 
-mod wire;
+mod plain;
+mod resp;
+mod tls;
 
-use wire::{Fetched, Wire};
-
-/// Reads on the wire at once. Two suffice to keep the server busy: one executing, one queued.
+/// Reads on the wire at once while there is a backlog (the last reply was full). Two suffice to
+/// keep the server busy: one executing, one queued. A consumer that has caught up keeps one: a
+/// second read would only block behind the first, and measured, it adds about 50 µs to the
+/// latency of every entry (the server serves the read queued behind an unblocked one first).
 const READS_IN_FLIGHT: usize = 2;
-/// Batches fetched ahead of the handler: the reads in flight plus one reply parsed and waiting, so
-/// the next read can be written before the waiting reply is taken.
+
+/// Reads to keep in flight after a reply with `entries` entries, for reads of `count`.
+fn depth_after(entries: usize, count: usize) -> usize {
+    if entries >= count {
+        READS_IN_FLIGHT
+    } else {
+        1
+    }
+}
+/// Batches fetched ahead of the handler: the reads in flight plus one reply waiting, so the next
+/// read can be written before the waiting reply is taken.
 pub(crate) const FETCHED_AHEAD: usize = READS_IN_FLIGHT + 1;
 /// How long a stop waits for a woken read's reply before it sends `CLIENT UNBLOCK` again (in case
 /// the unblock reached the server before the read blocked).
 const UNBLOCK_EVERY: Duration = Duration::from_millis(20);
+/// Longest wait for the server to close its end after the reader closed its own.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// What the settings of one reader are.
 pub(crate) struct ReaderConfig {
@@ -45,19 +65,53 @@ pub(crate) struct ReaderConfig {
     pub(crate) command_timeout: Duration,
 }
 
+impl ReaderConfig {
+    fn packed_read(&self, count: usize) -> Vec<u8> {
+        streams::xreadgroup_cmd(
+            &self.id.stream,
+            &self.id.group,
+            &self.id.consumer,
+            count,
+            Some(self.block),
+            ">",
+        )
+        .get_packed_command()
+    }
+
+    fn error(&self, e: redis::RedisError) -> Error {
+        Error::from_redis(&self.id, "XREADGROUP", &self.id.stream, e)
+    }
+}
+
+/// One reply taken off the wire.
+pub(crate) enum Fetched {
+    /// The bytes of a complete RESP2 reply, parsed on the consume loop's side: every per-entry
+    /// allocation is then made and freed on the same threads (allocated on a reader thread and
+    /// freed on another, they pin memory in a glibc arena per thread).
+    Frame(Vec<u8>),
+    /// A reply parsed already (TLS).
+    Items(Vec<ReadItem>),
+}
+
+type Batches = mpsc::UnboundedSender<Result<Fetched>>;
+
 struct State {
     /// Reads that may still be written (see the module docs).
     credits: usize,
     stop: bool,
     /// COUNT of the next read written.
     count: usize,
-    /// The thread waits for a credit (so a returned credit must wake it).
+    /// The reader thread waits for a credit (so a returned credit must wake it).
     waiting: bool,
 }
 
+/// What the consume loop and its reader share.
 struct Shared {
     state: Mutex<State>,
+    /// Wakes a reader thread.
     wake: Condvar,
+    /// Wakes a reader task.
+    notify: Notify,
 }
 
 impl Shared {
@@ -65,15 +119,44 @@ impl Shared {
         // The lock guards plain numbers: a panic elsewhere cannot leave them half-written.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Takes what the credits allow: up to `depth - in_flight` reads. Returns how many, the COUNT
+    /// to use, and whether the reader is stopped.
+    fn take_credits(&self, in_flight: usize, depth: usize) -> (usize, usize, bool) {
+        let mut s = self.lock();
+        if s.stop {
+            return (0, s.count, true);
+        }
+        let n = s.credits.min(depth.saturating_sub(in_flight));
+        s.credits -= n;
+        (n, s.count, false)
+    }
+
+    /// Takes one credit for the read written right after a reply began, if allowed.
+    fn take_one(&self, count: usize, in_flight: usize, depth: usize) -> bool {
+        let mut s = self.lock();
+        let go = !s.stop && in_flight < depth && s.credits > 0 && s.count == count;
+        if go {
+            s.credits -= 1;
+        }
+        go
+    }
+
+    fn signal_stop(&self) {
+        self.lock().stop = true;
+        self.wake.notify_all();
+        self.notify.notify_one();
+    }
 }
 
-/// The consume loop's handle on its reader thread. Dropping it stops the thread after the reads in
-/// flight return (at most BLOCK later); [`Reader::stop`] stops it at once and returns what it fetched.
+/// The consume loop's handle on its reader. Dropping it stops the reader after the reads in
+/// flight return (at most BLOCK later); [`Reader::stop`] stops it at once and returns what it
+/// fetched.
 pub(crate) struct Reader {
     batches: mpsc::UnboundedReceiver<Result<Fetched>>,
     shared: Arc<Shared>,
     client_id: Option<i64>,
-    /// Resolves (with an error) when the thread has ended and its connection is closed.
+    /// Resolves (with an error) when the reader has ended and its connection is closed.
     finished: oneshot::Receiver<()>,
     id: ConsumerId,
 }
@@ -88,10 +171,8 @@ impl std::fmt::Debug for Reader {
 }
 
 impl Reader {
-    /// Connects (on the new thread) and starts reading. Fails with the connection error.
+    /// Connects and starts reading. Fails with the connection error.
     pub(crate) async fn start(backend: &Backend, config: ReaderConfig) -> Result<Reader> {
-        let client = backend.client().clone();
-        let connect_timeout = backend.connect_timeout();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 credits: FETCHED_AHEAD,
@@ -100,54 +181,40 @@ impl Reader {
                 waiting: false,
             }),
             wake: Condvar::new(),
+            notify: Notify::new(),
         });
         let (tx, batches) = mpsc::unbounded_channel();
-        let (connected_tx, connected) = oneshot::channel();
         let (finished_tx, finished) = oneshot::channel::<()>();
         let id = config.id.clone();
-        let thread_shared = shared.clone();
-        let name: String = format!("millrace-rd-{}", config.id.consumer)
-            .chars()
-            .take(15)
-            .collect();
-        let spawned = std::thread::Builder::new()
-            .name(name)
-            .stack_size(512 * 1024)
-            .spawn(move || {
-                let _finished = finished_tx;
-                let connected = Wire::connect(
-                    &client,
-                    connect_timeout,
-                    config.command_timeout,
-                    config.read_timeout,
-                );
-                let (mut conn, client_id) = match connected {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = connected_tx.send(Err(e));
-                        return;
-                    }
-                };
-                if connected_tx.send(Ok(client_id)).is_err() {
-                    return;
-                }
-                read_loop(&mut conn, &config, &thread_shared, &tx);
-            });
-        if let Err(e) = spawned {
-            return Err(Error::Internal {
-                consumer: id,
-                message: format!("could not start the reader thread: {e}"),
-            });
-        }
-        let client_id = match connected.await {
-            Ok(Ok(client_id)) => client_id,
-            Ok(Err(e)) => return Err(Error::from_redis(&id, "CONNECT", &id.stream, e)),
-            Err(_) => {
-                return Err(Error::Internal {
-                    consumer: id,
-                    message: "the reader thread ended before connecting".into(),
-                })
+        let client = backend.client();
+        let info = client.get_connection_info();
+        let connected = match info.addr() {
+            ConnectionAddr::Tcp(..) | ConnectionAddr::Unix(..) => {
+                plain::start(
+                    info,
+                    backend.connect_timeout(),
+                    config,
+                    shared.clone(),
+                    tx,
+                    finished_tx,
+                )
+                .await
             }
+            _ => {
+                tls::start(
+                    client.clone(),
+                    backend.connect_timeout(),
+                    config,
+                    shared.clone(),
+                    tx,
+                    finished_tx,
+                )
+                .await
+            }
+        };
+        let client_id = match connected {
+            Ok(client_id) => client_id,
+            Err(e) => return Err(Error::from_redis(&id, "CONNECT", &id.stream, e)),
         };
         debug!(
             server = backend.server(),
@@ -167,24 +234,29 @@ impl Reader {
     pub(crate) async fn next(&mut self) -> Result<Vec<ReadItem>> {
         match self.batches.recv().await {
             Some(batch) => {
-                let wake = {
+                let wake_thread = {
                     let mut s = self.shared.lock();
                     s.credits += 1;
                     s.waiting
                 };
-                if wake {
+                if wake_thread {
                     self.shared.wake.notify_one();
                 }
-                match batch? {
-                    Fetched::Items(items) => Ok(items),
-                    Fetched::Frame(frame) => wire::parse_frame(frame)
-                        .map_err(|e| Error::from_redis(&self.id, "XREADGROUP", &self.id.stream, e)),
-                }
+                self.shared.notify.notify_one();
+                self.parse(batch)
             }
             None => Err(Error::Internal {
                 consumer: self.id.clone(),
-                message: "the reader thread ended unexpectedly".into(),
+                message: "the reader ended unexpectedly".into(),
             }),
+        }
+    }
+
+    fn parse(&self, batch: Result<Fetched>) -> Result<Vec<ReadItem>> {
+        match batch? {
+            Fetched::Items(items) => Ok(items),
+            Fetched::Frame(frame) => resp::parse_read_reply(&frame)
+                .map_err(|e| Error::from_redis(&self.id, "XREADGROUP", &self.id.stream, e)),
         }
     }
 
@@ -194,21 +266,12 @@ impl Reader {
     }
 
     /// Stops reading: no new reads are written, blocked ones are woken with `CLIENT UNBLOCK` (when
-    /// permitted), and once the thread has ended and closed its connection, the entries the last
+    /// permitted), and once the reader has ended and closed its connection, the entries the last
     /// reads fetched are returned, for the caller to release.
     pub(crate) async fn stop(mut self, control: &mut ConnectionManager) -> Vec<ReadItem> {
-        self.signal_stop();
+        self.shared.signal_stop();
         let mut client_id = self.client_id;
         let mut fetched = Vec::new();
-        let id = self.id.clone();
-        let mut keep = |batch: Result<Fetched>| match batch.and_then(|f| match f {
-            Fetched::Items(items) => Ok(items),
-            Fetched::Frame(frame) => wire::parse_frame(frame)
-                .map_err(|e| Error::from_redis(&id, "XREADGROUP", &id.stream, e)),
-        }) {
-            Ok(items) => fetched.extend(items),
-            Err(e) => debug!(error = %e, "last read failed during stop; its entries stay pending"),
-        };
         loop {
             if let Some(id) = client_id {
                 let r: redis::RedisResult<i64> = redis::cmd("CLIENT")
@@ -222,132 +285,29 @@ impl Reader {
                 }
             }
             // Each woken read returns a reply; the read pipelined behind it may block next, so
-            // every reply calls for another unblock, until the thread is done.
+            // every reply calls for another unblock, until the reader is done.
             tokio::select! {
                 _ = &mut self.finished => break,
-                Some(batch) = self.batches.recv() => keep(batch),
+                Some(batch) = self.batches.recv() => self.keep(batch, &mut fetched),
                 _ = tokio::time::sleep(UNBLOCK_EVERY), if client_id.is_some() => {}
             }
         }
         while let Ok(batch) = self.batches.try_recv() {
-            keep(batch);
+            self.keep(batch, &mut fetched);
         }
         fetched
     }
 
-    fn signal_stop(&self) {
-        self.shared.lock().stop = true;
-        self.shared.wake.notify_all();
+    fn keep(&self, batch: Result<Fetched>, into: &mut Vec<ReadItem>) {
+        match self.parse(batch) {
+            Ok(items) => into.extend(items),
+            Err(e) => debug!(error = %e, "last read failed during stop; its entries stay pending"),
+        }
     }
 }
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        self.signal_stop();
-    }
-}
-
-/// The thread's loop: write reads as credits allow, and on every reply write the next read before
-/// parsing it. Ends on stop (after the reads in flight returned), on an error (sent on), or when
-/// the consume loop is gone.
-fn read_loop(
-    conn: &mut Wire,
-    config: &ReaderConfig,
-    shared: &Shared,
-    tx: &mpsc::UnboundedSender<Result<Fetched>>,
-) {
-    let id = &config.id;
-    let packed_for = |count: usize| {
-        streams::xreadgroup_cmd(
-            &id.stream,
-            &id.group,
-            &id.consumer,
-            count,
-            Some(config.block),
-            ">",
-        )
-        .get_packed_command()
-    };
-    let mut count = config.count;
-    let mut packed = packed_for(count);
-    let mut in_flight = 0usize;
-    let fail = |e: redis::RedisError| {
-        let _ = tx.send(Err(Error::from_redis(id, "XREADGROUP", &id.stream, e)));
-    };
-    loop {
-        // Write what the credits allow; with nothing in flight and no credit, wait for the
-        // consume loop to take a batch.
-        let (to_write, new_count) = {
-            let mut s = shared.lock();
-            loop {
-                if s.stop {
-                    break (0, s.count);
-                }
-                let n = s.credits.min(READS_IN_FLIGHT - in_flight);
-                if n > 0 || in_flight > 0 {
-                    s.credits -= n;
-                    break (n, s.count);
-                }
-                s.waiting = true;
-                s = shared.wake.wait(s).unwrap_or_else(|e| e.into_inner());
-                s.waiting = false;
-            }
-        };
-        if new_count != count {
-            count = new_count;
-            packed = packed_for(count);
-        }
-        for _ in 0..to_write {
-            if let Err(e) = conn.send(&packed) {
-                return fail(e);
-            }
-            in_flight += 1;
-        }
-        if in_flight == 0 {
-            // Stopped: close so that the server has let go of the connection when the stop
-            // returns, not some time after.
-            conn.close();
-            return;
-        }
-        let small = match conn.wait_reply() {
-            Ok(small) => small,
-            Err(e) => return fail(e),
-        };
-        in_flight -= 1;
-        if small {
-            // Already complete: hand it over first, it is waited for; the next read follows a
-            // few microseconds later.
-            let fetched = match conn.fetch() {
-                Ok(f) => f,
-                Err(e) => return fail(e),
-            };
-            if tx.send(Ok(fetched)).is_err() {
-                return;
-            }
-            continue;
-        }
-        // The reply has begun, so the server has executed the read: the next read goes on the
-        // wire before this reply is parsed.
-        let write_next = {
-            let mut s = shared.lock();
-            let go = !s.stop && s.credits > 0 && s.count == count;
-            if go {
-                s.credits -= 1;
-            }
-            go
-        };
-        if write_next {
-            if let Err(e) = conn.send(&packed) {
-                return fail(e);
-            }
-            in_flight += 1;
-        }
-        let fetched = match conn.fetch() {
-            Ok(f) => f,
-            Err(e) => return fail(e),
-        };
-        if tx.send(Ok(fetched)).is_err() {
-            return;
-        }
+        self.shared.signal_stop();
     }
 }
