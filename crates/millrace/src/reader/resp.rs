@@ -269,9 +269,11 @@ impl Parser<'_> {
             b':' => Header::Int(int(digits)?),
             b'+' => Header::Simple(digits.to_vec()),
             b'-' => Header::Error(line.to_vec()),
-            other => return Err(invalid(format!(
+            other => {
+                return Err(invalid(format!(
                 "unexpected RESP type byte {other:#04x} (is this a Redis server speaking RESP2?)"
-            ))),
+            )))
+            }
         })
     }
 
