@@ -212,7 +212,7 @@ async fn read_loop(mut conn: Conn, config: &ReaderConfig, shared: &Shared, tx: &
                 Err(e) => return fail(e),
             };
             depth = depth_after(conn.buf.last_entries(), count);
-            if tx.send(Ok(Fetched::Frame(frame))).is_err() {
+            if !hand_over(tx, frame) {
                 return;
             }
             continue;
@@ -231,8 +231,15 @@ async fn read_loop(mut conn: Conn, config: &ReaderConfig, shared: &Shared, tx: &
             Err(e) => return fail(e),
         };
         depth = depth_after(conn.buf.last_entries(), count);
-        if tx.send(Ok(Fetched::Frame(frame))).is_err() {
+        if !hand_over(tx, frame) {
             return;
         }
     }
+}
+
+/// Hands a reply to the consume loop. Returns whether to go on reading: not after an error reply
+/// (the consume loop ends the session on it), nor when the consume loop is gone.
+fn hand_over(tx: &Batches, frame: Vec<u8>) -> bool {
+    let error = frame.first() == Some(&b'-');
+    tx.send(Ok(Fetched::Frame(frame))).is_ok() && !error
 }
