@@ -49,6 +49,35 @@ fn reply(n: usize) -> Value {
     ])])
 }
 
+/// The same reply as RESP2 bytes on the wire.
+fn resp_bytes(n: usize) -> Vec<u8> {
+    fn bulk_into(out: &mut Vec<u8>, b: &[u8]) {
+        out.extend_from_slice(format!("${}\r\n", b.len()).as_bytes());
+        out.extend_from_slice(b);
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut out = b"*1\r\n*2\r\n".to_vec();
+    bulk_into(&mut out, b"bench:events");
+    out.extend_from_slice(format!("*{n}\r\n").as_bytes());
+    for k in 0..n {
+        let (user, action, page) = event(k);
+        out.extend_from_slice(b"*2\r\n");
+        bulk_into(&mut out, format!("1700000000000-{k}").as_bytes());
+        out.extend_from_slice(b"*6\r\n");
+        for b in [
+            b"user_id".as_slice(),
+            user.to_string().as_bytes(),
+            b"action",
+            action.as_bytes(),
+            b"page",
+            page.as_bytes(),
+        ] {
+            bulk_into(&mut out, b);
+        }
+    }
+    out
+}
+
 /// Runs `f` over fresh clones of a 500-entry reply until about `budget` of CPU is spent; returns
 /// ns per entry (clones made outside the timed part).
 fn time(budget: Duration, mut f: impl FnMut(Value)) -> f64 {
@@ -113,9 +142,25 @@ pub(crate) fn run(budget: Duration) -> Vec<Step> {
     );
     push(
         "`streams::reply::parse_read_reply` → `RawEntry`s, drop",
-        "millrace",
+        "millrace (TLS reads, replays, claims)",
         time(budget, |v| {
             std::hint::black_box(millrace::streams::reply::parse_read_reply(v));
+        }),
+    );
+    let resp = resp_bytes(500);
+    push(
+        "parse the RESP bytes into a `Value` tree (`redis::parse_redis_value`), drop",
+        "redis-rs, before all of the above",
+        time_plain(budget, || {
+            std::hint::black_box(redis::parse_redis_value(&resp).ok());
+        }),
+    );
+    let mut path = millrace::__bench::ReplyPath::default();
+    push(
+        "frame the RESP bytes and parse them → `RawEntry`s, drop (the live reader's path)",
+        "millrace",
+        time_plain(budget, || {
+            std::hint::black_box(path.frame_and_parse(&resp).map(|items| items.len()).ok());
         }),
     );
     push(

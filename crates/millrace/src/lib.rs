@@ -73,6 +73,41 @@ pub use settings::{stable_name, ConsumerDecl, Settings};
 pub use spec::{ConsumerId, ConsumerSpec};
 pub use supervisor::{Supervisor, SupervisorBuilder};
 
+/// Internals exposed for `millrace-bench` only; not part of the API.
+#[doc(hidden)]
+pub mod __bench {
+    /// The live reader's reply path on a plain socket, without the socket: frame a reply out of
+    /// a reused buffer, then parse it into entries.
+    #[derive(Debug)]
+    pub struct ReplyPath(crate::reader::resp::FrameBuf);
+
+    impl Default for ReplyPath {
+        fn default() -> Self {
+            ReplyPath(crate::reader::resp::FrameBuf::new())
+        }
+    }
+
+    impl ReplyPath {
+        /// Frames and parses one complete RESP2 `XREADGROUP` reply held in `bytes`.
+        pub fn frame_and_parse(
+            &mut self,
+            bytes: &[u8],
+        ) -> redis::RedisResult<Vec<crate::streams::ReadItem>> {
+            let mut at = 0;
+            loop {
+                if let Some(frame) = self.0.next_frame()? {
+                    return crate::reader::resp::parse_read_reply(&frame);
+                }
+                let spare = self.0.spare();
+                let n = spare.len().min(bytes.len() - at);
+                spare[..n].copy_from_slice(&bytes[at..at + n]);
+                self.0.filled(n);
+                at += n;
+            }
+        }
+    }
+}
+
 /// Installs rustls's ring crypto provider as the process default, if none is installed yet, so
 /// `rediss://` connections do not panic. Safe to call more than once.
 #[cfg(feature = "tls")]

@@ -30,7 +30,7 @@ use crate::spec::ConsumerId;
 use crate::streams::{self, ReadItem};
 
 mod plain;
-mod resp;
+pub(crate) mod resp;
 mod tls;
 
 /// Reads on the wire at once while there is a backlog (the last reply was full). Two suffice to
