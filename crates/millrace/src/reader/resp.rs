@@ -21,6 +21,9 @@ const BUFFER: usize = 64 * 1024;
 const MAX_DEPTH: usize = 32;
 /// Longest bulk string accepted: Redis's own `proto-max-bulk-len` default.
 const MAX_BULK: i64 = 512 * 1024 * 1024;
+/// Longest header line accepted (a length or a short status text); more without a line end is
+/// not RESP, and reading on would grow the buffer without bound.
+const MAX_LINE: usize = 64 * 1024;
 /// Most elements reserved up front for an array, whatever its header claims.
 const MAX_RESERVE: usize = 4096;
 /// A buffered reply of at most this many bytes counts as small (see [`FrameBuf::small_reply_buffered`]).
@@ -173,6 +176,11 @@ impl FrameBuf {
             }
             let from = self.pos + s.off;
             let Some(i) = self.buf[from..self.end].iter().position(|&b| b == b'\n') else {
+                if self.end - from > MAX_LINE {
+                    return Err(invalid(
+                        "a reply line without an end (is this a Redis server?)",
+                    ));
+                }
                 return Ok(None);
             };
             let nl = from + i;
@@ -600,5 +608,7 @@ mod tests {
         .is_err());
         let deep = "*1\r\n".repeat(100);
         assert!(frames(deep.as_bytes(), 50).is_err());
+        let endless = vec![b'+'; MAX_LINE * 3];
+        assert!(frames(&endless, 4096).is_err());
     }
 }
