@@ -149,13 +149,21 @@ impl Shared {
     }
 }
 
-/// The consume loop's handle on its reader. Dropping it stops the reader after the reads in
-/// flight return (at most BLOCK later); [`Reader::stop`] stops it at once and returns what it
-/// fetched.
+/// The consume loop's handle on its reader. [`Reader::stop`] stops it gracefully and returns what
+/// it fetched. Dropping it (a failed session, a panicking handler) aborts a reader task at once:
+/// its socket closes, so the server drops the blocked read instead of delivering entries to a
+/// reader nobody listens to (they would wait for `claim_min_idle`). A TLS reader thread cannot be
+/// aborted; a background task wakes its blocked reads with `CLIENT UNBLOCK` instead, so it ends
+/// right away too (or, without the permission, when BLOCK runs out).
 pub(crate) struct Reader {
     batches: mpsc::UnboundedReceiver<Result<Fetched>>,
     shared: Arc<Shared>,
     client_id: Option<i64>,
+    task: Option<tokio::task::AbortHandle>,
+    /// For `CLIENT UNBLOCK` when a TLS reader is dropped.
+    control: ConnectionManager,
+    /// `stop` ran: nothing left to do on drop.
+    stopped: bool,
     /// Resolves (with an error) when the reader has ended and its connection is closed.
     finished: oneshot::Receiver<()>,
     id: ConsumerId,
@@ -189,31 +197,29 @@ impl Reader {
         let client = backend.client();
         let info = client.get_connection_info();
         let connected = match info.addr() {
-            ConnectionAddr::Tcp(..) | ConnectionAddr::Unix(..) => {
-                plain::start(
-                    info,
-                    backend.connect_timeout(),
-                    config,
-                    shared.clone(),
-                    tx,
-                    finished_tx,
-                )
-                .await
-            }
-            _ => {
-                tls::start(
-                    client.clone(),
-                    backend.connect_timeout(),
-                    config,
-                    shared.clone(),
-                    tx,
-                    finished_tx,
-                )
-                .await
-            }
+            ConnectionAddr::Tcp(..) | ConnectionAddr::Unix(..) => plain::start(
+                info,
+                backend.connect_timeout(),
+                config,
+                shared.clone(),
+                tx,
+                finished_tx,
+            )
+            .await
+            .map(|(client_id, task)| (client_id, Some(task))),
+            _ => tls::start(
+                client.clone(),
+                backend.connect_timeout(),
+                config,
+                shared.clone(),
+                tx,
+                finished_tx,
+            )
+            .await
+            .map(|client_id| (client_id, None)),
         };
-        let client_id = match connected {
-            Ok(client_id) => client_id,
+        let (client_id, task) = match connected {
+            Ok(c) => c,
             Err(e) => return Err(Error::from_redis(&id, "CONNECT", &id.stream, e)),
         };
         debug!(
@@ -225,6 +231,9 @@ impl Reader {
             batches,
             shared,
             client_id,
+            task,
+            control: backend.control(),
+            stopped: false,
             finished,
             id,
         })
@@ -269,6 +278,9 @@ impl Reader {
     /// permitted), and once the reader has ended and closed its connection, the entries the last
     /// reads fetched are returned, for the caller to release.
     pub(crate) async fn stop(mut self, control: &mut ConnectionManager) -> Vec<ReadItem> {
+        // Graceful: the task ends by itself (and closes its connection cleanly).
+        self.task = None;
+        self.stopped = true;
         self.shared.signal_stop();
         let mut client_id = self.client_id;
         let mut fetched = Vec::new();
@@ -309,5 +321,38 @@ impl Reader {
 impl Drop for Reader {
     fn drop(&mut self) {
         self.shared.signal_stop();
+        if let Some(task) = self.task.take() {
+            task.abort();
+            return;
+        }
+        let (Some(client_id), false) = (self.client_id, self.stopped) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // A TLS reader thread: wake its blocked reads until it has ended (bounded: without an
+        // answer it ends when BLOCK runs out anyway).
+        let mut control = self.control.clone();
+        let (_, closed) = oneshot::channel();
+        let mut finished = std::mem::replace(&mut self.finished, closed);
+        runtime.spawn(async move {
+            for _ in 0..50 {
+                let r: redis::RedisResult<i64> = redis::cmd("CLIENT")
+                    .arg("UNBLOCK")
+                    .arg(client_id)
+                    .query_async(&mut control)
+                    .await;
+                if r.is_err() {
+                    return;
+                }
+                if tokio::time::timeout(UNBLOCK_EVERY, &mut finished)
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+        });
     }
 }

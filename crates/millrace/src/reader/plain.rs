@@ -146,7 +146,8 @@ impl Conn {
     }
 }
 
-/// Connects and handshakes, then spawns the read task. Returns the connection's client id.
+/// Connects and handshakes, then spawns the read task. Returns the connection's client id and
+/// the task's abort handle.
 pub(super) async fn start(
     info: &ConnectionInfo,
     connect_timeout: Duration,
@@ -154,14 +155,14 @@ pub(super) async fn start(
     shared: Arc<Shared>,
     tx: Batches,
     finished: oneshot::Sender<()>,
-) -> RedisResult<Option<i64>> {
+) -> RedisResult<(Option<i64>, tokio::task::AbortHandle)> {
     let mut conn = Conn::connect(info, connect_timeout, config.command_timeout).await?;
     let client_id = conn.handshake(info).await?;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let _finished = finished;
         read_loop(conn, &config, &shared, &tx).await;
     });
-    Ok(client_id)
+    Ok((client_id, task.abort_handle()))
 }
 
 /// Writes reads as credits allow, and on every reply writes the next read before the reply is
