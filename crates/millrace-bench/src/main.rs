@@ -620,7 +620,11 @@ short fields (`user_id`, `action`, `page`), each run on a fresh consumer group c
   next queued command (`PipelineSink::poll_ready`/`poll_flush` call `poll_read` first), so the
   server idles while the client parses and the second read in flight buys almost nothing.
 - **(c) millrace**: `Supervisor` with `ConsumerSpec::count(n).block(100ms)` and a handler that only
-  counts (no-op, `Batch<RawEntry>`) or receives a serde-decoded 3-field struct (typed).
+  counts (no-op, `Batch<RawEntry>`) or receives a serde-decoded 3-field struct (typed). Each
+  consumer reads on a socket of its own (two reads pipelined while replies come back full, one once
+  caught up), writes the next read when a reply begins, and parses RESP itself; acks go over the
+  shared control connection, one `XACK` in flight
+  ([architecture](architecture.md#connections)).
 
 In the typed table the hand-written loops decode the same struct by hand from the reply.
 
