@@ -386,3 +386,81 @@ async fn a_handler_past_its_timeout_fails_the_batch() {
     assert_eq!(pending(&mut con, "s", "g").await, 3);
     app.shutdown().await.unwrap();
 }
+
+/// An entry too large for the dead-letter script (Lua's `unpack` stops near 8,000 values) is still
+/// dead-lettered whole, instead of failing the move forever and stalling the consumer on it.
+#[tokio::test]
+async fn an_undecodable_entry_with_thousands_of_fields_is_dead_lettered_whole() {
+    let (server, mut con) = server().await;
+    xadd(&mut con, "orders", &[("order_id", "1"), ("quantity", "2")]).await;
+    let mut big = redis::cmd("XADD");
+    big.arg("orders")
+        .arg("*")
+        .arg("order_id")
+        .arg("2")
+        .arg("quantity")
+        .arg("lots");
+    for i in 0..5_000 {
+        big.arg(format!("extra_{i}")).arg(i);
+    }
+    let bad: String = big.query_async(&mut con).await.unwrap();
+    let bad: EntryId = bad.parse().unwrap();
+    xadd(&mut con, "orders", &[("order_id", "3"), ("quantity", "5")]).await;
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let got2 = got.clone();
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(
+            spec("orders", "g", "c")
+                .count(10)
+                .handler(move |batch: Batch<Order>| {
+                    got2.lock()
+                        .unwrap()
+                        .extend(batch.iter().map(|e| e.message.order_id));
+                    async { HandlerResult::Ok }
+                }),
+        )
+        .start()
+        .await
+        .unwrap();
+    eventually(WAIT, "good entries handled, big one dead-lettered", || {
+        let mut con = con.clone();
+        let handled = got.lock().unwrap().len();
+        async move {
+            let dlq_len: u64 = redis::cmd("XLEN")
+                .arg("orders:dlq")
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            handled == 2 && dlq_len == 1 && pending(&mut con, "orders", "g").await == 0
+        }
+    })
+    .await;
+    let dlq: redis::Value = redis::cmd("XRANGE")
+        .arg("orders:dlq")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let entries: Vec<RawEntry> = millrace::streams::reply::parse_entries(dlq)
+        .into_iter()
+        .filter_map(|i| match i {
+            millrace::streams::ReadItem::Entry(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(entries.len(), 1);
+    let dead = millrace::dead_letter::DeadLetter::parse(&entries[0]).unwrap();
+    assert_eq!(dead.source_id, Some(bad));
+    assert_eq!(dead.fields.len(), 5_002, "every original field kept");
+    assert_eq!(
+        dead.fields[5_001],
+        (b"extra_4999".to_vec(), b"4999".to_vec())
+    );
+    let h = app
+        .consumer_health(&ConsumerId::new("orders", "g", "c"))
+        .unwrap();
+    assert_eq!(h.counters.dead_lettered, 1);
+    app.shutdown().await.unwrap();
+}

@@ -114,26 +114,21 @@ pub(crate) struct DeadLetterInfo<'a> {
     pub(crate) reason: &'a str,
 }
 
+/// Entries with more fields than this are moved in steps instead of by the script: Lua's `unpack`
+/// stops near 8,000 values, so the script cannot pass a larger entry to `XADD`.
+const SCRIPT_FIELD_LIMIT: usize = 1_000;
+
 /// Moves `entry` to the dead-letter stream (see the module docs for the format).
 pub(crate) async fn move_entry<C: ConnectionLike + Send>(
     conn: &mut C,
     info: &DeadLetterInfo<'_>,
     entry: &RawEntry,
 ) -> RedisResult<bool> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or_default();
+    if entry.fields.len() > SCRIPT_FIELD_LIMIT {
+        return move_large(conn, info, entry).await;
+    }
     let id = entry.id.to_string();
-    let meta: [String; 7] = [
-        info.stream.to_owned(),
-        id.clone(),
-        info.group.to_owned(),
-        info.consumer.to_owned(),
-        info.deliveries.map(|d| d.to_string()).unwrap_or_default(),
-        info.reason.to_owned(),
-        now_ms.to_string(),
-    ];
+    let meta = meta_values(info, &id);
     let mut args: Vec<&[u8]> = Vec::with_capacity(3 + 2 * (meta.len() + entry.fields.len()));
     let mode: &[u8] = if entry.fields.is_empty() {
         b"move_id"
@@ -153,13 +148,83 @@ pub(crate) async fn move_entry<C: ConnectionLike + Send>(
     Ok(moved == 1)
 }
 
-/// Moves a pending entry by id only: the script copies its fields from the stream (none when the
-/// entry is gone).
+/// The metadata values, in [`META_FIELDS`] order.
+fn meta_values(info: &DeadLetterInfo<'_>, id: &str) -> [String; 7] {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    [
+        info.stream.to_owned(),
+        id.to_owned(),
+        info.group.to_owned(),
+        info.consumer.to_owned(),
+        info.deliveries.map(|d| d.to_string()).unwrap_or_default(),
+        info.reason.to_owned(),
+        now_ms.to_string(),
+    ]
+}
+
+/// Moves an entry too large for the script, in steps: only if it is still pending in the group,
+/// `XADD` to the dead-letter stream, then `XACK`. Nothing is lost (the `XACK` comes after the
+/// `XADD`); a crash between the two, or another consumer moving the same entry at the same moment,
+/// leaves a second dead letter of it, which shows the same `millrace.source_id`.
+async fn move_large<C: ConnectionLike + Send>(
+    conn: &mut C,
+    info: &DeadLetterInfo<'_>,
+    entry: &RawEntry,
+) -> RedisResult<bool> {
+    let pending = crate::streams::xpending_range(
+        conn,
+        info.stream,
+        info.group,
+        None,
+        entry.id,
+        entry.id,
+        1,
+        None,
+    )
+    .await?;
+    if pending.is_empty() {
+        return Ok(false);
+    }
+    let id = entry.id.to_string();
+    let mut xadd = redis::cmd("XADD");
+    xadd.arg(info.dlq).arg("*");
+    for (name, value) in META_FIELDS.iter().zip(meta_values(info, &id)) {
+        xadd.arg(*name).arg(value);
+    }
+    for (k, v) in &entry.fields {
+        xadd.arg(k).arg(v);
+    }
+    xadd.query_async::<redis::Value>(conn).await?;
+    crate::streams::xack(conn, info.stream, info.group, &[entry.id]).await?;
+    Ok(true)
+}
+
+/// Moves a pending entry by id only, with the fields the stream still holds for it (none when the
+/// entry is gone). Small entries are copied by the script itself, atomically.
 pub(crate) async fn move_id<C: ConnectionLike + Send>(
     conn: &mut C,
     info: &DeadLetterInfo<'_>,
     id: EntryId,
 ) -> RedisResult<bool> {
+    let found: redis::Value = redis::cmd("XRANGE")
+        .arg(info.stream)
+        .arg(id)
+        .arg(id)
+        .query_async(conn)
+        .await?;
+    let fields = crate::streams::reply::parse_entries(found)
+        .into_iter()
+        .find_map(|item| match item {
+            crate::streams::ReadItem::Entry(e) if e.id == id => Some(e.fields),
+            _ => None,
+        })
+        .unwrap_or_default();
+    if fields.len() > SCRIPT_FIELD_LIMIT {
+        return move_large(conn, info, &RawEntry::new(id, fields)).await;
+    }
     move_entry(conn, info, &RawEntry::new(id, Vec::new())).await
 }
 
