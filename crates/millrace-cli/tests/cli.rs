@@ -1102,3 +1102,31 @@ fn tail_and_top_stop_cleanly_on_ctrl_c() {
     let r = wait_for_exit(&mut top);
     assert_eq!(r.code, 0, "{r:?}");
 }
+
+#[test]
+fn dlq_replay_of_an_entry_with_thousands_of_fields() {
+    let (server, mut con) = start();
+    group(&mut con, "orders", "workers", "$");
+    let names: Vec<String> = (0..5_000).map(|i| format!("f{i}")).collect();
+    let values: Vec<String> = (0..5_000).map(|i| i.to_string()).collect();
+    let fields: Vec<(&[u8], &[u8])> = names
+        .iter()
+        .zip(&values)
+        .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+        .collect();
+    let d = dead_letter(
+        &mut con,
+        "orders:dlq",
+        "orders",
+        "1-1",
+        "too big to decode",
+        &fields,
+    );
+    let j = ok(&server, &["--json", "dlq", "replay", "orders", "--id", &d]).json();
+    assert_eq!(j["replayed"].as_array().unwrap().len(), 1, "{j}");
+    assert_eq!(xlen(&mut con, "orders:dlq"), 0);
+    let back: Vec<(String, Vec<(String, String)>)> = q(&mut con, &["XRANGE", "orders", "-", "+"]);
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].1.len(), 5_000, "every field back");
+    assert_eq!(back[0].1[4_999], ("f4999".to_owned(), "4999".to_owned()));
+}

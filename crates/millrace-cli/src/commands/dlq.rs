@@ -41,6 +41,43 @@ return id
     )
 });
 
+/// Dead letters with more original fields than this are replayed in steps: Lua's `unpack` stops
+/// near 8,000 values, so the script cannot pass a larger entry to `XADD`.
+const SCRIPT_FIELD_LIMIT: usize = 1_000;
+
+/// Replays a dead letter too large for the script: if it is still in the dead-letter stream, XADD
+/// its fields to the source stream, then XDEL it. Not atomic: a crash between the two leaves it in
+/// both streams (replayed twice if replayed again), never in neither.
+async fn replay_in_steps(
+    conn: &mut redis::aio::MultiplexedConnection,
+    dlq: &str,
+    stream: &str,
+    dlq_id: EntryId,
+    fields: &[(Vec<u8>, Vec<u8>)],
+) -> redis::RedisResult<Option<String>> {
+    let still: Vec<redis::Value> = redis::cmd("XRANGE")
+        .arg(dlq)
+        .arg(dlq_id)
+        .arg(dlq_id)
+        .query_async(conn)
+        .await?;
+    if still.is_empty() {
+        return Ok(None);
+    }
+    let mut xadd = redis::cmd("XADD");
+    xadd.arg(stream).arg("*");
+    for (k, v) in fields {
+        xadd.arg(k.as_slice()).arg(v.as_slice());
+    }
+    let id: String = xadd.query_async(conn).await?;
+    let _: i64 = redis::cmd("XDEL")
+        .arg(dlq)
+        .arg(dlq_id)
+        .query_async(conn)
+        .await?;
+    Ok(Some(id))
+}
+
 /// One entry of the dead-letter stream.
 #[derive(Debug, Clone)]
 struct Letter {
@@ -479,12 +516,17 @@ async fn replay(
         let Some(d) = &l.dead else { continue };
         let mut new_id = None;
         if !dry_run {
-            let mut inv = REPLAY_SCRIPT.key(&dlq);
-            inv.key(stream).arg(l.entry.id);
-            for (k, v) in &d.fields {
-                inv.arg(k.as_slice()).arg(v.as_slice());
-            }
-            match inv.invoke_async::<Option<String>>(redis.conn()).await {
+            let outcome = if d.fields.len() > SCRIPT_FIELD_LIMIT {
+                replay_in_steps(redis.conn(), &dlq, stream, l.entry.id, &d.fields).await
+            } else {
+                let mut inv = REPLAY_SCRIPT.key(&dlq);
+                inv.key(stream).arg(l.entry.id);
+                for (k, v) in &d.fields {
+                    inv.arg(k.as_slice()).arg(v.as_slice());
+                }
+                inv.invoke_async::<Option<String>>(redis.conn()).await
+            };
+            match outcome {
                 Ok(Some(id)) => new_id = Some(id),
                 Ok(None) => {
                     report.skipped.push(Skipped {
