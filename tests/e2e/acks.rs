@@ -464,3 +464,68 @@ async fn an_undecodable_entry_with_thousands_of_fields_is_dead_lettered_whole() 
     assert_eq!(h.counters.dead_lettered, 1);
     app.shutdown().await.unwrap();
 }
+
+/// Against a slow handler the reader fetches only one batch ahead, so a consumer does not hoard
+/// entries its peers could be handling: at most the batch in the handler, one fetched ahead and
+/// (briefly) one being acknowledged are pending per consumer. Without the rule it held up to four.
+#[tokio::test]
+async fn a_slow_handler_does_not_hoard_entries_ahead() {
+    const COUNT: usize = 5;
+    let (server, mut con) = server().await;
+    xadd_n(&mut con, "s", 80).await;
+    let seen = Seen::default();
+    let slow = |seen: &Seen| {
+        let seen = seen.clone();
+        move |batch: Batch<RawEntry>| {
+            let seen = seen.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                seen.record(&batch);
+                HandlerResult::Ok
+            }
+        }
+    };
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(spec("s", "g", "c1").count(COUNT).handler(slow(&seen)))
+        .consumer(spec("s", "g", "c2").count(COUNT).handler(slow(&seen)))
+        .start()
+        .await
+        .unwrap();
+    // Each consumer has finished a slow batch or two: both readers know the handler is slow, and
+    // what they fetched before has drained.
+    eventually(WAIT, "six batches handled", || {
+        let n = seen.len();
+        async move { n >= 6 * COUNT }
+    })
+    .await;
+    let mut most = 0;
+    for _ in 0..10 {
+        for consumer in ["c1", "c2"] {
+            let rows = millrace::streams::xpending_range(
+                &mut con,
+                "s",
+                "g",
+                None,
+                EntryId::MIN,
+                EntryId::new(u64::MAX, u64::MAX),
+                1000,
+                Some(consumer),
+            )
+            .await
+            .unwrap();
+            most = most.max(rows.len());
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert!(
+        most <= 3 * COUNT,
+        "a consumer held {most} entries: more than 3 batches of {COUNT}"
+    );
+    eventually(WAIT, "everything handled", || {
+        let mut con = con.clone();
+        async move { drained(&mut con, "s", "g").await }
+    })
+    .await;
+    app.shutdown().await.unwrap();
+}

@@ -443,6 +443,7 @@ impl Worker {
             }
             let started = Instant::now();
             let to_ack = self.handle_items(items, Source::New).await?;
+            reader.handled_in(started.elapsed());
             self.ack_behind(to_ack).await?;
             // Held so long that the batches read ahead, idle all that time, may have been claimed
             // by another consumer: check ownership before handling them.

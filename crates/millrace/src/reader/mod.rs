@@ -50,6 +50,10 @@ fn depth_after(entries: usize, count: usize) -> usize {
 /// Batches fetched ahead of the handler: the reads in flight plus one reply waiting, so the next
 /// read can be written before the waiting reply is taken.
 pub(crate) const FETCHED_AHEAD: usize = READS_IN_FLIGHT + 1;
+/// A batch that takes the handler at least this long makes the reader fetch only one batch ahead:
+/// against a slow handler more read-ahead buys nothing and hoards entries other consumers of the
+/// group could be handling.
+pub(crate) const SLOW_BATCH: Duration = Duration::from_millis(50);
 /// How long a stop waits for a woken read's reply before it sends `CLIENT UNBLOCK` again (in case
 /// the unblock reached the server before the read blocked).
 const UNBLOCK_EVERY: Duration = Duration::from_millis(20);
@@ -103,6 +107,17 @@ struct State {
     count: usize,
     /// The reader thread waits for a credit (so a returned credit must wake it).
     waiting: bool,
+    /// Batches the reader may fetch ahead of the handler: [`FETCHED_AHEAD`], or 1 while the
+    /// handler is slow.
+    ahead: usize,
+}
+
+impl State {
+    /// Credits the reader may use now.
+    fn usable(&self) -> usize {
+        self.credits
+            .saturating_sub(FETCHED_AHEAD.saturating_sub(self.ahead))
+    }
 }
 
 /// What the consume loop and its reader share.
@@ -127,7 +142,7 @@ impl Shared {
         if s.stop {
             return (0, s.count, true);
         }
-        let n = s.credits.min(depth.saturating_sub(in_flight));
+        let n = s.usable().min(depth.saturating_sub(in_flight));
         s.credits -= n;
         (n, s.count, false)
     }
@@ -135,7 +150,7 @@ impl Shared {
     /// Takes one credit for the read written right after a reply began, if allowed.
     fn take_one(&self, count: usize, in_flight: usize, depth: usize) -> bool {
         let mut s = self.lock();
-        let go = !s.stop && in_flight < depth && s.credits > 0 && s.count == count;
+        let go = !s.stop && in_flight < depth && s.usable() > 0 && s.count == count;
         if go {
             s.credits -= 1;
         }
@@ -187,6 +202,7 @@ impl Reader {
                 stop: false,
                 count: config.count,
                 waiting: false,
+                ahead: FETCHED_AHEAD,
             }),
             wake: Condvar::new(),
             notify: Notify::new(),
@@ -272,6 +288,24 @@ impl Reader {
     /// Sets COUNT for the reads written from now on.
     pub(crate) fn set_count(&self, count: usize) {
         self.shared.lock().count = count;
+    }
+
+    /// Tells the reader how long the handler took for the last batch: after a slow one it fetches
+    /// only one batch ahead, after a quick one [`FETCHED_AHEAD`] again.
+    pub(crate) fn handled_in(&self, took: Duration) {
+        let ahead = if took >= SLOW_BATCH { 1 } else { FETCHED_AHEAD };
+        let wake_thread = {
+            let mut s = self.shared.lock();
+            let more = ahead > s.ahead;
+            s.ahead = ahead;
+            more && s.waiting
+        };
+        if wake_thread {
+            self.shared.wake.notify_one();
+        }
+        if ahead == FETCHED_AHEAD {
+            self.shared.notify.notify_one();
+        }
     }
 
     /// Stops reading: no new reads are written, blocked ones are woken with `CLIENT UNBLOCK` (when

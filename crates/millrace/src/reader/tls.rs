@@ -95,7 +95,7 @@ fn read_loop(conn: &mut redis::Connection, config: &ReaderConfig, shared: &Share
             }
             // No credit: wait for the consume loop to take a batch (or to stop).
             let mut s = shared.lock();
-            while !s.stop && s.credits == 0 {
+            while !s.stop && s.usable() == 0 {
                 // Waiting for the consume loop to take a batch.
                 s.waiting = true;
                 s = shared.wake.wait(s).unwrap_or_else(|e| e.into_inner());
