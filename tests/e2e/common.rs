@@ -215,3 +215,61 @@ pub(crate) async fn wait_running(app: &millrace::Supervisor) {
     })
     .await;
 }
+
+/// After a handler panic the consumer restarts with a new reader; the old reader's blocked read
+/// must not survive it. Otherwise the server, serving its oldest blocked client first, would hand
+/// the next entry to a reader nobody listens to, and the entry would wait for `claim_min_idle`.
+/// `builder` says where Redis is; `con` is the test's own connection to it.
+pub(crate) async fn new_entries_reach_the_restarted_consumer(
+    builder: millrace::SupervisorBuilder,
+    mut con: MultiplexedConnection,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let seen = Seen::default();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let (seen, calls) = (seen.clone(), calls.clone());
+        move |batch: Batch<RawEntry>| {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("the first batch fails");
+            }
+            seen.record(&batch);
+            futures::future::ready(HandlerResult::Ok)
+        }
+    };
+    let mut policy = millrace::RestartPolicy::default();
+    policy.backoff_initial = Duration::from_millis(10);
+    policy.backoff_max = Duration::from_millis(50);
+    let app = builder
+        .restart_policy(policy)
+        .consumer(
+            millrace::ConsumerSpec::new("s", "g", "c")
+                .start_id(millrace::StartId::Beginning)
+                .block(Duration::from_secs(10))
+                .claim_min_idle(Duration::from_secs(600))
+                .handler(handler),
+        )
+        .start()
+        .await
+        .unwrap();
+    wait_running(&app).await;
+    let first = xadd(&mut con, "s", &[("n", "1")]).await;
+    millrace_testkit::eventually(WAIT, "the first entry handled after the restart", || {
+        let ids = seen.ids();
+        async move { ids == vec![first] }
+    })
+    .await;
+    wait_running(&app).await;
+    let second = xadd(&mut con, "s", &[("n", "2")]).await;
+    millrace_testkit::eventually(
+        WAIT,
+        "the second entry handled by the new incarnation",
+        || {
+            let ids = seen.ids();
+            async move { ids == vec![first, second] }
+        },
+    )
+    .await;
+    app.shutdown().await.unwrap();
+}

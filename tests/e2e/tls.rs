@@ -87,57 +87,9 @@ async fn a_wrong_ca_fails_closed() {
 /// woken with CLIENT UNBLOCK so the next entry reaches the restarted consumer's new reader.
 #[tokio::test]
 async fn after_a_restart_over_tls_new_entries_reach_the_new_reader() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-
     init_tracing();
     let server = RedisServer::builder().tls().start();
     let client = tls_client(&server, &server);
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    let seen = Seen::default();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let handler = {
-        let (seen, calls) = (seen.clone(), calls.clone());
-        move |batch: millrace::Batch<millrace::RawEntry>| {
-            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
-                panic!("the first batch fails");
-            }
-            seen.record(&batch);
-            futures::future::ready(millrace::HandlerResult::Ok)
-        }
-    };
-    let mut policy = millrace::RestartPolicy::default();
-    policy.backoff_initial = Duration::from_millis(10);
-    policy.backoff_max = Duration::from_millis(50);
-    let app = Supervisor::builder()
-        .redis_client(client)
-        .restart_policy(policy)
-        .consumer(
-            spec()
-                .block(Duration::from_secs(10))
-                .claim_min_idle(Duration::from_secs(600))
-                .handler(handler),
-        )
-        .start()
-        .await
-        .unwrap();
-    wait_running(&app).await;
-    let first = xadd(&mut con, "s", &[("n", "1")]).await;
-    eventually(WAIT, "the first entry handled after the restart", || {
-        let ids = seen.ids();
-        async move { ids == vec![first] }
-    })
-    .await;
-    wait_running(&app).await;
-    let second = xadd(&mut con, "s", &[("n", "2")]).await;
-    eventually(
-        WAIT,
-        "the second entry handled by the new incarnation",
-        || {
-            let ids = seen.ids();
-            async move { ids == vec![first, second] }
-        },
-    )
-    .await;
-    app.shutdown().await.unwrap();
+    let con = client.get_multiplexed_async_connection().await.unwrap();
+    new_entries_reach_the_restarted_consumer(Supervisor::builder().redis_client(client), con).await;
 }

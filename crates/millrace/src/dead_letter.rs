@@ -203,7 +203,7 @@ async fn move_large<C: ConnectionLike + Send>(
 }
 
 /// Moves a pending entry by id only, with the fields the stream still holds for it (none when the
-/// entry is gone). Small entries are copied by the script itself, atomically.
+/// entry is gone).
 pub(crate) async fn move_id<C: ConnectionLike + Send>(
     conn: &mut C,
     info: &DeadLetterInfo<'_>,
@@ -222,10 +222,7 @@ pub(crate) async fn move_id<C: ConnectionLike + Send>(
             _ => None,
         })
         .unwrap_or_default();
-    if fields.len() > SCRIPT_FIELD_LIMIT {
-        return move_large(conn, info, &RawEntry::new(id, fields)).await;
-    }
-    move_entry(conn, info, &RawEntry::new(id, Vec::new())).await
+    move_entry(conn, info, &RawEntry::new(id, fields)).await
 }
 
 /// A dead-letter entry read back from the dead-letter stream.

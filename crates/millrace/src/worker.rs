@@ -361,7 +361,7 @@ impl Worker {
                 count = smaller,
                 "a read failed mid-reply; reading smaller batches for a while"
             );
-            self.set_read_count(smaller);
+            self.read_count = smaller;
         }
         self.clean_reads = 0;
     }
@@ -374,13 +374,9 @@ impl Worker {
             self.clean_reads += 1;
             if self.clean_reads >= 8 {
                 self.clean_reads = 0;
-                self.set_read_count((self.read_count * 2).min(self.opts.count));
+                self.read_count = (self.read_count * 2).min(self.opts.count);
             }
         }
-    }
-
-    fn set_read_count(&mut self, count: usize) {
-        self.read_count = count;
     }
 
     /// Reads new entries through the reader thread, which keeps reads in flight while batches are

@@ -294,16 +294,16 @@ impl Reader {
     /// only one batch ahead, after a quick one [`FETCHED_AHEAD`] again.
     pub(crate) fn handled_in(&self, took: Duration) {
         let ahead = if took >= SLOW_BATCH { 1 } else { FETCHED_AHEAD };
-        let wake_thread = {
+        let (more, waiting) = {
             let mut s = self.shared.lock();
             let more = ahead > s.ahead;
             s.ahead = ahead;
-            more && s.waiting
+            (more, s.waiting)
         };
-        if wake_thread {
-            self.shared.wake.notify_one();
-        }
-        if ahead == FETCHED_AHEAD {
+        if more {
+            if waiting {
+                self.shared.wake.notify_one();
+            }
             self.shared.notify.notify_one();
         }
     }
@@ -320,13 +320,7 @@ impl Reader {
         let mut fetched = Vec::new();
         loop {
             if let Some(id) = client_id {
-                let r: redis::RedisResult<i64> = redis::cmd("CLIENT")
-                    .arg("UNBLOCK")
-                    .arg(id)
-                    .query_async(control)
-                    .await;
-                if let Err(e) = r {
-                    debug!(error = %e, "CLIENT UNBLOCK not possible; waiting for BLOCK to run out");
+                if !unblock(control, id).await {
                     client_id = None;
                 }
             }
@@ -352,6 +346,23 @@ impl Reader {
     }
 }
 
+/// Wakes the reader's blocked read, if any. Returns false when `CLIENT UNBLOCK` is not possible
+/// (no permission, no connection): the read then returns when BLOCK runs out.
+async fn unblock(control: &mut ConnectionManager, client_id: i64) -> bool {
+    let r: redis::RedisResult<i64> = redis::cmd("CLIENT")
+        .arg("UNBLOCK")
+        .arg(client_id)
+        .query_async(control)
+        .await;
+    match r {
+        Ok(_) => true,
+        Err(e) => {
+            debug!(error = %e, "CLIENT UNBLOCK not possible; waiting for BLOCK to run out");
+            false
+        }
+    }
+}
+
 impl Drop for Reader {
     fn drop(&mut self) {
         self.shared.signal_stop();
@@ -372,12 +383,7 @@ impl Drop for Reader {
         let mut finished = std::mem::replace(&mut self.finished, closed);
         runtime.spawn(async move {
             for _ in 0..50 {
-                let r: redis::RedisResult<i64> = redis::cmd("CLIENT")
-                    .arg("UNBLOCK")
-                    .arg(client_id)
-                    .query_async(&mut control)
-                    .await;
-                if r.is_err() {
+                if !unblock(&mut control, client_id).await {
                     return;
                 }
                 if tokio::time::timeout(UNBLOCK_EVERY, &mut finished)

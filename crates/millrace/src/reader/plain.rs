@@ -204,28 +204,18 @@ async fn read_loop(mut conn: Conn, config: &ReaderConfig, shared: &Shared, tx: &
             }
         }
         in_flight -= 1;
-        // The reply has begun, so the server has executed the read.
-        if conn.buf.small_reply_buffered() {
-            // Complete and quick to frame: hand it over first, it is waited for; the next read
-            // follows a few microseconds later.
-            let frame = match conn.frame(config.read_timeout).await {
-                Ok(f) => f,
-                Err(e) => return fail(e),
-            };
-            depth = depth_after(conn.buf.last_entries(), count);
-            if !hand_over(tx, frame) {
-                return;
+        // The reply has begun, so the server has executed the read. A small, complete reply is
+        // handed over first (it is waited for; the next read follows at the top of the loop); for
+        // a large one, which means a backlog, the next read goes on the wire before this reply is
+        // framed.
+        if !conn.buf.small_reply_buffered() {
+            depth = READS_IN_FLIGHT;
+            if shared.take_one(count, in_flight, depth) {
+                if let Err(e) = conn.send(&packed).await {
+                    return fail(e);
+                }
+                in_flight += 1;
             }
-            continue;
-        }
-        // A large reply: there is a backlog. The next read goes on the wire before this reply is
-        // framed and handed over.
-        depth = READS_IN_FLIGHT;
-        if shared.take_one(count, in_flight, depth) {
-            if let Err(e) = conn.send(&packed).await {
-                return fail(e);
-            }
-            in_flight += 1;
         }
         let frame = match conn.frame(config.read_timeout).await {
             Ok(f) => f,
