@@ -12,6 +12,8 @@ mod common;
 mod acks;
 mod config;
 mod faults;
+mod readme;
 mod recovery;
+mod startup;
 mod supervision;
 mod tls;

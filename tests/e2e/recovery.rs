@@ -509,6 +509,7 @@ async fn a_password_never_appears_in_logs_errors_or_debug_output() {
     let wrong = format!("{sentinel}-wrong");
     let app = Supervisor::builder()
         .redis(url_for(&server, "worker", &wrong))
+        .wait_for_redis(true) // past start(), into the consumers' own error path
         .consumer(spec("s", "g", "c").handler(recording(&Seen::default())))
         .start()
         .await

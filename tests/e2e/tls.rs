@@ -63,6 +63,7 @@ async fn a_wrong_ca_fails_closed() {
     let seen = Seen::default();
     let app = Supervisor::builder()
         .redis_client(tls_client(&server, &other))
+        .wait_for_redis(true) // past start(), into the consumer's own error path
         .consumer(spec().handler(recording(&seen)))
         .start()
         .await

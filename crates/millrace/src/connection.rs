@@ -8,7 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::Client;
+use redis::{AsyncConnectionConfig, Client};
 
 use crate::error::{Error, Result};
 
@@ -20,6 +20,13 @@ pub struct ConnectionOptions {
     pub connect_timeout: Duration,
     /// Response timeout of acks, claims and admin commands. Default 5s.
     pub command_timeout: Duration,
+    /// What [`start`](crate::SupervisorBuilder::start) does when Redis cannot be reached or refuses
+    /// the credentials. `false` (the default): `start` connects once, within `connect_timeout` plus
+    /// `command_timeout`, and fails with an error that names the server and what went wrong.
+    /// `true`: `start` returns at once and the consumers keep retrying until Redis is there (for
+    /// orchestrated deployments where Redis may start after the application); a refused password
+    /// then surfaces through [`Supervisor::wait`](crate::Supervisor::wait).
+    pub wait_for_redis: bool,
 }
 
 impl Default for ConnectionOptions {
@@ -27,6 +34,7 @@ impl Default for ConnectionOptions {
         ConnectionOptions {
             connect_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_secs(5),
+            wait_for_redis: false,
         }
     }
 }
@@ -121,6 +129,11 @@ impl Backend {
         self.options.connect_timeout
     }
 
+    /// Whether `start` skips the reachability check and lets the consumers retry.
+    pub(crate) fn waits_for_redis(&self) -> bool {
+        self.options.wait_for_redis
+    }
+
     /// Response timeout of acks, claims and admin commands.
     pub(crate) fn command_timeout(&self) -> Duration {
         self.options.command_timeout
@@ -151,6 +164,93 @@ impl Backend {
                 tracing::debug!(error = %e, "QUIT refused; the control connection closes when dropped")
             }
             Err(_) => tracing::debug!("QUIT timed out; the control connection closes when dropped"),
+        }
+    }
+
+    /// Connects once and sends `PING`, to fail fast at start when Redis cannot be reached or
+    /// refuses the credentials. The error names the server and says what to check.
+    pub(crate) async fn check_reachable(&self) -> Result<()> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.options.connect_timeout))
+            .set_response_timeout(Some(self.options.command_timeout));
+        // One overall bound as well: a server that accepts the connection but never answers the
+        // handshake must not hold `start` longer than both timeouts together.
+        let limit = self.options.connect_timeout + self.options.command_timeout;
+        let attempt = async {
+            let mut con = self
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            redis::cmd("PING").query_async::<()>(&mut con).await
+        };
+        let failed = match tokio::time::timeout(limit, attempt).await {
+            Ok(Ok(())) => return Ok(()),
+            // Connected and authenticated, but the ACL user may not PING: that is enough here.
+            Ok(Err(e)) if e.code() == Some("NOPERM") => return Ok(()),
+            Ok(Err(e)) => e,
+            Err(_) => {
+                return Err(self.unreachable(format!(
+                    "no answer within {}",
+                    humantime::format_duration(limit)
+                )))
+            }
+        };
+        let refused = |reason: String, hint: &str| Error::Fatal {
+            consumer: None,
+            command: "connecting to Redis",
+            reason,
+            hint: hint.to_owned(),
+        };
+        let check_credentials = "check the username and password in the Redis URL \
+            (`redis://user:password@host:port`), and that the ACL user exists and is `on` \
+            (`ACL LIST` shows both)";
+        if failed.code() == Some("NOAUTH") {
+            return Err(refused(
+                format!(
+                    "authentication failed at {}: the server requires a password and the URL has none",
+                    self.display
+                ),
+                check_credentials,
+            ));
+        }
+        if failed.kind() == redis::ErrorKind::AuthenticationFailed
+            || failed.code() == Some("WRONGPASS")
+        {
+            return Err(refused(
+                format!(
+                    "authentication failed at {}: the server refused the username or password",
+                    self.display
+                ),
+                check_credentials,
+            ));
+        }
+        if failed.is_timeout()
+            || failed.is_io_error()
+            || failed.is_connection_refusal()
+            || failed.is_connection_dropped()
+        {
+            return Err(self.unreachable(crate::error::redact(&failed.to_string())));
+        }
+        Err(refused(
+            format!(
+                "{} answered the connection with an error: {}",
+                self.display,
+                crate::error::redact(&failed.to_string())
+            ),
+            "check the Redis URL's database number and protocol, and the server's log",
+        ))
+    }
+
+    fn unreachable(&self, what: String) -> Error {
+        Error::Fatal {
+            consumer: None,
+            command: "connecting to Redis",
+            reason: format!("could not reach {}: {what}", self.display),
+            hint: "check that redis-server runs at that address and accepts connections from \
+                   here (host, port, TLS or not), or set `wait_for_redis` (builder: \
+                   `.wait_for_redis(true)`, millrace.toml: `[connection] wait_for_redis = true`) \
+                   to start anyway and retry until Redis is there"
+                .to_owned(),
         }
     }
 

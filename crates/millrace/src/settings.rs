@@ -66,6 +66,7 @@ struct FileConnection {
     connect_timeout: Option<Duration>,
     #[serde(default, with = "crate::config::opt_duration")]
     command_timeout: Option<Duration>,
+    wait_for_redis: Option<bool>,
 }
 
 /// One `[[consumers]]` entry.
@@ -226,6 +227,9 @@ impl Settings {
             }
             if let Some(t) = c.command_timeout {
                 connection.command_timeout = t;
+            }
+            if let Some(w) = c.wait_for_redis {
+                connection.wait_for_redis = w;
             }
         }
         connection.validate()?;
@@ -424,12 +428,14 @@ mod tests {
                 ("MILLRACE_CONSUMERS__0__OPTIONS__BLOCK", "3s"),
                 ("MILLRACE_RESTART__WINDOW", "30s"),
                 ("MILLRACE_REDIS_SERVER", "/usr/bin/redis-server"),
+                ("MILLRACE_CONNECTION__WAIT_FOR_REDIS", "true"),
             ]),
         )
         .unwrap();
         let o = s.declarations()[0].options.clone();
         assert_eq!((o.count, o.block), (7, Duration::from_secs(3)));
         assert_eq!(s.restart.window, Duration::from_secs(30));
+        assert!(s.connection.wait_for_redis);
     }
 
     #[test]

@@ -102,8 +102,17 @@ impl SupervisorBuilder {
         self
     }
 
-    /// Validates everything and starts the supervisor and its consumers. Fails on invalid
-    /// configuration or a duplicate consumer; Redis being down is not an error here (consumers retry).
+    /// Whether [`start`](Self::start) waits for Redis instead of failing when it cannot reach it or
+    /// is refused at start (see [`ConnectionOptions::wait_for_redis`]). Default `false`.
+    pub fn wait_for_redis(mut self, wait: bool) -> Self {
+        self.connection.wait_for_redis = wait;
+        self
+    }
+
+    /// Validates everything, connects to Redis once, and starts the supervisor and its consumers.
+    /// Fails on invalid configuration, a duplicate consumer, or when Redis cannot be reached or
+    /// refuses the credentials (the error names the server and what to check), unless
+    /// [`wait_for_redis`](Self::wait_for_redis) is set. Once started, outages are retried.
     pub async fn start(self) -> Result<Supervisor> {
         self.start_inner(None).await
     }
@@ -135,6 +144,9 @@ impl SupervisorBuilder {
                     consumer: spec.id.clone(),
                 });
             }
+        }
+        if !backend.waits_for_redis() {
+            backend.check_reachable().await?;
         }
         let mut initial = Vec::with_capacity(self.consumers.len());
         for spec in self.consumers {
