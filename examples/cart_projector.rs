@@ -1,4 +1,4 @@
-//! Event sourcing for shopping carts (the seed tutorial's exercise 3): a projector consumer group
+//! Event sourcing for shopping carts: a projector consumer group
 //! keeps a hash per user from the `cart_events` stream; then a new group rebuilds the projection
 //! from the start of the stream, and the two are compared.
 //!
@@ -16,7 +16,7 @@
 //! Skipping "at or below the last applied id" needs each user's events applied in stream order,
 //! so each group here has a single projector. To scale out, partition: one stream per slice of
 //! users (`cart_events:{0..N}`, by a hash of the user id) with one projector each, which also
-//! answers the seed's question of how projectors avoid stepping on each other's toes.
+//! is how several projectors share the work without stepping on each other's toes.
 #![allow(clippy::print_stdout)]
 
 use std::collections::BTreeMap;

@@ -1,4 +1,5 @@
-//! A notification system with several consumer groups on one stream (the seed tutorial's exercise 2).
+//! A notification system: several consumer groups (email, SMS, push) each read every notification
+//! of one stream, independently.
 //!
 //! Run it:
 //!     cargo run -p millrace-examples --example notifications

@@ -1,5 +1,4 @@
-//! Distributed order processing with crashing workers (the seed tutorial's exercise 1), and the
-//! process the fault suite drives.
+//! Distributed order processing with crashing workers, and the process the fault suite drives.
 //!
 //! Run it (with a Redis at REDIS_URL, e.g. `redis-server --port 6379 &`):
 //!     cargo run -p millrace-examples --example orders -- produce --count 1000

@@ -1,4 +1,4 @@
-//! Quickstart: add the seed guide's user events to a stream and consume them with a typed handler.
+//! Quickstart: add five user events to a stream and consume them with a typed handler.
 //!
 //! Run it:
 //!     cargo run -p millrace-examples --example quickstart
@@ -13,7 +13,7 @@ use std::time::Duration;
 use millrace::{Batch, ConsumerSpec, Handler, HandlerResult, StartId, Supervisor};
 use tokio::sync::Notify;
 
-/// One user event, as the seed guide adds them: `XADD user_events * user_id 1 action login ...`.
+/// One user event, as a producer adds them: `XADD user_events * user_id 1 action login ...`.
 #[derive(Debug, serde::Deserialize)]
 struct UserEvent {
     user_id: u64,

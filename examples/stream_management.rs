@@ -1,6 +1,6 @@
 //! Stream management through redis-rs while a millrace consumer runs: XLEN, XRANGE/XREVRANGE,
 //! XINFO STREAM/GROUPS/CONSUMERS, XPENDING (summary and extended), XCLAIM of a stuck entry, and
-//! XTRIM without deleting entries a group has not read yet (the seed guides' management commands).
+//! XTRIM without deleting entries a group has not read yet.
 //!
 //! Run it:
 //!     cargo run -p millrace-examples --example stream_management

@@ -1,5 +1,5 @@
-//! millrace under the application's own ractor supervisor (the Elixir seed's "add consumers to
-//! your supervision tree"): when millrace gives up on a consumer, the escalation reaches your actor.
+//! millrace under the application's own ractor supervisor, as one branch of your supervision tree:
+//! when millrace gives up on a consumer, the escalation reaches your actor.
 //!
 //! Run it:
 //!     cargo run -p millrace-examples --example under_ractor

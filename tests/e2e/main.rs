@@ -14,6 +14,7 @@ mod config;
 mod faults;
 mod readme;
 mod recovery;
+mod repository;
 mod startup;
 mod supervision;
 mod tls;

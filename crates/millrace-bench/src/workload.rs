@@ -1,5 +1,5 @@
-//! The entries the benchmark drains (the seed's user events: `user_id`, `action`, `page`), the
-//! preload, the shared progress counter, and a walker over raw `XREADGROUP` replies for the
+//! The entries the benchmark drains (user events: `user_id`, `action`, `page`, as in the
+//! quickstart), the preload, the shared progress counter, and a walker over raw `XREADGROUP` replies for the
 //! hand-written loops.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,0 +1,81 @@
+//! The repository stands alone: no tracked file points at notes that are not in it, and every test
+//! that docs/redis-behaviour.md cites exists.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Every tracked file's path and text (files that are not UTF-8 are skipped).
+fn tracked_texts() -> Vec<(String, String)> {
+    let out = Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(root())
+        .output()
+        .expect("running `git ls-files` (this check needs a git checkout)");
+    assert!(out.status.success(), "git ls-files: {out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split('\0')
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(root().join(p)).ok()?;
+            Some((p.to_owned(), text))
+        })
+        .collect()
+}
+
+#[test]
+fn no_tracked_file_points_outside_the_repository_or_at_seed_documents() {
+    // Spelled in pieces so that this file does not match itself.
+    let forbidden = [
+        ["REDIS-", "FACTS"].concat(),
+        ["../", "shared/"].concat(),
+        ["seed ", "guide"].concat(),
+        ["seed ", "tutorial"].concat(),
+        ["seed ", "document"].concat(),
+    ];
+    let mut found = Vec::new();
+    for (path, text) in tracked_texts() {
+        let lower = text.to_lowercase();
+        for word in &forbidden {
+            if let Some(at) = lower.find(&word.to_lowercase()) {
+                let line = text[..at].lines().count().max(1);
+                found.push(format!("{path}:{line}: `{word}`"));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "these files refer to documents that are not in the repository; say what is meant in \
+         this repository's own words (docs/redis-behaviour.md for verified behaviour):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn every_test_the_redis_behaviour_page_cites_exists() {
+    let page = std::fs::read_to_string(root().join("docs/redis-behaviour.md")).unwrap();
+    let mut cited = 0;
+    let mut missing = Vec::new();
+    for quoted in page.split('`').skip(1).step_by(2) {
+        let Some((file, test)) = quoted.split_once("::") else {
+            continue;
+        };
+        if !file.ends_with(".rs") {
+            continue;
+        }
+        cited += 1;
+        let text = std::fs::read_to_string(root().join(file)).unwrap_or_default();
+        if !text.contains(&format!("fn {test}(")) {
+            missing.push(format!("{file}::{test}"));
+        }
+    }
+    assert!(cited >= 13, "the page cites {cited} tests");
+    assert!(
+        missing.is_empty(),
+        "docs/redis-behaviour.md cites tests that do not exist (renamed or moved?): {missing:?}"
+    );
+}
