@@ -11,6 +11,7 @@ mod common;
 
 mod acks;
 mod config;
+mod dead_letters;
 mod faults;
 mod readme;
 mod recovery;

@@ -1,8 +1,11 @@
 //! Typed wrappers over the stream commands millrace sends (XREADGROUP, XACK, XAUTOCLAIM, XPENDING,
-//! XCLAIM, XGROUP CREATE) and the dead-letter script. Every function is generic over the connection,
+//! XCLAIM, XGROUP CREATE), the consumer reaper and the checked trim. Every function is generic over the connection,
 //! so a cluster connection plugs in without touching the consumer.
 
+mod reaper;
 pub mod reply;
+pub(crate) mod script;
+mod trim;
 
 use std::time::Duration;
 
@@ -10,10 +13,15 @@ use redis::aio::ConnectionLike;
 use redis::{Cmd, RedisResult, Value};
 
 use crate::entry::EntryId;
+pub use reaper::{
+    idle_consumers, reap_consumer, reap_idle_consumers, successor, IdleConsumer, ReapOutcome,
+    Reaped,
+};
 pub use reply::{
     parse_autoclaim, parse_entries, parse_pending, parse_read_reply, AutoClaim, PendingRow,
     ReadItem,
 };
+pub use trim::{trim_if_processed, TrimVerdict};
 
 /// At most this many ids go into one XACK/XCLAIM call.
 const IDS_PER_CALL: usize = 2_000;
@@ -169,37 +177,4 @@ pub async fn xgroup_create<C: ConnectionLike + Send>(
         Err(e) if e.code() == Some("BUSYGROUP") => Ok(false),
         Err(e) => Err(e),
     }
-}
-
-/// Deletes, atomically, every consumer of the group other than `keep` that has no pending entries
-/// and has been idle at least `min_idle`. Returns the deleted names. A consumer that holds entries is
-/// never deleted (Redis would drop its pending entries silently).
-pub async fn reap_idle_consumers<C: ConnectionLike + Send>(
-    conn: &mut C,
-    stream: &str,
-    group: &str,
-    keep: &str,
-    min_idle: Duration,
-) -> RedisResult<Vec<String>> {
-    const SCRIPT: &str = r"
-local removed = {}
-for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
-  local info = {}
-  for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
-  if info['name'] ~= ARGV[3] and info['pending'] == 0 and info['idle'] >= tonumber(ARGV[2]) then
-    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
-    removed[#removed + 1] = info['name']
-  end
-end
-return removed
-";
-    redis::cmd("EVAL")
-        .arg(SCRIPT)
-        .arg(1)
-        .arg(stream)
-        .arg(group)
-        .arg(millis(min_idle))
-        .arg(keep)
-        .query_async(conn)
-        .await
 }

@@ -1,0 +1,90 @@
+//! Moving a consumer's entry to the dead-letter stream (what a consumer does with poison and
+//! undecodable entries).
+
+use redis::aio::ConnectionLike;
+use redis::RedisResult;
+
+use super::transfer::{Release, Transfer, SCRIPT};
+use super::META_FIELDS;
+use crate::entry::{EntryId, RawEntry};
+
+/// Checks, without writing, that the user may run the dead-letter move (EVALSHA/EVAL, and inside it
+/// XADD on the dead-letter stream and XACK on the source).
+pub(crate) async fn check_permissions<C: ConnectionLike + Send>(
+    conn: &mut C,
+    stream: &str,
+    dlq: &str,
+    group: &str,
+) -> RedisResult<()> {
+    SCRIPT
+        .run::<redis::Value, _, _, _>(conn, &[stream, dlq], &["check", group, "0-0", "0"])
+        .await
+        .map(drop)
+}
+
+/// What to record with a dead letter.
+#[derive(Debug)]
+pub(crate) struct DeadLetterInfo<'a> {
+    pub(crate) stream: &'a str,
+    pub(crate) dlq: &'a str,
+    pub(crate) group: &'a str,
+    pub(crate) consumer: &'a str,
+    pub(crate) deliveries: Option<u64>,
+    pub(crate) reason: &'a str,
+}
+
+/// Moves `entry` to the dead-letter stream (see the module docs for the format), if it is still
+/// pending in the group. Returns false when it was not (someone acked or moved it meanwhile). An
+/// entry without fields gets the fields the stream still holds for it.
+pub(crate) async fn move_entry<C: ConnectionLike + Send>(
+    conn: &mut C,
+    info: &DeadLetterInfo<'_>,
+    entry: &RawEntry,
+) -> RedisResult<bool> {
+    let id = entry.id.to_string();
+    let meta = meta_values(info, &id);
+    let mut fields: Vec<&[u8]> = Vec::with_capacity(2 * (meta.len() + entry.fields.len()));
+    for (name, value) in META_FIELDS.iter().zip(meta.iter()) {
+        fields.push(name.as_bytes());
+        fields.push(value.as_bytes());
+    }
+    for (k, v) in &entry.fields {
+        fields.push(k);
+        fields.push(v);
+    }
+    let transfer = Transfer {
+        from: info.stream.as_bytes(),
+        to: info.dlq.as_bytes(),
+        id: entry.id,
+        release: Release::Ack(info.group.as_bytes()),
+    };
+    let moved = transfer.run(conn, &fields, entry.fields.is_empty()).await?;
+    Ok(moved.is_some())
+}
+
+/// Moves a pending entry by id only, with the fields the stream still holds for it (none when the
+/// entry is gone).
+pub(crate) async fn move_id<C: ConnectionLike + Send>(
+    conn: &mut C,
+    info: &DeadLetterInfo<'_>,
+    id: EntryId,
+) -> RedisResult<bool> {
+    move_entry(conn, info, &RawEntry::new(id, Vec::new())).await
+}
+
+/// The metadata values, in [`META_FIELDS`] order.
+fn meta_values(info: &DeadLetterInfo<'_>, id: &str) -> [String; 7] {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    [
+        info.stream.to_owned(),
+        id.to_owned(),
+        info.group.to_owned(),
+        info.consumer.to_owned(),
+        info.deliveries.map(|d| d.to_string()).unwrap_or_default(),
+        info.reason.to_owned(),
+        now_ms.to_string(),
+    ]
+}

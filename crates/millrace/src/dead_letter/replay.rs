@@ -1,0 +1,110 @@
+//! Replaying a dead letter: its original fields go back to the source stream as a new entry, and
+//! it leaves the dead-letter stream.
+
+use std::fmt;
+
+use redis::aio::ConnectionLike;
+use redis::RedisResult;
+
+use super::letter::{DeadLetter, Letter};
+use super::stream::DeadLetterStream;
+use super::transfer::{Release, Transfer};
+use crate::entry::EntryId;
+
+/// What [`DeadLetterStream::replay`] did with one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Replay {
+    /// The original fields were added to the source stream with this id, and the dead letter
+    /// was deleted.
+    Replayed {
+        /// The entry's id in the source stream now.
+        new_id: EntryId,
+    },
+    /// Nothing changed, for this reason.
+    Skipped(Skip),
+}
+
+/// Why a dead letter was not replayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Skip {
+    /// The entry does not start with the `millrace.*` fields.
+    NotADeadLetter,
+    /// It came from another stream (named here, lossily decoded).
+    OtherSource(String),
+    /// It has no original fields: it was unreadable when it was dead-lettered.
+    NoFields,
+    /// It was no longer in the dead-letter stream (replayed or purged meanwhile).
+    Gone,
+}
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Skip::NotADeadLetter => f.write_str("not a millrace dead letter"),
+            Skip::OtherSource(s) => write!(f, "came from stream `{s}`, not this one"),
+            Skip::NoFields => f.write_str(
+                "has no original fields (it was unreadable when it was dead-lettered); inspect it \
+                 and purge it",
+            ),
+            Skip::Gone => {
+                f.write_str("no longer in the dead-letter stream (replayed or purged meanwhile)")
+            }
+        }
+    }
+}
+
+impl DeadLetterStream {
+    /// Whether `letter` can be replayed to this source stream, without asking Redis (what a dry
+    /// run shows).
+    pub fn check_replay<'a>(&self, letter: &'a Letter) -> Result<&'a DeadLetter, Skip> {
+        let Some(dead) = &letter.dead_letter else {
+            return Err(Skip::NotADeadLetter);
+        };
+        if !letter.is_from(self.source()) {
+            return Err(Skip::OtherSource(dead.source_stream.clone()));
+        }
+        if dead.fields.is_empty() {
+            return Err(Skip::NoFields);
+        }
+        Ok(dead)
+    }
+
+    /// Moves `letter` back to the source stream: if it is still in the dead-letter stream, `XADD`
+    /// its original fields to the source, then `XDEL` it, atomically (in steps for more than 1,000
+    /// fields; see the [module docs](super)). The consumer groups read it again as a new entry.
+    pub async fn replay<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        letter: &Letter,
+    ) -> RedisResult<Replay> {
+        let dead = match self.check_replay(letter) {
+            Ok(dead) => dead,
+            Err(skip) => return Ok(Replay::Skipped(skip)),
+        };
+        let mut fields: Vec<&[u8]> = Vec::with_capacity(2 * dead.fields.len());
+        for (k, v) in &dead.fields {
+            fields.push(k);
+            fields.push(v);
+        }
+        let transfer = Transfer {
+            from: self.key(),
+            to: self.source(),
+            id: letter.id(),
+            release: Release::Delete,
+        };
+        Ok(match transfer.run(conn, &fields, false).await? {
+            Some(id) => Replay::Replayed {
+                new_id: id.parse().map_err(|_| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "XADD returned something that is not an entry id",
+                        id,
+                    ))
+                })?,
+            },
+            None => Replay::Skipped(Skip::Gone),
+        })
+    }
+}

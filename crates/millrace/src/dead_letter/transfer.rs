@@ -1,0 +1,152 @@
+//! The one way an entry moves between streams, used both to dead-letter an entry and to replay a
+//! dead letter: if the entry is still where it was expected (pending in the group, or still in the
+//! dead-letter stream), `XADD` its fields to the other stream, then release the original (`XACK` or
+//! `XDEL`). Entries of up to [`SCRIPT_FIELD_LIMIT`] fields move atomically in a Lua script; larger
+//! ones move in steps.
+
+use redis::aio::ConnectionLike;
+use redis::{RedisResult, Value};
+
+use crate::entry::EntryId;
+use crate::streams::script::LuaScript;
+
+/// Entries with more fields than this are moved in steps instead of by the script: Lua's `unpack`
+/// stops near 8,000 values, so the script cannot pass a larger entry to `XADD`.
+pub(super) const SCRIPT_FIELD_LIMIT: usize = 1_000;
+
+/// `KEYS[1]` the stream the entry is in, `KEYS[2]` the stream it moves to.
+/// `ARGV[1]`: `ack` (the entry must be pending in group `ARGV[2]`, and is acked after the copy),
+/// `del` (the entry must still be in `KEYS[1]`, and is deleted after the copy), or `check` (verify
+/// the ACL permissions a dead-letter move needs, writing nothing). `ARGV[3]` the entry id. `ARGV[4]`
+/// `1` to append the fields `KEYS[1]` still holds for the entry. `ARGV[5..]` the fields to write.
+/// Returns the new id, or nil when the entry was not where it was expected. A failing `XADD` (OOM,
+/// a key of the wrong type) raises before the release, so nothing changes.
+pub(super) static SCRIPT: LuaScript = LuaScript::new(
+    r"
+local id = ARGV[3]
+if ARGV[1] == 'check' then
+  if not redis.acl_check_cmd('XADD', KEYS[2], '*', 'f', 'v') then
+    return redis.error_reply('NOPERM this user has no permissions to run XADD on the dead-letter stream ' .. KEYS[2])
+  end
+  if not redis.acl_check_cmd('XACK', KEYS[1], ARGV[2], '0-1') then
+    return redis.error_reply('NOPERM this user has no permissions to run XACK on ' .. KEYS[1])
+  end
+  if not redis.acl_check_cmd('XRANGE', KEYS[1], '-', '+') then
+    return redis.error_reply('NOPERM this user has no permissions to run the \'xrange\' command on ' .. KEYS[1])
+  end
+  return 1
+elseif ARGV[1] == 'ack' then
+  if #redis.call('XPENDING', KEYS[1], ARGV[2], id, id, 1) == 0 then return false end
+elseif #redis.call('XRANGE', KEYS[1], id, id) == 0 then
+  return false
+end
+local fields = {}
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+if ARGV[4] == '1' then
+  local found = redis.call('XRANGE', KEYS[1], id, id)
+  if found[1] then
+    for _, v in ipairs(found[1][2]) do fields[#fields + 1] = v end
+  end
+end
+local new = redis.call('XADD', KEYS[2], '*', unpack(fields))
+if ARGV[1] == 'ack' then
+  redis.call('XACK', KEYS[1], ARGV[2], id)
+else
+  redis.call('XDEL', KEYS[1], id)
+end
+return new
+",
+);
+
+/// What happens to the original entry once it is copied.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Release<'a> {
+    /// It must be pending in this group, and is acknowledged (dead-lettering).
+    Ack(&'a [u8]),
+    /// It must still be in its stream, and is deleted (replaying a dead letter).
+    Delete,
+}
+
+/// One move: from where, to where, which entry, and what happens to it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Transfer<'a> {
+    pub(super) from: &'a [u8],
+    pub(super) to: &'a [u8],
+    pub(super) id: EntryId,
+    pub(super) release: Release<'a>,
+}
+
+impl Transfer<'_> {
+    /// Moves the entry with `fields` (field, value, field, value, ...); with `append_stored`, the
+    /// fields `from` still holds for the entry follow them (only used with few `fields`). Returns
+    /// the new id, or `None` when the entry was not where it was expected.
+    pub(super) async fn run<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        fields: &[&[u8]],
+        append_stored: bool,
+    ) -> RedisResult<Option<String>> {
+        if fields.len() > 2 * SCRIPT_FIELD_LIMIT {
+            return self.in_steps(conn, fields).await;
+        }
+        let id = self.id.to_string();
+        let (mode, group): (&[u8], &[u8]) = match self.release {
+            Release::Ack(group) => (b"ack", group),
+            Release::Delete => (b"del", b""),
+        };
+        let append: &[u8] = if append_stored { b"1" } else { b"0" };
+        let mut args: Vec<&[u8]> = Vec::with_capacity(4 + fields.len());
+        args.extend([mode, group, id.as_bytes(), append]);
+        args.extend_from_slice(fields);
+        SCRIPT.run(conn, &[self.from, self.to], &args).await
+    }
+
+    /// The same move in steps, for entries too large for the script: check, `XADD`, release. Not
+    /// atomic, but nothing is lost: the release comes after the `XADD`, so a crash between the two
+    /// (or a second mover at the same moment) leaves a copy in both streams, never in neither.
+    async fn in_steps<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        fields: &[&[u8]],
+    ) -> RedisResult<Option<String>> {
+        let found: Vec<Value> = match self.release {
+            Release::Ack(group) => {
+                redis::cmd("XPENDING")
+                    .arg(self.from)
+                    .arg(group)
+                    .arg(self.id)
+                    .arg(self.id)
+                    .arg(1)
+                    .query_async(conn)
+                    .await?
+            }
+            Release::Delete => {
+                redis::cmd("XRANGE")
+                    .arg(self.from)
+                    .arg(self.id)
+                    .arg(self.id)
+                    .query_async(conn)
+                    .await?
+            }
+        };
+        if found.is_empty() {
+            return Ok(None);
+        }
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(self.to).arg("*");
+        for f in fields {
+            xadd.arg(*f);
+        }
+        let new: String = xadd.query_async(conn).await?;
+        let mut release = match self.release {
+            Release::Ack(_) => redis::cmd("XACK"),
+            Release::Delete => redis::cmd("XDEL"),
+        };
+        release.arg(self.from);
+        if let Release::Ack(group) = self.release {
+            release.arg(group);
+        }
+        release.arg(self.id).query_async::<Value>(conn).await?;
+        Ok(Some(new))
+    }
+}

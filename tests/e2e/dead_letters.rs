@@ -1,0 +1,165 @@
+//! The dead-letter domain through the library: what a consumer moved to the dead-letter stream is
+//! listed, replayed to the source stream (where the group reads it again) and purged with
+//! `millrace::dead_letter`, the same calls `millrace dlq` makes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use millrace::dead_letter::{DeadLetterStream, Replay, Selection, Skip};
+use millrace::{Batch, ConsumerSpec, EntryId, HandlerResult, RawEntry, StartId, Supervisor};
+use millrace_testkit::eventually;
+use redis::aio::MultiplexedConnection;
+
+use crate::common::*;
+
+async fn xlen(con: &mut MultiplexedConnection, key: &str) -> u64 {
+    redis::cmd("XLEN").arg(key).query_async(con).await.unwrap()
+}
+
+#[tokio::test]
+async fn dead_letters_replayed_through_the_library_reach_the_group_again() {
+    let (server, mut con) = server().await;
+    // One small entry and one with 3,000 fields (too many for a Lua `unpack`), both moved and
+    // replayed.
+    let small = xadd(&mut con, "orders", &[("order", "1"), ("note", "poison")]).await;
+    let names: Vec<String> = (0..3_000).map(|i| format!("f{i}")).collect();
+    let big_fields: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+    let big = xadd(&mut con, "orders", &big_fields).await;
+
+    let reject = Arc::new(AtomicBool::new(true));
+    let handled: Arc<Mutex<Vec<RawEntry>>> = Arc::default();
+    let (reject2, handled2) = (reject.clone(), handled.clone());
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(
+            ConsumerSpec::new("orders", "g", "c")
+                .start_id(StartId::Beginning)
+                .block(Duration::from_millis(200))
+                .handler(move |batch: Batch<RawEntry>| {
+                    for e in &batch {
+                        if reject2.load(Ordering::SeqCst) {
+                            batch.dead_letter(e.id, "poison: refused on purpose");
+                        } else {
+                            handled2.lock().unwrap().push(e.message.clone());
+                        }
+                    }
+                    async { HandlerResult::Ok }
+                }),
+        )
+        .start()
+        .await
+        .unwrap();
+    eventually(WAIT, "both entries dead-lettered, nothing pending", || {
+        let mut con = con.clone();
+        async move {
+            xlen(&mut con, "orders:dlq").await == 2 && pending(&mut con, "orders", "g").await == 0
+        }
+    })
+    .await;
+
+    let dlq = DeadLetterStream::of("orders");
+    let listing = dlq.list(&mut con, 10).await.unwrap();
+    assert_eq!(listing.letters.len(), 2);
+    assert!(!listing.truncated);
+    let sources: Vec<Option<EntryId>> = listing
+        .letters
+        .iter()
+        .map(|l| l.dead_letter.as_ref().unwrap().source_id)
+        .collect();
+    assert_eq!(sources, vec![Some(small), Some(big)]);
+    assert_eq!(
+        listing.letters[1]
+            .dead_letter
+            .as_ref()
+            .unwrap()
+            .fields
+            .len(),
+        3_000
+    );
+
+    reject.store(false, Ordering::SeqCst);
+    let selected = dlq
+        .select(&mut con, &Selection::all().reason_contains("poison"))
+        .await
+        .unwrap();
+    assert_eq!(selected.letters.len(), 2);
+    for letter in &selected.letters {
+        let outcome = dlq.replay(&mut con, letter).await.unwrap();
+        assert!(matches!(outcome, Replay::Replayed { .. }), "{outcome:?}");
+    }
+    assert_eq!(xlen(&mut con, "orders:dlq").await, 0);
+    // A second replay of the same dead letter changes nothing.
+    assert_eq!(
+        dlq.replay(&mut con, &selected.letters[0]).await.unwrap(),
+        Replay::Skipped(Skip::Gone)
+    );
+
+    eventually(WAIT, "the group to handle both replayed entries", || {
+        let n = handled.lock().unwrap().len();
+        async move { n == 2 }
+    })
+    .await;
+    let handled = handled.lock().unwrap().clone();
+    assert_eq!(handled[0].get_str("note"), Some("poison"));
+    assert_eq!(handled[1].fields.len(), 3_000);
+    assert_eq!(handled[1].get_str("f2999"), Some("v"));
+    assert_eq!(xlen(&mut con, "orders").await, 4, "replays are new entries");
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_shared_dead_letter_stream_keeps_other_sources_apart() {
+    let (_server, mut con) = server().await;
+    let meta = |source: &str| -> Vec<(String, String)> {
+        millrace::dead_letter::META_FIELDS
+            .iter()
+            .zip([source, "1-1", "g", "c", "1", "bad", "1700000000000"])
+            .map(|(k, v)| ((*k).to_owned(), v.to_owned()))
+            .chain([("k".to_owned(), "v".to_owned())])
+            .collect()
+    };
+    let add = |fields: Vec<(String, String)>| {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg("shared:dlq").arg("*");
+        for (k, v) in fields {
+            cmd.arg(k).arg(v);
+        }
+        cmd
+    };
+    let mut ids = Vec::new();
+    for fields in [
+        meta("orders"),
+        meta("payments"),
+        vec![("x".into(), "y".into())],
+    ] {
+        let id: String = add(fields).query_async(&mut con).await.unwrap();
+        ids.push(id.parse::<EntryId>().unwrap());
+    }
+    let orders = DeadLetterStream::with_key("orders", "shared:dlq");
+
+    let listing = orders.list(&mut con, 10).await.unwrap();
+    let listed: Vec<EntryId> = listing.letters.iter().map(|l| l.id()).collect();
+    assert_eq!(
+        listed,
+        vec![ids[0], ids[2]],
+        "its own, and the foreign entry"
+    );
+    assert_eq!(listing.other_sources, 1);
+
+    let selected = orders.select(&mut con, &Selection::all()).await.unwrap();
+    assert_eq!(selected.letters.len(), 1);
+    assert_eq!(selected.left_out, 2);
+    let named = orders
+        .select(&mut con, &Selection::ids([ids[1], EntryId::new(1, 1)]))
+        .await
+        .unwrap();
+    assert_eq!(named.missing, vec![EntryId::new(1, 1)]);
+    assert!(matches!(
+        orders.replay(&mut con, &named.letters[0]).await.unwrap(),
+        Replay::Skipped(Skip::OtherSource(s)) if s == "payments"
+    ));
+
+    assert_eq!(orders.purge(&mut con, &[ids[0]]).await.unwrap(), 1);
+    assert_eq!(xlen(&mut con, "shared:dlq").await, 2);
+}
