@@ -161,6 +161,11 @@ impl DlqTarget {
             .clone()
             .unwrap_or_else(|| format!("{}:dlq", self.stream))
     }
+
+    /// The library's view of the dead-letter stream.
+    pub(crate) fn dead_letters(&self) -> millrace::dead_letter::DeadLetterStream {
+        millrace::dead_letter::DeadLetterStream::with_key(&self.stream, self.dlq_key())
+    }
 }
 
 /// Which dead letters a command acts on.

@@ -107,6 +107,11 @@ pub(crate) fn millis(ms: u64) -> String {
     duration(Duration::from_millis(ms))
 }
 
+/// A duration in whole milliseconds (for JSON).
+pub(crate) fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()

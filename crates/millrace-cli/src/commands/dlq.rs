@@ -6,13 +6,10 @@
 //! shared by several streams stays safe; entries of other streams are counted and left alone.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::sync::LazyLock;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use millrace::dead_letter::DeadLetter;
-use millrace::streams::reply::{parse_entries, ReadItem};
-use millrace::{EntryId, RawEntry};
-use redis::Value;
+use millrace::dead_letter::{is_dead_letter_stream, Letter, Replay, Selected, Selection};
+use millrace::EntryId;
 use serde::Serialize;
 
 use crate::cli::{DlqCommand, DlqSelect, DlqTarget};
@@ -20,117 +17,40 @@ use crate::connect::{no_such_stream, wrong_type, KeyState, Redis};
 use crate::error::{CliError, Result};
 use crate::render::{self, escape, json_fields, opt, truncate, Align, JsonBytes, Table};
 
-/// Entries per XRANGE page and per XDEL call.
-const PAGE: usize = 500;
 /// Replays of at least this many entries show a progress bar (on a terminal).
 const PROGRESS_FROM: usize = 50;
 /// Characters of the reason shown by `list`.
 const REASON_WIDTH: usize = 60;
 
-/// Moves one dead letter back: if it is still in the dead-letter stream, XADD the original fields
-/// to the source stream, then XDEL it. Returns the new id, or nil when the dead letter was gone.
-/// A failing XADD (wrong type, OOM) raises before the XDEL, so nothing changes.
-static REPLAY_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
-if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then return false end
-local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
-redis.call('XDEL', KEYS[1], ARGV[1])
-return id
-",
-    )
-});
-
-/// Dead letters with more original fields than this are replayed in steps: Lua's `unpack` stops
-/// near 8,000 values, so the script cannot pass a larger entry to `XADD`.
-const SCRIPT_FIELD_LIMIT: usize = 1_000;
-
-/// Replays a dead letter too large for the script: if it is still in the dead-letter stream, XADD
-/// its fields to the source stream, then XDEL it. Not atomic: a crash between the two leaves it in
-/// both streams (replayed twice if replayed again), never in neither.
-async fn replay_in_steps(
-    conn: &mut redis::aio::MultiplexedConnection,
-    dlq: &str,
-    stream: &str,
-    dlq_id: EntryId,
-    fields: &[(Vec<u8>, Vec<u8>)],
-) -> redis::RedisResult<Option<String>> {
-    let still: Vec<redis::Value> = redis::cmd("XRANGE")
-        .arg(dlq)
-        .arg(dlq_id)
-        .arg(dlq_id)
-        .query_async(conn)
-        .await?;
-    if still.is_empty() {
-        return Ok(None);
-    }
-    let mut xadd = redis::cmd("XADD");
-    xadd.arg(stream).arg("*");
-    for (k, v) in fields {
-        xadd.arg(k.as_slice()).arg(v.as_slice());
-    }
-    let id: String = xadd.query_async(conn).await?;
-    let _: i64 = redis::cmd("XDEL")
-        .arg(dlq)
-        .arg(dlq_id)
-        .query_async(conn)
-        .await?;
-    Ok(Some(id))
+/// How long ago the letter was dead-lettered (or added, for an entry that is not a dead letter).
+fn age_ms(l: &Letter, now: u64) -> u64 {
+    let at = l
+        .dead_letter
+        .as_ref()
+        .and_then(|d| d.dead_lettered_at_ms)
+        .unwrap_or(l.entry.id.ms);
+    now.saturating_sub(at)
 }
 
-/// One entry of the dead-letter stream.
-#[derive(Debug, Clone)]
-struct Letter {
-    entry: RawEntry,
-    /// `None` when the entry is not a millrace dead letter.
-    dead: Option<DeadLetter>,
-}
-
-impl Letter {
-    fn from_entry(entry: RawEntry) -> Letter {
-        let dead = DeadLetter::parse(&entry);
-        Letter { entry, dead }
-    }
-
-    fn belongs_to(&self, stream: &str) -> bool {
-        self.dead
-            .as_ref()
-            .is_some_and(|d| d.source_stream == stream)
-    }
-
-    fn reason_contains(&self, text: &str) -> bool {
-        self.dead.as_ref().is_some_and(|d| d.reason.contains(text))
-    }
-
-    fn age_ms(&self, now: u64) -> u64 {
-        let at = self
-            .dead
-            .as_ref()
-            .and_then(|d| d.dead_lettered_at_ms)
-            .unwrap_or(self.entry.id.ms);
-        now.saturating_sub(at)
-    }
-
-    fn json(&self, now: u64, with_fields: bool) -> LetterJson {
-        let d = self.dead.as_ref();
-        let fields: &[(Vec<u8>, Vec<u8>)] = match d {
-            Some(d) => &d.fields,
-            None => &self.entry.fields,
-        };
-        LetterJson {
-            id: self.entry.id.to_string(),
-            dead_letter: d.is_some(),
-            source_stream: d.map(|d| d.source_stream.clone()),
-            source_id: d.and_then(|d| d.source_id).map(|i| i.to_string()),
-            group: d.map(|d| d.group.clone()),
-            consumer: d.map(|d| d.consumer.clone()),
-            deliveries: d.and_then(|d| d.deliveries),
-            reason: d.map(|d| d.reason.clone()),
-            dead_lettered_at_ms: d.and_then(|d| d.dead_lettered_at_ms),
-            age_ms: self.age_ms(now),
-            field_count: fields.len(),
-            fields: with_fields.then(|| json_fields(fields)),
-        }
+fn letter_json(l: &Letter, now: u64, with_fields: bool) -> LetterJson {
+    let d = l.dead_letter.as_ref();
+    let fields: &[(Vec<u8>, Vec<u8>)] = match d {
+        Some(d) => &d.fields,
+        None => &l.entry.fields,
+    };
+    LetterJson {
+        id: l.entry.id.to_string(),
+        dead_letter: d.is_some(),
+        source_stream: d.map(|d| d.source_stream.clone()),
+        source_id: d.and_then(|d| d.source_id).map(|i| i.to_string()),
+        group: d.map(|d| d.group.clone()),
+        consumer: d.map(|d| d.consumer.clone()),
+        deliveries: d.and_then(|d| d.deliveries),
+        reason: d.map(|d| d.reason.clone()),
+        dead_lettered_at_ms: d.and_then(|d| d.dead_lettered_at_ms),
+        age_ms: age_ms(l, now),
+        field_count: fields.len(),
+        fields: with_fields.then(|| json_fields(fields)),
     }
 }
 
@@ -172,6 +92,25 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, command: DlqCommand) -> R
     }
 }
 
+/// Refuses a dead-letter stream given where its source stream was meant (`dlq list orders:dlq`).
+async fn refuse_a_dead_letter_stream(redis: &mut Redis, target: &DlqTarget) -> Result<()> {
+    let looks = is_dead_letter_stream(redis.conn(), &target.stream)
+        .await
+        .map_err(|e| redis.error(&e))?;
+    if looks != Some(true) {
+        return Ok(());
+    }
+    let hint = match target.stream.strip_suffix(":dlq") {
+        Some(source) => format!("`millrace dlq list {source}`"),
+        None => format!("the source stream with `--dlq {}`", target.stream),
+    };
+    Err(CliError::runtime(format!(
+        "`{}` is itself a dead-letter stream (its entries are millrace dead letters); give its \
+         source stream instead: {hint}",
+        target.stream
+    )))
+}
+
 /// True when the dead-letter stream exists; `false` when it does not but the source stream does
 /// (no dead letters yet); an error when neither exists or a key has the wrong type.
 async fn open(redis: &mut Redis, target: &DlqTarget) -> Result<bool> {
@@ -191,68 +130,6 @@ async fn open(redis: &mut Redis, target: &DlqTarget) -> Result<bool> {
     }
 }
 
-/// Pages through the dead-letter stream oldest first, keeping the letters `keep` accepts, up to
-/// `limit`. Returns them and how many entries were passed over.
-async fn scan(
-    redis: &mut Redis,
-    dlq: &str,
-    limit: Option<usize>,
-    mut keep: impl FnMut(&Letter) -> bool,
-) -> Result<(Vec<Letter>, usize)> {
-    let mut kept = Vec::new();
-    let mut passed = 0;
-    let mut start = "-".to_owned();
-    loop {
-        let reply: Value = redis
-            .query(
-                redis::cmd("XRANGE")
-                    .arg(dlq)
-                    .arg(&start)
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(PAGE),
-            )
-            .await?;
-        let items = parse_entries(reply);
-        let n = items.len();
-        for item in items {
-            if let Some(id) = item.id() {
-                start = format!("({id}");
-            }
-            match item {
-                ReadItem::Entry(e) => {
-                    let letter = Letter::from_entry(e);
-                    if keep(&letter) {
-                        kept.push(letter);
-                        if limit.is_some_and(|l| kept.len() >= l) {
-                            return Ok((kept, passed));
-                        }
-                    } else {
-                        passed += 1;
-                    }
-                }
-                ReadItem::Tombstone(_) | ReadItem::Malformed { .. } => passed += 1,
-            }
-        }
-        if n < PAGE {
-            return Ok((kept, passed));
-        }
-    }
-}
-
-/// One entry by id.
-async fn fetch(redis: &mut Redis, dlq: &str, id: EntryId) -> Result<Option<Letter>> {
-    let reply: Value = redis
-        .query(redis::cmd("XRANGE").arg(dlq).arg(id).arg(id))
-        .await?;
-    Ok(parse_entries(reply)
-        .into_iter()
-        .find_map(|item| match item {
-            ReadItem::Entry(e) if e.id == id => Some(Letter::from_entry(e)),
-            _ => None,
-        }))
-}
-
 fn not_found(target: &DlqTarget, ids: &[EntryId]) -> CliError {
     let ids: Vec<String> = ids.iter().map(|i| format!("`{i}`")).collect();
     CliError::runtime(format!(
@@ -263,65 +140,56 @@ fn not_found(target: &DlqTarget, ids: &[EntryId]) -> CliError {
     ))
 }
 
-/// The dead letters a replay or purge acts on, and how many entries were left out because they
-/// belong to another stream or are not dead letters.
-async fn select(
-    redis: &mut Redis,
-    target: &DlqTarget,
-    select: &DlqSelect,
-) -> Result<(Vec<Letter>, usize)> {
-    let dlq = target.dlq_key();
-    let reason_ok = |l: &Letter| {
-        select
-            .filter_reason
-            .as_deref()
-            .is_none_or(|text| l.reason_contains(text))
+/// The dead letters a replay or purge acts on (none when the dead-letter stream does not exist),
+/// failing when a named id is missing.
+async fn select(redis: &mut Redis, target: &DlqTarget, sel: &DlqSelect) -> Result<Selected> {
+    if !open(redis, target).await? {
+        return Ok(Selected::default());
+    }
+    let mut selection = if sel.ids.is_empty() {
+        Selection::all()
+    } else {
+        Selection::ids(sel.ids.iter().copied())
     };
-    if select.ids.is_empty() {
-        let mut others = 0;
-        let (letters, _) = scan(redis, &dlq, None, |l| {
-            if !l.belongs_to(&target.stream) {
-                others += 1;
-                return false;
-            }
-            reason_ok(l)
-        })
-        .await?;
-        return Ok((letters, others));
+    if let Some(text) = &sel.filter_reason {
+        selection = selection.reason_contains(text.clone());
     }
-    let mut letters = Vec::new();
-    let mut missing = Vec::new();
-    let mut ids = select.ids.clone();
-    ids.sort();
-    ids.dedup();
-    for id in ids {
-        match fetch(redis, &dlq, id).await? {
-            Some(l) => letters.push(l),
-            None => missing.push(id),
-        }
+    let selected = target
+        .dead_letters()
+        .select(redis.conn(), &selection)
+        .await
+        .map_err(|e| redis.error(&e))?;
+    if !selected.missing.is_empty() {
+        return Err(not_found(target, &selected.missing));
     }
-    if !missing.is_empty() {
-        return Err(not_found(target, &missing));
-    }
-    letters.retain(|l| reason_ok(l));
-    Ok((letters, 0))
+    Ok(selected)
 }
 
 async fn list(redis: &mut Redis, json: bool, target: &DlqTarget, limit: u64) -> Result<()> {
     let dlq = target.dlq_key();
     let now = render::now_ms();
-    let (letters, others) = if open(redis, target).await? {
+    let listing = if open(redis, target).await? {
         let max = usize::try_from(limit).unwrap_or(usize::MAX);
-        // Entries that are not dead letters at all are shown too: they need attention.
-        scan(redis, &dlq, Some(max), |l| {
-            l.belongs_to(&target.stream) || l.dead.is_none()
-        })
-        .await?
+        target
+            .dead_letters()
+            .list(redis.conn(), max)
+            .await
+            .map_err(|e| redis.error(&e))?
     } else {
-        (Vec::new(), 0)
+        refuse_a_dead_letter_stream(redis, target).await?;
+        Default::default()
     };
+    let (letters, others) = (listing.letters, listing.other_sources);
+    if others == 0 && !letters.is_empty() && letters.iter().all(|l| l.dead_letter.is_none()) {
+        return Err(CliError::runtime(format!(
+            "`{dlq}` is not a dead-letter stream: none of its oldest {} starts with the millrace.* \
+             fields; name the dead-letter stream with --dlq, or see its entries with \
+             `millrace tail`",
+            letters_of(letters.len(), "entry", "entries")
+        )));
+    }
     if json {
-        let rows: Vec<LetterJson> = letters.iter().map(|l| l.json(now, false)).collect();
+        let rows: Vec<LetterJson> = letters.iter().map(|l| letter_json(l, now, false)).collect();
         return render::json(&rows);
     }
     if letters.is_empty() {
@@ -339,13 +207,13 @@ async fn list(redis: &mut Redis, json: bool, target: &DlqTarget, limit: u64) -> 
             ("REASON", Align::Left),
         ]);
         for l in &letters {
-            let d = l.dead.as_ref();
+            let d = l.dead_letter.as_ref();
             table.row(vec![
                 l.entry.id.to_string(),
                 opt(d.and_then(|d| d.source_id)),
                 d.map_or_else(|| "?".to_owned(), |d| escape(d.group.as_bytes())),
                 opt(d.and_then(|d| d.deliveries)),
-                render::millis(l.age_ms(now)),
+                render::millis(age_ms(l, now)),
                 d.map_or_else(
                     || "(not a millrace dead letter)".to_owned(),
                     |d| truncate(&escape(d.reason.as_bytes()), REASON_WIDTH),
@@ -354,7 +222,7 @@ async fn list(redis: &mut Redis, json: bool, target: &DlqTarget, limit: u64) -> 
         }
         render::out(&table.render())?;
     }
-    if u64::try_from(letters.len()).is_ok_and(|n| n >= limit) {
+    if listing.truncated {
         render::note(&format!(
             "(showing the oldest {}; raise --limit to see more)",
             letters.len()
@@ -372,7 +240,11 @@ async fn list(redis: &mut Redis, json: bool, target: &DlqTarget, limit: u64) -> 
 async fn show(redis: &mut Redis, json: bool, target: &DlqTarget, id: EntryId) -> Result<()> {
     let dlq = target.dlq_key();
     let letter = if open(redis, target).await? {
-        fetch(redis, &dlq, id).await?
+        target
+            .dead_letters()
+            .get(redis.conn(), id)
+            .await
+            .map_err(|e| redis.error(&e))?
     } else {
         None
     };
@@ -381,7 +253,7 @@ async fn show(redis: &mut Redis, json: bool, target: &DlqTarget, id: EntryId) ->
     };
     let now = render::now_ms();
     if json {
-        return render::json(&letter.json(now, true));
+        return render::json(&letter_json(&letter, now, true));
     }
     let mut text = String::new();
     let field_lines = |fields: &[(Vec<u8>, Vec<u8>)], text: &mut String| {
@@ -389,7 +261,7 @@ async fn show(redis: &mut Redis, json: bool, target: &DlqTarget, id: EntryId) ->
             text.push_str(&format!("  {} = {}\n", render::token(k), render::token(v)));
         }
     };
-    match &letter.dead {
+    match &letter.dead_letter {
         None => {
             text.push_str(&format!(
                 "entry {id} of `{dlq}` is not a millrace dead letter (it does not start with the \
@@ -463,7 +335,7 @@ async fn replay(
 ) -> Result<()> {
     let stream = target.stream.as_str();
     let dlq = target.dlq_key();
-    let exists = open(redis, target).await?;
+    let selected = select(redis, target, sel).await?;
     match redis.stream_state(stream).await? {
         KeyState::Stream => {}
         KeyState::Other(t) => return Err(wrong_type(stream, &t)),
@@ -475,11 +347,7 @@ async fn replay(
             )))
         }
     }
-    let (letters, others) = if exists {
-        select(redis, target, sel).await?
-    } else {
-        (Vec::new(), 0)
-    };
+    let dead_letters = target.dead_letters();
     let mut report = ReplayReport {
         stream: stream.to_owned(),
         dlq: dlq.clone(),
@@ -488,59 +356,36 @@ async fn replay(
         skipped: Vec::new(),
     };
     let mut plan = Vec::new();
-    for l in letters {
-        let why = match &l.dead {
-            None => Some("not a millrace dead letter".to_owned()),
-            Some(d) if d.source_stream != stream => Some(format!(
-                "came from stream `{}`, not `{stream}`",
-                d.source_stream
-            )),
-            Some(d) if d.fields.is_empty() => Some(
-                "has no original fields (it was unreadable when it was dead-lettered); inspect it \
-                 with `dlq show` and purge it"
-                    .to_owned(),
-            ),
-            Some(_) => None,
-        };
-        match why {
-            Some(why) => report.skipped.push(Skipped {
-                dlq_id: l.entry.id.to_string(),
-                why,
+    for l in &selected.letters {
+        match dead_letters.check_replay(l) {
+            Ok(_) => plan.push(l),
+            Err(why) => report.skipped.push(Skipped {
+                dlq_id: l.id().to_string(),
+                why: why.to_string(),
             }),
-            None => plan.push(l),
         }
     }
     let progress = progress_bar(plan.len());
     let mut failure = None;
-    for l in &plan {
-        let Some(d) = &l.dead else { continue };
+    for l in plan {
+        let Some(d) = &l.dead_letter else { continue };
         let mut new_id = None;
         if !dry_run {
-            let outcome = if d.fields.len() > SCRIPT_FIELD_LIMIT {
-                replay_in_steps(redis.conn(), &dlq, stream, l.entry.id, &d.fields).await
-            } else {
-                let mut inv = REPLAY_SCRIPT.key(&dlq);
-                inv.key(stream).arg(l.entry.id);
-                for (k, v) in &d.fields {
-                    inv.arg(k.as_slice()).arg(v.as_slice());
-                }
-                inv.invoke_async::<Option<String>>(redis.conn()).await
-            };
-            match outcome {
-                Ok(Some(id)) => new_id = Some(id),
-                Ok(None) => {
+            match dead_letters.replay(redis.conn(), l).await {
+                Ok(Replay::Replayed { new_id: id }) => new_id = Some(id.to_string()),
+                Ok(Replay::Skipped(why)) => {
                     report.skipped.push(Skipped {
-                        dlq_id: l.entry.id.to_string(),
-                        why: "no longer in the dead-letter stream (replayed or purged meanwhile)"
-                            .into(),
+                        dlq_id: l.id().to_string(),
+                        why: why.to_string(),
                     });
                     progress.inc(1);
                     continue;
                 }
+                Ok(_) => continue,
                 Err(e) => {
                     failure = Some(CliError::runtime(format!(
                         "replaying dead letter {} failed after {} replayed: {}",
-                        l.entry.id,
+                        l.id(),
                         report.replayed.len(),
                         redis.error(&e)
                     )));
@@ -549,7 +394,7 @@ async fn replay(
             }
         }
         report.replayed.push(Replayed {
-            dlq_id: l.entry.id.to_string(),
+            dlq_id: l.id().to_string(),
             source_id: d.source_id.map(|i| i.to_string()),
             new_id,
             reason: d.reason.clone(),
@@ -560,7 +405,7 @@ async fn replay(
     if json {
         render::json(&report)?;
     } else {
-        print_replay(&report, others)?;
+        print_replay(&report, selected.left_out)?;
     }
     if let Some(f) = failure {
         return Err(f);
@@ -666,12 +511,9 @@ async fn purge(
     dry_run: bool,
 ) -> Result<()> {
     let dlq = target.dlq_key();
-    let (letters, others) = if open(redis, target).await? {
-        select(redis, target, sel).await?
-    } else {
-        (Vec::new(), 0)
-    };
-    let ids: Vec<EntryId> = letters.iter().map(|l| l.entry.id).collect();
+    let selected = select(redis, target, sel).await?;
+    let others = selected.left_out;
+    let ids: Vec<EntryId> = selected.letters.iter().map(Letter::id).collect();
     let mut report = PurgeReport {
         stream: target.stream.clone(),
         dlq: dlq.clone(),
@@ -684,10 +526,11 @@ async fn purge(
         confirm(&format!("delete {} from `{dlq}` for good", n_letters(n)))?;
     }
     if !dry_run {
-        for chunk in ids.chunks(PAGE) {
-            let deleted: u64 = redis.query(redis::cmd("XDEL").arg(&dlq).arg(chunk)).await?;
-            report.deleted += deleted;
-        }
+        report.deleted = target
+            .dead_letters()
+            .purge(redis.conn(), &ids)
+            .await
+            .map_err(|e| redis.error(&e))?;
     }
     if json {
         return render::json(&report);

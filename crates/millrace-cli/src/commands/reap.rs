@@ -1,51 +1,19 @@
 //! `millrace reap STREAM GROUP --idle 1h`: delete idle consumers without losing their entries.
 //!
 //! `XGROUP DELCONSUMER` silently drops a consumer's pending entries, so for every consumer idle
-//! longer than `--idle` this command first moves its pending entries to `--into` with `XCLAIM`
-//! (keeping their delivery counts, `JUSTID`, and their idle time, so workers can still claim them
-//! at once), and then deletes the consumer in a Lua script that checks, atomically, that it holds
-//! no pending entry and is still idle. A consumer with pending entries is never deleted.
+//! longer than `--idle` this command runs the library's reaper
+//! ([`millrace::streams::reap_consumer`]): it first moves the consumer's pending entries to
+//! `--into` with `XCLAIM` (keeping their delivery counts and about their idle time, so workers can
+//! still claim them at once), and then deletes the consumer only if, atomically, it holds no
+//! pending entry and is still idle. A consumer with pending entries is never deleted.
 
-use std::sync::LazyLock;
-
-use millrace::EntryId;
-use redis::Value;
+use millrace::streams::{self, IdleConsumer, ReapOutcome};
 use serde::Serialize;
 
 use crate::cli::ReapArgs;
-use crate::commands::trim::successor;
-use crate::connect::Redis;
+use crate::connect::{is_missing, Redis};
 use crate::error::Result;
-use crate::info::{self, ConsumerInfo};
 use crate::render::{self, escape, millis, Align, JsonBytes, Table};
-
-/// Pending entries claimed per XPENDING/XCLAIM round.
-const BATCH: usize = 500;
-
-/// Deletes a consumer only if it has no pending entry and is still idle for at least `ARGV[3]` ms.
-/// Returns the DELCONSUMER reply (0), -1 when entries are pending, -2 when it became active,
-/// -3 when it no longer exists.
-static DELETE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
-local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
-if #pending > 0 then return -1 end
-local found = false
-for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
-  local name, idle
-  for i = 1, #c, 2 do
-    if c[i] == 'name' then name = c[i + 1] elseif c[i] == 'idle' then idle = c[i + 1] end
-  end
-  if name == ARGV[2] then
-    found = true
-    if tonumber(idle) < tonumber(ARGV[3]) then return -2 end
-  end
-end
-if not found then return -3 end
-return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-",
-    )
-});
 
 #[derive(Debug, Serialize)]
 struct Row {
@@ -77,7 +45,12 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &ReapArgs) -> Resul
     let (stream, group) = (args.stream.as_str(), args.group.as_str());
     redis.require_stream(stream).await?;
     let idle_ms = u64::try_from(args.idle.as_millis()).unwrap_or(u64::MAX);
-    let consumers = info::consumers(redis, stream, group).await?;
+    let consumers =
+        match streams::idle_consumers(redis.conn(), stream, group, args.idle, &args.into).await {
+            Ok(c) => c,
+            Err(e) if is_missing(&e) => return Err(redis.explain_missing(stream, group).await),
+            Err(e) => return Err(redis.error(&e)),
+        };
     let mut report = Report {
         stream: stream.to_owned(),
         group: group.to_owned(),
@@ -86,14 +59,11 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &ReapArgs) -> Resul
         dry_run: args.dry_run,
         consumers: Vec::new(),
     };
-    for c in consumers
-        .into_iter()
-        .filter(|c| c.idle_ms >= idle_ms && c.name != args.into.as_bytes())
-    {
+    for c in consumers {
         let row = if args.dry_run {
             Row {
                 consumer: JsonBytes(c.name.clone()),
-                idle_ms: c.idle_ms,
+                idle_ms: render::ms(c.idle),
                 pending: c.pending,
                 claimed: 0,
                 dropped_deleted: 0,
@@ -108,7 +78,7 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &ReapArgs) -> Resul
                 deleted: false,
             }
         } else {
-            reap_one(redis, args, idle_ms, c).await?
+            reap_one(redis, args, c).await?
         };
         report.consumers.push(row);
     }
@@ -158,111 +128,33 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &ReapArgs) -> Resul
     render::out(&text)
 }
 
-async fn reap_one(
-    redis: &mut Redis,
-    args: &ReapArgs,
-    idle_ms: u64,
-    c: ConsumerInfo,
-) -> Result<Row> {
-    let (stream, group) = (args.stream.as_str(), args.group.as_str());
-    let name = String::from_utf8_lossy(&c.name).into_owned();
-    let before = consumer_pending(redis, stream, group, &c.name).await?;
-    let mut claimed = 0u64;
-    // One pass over the consumer's pending entries, oldest first. Entries it touched again since
-    // (younger than --idle) are not claimed; the delete script then keeps the consumer.
-    let mut start = EntryId::MIN;
-    loop {
-        let rows = millrace::streams::xpending_range(
-            redis.conn(),
-            stream,
-            group,
-            None,
-            start,
-            EntryId::new(u64::MAX, u64::MAX),
-            BATCH,
-            Some(&name),
-        )
-        .await
-        .map_err(|e| redis.error(&e))?;
-        let Some(last) = rows.last() else { break };
-        start = successor(last.id);
-        let ids: Vec<EntryId> = rows.iter().map(|r| r.id).collect();
-        // Keep the entries about as idle as they were so that workers' XAUTOCLAIM takes them
-        // promptly.
-        let keep_idle = rows.iter().map(|r| r.idle_ms).min().unwrap_or_default();
-        let reply: Value = redis
-            .query(
-                redis::cmd("XCLAIM")
-                    .arg(stream)
-                    .arg(group)
-                    .arg(&args.into)
-                    .arg(idle_ms)
-                    .arg(&ids)
-                    .arg("IDLE")
-                    .arg(keep_idle)
-                    .arg("JUSTID"),
-            )
-            .await?;
-        claimed += crate::value::list(reply).len() as u64;
-        if rows.len() < BATCH {
-            break;
-        }
-    }
-    // Redis 7 drops pending entries whose stream entry was deleted instead of claiming them.
-    let after = consumer_pending(redis, stream, group, &c.name).await?;
-    let dropped = before.saturating_sub(after).saturating_sub(claimed);
-    let verdict: i64 = DELETE_SCRIPT
-        .key(stream)
-        .arg(group)
-        .arg(&name)
-        .arg(idle_ms)
-        .invoke_async(redis.conn())
-        .await
-        .map_err(|e| redis.error(&e))?;
-    let (action, deleted) = match verdict {
-        -1 => (
-            "kept: it still has pending entries (it was active again)".to_owned(),
+async fn reap_one(redis: &mut Redis, args: &ReapArgs, c: IdleConsumer) -> Result<Row> {
+    let reaped = streams::reap_consumer(
+        redis.conn(),
+        &args.stream,
+        &args.group,
+        &c.name,
+        args.idle,
+        Some(args.into.as_bytes()),
+    )
+    .await
+    .map_err(|e| redis.error(&e))?;
+    let (action, deleted) = match reaped.outcome {
+        ReapOutcome::Deleted => ("deleted", true),
+        ReapOutcome::KeptPending => (
+            "kept: it still has pending entries (it was active again)",
             false,
         ),
-        -2 => ("kept: it became active".to_owned(), false),
-        -3 => ("already gone".to_owned(), false),
-        _ => ("deleted".to_owned(), true),
+        ReapOutcome::KeptActive => ("kept: it became active", false),
+        _ => ("already gone", false),
     };
     Ok(Row {
         consumer: JsonBytes(c.name),
-        idle_ms: c.idle_ms,
+        idle_ms: render::ms(c.idle),
         pending: c.pending,
-        claimed,
-        dropped_deleted: dropped,
-        action,
+        claimed: reaped.claimed,
+        dropped_deleted: reaped.dropped_deleted,
+        action: action.to_owned(),
         deleted,
     })
-}
-
-/// The number of entries `consumer` holds pending (XPENDING summary form).
-async fn consumer_pending(
-    redis: &mut Redis,
-    stream: &str,
-    group: &str,
-    consumer: &[u8],
-) -> Result<u64> {
-    let summary: Value = redis
-        .group_query(redis::cmd("XPENDING").arg(stream).arg(group), stream, group)
-        .await?;
-    let per_consumer = crate::value::list(summary)
-        .into_iter()
-        .nth(3)
-        .map(crate::value::list);
-    Ok(per_consumer
-        .unwrap_or_default()
-        .iter()
-        .find_map(|row| {
-            let row = crate::value::list_ref(row);
-            if crate::value::bytes(row.first()?)? == consumer {
-                crate::value::int(row.get(1)?)
-            } else {
-                None
-            }
-        })
-        .unwrap_or_default())
 }

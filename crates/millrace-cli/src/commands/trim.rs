@@ -5,12 +5,12 @@
 //! still holds some pending (a PEL entry at or below the cut), unless `--force`. It then trims with
 //! `XTRIM MINID` at the successor of the last entry it checked, so entries added meanwhile are never
 //! removed unchecked (with `--maxlen` the stream can end up slightly longer than N). Without
-//! `--force` the trim itself runs in a Lua script that re-checks every group atomically (cheaply:
-//! last-delivered-id at or past the cut, no pending entry at or below it), so a group that changed
-//! during the walk (a new group at `0`, `XGROUP SETID` backwards) cannot lose entries.
+//! `--force` the trim itself is the library's checked trim ([`millrace::streams::trim_if_processed`]),
+//! which re-checks every group atomically (cheaply: last-delivered-id at or past the cut, no pending
+//! entry at or below it), so a group that changed during the walk (a new group at `0`,
+//! `XGROUP SETID` backwards) cannot lose entries.
 
-use std::sync::LazyLock;
-
+use millrace::streams::{successor, trim_if_processed, TrimVerdict};
 use millrace::EntryId;
 use redis::Value;
 use serde::Serialize;
@@ -23,36 +23,6 @@ use crate::render::{self, escape, Align, Table};
 
 /// Entries per XRANGE/XPENDING page.
 const PAGE: u64 = 1000;
-
-/// `XTRIM KEYS[1] MINID = ARGV[1]` if every group has been delivered everything up to the cut
-/// `ARGV[2]` and holds nothing pending at or below it. Returns the number of entries removed, or
-/// `{-1, group}` / `{-2, group}` naming a group that would lose undelivered / pending entries.
-static TRIM_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
-local function num_lt(x, y)
-  if #x ~= #y then return #x < #y end
-  return x < y
-end
-local function id_lt(a, b)
-  local am, as = string.match(a, '^(%d+)-(%d+)$')
-  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
-  if not am or not bm then return true end
-  if am ~= bm then return num_lt(am, bm) end
-  return num_lt(as, bs)
-end
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local name, last
-  for i = 1, #g, 2 do
-    if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
-  end
-  if not last or id_lt(last, ARGV[2]) then return {-1, name} end
-  if #redis.call('XPENDING', KEYS[1], name, '-', ARGV[2], 1) > 0 then return {-2, name} end
-end
-return redis.call('XTRIM', KEYS[1], 'MINID', '=', ARGV[1])
-",
-    )
-});
 
 #[derive(Debug, Serialize)]
 struct GroupCheck {
@@ -83,14 +53,6 @@ struct TrimReport {
     dry_run: bool,
     /// Entries Redis removed (0 in a dry run or when refused).
     removed: u64,
-}
-
-/// The id right after `id`.
-pub(crate) fn successor(id: EntryId) -> EntryId {
-    match id.seq.checked_add(1) {
-        Some(seq) => EntryId::new(id.ms, seq),
-        None => EntryId::new(id.ms.saturating_add(1), 0),
-    }
 }
 
 /// Trims the stream (or says why not).
@@ -192,26 +154,19 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &TrimArgs) -> Resul
                 )
                 .await?;
         } else {
-            let reply: Value = TRIM_SCRIPT
-                .key(stream)
-                .arg(threshold)
-                .arg(cut)
-                .invoke_async(redis.conn())
+            let verdict = trim_if_processed(redis.conn(), stream, cut)
                 .await
                 .map_err(|e| redis.error(&e))?;
-            match reply {
-                Value::Int(n) => report.removed = u64::try_from(n).unwrap_or_default(),
-                other => {
-                    let parts = crate::value::list(other);
-                    let group = parts
-                        .get(1)
-                        .and_then(crate::value::text)
-                        .unwrap_or_else(|| "?".to_owned());
+            match verdict {
+                TrimVerdict::Trimmed(n) => report.removed = n,
+                TrimVerdict::Undelivered(group) | TrimVerdict::Pending(group) => {
                     return Err(CliError::refused(format!(
-                        "not trimming `{stream}`: group `{group}` changed while the entries were \
-                         checked and would now lose some; run the command again"
+                        "not trimming `{stream}`: group `{}` changed while the entries were \
+                         checked and would now lose some; run the command again",
+                        escape(&group)
                     )));
                 }
+                _ => {}
             }
         }
     }
@@ -330,15 +285,4 @@ fn print(r: &TrimReport) -> Result<()> {
         ));
     }
     render::out(text.trim_end())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn successor_is_the_next_id() {
-        assert_eq!(successor(EntryId::new(5, 1)), EntryId::new(5, 2));
-        assert_eq!(successor(EntryId::new(5, u64::MAX)), EntryId::new(6, 0));
-    }
 }
