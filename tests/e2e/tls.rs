@@ -3,22 +3,29 @@
 
 use std::time::Duration;
 
-use millrace::{ConsumerId, ConsumerSpec, StartId, Supervisor};
+use millrace::{ConnectionOptions, ConsumerId, ConsumerSpec, Error, StartId, Supervisor};
 use millrace_testkit::{eventually, RedisServer};
 use redis::TlsCertificates;
 
 use crate::common::*;
 
-fn tls_client(server: &RedisServer, ca_of: &RedisServer) -> redis::Client {
-    let root_cert = std::fs::read(ca_of.ca_cert_path().expect("a TLS server")).unwrap();
-    redis::Client::build_with_tls(
-        server.url(),
-        TlsCertificates {
-            client_tls: None,
-            root_cert: Some(root_cert),
-        },
-    )
-    .unwrap()
+fn ca_of(server: &RedisServer) -> TlsCertificates {
+    let root_cert = std::fs::read(server.ca_cert_path().expect("a TLS server")).unwrap();
+    TlsCertificates {
+        client_tls: None,
+        root_cert: Some(root_cert),
+    }
+}
+
+fn tls_client(server: &RedisServer, ca_of_server: &RedisServer) -> redis::Client {
+    redis::Client::build_with_tls(server.url(), ca_of(ca_of_server)).unwrap()
+}
+
+/// A supervisor for `server` that trusts the CA of `trusted`.
+fn tls_builder(server: &RedisServer, trusted: &RedisServer) -> millrace::SupervisorBuilder {
+    Supervisor::builder()
+        .redis(server.url())
+        .connection_options(ConnectionOptions::default().tls_certificates(ca_of(trusted)))
 }
 
 fn spec() -> ConsumerSpec {
@@ -36,8 +43,7 @@ async fn consumes_over_tls_with_the_right_ca() {
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     xadd_n(&mut con, "s", 20).await;
     let seen = Seen::default();
-    let app = Supervisor::builder()
-        .redis_client(client)
+    let app = tls_builder(&server, &server)
         .consumer(spec().handler(recording(&seen)))
         .start()
         .await
@@ -61,8 +67,7 @@ async fn a_wrong_ca_fails_closed() {
     let server = RedisServer::builder().tls().start();
     let other = RedisServer::builder().tls().start();
     let seen = Seen::default();
-    let app = Supervisor::builder()
-        .redis_client(tls_client(&server, &other))
+    let app = tls_builder(&server, &other)
         .wait_for_redis(true) // past start(), into the consumer's own error path
         .consumer(spec().handler(recording(&seen)))
         .start()
@@ -84,13 +89,37 @@ async fn a_wrong_ca_fails_closed() {
     app.shutdown().await.unwrap();
 }
 
-/// The TLS reader is a thread that cannot be aborted: after a handler panic, its blocked read is
-/// woken with CLIENT UNBLOCK so the next entry reaches the restarted consumer's new reader.
+/// After a handler panic the TLS reader's socket closes at once, as a plain one does, so the next
+/// entry reaches the restarted consumer's new reader.
 #[tokio::test]
 async fn after_a_restart_over_tls_new_entries_reach_the_new_reader() {
     init_tracing();
     let server = RedisServer::builder().tls().start();
     let client = tls_client(&server, &server);
     let con = client.get_multiplexed_async_connection().await.unwrap();
-    new_entries_reach_the_restarted_consumer(Supervisor::builder().redis_client(client), con).await;
+    let builder = Supervisor::builder()
+        .redis_client(client)
+        .connection_options(ConnectionOptions::default().tls_certificates(ca_of(&server)));
+    new_entries_reach_the_restarted_consumer(builder, con).await;
+}
+
+/// A client built with certificates millrace was not given would leave the readers without
+/// them: refused at start, with what to do.
+#[tokio::test]
+async fn a_client_with_certificates_millrace_was_not_given_is_refused_at_start() {
+    init_tracing();
+    let server = RedisServer::builder().tls().start();
+    let err = Supervisor::builder()
+        .redis_client(tls_client(&server, &server))
+        .consumer(spec().handler(recording(&Seen::default())))
+        .start()
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, Error::Config { .. }), "{err:?}");
+    assert!(err.is_fatal());
+    assert!(
+        err.to_string()
+            .contains("ConnectionOptions::tls_certificates"),
+        "{err}"
+    );
 }

@@ -1,5 +1,7 @@
 //! Connections: one shared control connection (acks, claims, admin, replays) and one dedicated
 //! blocking read connection per consumer (see `reader`), whose response timeout exceeds its BLOCK.
+//! Both speak TLS for a `rediss://` server: the control connection through redis-rs, the read
+//! connections through `crate::tls`.
 //!
 //! Everything that talks to Redis goes through [`Backend`]; a Redis Cluster backend would add a
 //! variant here and hand out cluster connections, and the consumer would not change.
@@ -27,6 +29,9 @@ pub struct ConnectionOptions {
     /// orchestrated deployments where Redis may start after the application); a refused password
     /// then surfaces through [`Supervisor::wait`](crate::Supervisor::wait).
     pub wait_for_redis: bool,
+    /// Root and client certificates for a `rediss://` server.
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::Certificates>,
 }
 
 impl Default for ConnectionOptions {
@@ -35,11 +40,38 @@ impl Default for ConnectionOptions {
             connect_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_secs(5),
             wait_for_redis: false,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
 
 impl ConnectionOptions {
+    /// Root certificates to trust instead of the Mozilla roots, and a client certificate for
+    /// mutual TLS, for a `rediss://` server (the `tls` feature). With a URL
+    /// ([`SupervisorBuilder::redis`](crate::SupervisorBuilder::redis)) they apply to every
+    /// connection; a `redis::Client` built with `Client::build_with_tls` must be given the same
+    /// ones, since millrace cannot read them back from it.
+    ///
+    /// ```no_run
+    /// # async fn run() -> millrace::Result<()> {
+    /// let certificates = redis::TlsCertificates {
+    ///     client_tls: None,
+    ///     root_cert: Some(std::fs::read("ca.crt").expect("the CA certificate")),
+    /// };
+    /// let app = millrace::Supervisor::builder()
+    ///     .redis("rediss://redis.internal:6380")
+    ///     .connection_options(millrace::ConnectionOptions::default().tls_certificates(certificates))
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls_certificates(mut self, certificates: redis::TlsCertificates) -> Self {
+        self.tls = Some(crate::tls::Certificates(certificates));
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         if self.connect_timeout < Duration::from_millis(10) {
             return Err(Error::config(
@@ -67,6 +99,9 @@ pub(crate) struct Backend {
     control: ConnectionManager,
     /// `host:port/db` without credentials, for logs and the duplicate-consumer check.
     display: String,
+    /// How readers connect to a `rediss://` server.
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::Tls>,
 }
 
 impl fmt::Debug for Backend {
@@ -81,7 +116,14 @@ impl fmt::Debug for Backend {
 impl Backend {
     /// Opens a client for `url` without connecting yet.
     pub(crate) fn open(url: &str, options: ConnectionOptions) -> Result<Backend> {
-        let client = Client::open(url).map_err(|e| Error::InvalidUrl {
+        #[cfg(feature = "tls")]
+        let client = match &options.tls {
+            Some(certificates) => Client::build_with_tls(url, certificates.0.clone()),
+            None => Client::open(url),
+        };
+        #[cfg(not(feature = "tls"))]
+        let client = Client::open(url);
+        let client = client.map_err(|e| Error::InvalidUrl {
             reason: crate::error::redact(&e.to_string()),
         })?;
         Backend::from_client(client, options)
@@ -94,6 +136,9 @@ impl Backend {
         crate::install_tls_provider();
         let info = client.get_connection_info();
         let display = format!("{}/{}", info.addr(), info.redis_settings().db());
+        #[cfg(feature = "tls")]
+        let tls = crate::tls::Tls::for_addr(info.addr(), options.tls.as_ref())
+            .map_err(|reason| Error::config(None, "tls_certificates", reason))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.command_timeout))
@@ -111,6 +156,8 @@ impl Backend {
             options,
             control,
             display,
+            #[cfg(feature = "tls")]
+            tls,
         })
     }
 
@@ -119,7 +166,13 @@ impl Backend {
         self.control.clone()
     }
 
-    /// The client, for connections of a consumer's own (its reader thread).
+    /// How readers connect over TLS; `None` for a plain server.
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls(&self) -> Option<&crate::tls::Tls> {
+        self.tls.as_ref()
+    }
+
+    /// The client, for connections of a consumer's own (its reader).
     pub(crate) fn client(&self) -> &Client {
         &self.client
     }

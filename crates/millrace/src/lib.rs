@@ -54,12 +54,15 @@ mod entry;
 mod error;
 mod handler;
 mod health;
+mod protocol;
 mod reader;
 mod settings;
 mod spec;
 pub mod streams;
 mod supervisor;
 mod telemetry;
+#[cfg(feature = "tls")]
+mod tls;
 mod worker;
 
 pub use config::{ConsumerOptions, OnGroupLost, RestartPolicy, StartId};
@@ -79,11 +82,11 @@ pub mod __bench {
     /// The live reader's reply path on a plain socket, without the socket: frame a reply out of
     /// a reused buffer, then parse it into entries.
     #[derive(Debug)]
-    pub struct ReplyPath(crate::reader::resp::FrameBuf);
+    pub struct ReplyPath(crate::protocol::FrameBuf);
 
     impl Default for ReplyPath {
         fn default() -> Self {
-            ReplyPath(crate::reader::resp::FrameBuf::new())
+            ReplyPath(crate::protocol::FrameBuf::new())
         }
     }
 
@@ -96,7 +99,7 @@ pub mod __bench {
             let mut at = 0;
             loop {
                 if let Some(frame) = self.0.next_frame()? {
-                    return crate::reader::resp::parse_read_reply(&frame);
+                    return crate::protocol::parse_read_reply(&frame);
                 }
                 let spare = self.0.spare();
                 let n = spare.len().min(bytes.len() - at);

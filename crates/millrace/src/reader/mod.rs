@@ -5,33 +5,31 @@
 //! Why not a redis-rs async connection: the multiplexed connection parses every reply it has
 //! received before it writes the next queued command, so pipelined reads do not overlap with
 //! parsing and the server idles while the client works (the benchmark's variant b′), and its parser
-//! costs about as much client CPU per entry as everything else millrace does. So:
-//!
-//! - plain TCP and Unix sockets ([`plain`]): a task on the runtime with a socket of its own; it
-//!   frames replies ([`resp::FrameBuf`]) and hands their bytes over; the consume loop parses them
-//!   in one pass straight into entries ([`resp::parse_read_reply`]).
-//! - TLS ([`tls`]): a thread with a blocking redis-rs connection (same pipelining, redis-rs's parser).
+//! costs about as much client CPU per entry as everything else millrace does. So the reader is a
+//! task on the runtime with a socket of its own, plain TCP, Unix or TLS alike ([`conn`]): it frames
+//! replies ([`crate::protocol::FrameBuf`]) and hands their bytes over; the consume loop parses
+//! them in one pass straight into entries ([`crate::protocol::parse_read_reply`]). What this module
+//! adds is pacing: when to write a read, and how many.
 //!
 //! Flow control: a read is written only against a credit, and the consume loop returns a credit
 //! when it takes a batch. With [`FETCHED_AHEAD`] credits, at most that many batches are fetched
 //! (in the consumer's pending list) ahead of the one the handler is working on.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use redis::ConnectionAddr;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::debug;
 
 use crate::connection::Backend;
 use crate::error::{Error, Result};
+use crate::protocol;
 use crate::spec::ConsumerId;
 use crate::streams::{self, ReadItem};
 
-mod plain;
-pub(crate) mod resp;
-mod tls;
+mod conn;
+mod read_loop;
 
 /// Reads on the wire at once while there is a backlog (the last reply was full). Two suffice to
 /// keep the server busy: one executing, one queued. A consumer that has caught up keeps one: a
@@ -87,17 +85,11 @@ impl ReaderConfig {
     }
 }
 
-/// One reply taken off the wire.
-pub(crate) enum Fetched {
-    /// The bytes of a complete RESP2 reply, parsed on the consume loop's side: every per-entry
-    /// allocation is then made and freed on the same threads (allocated on a reader thread and
-    /// freed on another, they pin memory in a glibc arena per thread).
-    Frame(Vec<u8>),
-    /// A reply parsed already (TLS).
-    Items(Vec<ReadItem>),
-}
+/// The bytes of one complete RESP2 reply taken off the wire, parsed on the consume loop's side
+/// (so the reader task goes back to the socket at once).
+type Frame = Vec<u8>;
 
-type Batches = mpsc::UnboundedSender<Result<Fetched>>;
+type Batches = mpsc::UnboundedSender<Result<Frame>>;
 
 struct State {
     /// Reads that may still be written (see the module docs).
@@ -105,8 +97,6 @@ struct State {
     stop: bool,
     /// COUNT of the next read written.
     count: usize,
-    /// The reader thread waits for a credit (so a returned credit must wake it).
-    waiting: bool,
     /// Batches the reader may fetch ahead of the handler: [`FETCHED_AHEAD`], or 1 while the
     /// handler is slow.
     ahead: usize,
@@ -123,9 +113,7 @@ impl State {
 /// What the consume loop and its reader share.
 struct Shared {
     state: Mutex<State>,
-    /// Wakes a reader thread.
-    wake: Condvar,
-    /// Wakes a reader task.
+    /// Wakes the reader task.
     notify: Notify,
 }
 
@@ -159,26 +147,19 @@ impl Shared {
 
     fn signal_stop(&self) {
         self.lock().stop = true;
-        self.wake.notify_all();
         self.notify.notify_one();
     }
 }
 
 /// The consume loop's handle on its reader. [`Reader::stop`] stops it gracefully and returns what
-/// it fetched. Dropping it (a failed session, a panicking handler) aborts a reader task at once:
-/// its socket closes, so the server drops the blocked read instead of delivering entries to a
-/// reader nobody listens to (they would wait for `claim_min_idle`). A TLS reader thread cannot be
-/// aborted; a background task wakes its blocked reads with `CLIENT UNBLOCK` instead, so it ends
-/// right away too (or, without the permission, when BLOCK runs out).
+/// it fetched. Dropping it (a failed session, a panicking handler) aborts the reader task at once:
+/// its socket closes (TLS or not), so the server drops the blocked read instead of delivering
+/// entries to a reader nobody listens to (they would wait for `claim_min_idle`).
 pub(crate) struct Reader {
-    batches: mpsc::UnboundedReceiver<Result<Fetched>>,
+    batches: mpsc::UnboundedReceiver<Result<Frame>>,
     shared: Arc<Shared>,
     client_id: Option<i64>,
     task: Option<tokio::task::AbortHandle>,
-    /// For `CLIENT UNBLOCK` when a TLS reader is dropped.
-    control: ConnectionManager,
-    /// `stop` ran: nothing left to do on drop.
-    stopped: bool,
     /// Resolves (with an error) when the reader has ended and its connection is closed.
     finished: oneshot::Receiver<()>,
     id: ConsumerId,
@@ -201,55 +182,33 @@ impl Reader {
                 credits: FETCHED_AHEAD,
                 stop: false,
                 count: config.count,
-                waiting: false,
                 ahead: FETCHED_AHEAD,
             }),
-            wake: Condvar::new(),
             notify: Notify::new(),
         });
         let (tx, batches) = mpsc::unbounded_channel();
         let (finished_tx, finished) = oneshot::channel::<()>();
         let id = config.id.clone();
-        let client = backend.client();
-        let info = client.get_connection_info();
-        let connected = match info.addr() {
-            ConnectionAddr::Tcp(..) | ConnectionAddr::Unix(..) => plain::start(
-                info,
-                backend.connect_timeout(),
-                config,
-                shared.clone(),
-                tx,
-                finished_tx,
-            )
+        let (conn, client_id) = conn::Conn::open(backend, config.command_timeout)
             .await
-            .map(|(client_id, task)| (client_id, Some(task))),
-            _ => tls::start(
-                client.clone(),
-                backend.connect_timeout(),
-                config,
-                shared.clone(),
-                tx,
-                finished_tx,
-            )
-            .await
-            .map(|client_id| (client_id, None)),
-        };
-        let (client_id, task) = match connected {
-            Ok(c) => c,
-            Err(e) => return Err(Error::from_redis(&id, "CONNECT", &id.stream, e)),
-        };
+            .map_err(|e| Error::from_redis(&id, "CONNECT", &id.stream, e))?;
         debug!(
             server = backend.server(),
             ?client_id,
             "read connection open"
         );
+        let task = tokio::spawn({
+            let shared = shared.clone();
+            async move {
+                let _finished = finished_tx;
+                read_loop::run(conn, &config, &shared, &tx).await;
+            }
+        });
         Ok(Reader {
             batches,
             shared,
             client_id,
-            task,
-            control: backend.control(),
-            stopped: false,
+            task: Some(task.abort_handle()),
             finished,
             id,
         })
@@ -259,14 +218,7 @@ impl Reader {
     pub(crate) async fn next(&mut self) -> Result<Vec<ReadItem>> {
         match self.batches.recv().await {
             Some(batch) => {
-                let wake_thread = {
-                    let mut s = self.shared.lock();
-                    s.credits += 1;
-                    s.waiting
-                };
-                if wake_thread {
-                    self.shared.wake.notify_one();
-                }
+                self.shared.lock().credits += 1;
                 self.shared.notify.notify_one();
                 self.parse(batch)
             }
@@ -277,12 +229,9 @@ impl Reader {
         }
     }
 
-    fn parse(&self, batch: Result<Fetched>) -> Result<Vec<ReadItem>> {
-        match batch? {
-            Fetched::Items(items) => Ok(items),
-            Fetched::Frame(frame) => resp::parse_read_reply(&frame)
-                .map_err(|e| Error::from_redis(&self.id, "XREADGROUP", &self.id.stream, e)),
-        }
+    fn parse(&self, batch: Result<Frame>) -> Result<Vec<ReadItem>> {
+        protocol::parse_read_reply(&batch?)
+            .map_err(|e| Error::from_redis(&self.id, "XREADGROUP", &self.id.stream, e))
     }
 
     /// Sets COUNT for the reads written from now on.
@@ -294,16 +243,13 @@ impl Reader {
     /// only one batch ahead, after a quick one [`FETCHED_AHEAD`] again.
     pub(crate) fn handled_in(&self, took: Duration) {
         let ahead = if took >= SLOW_BATCH { 1 } else { FETCHED_AHEAD };
-        let (more, waiting) = {
+        let more = {
             let mut s = self.shared.lock();
             let more = ahead > s.ahead;
             s.ahead = ahead;
-            (more, s.waiting)
+            more
         };
         if more {
-            if waiting {
-                self.shared.wake.notify_one();
-            }
             self.shared.notify.notify_one();
         }
     }
@@ -314,7 +260,6 @@ impl Reader {
     pub(crate) async fn stop(mut self, control: &mut ConnectionManager) -> Vec<ReadItem> {
         // Graceful: the task ends by itself (and closes its connection cleanly).
         self.task = None;
-        self.stopped = true;
         self.shared.signal_stop();
         let mut client_id = self.client_id;
         let mut fetched = Vec::new();
@@ -338,7 +283,7 @@ impl Reader {
         fetched
     }
 
-    fn keep(&self, batch: Result<Fetched>, into: &mut Vec<ReadItem>) {
+    fn keep(&self, batch: Result<Frame>, into: &mut Vec<ReadItem>) {
         match self.parse(batch) {
             Ok(items) => into.extend(items),
             Err(e) => debug!(error = %e, "last read failed during stop; its entries stay pending"),
@@ -368,31 +313,6 @@ impl Drop for Reader {
         self.shared.signal_stop();
         if let Some(task) = self.task.take() {
             task.abort();
-            return;
         }
-        let (Some(client_id), false) = (self.client_id, self.stopped) else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        // A TLS reader thread: wake its blocked reads until it has ended (bounded: without an
-        // answer it ends when BLOCK runs out anyway).
-        let mut control = self.control.clone();
-        let (_, closed) = oneshot::channel();
-        let mut finished = std::mem::replace(&mut self.finished, closed);
-        runtime.spawn(async move {
-            for _ in 0..50 {
-                if !unblock(&mut control, client_id).await {
-                    return;
-                }
-                if tokio::time::timeout(UNBLOCK_EVERY, &mut finished)
-                    .await
-                    .is_ok()
-                {
-                    return;
-                }
-            }
-        });
     }
 }

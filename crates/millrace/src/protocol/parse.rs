@@ -1,234 +1,14 @@
-//! RESP2 without I/O: [`FrameBuf`] collects a socket's bytes and finds where each complete reply
-//! ends (headers read, payloads skipped by length, resumable across reads); [`parse_read_reply`]
-//! and [`parse_value`] turn one complete reply into entries or a `redis::Value`.
-//!
-//! Why not redis-rs's parser: it builds a `redis::Value` tree with a parser-combinator library,
-//! which costs about as much client CPU as everything else millrace does per entry. This parser
-//! makes one pass and allocates only the field names and values. Shapes other than the expected
-//! ones are read as a `redis::Value` and go through the same tolerant parser as every other reply,
-//! so an oddity stays confined to its entry.
+//! Parsing: one complete RESP2 reply, held in memory, into stream entries or a `redis::Value`.
 
 use std::io;
 
 use redis::{RedisResult, Value};
 
+use super::{
+    bad_bulk_end, int, invalid, line, not_resp, too_large, MAX_BULK, MAX_DEPTH, MAX_RESERVE,
+};
 use crate::entry::{EntryId, RawEntry};
 use crate::streams::{reply, ReadItem};
-
-/// Initial buffer; it grows for entries larger than this and shrinks back between replies.
-const BUFFER: usize = 64 * 1024;
-/// Deepest nesting accepted in a reply; a stream reply has four levels.
-const MAX_DEPTH: usize = 32;
-/// Longest bulk string accepted: Redis's own `proto-max-bulk-len` default.
-const MAX_BULK: i64 = 512 * 1024 * 1024;
-/// Longest header line accepted (a length or a short status text); more without a line end is
-/// not RESP, and reading on would grow the buffer without bound.
-const MAX_LINE: usize = 64 * 1024;
-/// Most elements reserved up front for an array, whatever its header claims.
-const MAX_RESERVE: usize = 4096;
-/// A buffered reply of at most this many bytes counts as small (see [`FrameBuf::small_reply_buffered`]).
-const SMALL_REPLY: usize = 2048;
-
-fn invalid(what: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what.into())
-}
-
-fn int(digits: &[u8]) -> io::Result<i64> {
-    let (neg, digits) = match digits.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, digits),
-    };
-    if digits.is_empty() || digits.len() > 18 {
-        return Err(invalid("bad length or integer in a reply"));
-    }
-    let mut n: i64 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return Err(invalid("bad length or integer in a reply"));
-        }
-        n = n * 10 + i64::from(d - b'0');
-    }
-    Ok(if neg { -n } else { n })
-}
-
-/// Where the scan of the reply at the front of the buffer stands.
-#[derive(Debug)]
-struct Scan {
-    /// Bytes of the reply scanned so far, from `FrameBuf::pos`.
-    off: usize,
-    /// Values still to read at each nesting level; the outermost is the reply itself.
-    remaining: Vec<i64>,
-    /// Set while a bulk string's payload is incomplete: the offset where it ends (CRLF included).
-    bulk_end: Option<usize>,
-}
-
-impl Scan {
-    fn new() -> Self {
-        Scan {
-            off: 0,
-            remaining: vec![1],
-            bulk_end: None,
-        }
-    }
-
-    fn one_done(&mut self) {
-        if let Some(top) = self.remaining.last_mut() {
-            *top -= 1;
-        }
-    }
-}
-
-/// A read buffer that finds complete RESP2 replies.
-#[derive(Debug)]
-pub(crate) struct FrameBuf {
-    buf: Vec<u8>,
-    pos: usize,
-    end: usize,
-    scan: Scan,
-    /// Entries in the last complete `XREADGROUP` reply, from its headers alone.
-    last_entries: usize,
-}
-
-impl FrameBuf {
-    pub(crate) fn new() -> Self {
-        FrameBuf {
-            buf: vec![0; BUFFER],
-            pos: 0,
-            end: 0,
-            scan: Scan::new(),
-            last_entries: 0,
-        }
-    }
-
-    /// How many entries the last reply framed held, read from its headers: the length of the
-    /// array at the depth of a stream's entry list (`[[stream, [entries…]]]`); 0 for a nil reply.
-    pub(crate) fn last_entries(&self) -> usize {
-        self.last_entries
-    }
-
-    /// Whether no byte of a next reply is buffered.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.pos == self.end
-    }
-
-    /// Free space to read into, never empty: unread bytes move to the front, and the buffer grows
-    /// when it is full or a bulk string needs more room. Between replies a grown buffer shrinks
-    /// back, so one large entry does not hold memory for good.
-    pub(crate) fn spare(&mut self) -> &mut [u8] {
-        if self.pos == self.end {
-            self.pos = 0;
-            self.end = 0;
-            if self.buf.len() > BUFFER && self.scan.off == 0 {
-                self.buf = vec![0; BUFFER];
-            }
-        }
-        let want = self.scan.bulk_end.unwrap_or(0).max(self.end - self.pos + 1);
-        if self.buf.len() - self.pos < want || self.end == self.buf.len() {
-            self.buf.copy_within(self.pos..self.end, 0);
-            self.end -= self.pos;
-            self.pos = 0;
-            if self.buf.len() < want || self.end == self.buf.len() {
-                let len = want.max(self.buf.len() * 2).next_power_of_two();
-                self.buf.resize(len, 0);
-            }
-        }
-        &mut self.buf[self.end..]
-    }
-
-    /// Records that `n` bytes were read into [`FrameBuf::spare`].
-    pub(crate) fn filled(&mut self, n: usize) {
-        self.end = (self.end + n).min(self.buf.len());
-    }
-
-    /// Whether the buffered bytes look like one whole, small reply: few, ending in CRLF. A guess
-    /// (a later reply may be buffered too); it only decides what the reader does first.
-    pub(crate) fn small_reply_buffered(&self) -> bool {
-        let n = self.end - self.pos;
-        (2..=SMALL_REPLY).contains(&n) && self.buf[self.end - 2..self.end] == *b"\r\n"
-    }
-
-    /// The next complete reply's bytes, once buffered; `None` until then (read more and ask
-    /// again: the scan resumes where it stopped).
-    pub(crate) fn next_frame(&mut self) -> io::Result<Option<Vec<u8>>> {
-        let s = &mut self.scan;
-        if s.off == 0 && s.remaining.len() == 1 {
-            self.last_entries = 0;
-        }
-        loop {
-            while s.remaining.last() == Some(&0) {
-                s.remaining.pop();
-                if s.remaining.is_empty() {
-                    let frame = self.buf[self.pos..self.pos + s.off].to_vec();
-                    self.pos += s.off;
-                    *s = Scan::new();
-                    return Ok(Some(frame));
-                }
-                s.one_done();
-            }
-            if let Some(bulk_end) = s.bulk_end {
-                if self.end - self.pos < bulk_end {
-                    return Ok(None);
-                }
-                s.off = bulk_end;
-                s.bulk_end = None;
-                s.one_done();
-                continue;
-            }
-            let from = self.pos + s.off;
-            let Some(i) = self.buf[from..self.end].iter().position(|&b| b == b'\n') else {
-                if self.end - from > MAX_LINE {
-                    return Err(invalid(
-                        "a reply line without an end (is this a Redis server?)",
-                    ));
-                }
-                return Ok(None);
-            };
-            let nl = from + i;
-            let line_end = if nl > from && self.buf[nl - 1] == b'\r' {
-                nl - 1
-            } else {
-                nl
-            };
-            s.off = nl + 1 - self.pos;
-            let Some((&kind, digits)) = self.buf[from..line_end].split_first() else {
-                return Err(invalid("empty line in a reply"));
-            };
-            match kind {
-                b'*' => {
-                    let n = int(digits)?;
-                    // Levels: the reply, a [stream, entries] pair, the entry list.
-                    if s.remaining.len() == 3 {
-                        self.last_entries += n.max(0) as usize;
-                    }
-                    if n <= 0 {
-                        s.one_done();
-                    } else if s.remaining.len() > MAX_DEPTH {
-                        return Err(invalid("reply nested too deeply"));
-                    } else {
-                        s.remaining.push(n);
-                    }
-                }
-                b'$' => {
-                    let n = int(digits)?;
-                    if n > MAX_BULK {
-                        return Err(invalid(format!("a bulk string of {n} bytes")));
-                    }
-                    if n < 0 {
-                        s.one_done();
-                    } else {
-                        s.bulk_end = Some(s.off + n as usize + 2);
-                    }
-                }
-                b'+' | b'-' | b':' => s.one_done(),
-                other => {
-                    return Err(invalid(format!(
-                        "unexpected RESP type byte {other:#04x} (is this a Redis server speaking RESP2?)"
-                    )))
-                }
-            }
-        }
-    }
-}
 
 /// The start of one RESP2 value.
 #[derive(Debug)]
@@ -257,39 +37,32 @@ fn truncated() -> io::Error {
 
 impl Parser<'_> {
     fn header(&mut self) -> io::Result<Header> {
-        let rest = &self.buf[self.pos..];
-        let nl = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or_else(truncated)?;
-        let line = &rest[..nl];
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        self.pos += nl + 1;
+        let (line, used) = line(&self.buf[self.pos..])?.ok_or_else(truncated)?;
+        self.pos += used;
         let Some((&kind, digits)) = line.split_first() else {
             return Err(invalid("empty line in a reply"));
         };
         Ok(match kind {
             b'*' => Header::Array(int(digits)?),
             b'$' => match int(digits)? {
-                n if n > MAX_BULK => return Err(invalid(format!("a bulk string of {n} bytes"))),
+                n if n > MAX_BULK => return Err(too_large(n)),
                 n => Header::Bulk(n),
             },
             b':' => Header::Int(int(digits)?),
             b'+' => Header::Simple(digits.to_vec()),
             b'-' => Header::Error(line.to_vec()),
-            other => {
-                return Err(invalid(format!(
-                "unexpected RESP type byte {other:#04x} (is this a Redis server speaking RESP2?)"
-            )))
-            }
+            other => return Err(not_resp(other)),
         })
     }
 
     /// The `len` bytes of a bulk string and its CRLF.
     fn body(&mut self, len: usize) -> io::Result<Vec<u8>> {
         let end = self.pos.checked_add(len).ok_or_else(truncated)?;
-        if end + 2 > self.buf.len() {
+        let Some(crlf) = self.buf.get(end..end + 2) else {
             return Err(truncated());
+        };
+        if crlf != b"\r\n" {
+            return Err(bad_bulk_end(len as i64));
         }
         let out = self.buf[self.pos..end].to_vec();
         self.pos = end + 2;
@@ -322,6 +95,7 @@ impl Parser<'_> {
             }
             Header::Bulk(n) => Value::BulkString(self.body(n as usize)?),
             Header::Int(i) => Value::Int(i),
+            Header::Simple(s) if s == b"OK" => Value::Okay,
             Header::Simple(s) => Value::SimpleString(String::from_utf8_lossy(&s).into_owned()),
             Header::Error(line) => server_error(&line),
         })
@@ -447,6 +221,7 @@ pub(crate) fn parse_value(frame: &[u8]) -> RedisResult<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{FrameBuf, MAX_LINE};
 
     /// Feeds `data` into a [`FrameBuf`] `step` bytes at a time and parses every frame found.
     fn frames(data: &[u8], step: usize) -> io::Result<Vec<Vec<u8>>> {
@@ -507,18 +282,6 @@ mod tests {
     }
 
     #[test]
-    fn the_entry_count_comes_from_the_headers() {
-        let mut fb = FrameBuf::new();
-        for (reply, n) in [(REPLY, 3), (b"*-1\r\n".as_slice(), 0), (REPLY, 3)] {
-            let spare = fb.spare();
-            spare[..reply.len()].copy_from_slice(reply);
-            fb.filled(reply.len());
-            assert!(fb.next_frame().expect("frame").is_some());
-            assert_eq!(fb.last_entries(), n);
-        }
-    }
-
-    #[test]
     fn frames_end_exactly_where_their_replies_do() {
         let mut two = REPLY.to_vec();
         two.extend_from_slice(b"*-1\r\n+OK\r\n");
@@ -559,7 +322,7 @@ mod tests {
 
     #[test]
     fn values_larger_than_the_buffer_and_a_cut_reply() {
-        let big = vec![b'x'; BUFFER * 3 + 5];
+        let big = vec![b'x'; 200_000];
         let mut reply =
             b"*1\r\n*2\r\n$1\r\ns\r\n*1\r\n*2\r\n$3\r\n1-1\r\n*2\r\n$1\r\nf\r\n".to_vec();
         reply.extend_from_slice(format!("${}\r\n", big.len()).as_bytes());
@@ -578,24 +341,6 @@ mod tests {
     }
 
     #[test]
-    fn a_grown_buffer_shrinks_back_between_replies() {
-        let mut fb = FrameBuf::new();
-        let big = format!("${}\r\n{}\r\n", BUFFER * 2, "y".repeat(BUFFER * 2));
-        let mut at = 0;
-        let data = big.as_bytes();
-        while fb.next_frame().expect("frame").is_none() {
-            let spare = fb.spare();
-            let n = spare.len().min(data.len() - at);
-            spare[..n].copy_from_slice(&data[at..at + n]);
-            fb.filled(n);
-            at += n;
-        }
-        assert!(fb.buf.len() > BUFFER);
-        let _ = fb.spare();
-        assert_eq!(fb.buf.len(), BUFFER);
-    }
-
-    #[test]
     fn garbage_is_an_error_not_a_hang() {
         assert!(frames(b"hello\r\n", 3).is_err());
         assert!(frames(b"*1x\r\n", 3).is_err());
@@ -610,5 +355,23 @@ mod tests {
         assert!(frames(deep.as_bytes(), 50).is_err());
         let endless = vec![b'+'; MAX_LINE * 3];
         assert!(frames(&endless, 4096).is_err());
+    }
+
+    #[test]
+    fn a_bare_lf_or_a_wrong_terminator_is_refused() {
+        let cases: [&[u8]; 4] = [
+            b"*1\n$1\r\na\r\n",
+            b"*1\r\n$1\r\na\n\r",
+            b"*1\r\n$1\r\naXY",
+            b"*2\r\n$1\r\nab\r\n$0\r\n\r\n",
+        ];
+        for reply in cases {
+            for step in [1, 3, 100] {
+                let err = frames(reply, step).expect_err("refused");
+                assert!(err.to_string().contains("out of step"), "{err}");
+            }
+            let err = parse_value(reply).expect_err("refused");
+            assert!(err.to_string().contains("out of step"), "{err}");
+        }
     }
 }
