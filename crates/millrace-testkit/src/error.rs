@@ -79,6 +79,16 @@ pub enum TestkitError {
         log: String,
     },
 
+    /// A cluster could not be created, or did not reach the state a helper
+    /// waited for.
+    #[error("{what}\n{detail}")]
+    Cluster {
+        /// What failed.
+        what: String,
+        /// The evidence: the last check, `redis-cli` output, node logs.
+        detail: String,
+    },
+
     /// Generating the TLS certificates with the `openssl` CLI failed.
     #[error("generating TLS material in {dir} failed at `{step}`:\n{output}")]
     Tls {

@@ -9,6 +9,14 @@
 //!   Options — AOF persistence, password, TLS, raw arguments — go through
 //!   [`RedisServer::builder`]. Dropping it kills the process and removes the
 //!   directory.
+//! * [`RedisCluster`] starts a Redis Cluster on loopback (3 masters and 3
+//!   replicas by default) with `redis-cli --cluster create`, waits until it
+//!   has settled, and can [`failover`](RedisCluster::failover) a shard,
+//!   [`kill_master`](RedisCluster::kill_master) (its replica is promoted),
+//!   [`restart`](RedisCluster::restart) a node and
+//!   [`migrate_slot`](RedisCluster::migrate_slot) live, in steps if a test
+//!   wants to act half-way ([`SlotMigration`]). Dropping it kills every node
+//!   and removes their directories.
 //! * [`FaultProxy`] is a Tokio TCP proxy put between a client and the server
 //!   to black-hole, reset, refuse or truncate connections.
 //! * [`wait_until`] and [`eventually`] poll a condition until it holds or a
@@ -54,12 +62,17 @@
 //! # }
 //! ```
 
+mod cluster;
 mod error;
 mod proxy;
 mod server;
 mod tls;
 mod wait;
 
+pub use cluster::{
+    ClusterBuilder, ClusterNode, RedisCluster, SlotMigration, DEFAULT_NODE_TIMEOUT,
+    DEFAULT_SETTLE_TIMEOUT, REDIS_CLI_ENV,
+};
 pub use error::TestkitError;
 pub use proxy::FaultProxy;
 pub use server::{RedisServer, ServerBuilder, DEFAULT_STARTUP_TIMEOUT, REDIS_SERVER_ENV};

@@ -722,7 +722,7 @@ fn percent_encode(s: &str) -> String {
 /// The absolute path of the `redis-server` to run: `$MILLRACE_REDIS_SERVER`,
 /// else the first `redis-server` on `PATH` (then the usual install
 /// locations). Absolute because `DEBUG RESTART` re-executes `argv[0]`.
-fn redis_server_binary() -> Result<PathBuf, TestkitError> {
+pub(crate) fn redis_server_binary() -> Result<PathBuf, TestkitError> {
     static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     FOUND
         .get_or_init(find_redis_server)
@@ -768,7 +768,7 @@ fn absolute(p: &Path) -> Result<PathBuf, String> {
     std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()))
 }
 
-fn search_path(name: &std::ffi::OsStr) -> Option<PathBuf> {
+pub(crate) fn search_path(name: &std::ffi::OsStr) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .filter(|d| d.is_absolute())
@@ -776,7 +776,7 @@ fn search_path(name: &std::ffi::OsStr) -> Option<PathBuf> {
         .find(|p| is_executable(p))
 }
 
-fn is_executable(p: &Path) -> bool {
+pub(crate) fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p)
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -786,8 +786,8 @@ fn is_executable(p: &Path) -> bool {
 /// A port handed to one server of this process, not handed to another
 /// until the server is dropped.
 #[derive(Debug)]
-struct PortReservation {
-    port: u16,
+pub(crate) struct PortReservation {
+    pub(crate) port: u16,
 }
 
 fn reserved_ports() -> MutexGuard<'static, HashSet<u16>> {
@@ -805,7 +805,7 @@ impl PortReservation {
     /// range (what binding port 0 returns) can be grabbed by any outgoing
     /// connection as its local port while a killed server is down, and then
     /// the restart fails. Falls back to binding port 0.
-    fn pick() -> Result<PortReservation, TestkitError> {
+    pub(crate) fn pick() -> Result<PortReservation, TestkitError> {
         let (lo, hi) = (15_000u16, ephemeral_range_start().saturating_sub(1));
         let mut reserved = reserved_ports();
         if hi > lo + 1_000 {
