@@ -48,6 +48,7 @@
 mod actors;
 mod config;
 mod connection;
+mod consumer;
 pub mod dead_letter;
 pub mod decode;
 mod entry;
@@ -63,7 +64,6 @@ mod supervisor;
 mod telemetry;
 #[cfg(feature = "tls")]
 mod tls;
-mod worker;
 
 pub use config::{ConsumerOptions, OnGroupLost, RestartPolicy, StartId};
 pub use connection::ConnectionOptions;

@@ -13,19 +13,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::connection::Backend;
+use crate::consumer::{Consumer, Stats};
 use crate::error::Error;
-use crate::health::{ConsumerState, HealthCell};
+use crate::health::ConsumerState;
 use crate::spec::ConsumerSpec;
-use crate::telemetry::ConsumerMetrics;
-use crate::worker::Worker;
 
 pub(crate) struct ConsumerActor;
 
 pub(crate) struct ConsumerArgs {
     pub(crate) spec: ConsumerSpec,
     pub(crate) backend: Arc<Backend>,
-    pub(crate) health: Arc<HealthCell>,
-    pub(crate) metrics: ConsumerMetrics,
+    pub(crate) stats: Stats,
 }
 
 #[derive(Debug)]
@@ -80,17 +78,16 @@ impl Actor for ConsumerActor {
         state: &mut ActorState,
     ) -> Result<(), ActorProcessingErr> {
         let a = &state.args;
-        a.health.set_state(ConsumerState::Starting);
-        let worker = Worker::new(
+        a.stats.set_state(ConsumerState::Starting);
+        let consumer = Consumer::new(
             &a.spec,
             a.backend.clone(),
-            a.health.clone(),
-            a.metrics.clone(),
+            a.stats.clone(),
             state.guard.cancel.clone(),
         )?;
         let id = a.spec.id.clone();
         let task = tokio::spawn(async move {
-            let result = match AssertUnwindSafe(worker.run()).catch_unwind().await {
+            let result = match AssertUnwindSafe(consumer.run()).catch_unwind().await {
                 Ok(result) => result,
                 Err(payload) => Err(Error::Internal {
                     consumer: id,
@@ -128,7 +125,7 @@ impl Actor for ConsumerActor {
         _myself: ActorRef<Self::Msg>,
         state: &mut ActorState,
     ) -> Result<(), ActorProcessingErr> {
-        let health = state.args.health.clone();
+        let health = state.args.stats.clone();
         if health.state() != ConsumerState::Failed {
             health.set_state(ConsumerState::Stopping);
         }

@@ -11,10 +11,10 @@ use tracing::{error, info, warn};
 use crate::actors::consumer::{ConsumerActor, ConsumerArgs, ConsumerMsg};
 use crate::config::RestartPolicy;
 use crate::connection::Backend;
+use crate::consumer::Stats;
 use crate::error::{Error, Result};
 use crate::health::{ConsumerState, HealthCell};
 use crate::spec::{ConsumerId, ConsumerSpec};
-use crate::telemetry::ConsumerMetrics;
 
 /// Consumers running anywhere in this process, by server and id: two live consumers with one name
 /// would share one pending list.
@@ -74,8 +74,7 @@ pub(crate) enum SupMsg {
 
 struct Child {
     spec: ConsumerSpec,
-    health: Arc<HealthCell>,
-    metrics: ConsumerMetrics,
+    stats: Stats,
     actor: Option<ActorRef<ConsumerMsg>>,
     restarts: VecDeque<Instant>,
     generation: u64,
@@ -103,13 +102,11 @@ impl SupState {
             .or_insert_with(|| Arc::new(HealthCell::new(id.clone())))
             .clone();
         health.set_state(ConsumerState::Starting);
-        let metrics = ConsumerMetrics::new(&id);
         self.children.insert(
             id.clone(),
             Child {
                 spec,
-                health,
-                metrics,
+                stats: Stats::new(&id, health),
                 actor: None,
                 restarts: VecDeque::new(),
                 generation: 0,
@@ -130,8 +127,7 @@ impl SupState {
         let args = ConsumerArgs {
             spec: child.spec.clone(),
             backend: self.shared.backend.clone(),
-            health: child.health.clone(),
-            metrics: child.metrics.clone(),
+            stats: child.stats.clone(),
         };
         match Actor::spawn_linked(None, ConsumerActor, args, myself.get_cell()).await {
             Ok((actor, _join)) => {
@@ -163,7 +159,7 @@ impl SupState {
             return Ok(());
         };
         child.actor = None;
-        child.health.set_error(cause.clone());
+        child.stats.set_error(cause.clone());
         let now = Instant::now();
         while child
             .restarts
@@ -188,7 +184,7 @@ impl SupState {
             None
         };
         if let Some(err) = give_up {
-            child.health.set_state(ConsumerState::Failed);
+            child.stats.set_state(ConsumerState::Failed);
             error!(error = %err, "giving up on consumer; escalating");
             *self
                 .shared
@@ -201,10 +197,7 @@ impl SupState {
         child.restarts.push_back(now);
         child.generation += 1;
         let delay = policy.backoff(u32::try_from(child.restarts.len() - 1).unwrap_or(u32::MAX));
-        child.health.set_state(ConsumerState::BackingOff);
-        child.health.set_restarts(child.restarts.len());
-        HealthCell::add(&child.health.restarts_total, 1);
-        child.metrics.restarts.increment(1);
+        child.stats.restarting(child.restarts.len());
         warn!(consumer = %id, %cause, restart_in = ?delay, restarts_in_window = child.restarts.len(), "consumer failed; restarting");
         let (id, generation) = (id.clone(), child.generation);
         myself.send_after(delay, move || SupMsg::Restart(id, generation));
@@ -219,7 +212,7 @@ impl SupState {
             let deadline = child.spec.options.shutdown_timeout
                 + child.spec.options.block
                 + Duration::from_secs(2);
-            let health = child.health.clone();
+            let health = child.stats.clone();
             Some(async move {
                 if actor
                     .stop_and_wait(Some("supervisor shutdown".to_owned()), Some(deadline))
@@ -235,8 +228,8 @@ impl SupState {
         });
         futures::future::join_all(stops.collect::<Vec<_>>()).await;
         for child in self.children.values() {
-            if !matches!(child.health.state(), ConsumerState::Failed) {
-                child.health.set_state(ConsumerState::Stopped);
+            if !matches!(child.stats.state(), ConsumerState::Failed) {
+                child.stats.set_state(ConsumerState::Stopped);
             }
         }
         // Free the consumer names now, not when ractor drops this state (after the parent has
@@ -322,7 +315,7 @@ impl Actor for SupervisorActor {
                                 let _ = actor.kill_and_wait(Some(Duration::from_secs(1))).await;
                             }
                         }
-                        child.health.set_state(ConsumerState::Stopped);
+                        child.stats.set_state(ConsumerState::Stopped);
                         state
                             .shared
                             .health

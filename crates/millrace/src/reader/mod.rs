@@ -15,8 +15,9 @@
 //! when it takes a batch. With [`FETCHED_AHEAD`] credits, at most that many batches are fetched
 //! (in the consumer's pending list) ahead of the one the handler is working on.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -163,6 +164,11 @@ pub(crate) struct Reader {
     /// Resolves (with an error) when the reader has ended and its connection is closed.
     finished: oneshot::Receiver<()>,
     id: ConsumerId,
+    /// When the reader started, and when `next` returned each of the last [`FETCHED_AHEAD`]
+    /// batches: see [`Reader::sent_after`].
+    started: Instant,
+    taken: VecDeque<Instant>,
+    sent_after: Instant,
 }
 
 impl std::fmt::Debug for Reader {
@@ -211,6 +217,9 @@ impl Reader {
             task: Some(task.abort_handle()),
             finished,
             id,
+            started: Instant::now(),
+            taken: VecDeque::with_capacity(FETCHED_AHEAD + 1),
+            sent_after: Instant::now(),
         })
     }
 
@@ -218,6 +227,7 @@ impl Reader {
     pub(crate) async fn next(&mut self) -> Result<Vec<ReadItem>> {
         match self.batches.recv().await {
             Some(batch) => {
+                self.note_taken();
                 self.shared.lock().credits += 1;
                 self.shared.notify.notify_one();
                 self.parse(batch)
@@ -227,6 +237,24 @@ impl Reader {
                 message: "the reader ended unexpectedly".into(),
             }),
         }
+    }
+
+    /// The earliest moment the read of the batch last returned by [`Reader::next`] can have been
+    /// sent, so its entries have been pending at most since then. It follows from the credits: a
+    /// read is written only with a credit, the reader starts with [`FETCHED_AHEAD`] and gets one
+    /// back per batch taken, so the read of batch `k` went out after batch `k - FETCHED_AHEAD` was
+    /// taken (or after the start).
+    pub(crate) fn sent_after(&self) -> Instant {
+        self.sent_after
+    }
+
+    fn note_taken(&mut self) {
+        self.sent_after = if self.taken.len() >= FETCHED_AHEAD {
+            self.taken.pop_front().unwrap_or(self.started)
+        } else {
+            self.started
+        };
+        self.taken.push_back(Instant::now());
     }
 
     fn parse(&self, batch: Result<Frame>) -> Result<Vec<ReadItem>> {

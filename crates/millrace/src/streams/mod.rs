@@ -2,6 +2,7 @@
 //! XCLAIM, XGROUP CREATE), the consumer reaper and the checked trim. Every function is generic over the connection,
 //! so a cluster connection plugs in without touching the consumer.
 
+mod ownership;
 mod reaper;
 pub mod reply;
 pub(crate) mod script;
@@ -13,6 +14,7 @@ use redis::aio::ConnectionLike;
 use redis::{Cmd, RedisResult, Value};
 
 use crate::entry::EntryId;
+pub use ownership::set_idle_if_owned;
 pub use reaper::{
     idle_consumers, reap_consumer, reap_idle_consumers, successor, IdleConsumer, ReapOutcome,
     Reaped,

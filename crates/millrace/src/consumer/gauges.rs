@@ -1,0 +1,108 @@
+//! The group's gauges as one consumer sees them: pending entries (the group's and this consumer's),
+//! the oldest pending entry's idle time, and the lag. Best effort: a failure (or a missing `XINFO`
+//! permission) only leaves the figures stale.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use redis::AsyncCommands;
+use tracing::info;
+
+use super::client::ConsumerClient;
+use super::stats::Stats;
+use crate::entry::EntryId;
+use crate::health::GroupGauges;
+use crate::streams;
+
+/// `XPENDING key group`: count, smallest id, largest id, per-consumer counts.
+type PendingSummary = (u64, redis::Value, redis::Value, Vec<(String, String)>);
+
+#[derive(Debug)]
+pub(crate) struct Gauges {
+    client: ConsumerClient,
+    stats: Stats,
+    interval: Duration,
+    next: Instant,
+    xinfo_allowed: bool,
+}
+
+impl Gauges {
+    pub(crate) fn new(client: ConsumerClient, stats: Stats, interval: Duration) -> Self {
+        Gauges {
+            client,
+            stats,
+            interval,
+            next: Instant::now(),
+            xinfo_allowed: true,
+        }
+    }
+
+    /// When the next refresh is due.
+    pub(crate) fn next_refresh(&self) -> Instant {
+        self.next
+    }
+
+    pub(crate) async fn refresh(&mut self) {
+        self.next = Instant::now() + self.interval;
+        let id = self.client.id().clone();
+        let (stream, group) = (&*id.stream, &*id.group);
+        let summary: redis::RedisResult<PendingSummary> = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(group)
+            .query_async(self.client.conn())
+            .await;
+        let Ok((group_pending, _, _, consumers)) = summary else {
+            return;
+        };
+        let consumer_pending = consumers
+            .iter()
+            .find(|(name, _)| *name == *id.consumer)
+            .and_then(|(_, n)| n.parse().ok())
+            .unwrap_or(0);
+        let oldest_pending_idle = streams::xpending_range(
+            self.client.conn(),
+            stream,
+            group,
+            None,
+            EntryId::MIN,
+            EntryId::new(u64::MAX, u64::MAX),
+            1,
+            None,
+        )
+        .await
+        .ok()
+        .and_then(|rows| rows.first().map(|r| Duration::from_millis(r.idle_ms)));
+        let lag = self.lag(stream, group).await;
+        self.stats.group_gauges(GroupGauges {
+            group_pending,
+            consumer_pending,
+            oldest_pending_idle,
+            lag,
+            at: SystemTime::now(),
+        });
+    }
+
+    async fn lag(&mut self, stream: &str, group: &str) -> Option<u64> {
+        if !self.xinfo_allowed {
+            return None;
+        }
+        let reply = self
+            .client
+            .conn()
+            .xinfo_groups::<_, redis::streams::StreamInfoGroupsReply>(stream)
+            .await;
+        match reply {
+            Ok(reply) => reply
+                .groups
+                .into_iter()
+                .find(|g| g.name == group)
+                .and_then(|g| g.lag)
+                .map(|l| l as u64),
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
+                info!("no permission for XINFO GROUPS: the lag gauge stays empty (grant +xinfo|groups to fill it)");
+                self.xinfo_allowed = false;
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}

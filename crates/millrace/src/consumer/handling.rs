@@ -1,0 +1,265 @@
+//! One batch from read to ack plan: entries that cannot be handled are settled, ownership is taken
+//! when the batch is not fresh, the handler runs under a heartbeat, and its report is applied
+//! (dead letters, failures remembered); the ids to acknowledge go back to the caller.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tracing::{debug, error, info, warn, Instrument};
+
+use super::outcome::{self, AckPlan, DeadLetterOrder};
+use super::Consumer;
+use crate::dead_letter::{self, DeadLetterInfo};
+use crate::entry::{EntryId, RawEntry, Source};
+use crate::error::{Error, Result};
+use crate::handler::{RawItem, RunReport};
+use crate::streams::ReadItem;
+
+/// What handling a batch left to do.
+#[derive(Debug, Default)]
+pub(crate) struct Handled {
+    /// Ids to acknowledge.
+    pub(crate) ack: Vec<EntryId>,
+    /// How long the handler ran, when it ran.
+    pub(crate) handler_took: Option<Duration>,
+}
+
+impl Consumer {
+    /// Handles one read's items. `sent_after` is, for new batches, the earliest moment their read
+    /// can have been sent: it bounds how long the entries have been pending.
+    pub(super) async fn handle(
+        &mut self,
+        items: Vec<ReadItem>,
+        source: Source,
+        sent_after: Option<Instant>,
+    ) -> Result<Handled> {
+        let sorted = outcome::sort(items);
+        for reason in sorted.unidentified {
+            warn!(%reason, "skipped a reply element without an id");
+        }
+        self.settle_tombstones(sorted.tombstones).await?;
+        for (id, reason) in sorted.malformed {
+            let reason = format!("malformed entry: {reason}");
+            self.dead_letter(DeadLetterOrder {
+                id,
+                entry: None,
+                deliveries: None,
+                reason,
+            })
+            .await?;
+        }
+        if sorted.live.is_empty() {
+            return Ok(Handled::default());
+        }
+        self.stats.received(sorted.live.len());
+        // A new batch fetched moments ago is certainly ours, with one delivery. Anything older
+        // (read ahead behind a slow batch, replayed, claimed) is taken first: what another
+        // consumer claimed meanwhile is skipped, and delivery counts come from Redis.
+        let age = sent_after.map_or(Duration::MAX, |t| t.elapsed());
+        let (batch, idle) = if source == Source::New && self.reclaimer.is_fresh(age) {
+            let batch = sorted.live.into_iter().map(|e| (e, Some(1))).collect();
+            (batch, age)
+        } else {
+            (self.take_ownership(sorted.live).await?, Duration::ZERO)
+        };
+        if batch.is_empty() {
+            return Ok(Handled::default());
+        }
+        if source == Source::New {
+            self.record_latency(&batch);
+        }
+        let deliveries: HashMap<EntryId, Option<u64>> =
+            batch.iter().map(|(e, d)| (e.id, *d)).collect();
+        let started = Instant::now();
+        let report = self.run_handler(batch, source, idle).await;
+        let took = started.elapsed();
+        let plan = outcome::plan(report, |id| deliveries.get(&id).copied().flatten());
+        self.apply(plan, took).await
+    }
+
+    /// Tombstones (pending ids whose entry was deleted or trimmed) are acknowledged at once.
+    async fn settle_tombstones(&mut self, tombstones: Vec<EntryId>) -> Result<()> {
+        if tombstones.is_empty() {
+            return Ok(());
+        }
+        info!(
+            entries = tombstones.len(),
+            "pending entries were deleted or trimmed; acknowledging them"
+        );
+        self.stats.deleted_while_pending(tombstones.len());
+        self.failures.forget(&tombstones);
+        self.acker.ack(tombstones).await
+    }
+
+    /// The ownership step for a batch that is not fresh: keeps the entries still pending for this
+    /// consumer (their idle time reset), with their true delivery counts; dead-letters those past
+    /// `max_deliveries`.
+    async fn take_ownership(&mut self, live: Vec<RawEntry>) -> Result<Vec<RawItem>> {
+        let ids: Vec<EntryId> = live.iter().map(|e| e.id).collect();
+        let owned = self.reclaimer.take(&ids).await?;
+        if owned.len() < ids.len() {
+            info!(entries = ids.len() - owned.len(), "entries no longer pending for this consumer (acknowledged, or claimed by another consumer); skipped");
+        }
+        let max = self.opts.max_deliveries;
+        let mut batch = Vec::with_capacity(owned.len());
+        let mut redelivered = 0;
+        for e in live {
+            let Some(&deliveries) = owned.get(&e.id) else {
+                debug!(entry_id = %e.id, "entry no longer pending for this consumer; skipped");
+                continue;
+            };
+            if outcome::is_poison(deliveries, max) {
+                let reason = outcome::poison_reason(deliveries, max, self.failures.last(e.id));
+                let order = DeadLetterOrder {
+                    id: e.id,
+                    entry: Some(e),
+                    deliveries: Some(deliveries),
+                    reason,
+                };
+                self.dead_letter(order).await?;
+                continue;
+            }
+            if deliveries > 1 {
+                redelivered += 1;
+            }
+            batch.push((e, Some(deliveries)));
+        }
+        self.stats.redelivered(redelivered);
+        Ok(batch)
+    }
+
+    /// End-to-end latency of a new batch: from its oldest entry's id (the XADD time) to now.
+    fn record_latency(&self, batch: &[RawItem]) {
+        let Some((oldest, _)) = batch.first() else {
+            return;
+        };
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if now_ms >= oldest.id.ms {
+            self.stats
+                .end_to_end(Duration::from_millis(now_ms - oldest.id.ms));
+        }
+    }
+
+    /// Runs the handler in a `batch` span; `idle` is how long the entries have been pending already
+    /// (it brings the first heartbeat forward).
+    async fn run_handler(
+        &mut self,
+        batch: Vec<RawItem>,
+        source: Source,
+        idle: Duration,
+    ) -> RunReport {
+        let ids: Vec<EntryId> = batch.iter().map(|(e, _)| e.id).collect();
+        // One span per batch, inside the consumer span; its fields are part of the API.
+        let span = tracing::info_span!(
+            "batch",
+            %source,
+            entries = ids.len(),
+            entry_id = %ids.first().copied().unwrap_or_default(),
+            deliveries = batch.first().and_then(|(_, d)| *d),
+        );
+        let runner = self.runner.clone();
+        let run = runner
+            .run(self.meta.clone(), source, batch, self.opts.handler_timeout)
+            .instrument(span)
+            .boxed();
+        let started = Instant::now();
+        let report = self.with_heartbeat(run, &ids, idle).await;
+        self.stats
+            .batch_handled(started.elapsed(), report.handed.len());
+        report
+    }
+
+    /// Awaits the handler; while it runs, refreshes the batch's idle time every third of
+    /// `claim_min_idle` (counted from when the entries were fetched), for the entries this consumer
+    /// still owns, so other consumers do not claim entries that are being worked on.
+    /// `claim_min_idle` then means "gone", not "slow".
+    async fn with_heartbeat<T>(
+        &self,
+        mut run: BoxFuture<'_, T>,
+        ids: &[EntryId],
+        idle: Duration,
+    ) -> T {
+        let every = self.reclaimer.heartbeat_every();
+        let mut next = tokio::time::Instant::now() + every.saturating_sub(idle);
+        loop {
+            tokio::select! {
+                out = &mut run => return out,
+                _ = tokio::time::sleep_until(next) => {
+                    next += every;
+                    self.reclaimer.heartbeat(ids).await;
+                }
+            }
+        }
+    }
+
+    /// Applies an ack plan's dead letters and failures; returns what to acknowledge.
+    async fn apply(&mut self, plan: AckPlan, took: Duration) -> Result<Handled> {
+        for id in &plan.foreign {
+            warn!(entry_id = %id, "handler named an id that is not in its batch (in Partial or dead_letter); ignored");
+        }
+        for order in plan.dead_letter {
+            self.dead_letter(order).await?;
+        }
+        if let (Some(reason), false) = (&plan.failure, plan.left_pending.is_empty()) {
+            self.stats.failed(plan.left_pending.len(), reason);
+            self.failures.note(&plan.left_pending, reason);
+            if plan.handler_failed {
+                if let Some(held_back) = self.failure_warnings.allow() {
+                    warn!(entries = plan.left_pending.len(), %reason, held_back, "handler failed a batch; its entries stay pending and come back");
+                }
+            } else {
+                debug!(entries = plan.left_pending.len(), %reason, "batch entries left pending");
+            }
+        }
+        if let Some(message) = plan.panicked {
+            return Err(Error::HandlerPanicked {
+                consumer: self.id.clone(),
+                message,
+            });
+        }
+        self.failures.forget(&plan.ack);
+        Ok(Handled {
+            ack: plan.ack,
+            handler_took: plan.handler_ran.then_some(took),
+        })
+    }
+
+    /// Moves one entry to the dead-letter stream (which acknowledges it), retrying transient errors.
+    pub(super) async fn dead_letter(&mut self, order: DeadLetterOrder) -> Result<()> {
+        let id = self.id.clone();
+        let info = DeadLetterInfo {
+            stream: &id.stream,
+            dlq: &self.dlq,
+            group: &id.group,
+            consumer: &id.consumer,
+            deliveries: order.deliveries,
+            reason: &order.reason,
+        };
+        let (info, entry, entry_id) = (&info, order.entry.as_ref(), order.id);
+        let moved = self
+            .client
+            .retry(
+                "EVALSHA (dead-letter move)",
+                &self.dlq,
+                |mut c| async move {
+                    match entry {
+                        Some(e) if !e.fields.is_empty() => {
+                            dead_letter::move_entry(&mut c, info, e).await
+                        }
+                        _ => dead_letter::move_id(&mut c, info, entry_id).await,
+                    }
+                },
+            )
+            .await?;
+        self.failures.forget(&[entry_id]);
+        if moved {
+            error!(entry_id = %entry_id, deliveries = order.deliveries, dead_letter_stream = %self.dlq, reason = %order.reason, "moved entry to the dead-letter stream");
+            self.stats.dead_lettered();
+        }
+        Ok(())
+    }
+}

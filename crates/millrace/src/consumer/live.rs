@@ -1,0 +1,163 @@
+//! The live loop: new entries (`XREADGROUP … >`) from the consumer's reader, handed to the handler
+//! batch by batch, with the claim and gauge timers in between, and the graceful stop.
+
+use std::time::Instant;
+
+use tracing::warn;
+
+use super::Consumer;
+use crate::entry::{EntryId, Source};
+use crate::error::Result;
+use crate::health::ConsumerState;
+use crate::reader::{Reader, ReaderConfig};
+use crate::streams::ReadItem;
+
+/// Clean reads after which a shrunk COUNT doubles again.
+const CLEAN_READS_TO_GROW: u32 = 8;
+
+/// COUNT in effect: halved after a read fails mid-reply (a reply too large for the client output
+/// buffer closes the connection after the entries went to the pending list), grown back after
+/// clean reads.
+#[derive(Debug)]
+pub(crate) struct ReadSize {
+    configured: usize,
+    current: usize,
+    clean_reads: u32,
+}
+
+impl ReadSize {
+    pub(crate) fn new(count: usize) -> Self {
+        ReadSize {
+            configured: count,
+            current: count,
+            clean_reads: 0,
+        }
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.current
+    }
+
+    /// Halves COUNT after a failed read: if the reply was too large for the server's output
+    /// buffer, a smaller one gets through instead of failing forever.
+    pub(crate) fn shrink(&mut self) {
+        let smaller = (self.current / 2).max(1);
+        if smaller != self.current {
+            warn!(
+                count = smaller,
+                "a read failed mid-reply; reading smaller batches for a while"
+            );
+            self.current = smaller;
+        }
+        self.clean_reads = 0;
+    }
+
+    /// After enough clean reads, grows COUNT back towards the configured value.
+    pub(crate) fn succeeded(&mut self) {
+        if self.current < self.configured {
+            self.clean_reads += 1;
+            if self.clean_reads >= CLEAN_READS_TO_GROW {
+                self.clean_reads = 0;
+                self.current = (self.current * 2).min(self.configured);
+            }
+        }
+    }
+}
+
+impl Consumer {
+    /// A read succeeded: health, backoff and COUNT learn of it.
+    pub(super) fn read_succeeded(&mut self) {
+        self.stats.read_ok();
+        self.retry_attempt = 0;
+        self.read_size.succeeded();
+    }
+
+    /// Reads new entries through the reader, which keeps reads in flight while batches are
+    /// handled; batches come in the order the reads were sent.
+    pub(super) async fn live(&mut self) -> Result<()> {
+        let config = ReaderConfig {
+            id: self.id.clone(),
+            count: self.read_size.count(),
+            block: self.opts.block,
+            read_timeout: self.opts.effective_read_timeout(),
+            command_timeout: self.backend.command_timeout(),
+        };
+        // A stop while the reader connects (say, to an unresponsive server) need not wait for it.
+        let mut reader = tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => return Ok(()),
+            r = Reader::start(&self.backend, config) => r?,
+        };
+        self.stats.set_state(ConsumerState::Running);
+        loop {
+            if Instant::now() >= self.reclaimer.next_tick() {
+                self.claim_tick().await?;
+            }
+            if Instant::now() >= self.gauges.next_refresh() {
+                self.gauges.refresh().await;
+            }
+            let timers = self.reclaimer.next_tick().min(self.gauges.next_refresh());
+            let items = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return self.stop_reading(reader, Vec::new()).await,
+                r = reader.next() => r?,
+                // The XACK in flight returned while ids wait: send them now, not with the next batch.
+                r = self.acker.returned(), if self.acker.is_holding() => {
+                    r?;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(timers.into()) => continue,
+            };
+            self.read_succeeded();
+            reader.set_count(self.read_size.count());
+            if items.is_empty() {
+                continue;
+            }
+            if self.cancel.is_cancelled() {
+                return self.stop_reading(reader, items).await;
+            }
+            let handled = self
+                .handle(items, Source::New, Some(reader.sent_after()))
+                .await?;
+            // Only batches the handler ran tell the reader how fast it is: a batch whose entries
+            // were all skipped says nothing, and must not widen the read-ahead after slow ones.
+            if let Some(took) = handled.handler_took {
+                reader.handled_in(took);
+            }
+            self.acker.ack_behind(handled.ack).await?;
+            if self.cancel.is_cancelled() {
+                return self.stop_reading(reader, Vec::new()).await;
+            }
+        }
+    }
+
+    /// Flushes the acks, stops the reader (waking its blocked reads with `CLIENT UNBLOCK` when
+    /// permitted), and releases the entries fetched but not handled (`unhandled` plus what the
+    /// last reads returned) to the other consumers.
+    async fn stop_reading(&mut self, reader: Reader, mut unhandled: Vec<ReadItem>) -> Result<()> {
+        self.acker.flush().await?;
+        self.stats.set_state(ConsumerState::Stopping);
+        unhandled.extend(reader.stop(self.client.conn()).await);
+        let ids: Vec<EntryId> = unhandled.iter().filter_map(ReadItem::id).collect();
+        self.reclaimer.release(&ids).await;
+        Ok(())
+    }
+
+    /// One claim tick: a bounded number of `XAUTOCLAIM` calls from the kept cursor, each claimed
+    /// batch handled and acknowledged before the next call.
+    pub(super) async fn claim_tick(&mut self) -> Result<()> {
+        self.reclaimer.begin_tick().await?;
+        for _ in 0..self.reclaimer.calls_per_tick() {
+            let claimed = self.reclaimer.claim_once().await?;
+            self.failures.forget(&claimed.deleted);
+            if !claimed.items.is_empty() {
+                let handled = self.handle(claimed.items, Source::Claimed, None).await?;
+                self.acker.ack(handled.ack).await?;
+            }
+            if claimed.wrapped || self.cancel.is_cancelled() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
