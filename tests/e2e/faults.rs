@@ -594,8 +594,16 @@ async fn a_killed_worker_that_never_returns_is_covered_by_xautoclaim() {
     const ORDERS: u64 = 3000;
     let d = Drill::new("sigkill_never_returns").await;
     d.produce(ORDERS, 0.0).await;
-    let mut w1 = d.worker("w1", &fast_claims()).await;
+    // w1 never finishes a batch: whenever it is killed it holds its batch and read-ahead, however
+    // fast or slow the machine is. w2 handles the rest meanwhile.
+    let mut stuck = fast_claims();
+    stuck.extend(args(&["--work-ms", "600000"]));
+    let mut w1 = d.worker("w1", &stuck).await;
     let mut w2 = d.worker("w2", &fast_claims()).await;
+    eventually(WAIT, "w1 holds entries", || async {
+        !d.pending_of("w1").await.is_empty()
+    })
+    .await;
     d.processed_at_least(ORDERS / 3).await;
     w1.sigkill().await;
     let killed_at = Instant::now();
