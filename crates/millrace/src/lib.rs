@@ -46,6 +46,7 @@
 //! features, and either one changes ractor's traits under millrace.
 
 mod actors;
+mod cluster;
 mod config;
 mod connection;
 mod consumer;

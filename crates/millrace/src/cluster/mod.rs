@@ -1,0 +1,26 @@
+//! Redis Cluster topology, without I/O policy: which slot a key hashes to ([`key_slot`]), which
+//! master serves a slot ([`SlotMap`], from `CLUSTER SHARDS` or `CLUSTER SLOTS`), what a reply
+//! says about the topology ([`ClusterReply`]: the owner changed, retry later, or a fatal
+//! configuration error) and whether two keys can be used together in one script
+//! ([`Colocation`]).
+//!
+//! This is what consumers will stand on to follow their stream's owner across failovers and slot
+//! migrations; nothing calls it yet. Control commands go through redis-rs's
+//! `cluster_async::ClusterConnection`, which follows `MOVED` and `ASK` by itself; a consumer's
+//! blocking read does not (it has its own socket to one master), so it resolves the owner here.
+
+// Not wired into the consumers yet: nothing outside this module and its tests uses it.
+#![allow(dead_code, unused_imports)]
+
+mod colocation;
+mod reply;
+mod slot;
+mod slot_map;
+
+#[cfg(test)]
+mod tests;
+
+pub(crate) use colocation::{hash_tag_hint, Colocation};
+pub(crate) use reply::{Action, ClusterReply};
+pub(crate) use slot::{key_slot, SLOT_COUNT};
+pub(crate) use slot_map::{fetch_slot_map, NodeAddress, SlotMap, SlotRange};
