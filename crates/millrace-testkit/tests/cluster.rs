@@ -182,7 +182,9 @@ fn kit_helpers_do_what_they_say() {
     );
 
     // Graceful failover: the replica serves the slot, the old master follows it.
+    let t = Instant::now();
     let promoted = cluster.failover(owner);
+    eprintln!("graceful failover settled in {:?}", t.elapsed());
     assert_ne!(promoted, owner);
     assert_eq!(cluster.owner_of_key("foo"), promoted);
     assert_eq!(cluster.replicas_of(promoted), vec![owner]);
@@ -237,9 +239,16 @@ fn kit_helpers_do_what_they_say() {
     let replicated: i64 = query(&cluster, victim, redis::cmd("WAIT").arg(1).arg(5000));
     assert_eq!(replicated, 1);
     let victim_pid = cluster.node(victim).pid().expect("pid");
+    // A reader blocked on the killed master just loses its connection.
+    let reader = Raw::connect(&cluster.node(victim).address())
+        .blocked(&["XREAD", "BLOCK", "0", "STREAMS", "{foo}s", "$"]);
+    wait_until(WAIT, "the reader to block", || {
+        blocked_clients(&cluster, victim) == 1
+    });
     let t = Instant::now();
     let heir = cluster.kill_master(victim);
     eprintln!("replica promoted {:?} after kill -9", t.elapsed());
+    assert_eq!(reader.join().expect("reader thread"), Reply::Closed);
     assert!(!cluster.node(victim).is_running());
     assert!(!process_exists(victim_pid));
     assert_eq!(cluster.owner_of_key("foo"), heir);
