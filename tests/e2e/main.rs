@@ -13,6 +13,7 @@ mod acks;
 mod config;
 mod dead_letters;
 mod faults;
+mod ownership;
 mod readme;
 mod recovery;
 mod repository;
