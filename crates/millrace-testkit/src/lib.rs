@@ -77,3 +77,8 @@ pub use error::TestkitError;
 pub use proxy::FaultProxy;
 pub use server::{RedisServer, ServerBuilder, DEFAULT_STARTUP_TIMEOUT, REDIS_SERVER_ENV};
 pub use wait::{eventually, wait_until, POLL_INTERVAL};
+
+/// The README's example, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct Readme;

@@ -29,14 +29,18 @@
 //! let app = Supervisor::builder()
 //!     .redis("redis://127.0.0.1:6379")
 //!     .consumer(ConsumerSpec::new("orders", "processors", "proc-1").handler(Orders))
-//!     .start()
+//!     .start() // fails at once if Redis cannot be reached or refuses the password
 //!     .await?;
-//! tokio::signal::ctrl_c().await.ok();
-//! app.shutdown().await?;
+//! tokio::select! {
+//!     _ = tokio::signal::ctrl_c() => app.shutdown().await?, // finish the in-flight batch, ack, stop
+//!     result = app.wait() => result?, // returns only if the supervisor gives up on a consumer
+//! }
 //! # Ok(()) }
 //! ```
 //!
-//! Delivery is at-least-once: handlers must be idempotent. See `docs/semantics.md`.
+//! Delivery is at-least-once: handlers must be idempotent. [`HandlerResult`] says what each
+//! result does in Redis; [`Supervisor`] and [`ConsumerOptions`] cover restarts, shutdown and every
+//! setting.
 //!
 //! ## Cargo features
 //! - `tls`: `rediss://` URLs through rustls (ring provider, Mozilla roots). millrace installs the
@@ -119,8 +123,9 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The README's and the guide's Rust examples, compiled as doctests.
-#[cfg(doctest)]
+/// The README's and the guide's Rust examples, compiled as doctests in the repository (the
+/// `millrace_repository` cfg comes from `build.rs`; a packaged crate has no `docs/` to include).
+#[cfg(all(doctest, millrace_repository))]
 mod doc_examples {
     #[doc = include_str!("../../../README.md")]
     struct Readme;
