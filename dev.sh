@@ -1,27 +1,73 @@
 #!/usr/bin/env bash
-# millrace developer commands. Each installs what it needs on a fresh Debian machine.
+# millrace developer commands. On Debian or Ubuntu each installs what it needs (with apt-get);
+# elsewhere it says what to install.
 #   ./dev.sh quickstart   run the quickstart example against a throwaway redis-server
-#   ./dev.sh test         fmt, clippy, docs, and the whole test suite against real redis-server processes
+#   ./dev.sh test         fmt, clippy, docs, the guide, packaging, and the whole test suite against
+#                         real redis-server processes
+#   ./dev.sh book         build the guide (docs/) into target/book with mdbook
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# The mdbook release the guide is built with; installed with cargo when missing.
+MDBOOK_VERSION=0.5.4
+
+# Installs Debian packages when apt-get is there; otherwise stops and says what to install.
+apt_install() {
+  local what="$1"; shift
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "error: $what is needed and this machine has no apt-get to install it." >&2
+    echo "Install it with your package manager (it is called $* on Debian), then run this again:" >&2
+    echo "  macOS (Homebrew): brew install $what" >&2
+    echo "  Fedora: sudo dnf install $what;  Arch: sudo pacman -S $what" >&2
+    exit 1
+  fi
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+      echo "error: $what is needed; install it as root: apt-get install -y $*" >&2
+      exit 1
+    fi
+    sudo="sudo"
+  fi
+  echo "$what not found; installing it from Debian's packages ($*)" >&2
+  $sudo apt-get update
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "$@"
+}
+
 ensure_redis() {
   if command -v redis-server >/dev/null 2>&1; then return; fi
-  echo "redis-server not found; installing it from Debian's packages" >&2
-  local sudo=""
-  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
-  $sudo apt-get update
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y redis-server
+  apt_install redis redis-server
   # The package starts a system server on 6379; the tests start their own, so stop it.
+  local sudo=""; if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
   $sudo service redis-server stop >/dev/null 2>&1 || true
 }
 
 ensure_tools() {
-  command -v openssl >/dev/null 2>&1 || {
-    local sudo=""; if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
-    $sudo apt-get update
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y openssl
-  }
+  command -v openssl >/dev/null 2>&1 || apt_install openssl openssl
+}
+
+ensure_mdbook() {
+  if command -v mdbook >/dev/null 2>&1 && mdbook --version | grep -q "v$MDBOOK_VERSION\$"; then
+    return
+  fi
+  echo "installing mdbook $MDBOOK_VERSION with cargo (once; a few minutes)" >&2
+  cargo install --locked mdbook --version "$MDBOOK_VERSION" --no-default-features --features search
+}
+
+# rust-version in Cargo.toml is what CI proves: refuse to run on an older toolchain.
+check_toolchain() {
+  local want have
+  want=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+  have=$(rustc --version | cut -d' ' -f2)
+  if [ "$(printf '%s\n%s\n' "$want" "$have" | sort -V | head -n1)" != "$want" ]; then
+    echo "error: rustc $have is older than rust-version $want in Cargo.toml; update the toolchain" >&2
+    exit 1
+  fi
+}
+
+book() {
+  ensure_mdbook
+  mdbook build docs
 }
 
 case "${1:-}" in
@@ -29,15 +75,25 @@ case "${1:-}" in
     ensure_redis
     cargo run -p millrace-examples --example quickstart
     ;;
+  book)
+    book
+    ;;
   test)
+    check_toolchain
     ensure_redis
     ensure_tools
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+    echo "== guide (mdbook)"
+    book
+    echo "== packages"
+    # --no-verify: verifying builds all three crates again from their packages (minutes on 2 cores).
+    cargo package --locked --no-verify --allow-dirty -p millrace -p millrace-testkit -p millrace-cli
     cargo build --workspace --examples --locked
     # Every example runs to completion against its own throwaway server (orders is driven by the
-    # fault suite; soak is a long benchmark-style run: cargo run --release -p millrace-examples --example soak).
+    # fault suite; soak is a long benchmark-style run: cargo run --release -p millrace-examples
+    # --example soak; readme runs until Ctrl-C and is run by the e2e tests).
     for example in quickstart notifications cart_projector stream_management under_ractor observability; do
       echo "== example $example"
       env -u REDIS_URL "${CARGO_TARGET_DIR:-target}/debug/examples/$example" > "${CARGO_TARGET_DIR:-target}/example-$example.log" 2>&1 \
@@ -47,7 +103,7 @@ case "${1:-}" in
     cargo test --workspace --locked -- --test-threads=4
     ;;
   *)
-    echo "usage: ./dev.sh quickstart | ./dev.sh test" >&2
+    echo "usage: ./dev.sh quickstart | ./dev.sh test | ./dev.sh book" >&2
     exit 2
     ;;
 esac
