@@ -53,6 +53,15 @@ impl Raw {
         }
     }
 
+    /// Connects to node `index`, authenticated if the cluster has a password.
+    fn to(cluster: &RedisCluster, index: usize) -> Raw {
+        let mut raw = Raw::connect(&cluster.node(index).address());
+        if let Some(pw) = cluster.password() {
+            assert_eq!(raw.call(&["AUTH", pw]), Reply::Simple("OK".into()));
+        }
+        raw
+    }
+
     fn send(&mut self, args: &[&str]) {
         let mut out = format!("*{}\r\n", args.len());
         for a in args {
@@ -145,8 +154,20 @@ fn process_exists(pid: u32) -> bool {
 #[test]
 fn kit_helpers_do_what_they_say() {
     let started = Instant::now();
-    let mut cluster = RedisCluster::start();
+    // With a password, so replication, failover, MIGRATE and redis-cli all
+    // have to authenticate.
+    let mut cluster = RedisCluster::builder().password("kit:pw").start();
     eprintln!("cluster started in {:?}", started.elapsed());
+    assert_eq!(cluster.password(), Some("kit:pw"));
+    assert!(cluster
+        .node(0)
+        .url()
+        .starts_with("redis://:kit%3Apw@127.0.0.1:"));
+    let mut unauthenticated = Raw::connect(&cluster.node(0).address());
+    assert!(unauthenticated
+        .call(&["GET", "foo"])
+        .error()
+        .is_some_and(|e| e.starts_with("NOAUTH")));
 
     // Shape: 3 masters with one replica each, every node ok.
     assert_eq!(cluster.nodes().len(), 6);
@@ -175,7 +196,7 @@ fn kit_helpers_do_what_they_say() {
         .iter()
         .find(|&&m| m != owner)
         .expect("another master");
-    let moved = Raw::connect(&cluster.node(other).address()).call(&["GET", "foo"]);
+    let moved = Raw::to(&cluster, other).call(&["GET", "foo"]);
     assert_eq!(
         moved.error(),
         Some(format!("MOVED 12182 {}", cluster.node(owner).address()).as_str())
@@ -240,8 +261,8 @@ fn kit_helpers_do_what_they_say() {
     assert_eq!(replicated, 1);
     let victim_pid = cluster.node(victim).pid().expect("pid");
     // A reader blocked on the killed master just loses its connection.
-    let reader = Raw::connect(&cluster.node(victim).address())
-        .blocked(&["XREAD", "BLOCK", "0", "STREAMS", "{foo}s", "$"]);
+    let reader =
+        Raw::to(&cluster, victim).blocked(&["XREAD", "BLOCK", "0", "STREAMS", "{foo}s", "$"]);
     wait_until(WAIT, "the reader to block", || {
         blocked_clients(&cluster, victim) == 1
     });

@@ -33,6 +33,10 @@ type SlotOwners = Vec<(u16, u16, String)>;
 /// How often the cluster is re-checked while a helper waits.
 const POLL: Duration = Duration::from_millis(50);
 
+/// How long Redis pursues a `CLUSTER FAILOVER` (its `CLUSTER_MF_TIMEOUT`,
+/// 5 s) before giving up, plus a margin.
+const MANUAL_FAILOVER_TIMEOUT: Duration = Duration::from_millis(5_500);
+
 /// How many times a node is started on fresh ports when its bus port turns
 /// out to be taken.
 const PORT_ATTEMPTS: usize = 5;
@@ -396,18 +400,28 @@ impl RedisCluster {
         let Some(&replica) = self.replicas_of(master).first() else {
             panic!("millrace-testkit: failover({master}): the master has no running replica")
         };
-        if let Err(e) = self
-            .node(replica)
-            .query::<()>(redis::cmd("CLUSTER").arg("FAILOVER"))
-        {
-            panic!("millrace-testkit: CLUSTER FAILOVER on node {replica}: {e}");
-        }
+        let request = || {
+            if let Err(e) = self
+                .node(replica)
+                .query::<()>(redis::cmd("CLUSTER").arg("FAILOVER"))
+            {
+                panic!("millrace-testkit: CLUSTER FAILOVER on node {replica}: {e}");
+            }
+            Instant::now()
+        };
+        let mut requested = request();
         self.wait(
             &format!("node {replica} to take over from node {master}"),
             |c| {
                 let new = c.node(replica).own_line()?;
                 let old = c.node(master).own_line()?;
                 if !new.master || new.slots.is_empty() {
+                    // Redis gives a manual failover 5 s, then abandons it
+                    // ("Manual failover timed out"); ask again.
+                    if requested.elapsed() > MANUAL_FAILOVER_TIMEOUT {
+                        tracing::debug!(replica, "manual failover timed out, asking again");
+                        requested = request();
+                    }
                     return Err(format!("node {replica} is not serving slots yet"));
                 }
                 if old.master || old.master_id.as_deref() != Some(&c.node(replica).id) {
@@ -544,7 +558,8 @@ impl RedisCluster {
         out
     }
 
-    pub(crate) fn password(&self) -> Option<&str> {
+    /// The password set with [`ClusterBuilder::password`], if any.
+    pub fn password(&self) -> Option<&str> {
         self.config.password.as_deref()
     }
 
