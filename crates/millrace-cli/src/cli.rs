@@ -1,15 +1,28 @@
 //! The command line: global options and one subcommand per job, parsed with clap's derive API.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgGroup, Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
 use millrace::EntryId;
+
+use crate::key::{parse_key, Key};
+
+/// The heading of the options every subcommand takes.
+const GLOBAL: &str = "Global options";
+/// The shortest `top --interval`: faster refreshes load Redis with `XINFO` calls for little gain.
+pub(crate) const MIN_TOP_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Inspect and repair Redis Streams consumer groups: streams, groups, consumers, pending entries,
 /// dead letters, safe trimming and safe consumer clean-up.
 ///
+/// Stream names are shown and given in one escape syntax: `\xNN` for a byte that is not UTF-8,
+/// `\\` for a backslash, `\n`, `\t`, `\u{1}` for control characters.
+///
 /// Exit codes: 0 ok, 1 runtime or Redis error (also a missing stream or group, or a key of the wrong
-/// type), 2 usage error, 3 refused for safety (re-run with --force or --yes after reading why).
+/// type), 2 usage error, 3 refused for safety (re-run with --force or --yes after reading why), 130
+/// interrupted (Ctrl-C in `tail` and `top`).
 #[derive(Debug, Parser)]
 #[command(name = "millrace", version, about, long_about)]
 pub(crate) struct Cli {
@@ -21,13 +34,25 @@ pub(crate) struct Cli {
         default_value = "redis://127.0.0.1:6379",
         global = true,
         hide_env_values = true,
-        value_name = "URL"
+        value_name = "URL",
+        help_heading = GLOBAL
     )]
     pub(crate) redis: String,
 
+    /// With rediss://: also trust the CA certificate in this PEM file (for a server whose
+    /// certificate is not signed by a public CA).
+    #[arg(
+        long,
+        env = "MILLRACE_TLS_CA_CERT",
+        global = true,
+        value_name = "PEM",
+        help_heading = GLOBAL
+    )]
+    pub(crate) tls_ca_cert: Option<PathBuf>,
+
     /// Print machine-readable JSON instead of tables (one JSON document per line for `tail` and
     /// a refreshing `top`).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub(crate) json: bool,
 
     /// What to do.
@@ -48,12 +73,14 @@ pub(crate) enum Command {
     /// and lag.
     Groups {
         /// The stream key.
-        stream: String,
+        #[arg(value_parser = parse_key)]
+        stream: Key,
     },
     /// Show the consumers of a group: pending entries, idle and inactive time.
     Consumers {
         /// The stream key.
-        stream: String,
+        #[arg(value_parser = parse_key)]
+        stream: Key,
         /// The consumer group.
         group: String,
     },
@@ -74,13 +101,19 @@ pub(crate) enum Command {
     Tail(TailArgs),
     /// A refreshing terminal view of streams, groups, lag, pending entries and rates.
     Top(TopArgs),
+    /// Print a shell completion script, e.g. `millrace completions bash > ~/.local/share/bash-completion/completions/millrace`.
+    Completions {
+        /// The shell.
+        shell: Shell,
+    },
 }
 
 /// Arguments of `pending`.
 #[derive(Debug, Args)]
 pub(crate) struct PendingArgs {
     /// The stream key.
-    pub(crate) stream: String,
+    #[arg(value_parser = parse_key)]
+    pub(crate) stream: Key,
     /// The consumer group.
     pub(crate) group: String,
     /// Only entries held by this consumer.
@@ -148,18 +181,19 @@ pub(crate) enum DlqCommand {
 #[derive(Debug, Args)]
 pub(crate) struct DlqTarget {
     /// The source stream (the dead-letter stream defaults to `<STREAM>:dlq`).
-    pub(crate) stream: String,
+    #[arg(value_parser = parse_key)]
+    pub(crate) stream: Key,
     /// The dead-letter stream, when it is not `<STREAM>:dlq`.
-    #[arg(long, value_name = "KEY")]
-    pub(crate) dlq: Option<String>,
+    #[arg(long, value_name = "KEY", value_parser = parse_key)]
+    pub(crate) dlq: Option<Key>,
 }
 
 impl DlqTarget {
     /// The dead-letter stream key.
-    pub(crate) fn dlq_key(&self) -> String {
+    pub(crate) fn dlq_key(&self) -> Key {
         self.dlq
             .clone()
-            .unwrap_or_else(|| format!("{}:dlq", self.stream))
+            .unwrap_or_else(|| self.stream.with_suffix(":dlq"))
     }
 
     /// The library's view of the dead-letter stream.
@@ -184,7 +218,8 @@ pub(crate) struct DlqSelect {
 #[command(group(ArgGroup::new("cut").required(true).args(["maxlen", "minid"])))]
 pub(crate) struct TrimArgs {
     /// The stream key.
-    pub(crate) stream: String,
+    #[arg(value_parser = parse_key)]
+    pub(crate) stream: Key,
     /// Keep only the newest N entries.
     #[arg(long, value_name = "N")]
     pub(crate) maxlen: Option<u64>,
@@ -203,7 +238,8 @@ pub(crate) struct TrimArgs {
 #[derive(Debug, Args)]
 pub(crate) struct ReapArgs {
     /// The stream key.
-    pub(crate) stream: String,
+    #[arg(value_parser = parse_key)]
+    pub(crate) stream: Key,
     /// The consumer group.
     pub(crate) group: String,
     /// Reap consumers idle longer than this, e.g. `1h`.
@@ -221,7 +257,8 @@ pub(crate) struct ReapArgs {
 #[derive(Debug, Args)]
 pub(crate) struct TailArgs {
     /// The stream key.
-    pub(crate) stream: String,
+    #[arg(value_parser = parse_key)]
+    pub(crate) stream: Key,
     /// Read as this consumer group (XREADGROUP) instead of plain XREAD; needs --consumer.
     #[arg(long, requires = "consumer")]
     pub(crate) group: Option<String>,
@@ -242,12 +279,49 @@ pub(crate) struct TailArgs {
 pub(crate) struct TopArgs {
     /// Only streams matching this glob pattern.
     pub(crate) pattern: Option<String>,
-    /// Time between refreshes (and between the two samples of --once), e.g. `1s`, `500ms`.
-    #[arg(long, default_value = "1s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    /// Time between refreshes (and between the two samples of --once), at least 100ms, e.g. `1s`,
+    /// `500ms`.
+    #[arg(long, default_value = "1s", value_parser = parse_top_interval, value_name = "DURATION")]
     pub(crate) interval: Duration,
+    /// The column to sort by, largest first (names and streams A to Z); on the screen, keys 1-9
+    /// choose a column too.
+    #[arg(long, value_enum, default_value_t = SortBy::Stream)]
+    pub(crate) sort: SortBy,
     /// Print one snapshot (with rates measured over one interval) and exit.
     #[arg(long)]
     pub(crate) once: bool,
+}
+
+/// The columns `top` can sort by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SortBy {
+    /// Stream name, then group name.
+    Stream,
+    /// Entries in the stream.
+    Length,
+    /// Entries added per second.
+    In,
+    /// Consumers of the group.
+    Consumers,
+    /// Pending entries of the group.
+    Pending,
+    /// Idle time of the group's oldest pending entry.
+    OldestIdle,
+    /// Entries not yet delivered to the group.
+    Lag,
+    /// Entries the group reads per second.
+    Read,
+    /// Entries in the stream's dead-letter stream.
+    Dlq,
+}
+
+/// Parses `top --interval`: a duration of at least [`MIN_TOP_INTERVAL`].
+pub(crate) fn parse_top_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < MIN_TOP_INTERVAL {
+        return Err("must be at least 100ms (each refresh asks Redis about every stream)".into());
+    }
+    Ok(d)
 }
 
 /// Parses a humantime duration (`5m`, `1h 30m`, `250ms`).
@@ -255,15 +329,6 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| {
         format!("{e}; expected a duration with a unit, e.g. `90s`, `5m`, `1h 30m`, `250ms`")
     })
-}
-
-/// Parses a humantime duration that must not be zero.
-pub(crate) fn parse_positive_duration(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if d.is_zero() {
-        return Err("must be greater than zero, e.g. `1s`".into());
-    }
-    Ok(d)
 }
 
 /// Parses a stream entry id (`1700000000000-0`).
@@ -286,15 +351,16 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("soon").is_err());
-        assert!(parse_positive_duration("0s").is_err());
+        assert!(parse_top_interval("50ms").is_err());
+        assert_eq!(parse_top_interval("100ms"), Ok(MIN_TOP_INTERVAL));
     }
 
     #[test]
     fn dlq_key_defaults_to_stream_colon_dlq() {
         let t = DlqTarget {
-            stream: "orders".into(),
+            stream: parse_key("orders").unwrap(),
             dlq: None,
         };
-        assert_eq!(t.dlq_key(), "orders:dlq");
+        assert_eq!(t.dlq_key().as_bytes(), b"orders:dlq");
     }
 }

@@ -1,11 +1,14 @@
 //! Connecting to Redis, redacting the URL for every message, and checking what a key holds.
 
+use std::path::Path;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisError, Value};
+use redis::{AsyncConnectionConfig, Cmd, ConnectionAddr, FromRedisValue, RedisError, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::{self, CliError, Result};
+use crate::key::Key;
 
 /// How long to wait for a TCP (and TLS) connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -68,17 +71,21 @@ pub(crate) struct Redis {
 }
 
 impl Redis {
-    /// Connects (and authenticates) to `url`.
-    pub(crate) async fn connect(url: &str) -> Result<Redis> {
+    /// Connects (and authenticates) to `url`; with `rediss://`, `ca_cert` names an extra CA
+    /// certificate (PEM) to trust.
+    pub(crate) async fn connect(url: &str, ca_cert: Option<&Path>) -> Result<Redis> {
         let target = redact(url);
-        let client = redis::Client::open(url).map_err(|e| error::from_redis(&e, &target))?;
+        let client = open_client(url, ca_cert, &target)?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let conn = client
+        let conn = match client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(|e| connect_error(&e, &target))?;
+        {
+            Ok(conn) => conn,
+            Err(e) => return Err(explain_connect_error(&client, &e, &target).await),
+        };
         Ok(Redis {
             client,
             conn,
@@ -129,7 +136,7 @@ impl Redis {
     }
 
     /// What `key` is: a stream, nothing, or something else.
-    pub(crate) async fn stream_state(&mut self, key: &str) -> Result<KeyState> {
+    pub(crate) async fn stream_state(&mut self, key: &Key) -> Result<KeyState> {
         Ok(match self.key_type(key.as_bytes()).await?.as_str() {
             "stream" => KeyState::Stream,
             "none" => KeyState::Missing,
@@ -138,7 +145,7 @@ impl Redis {
     }
 
     /// Fails with a clear message unless `key` holds a stream.
-    pub(crate) async fn require_stream(&mut self, key: &str) -> Result<()> {
+    pub(crate) async fn require_stream(&mut self, key: &Key) -> Result<()> {
         match self.stream_state(key).await? {
             KeyState::Stream => Ok(()),
             KeyState::Missing => Err(no_such_stream(key)),
@@ -147,7 +154,7 @@ impl Redis {
     }
 
     /// Explains a `NOGROUP` (or `ERR no such key`) reply for `stream`/`group`.
-    pub(crate) async fn explain_missing(&mut self, stream: &str, group: &str) -> CliError {
+    pub(crate) async fn explain_missing(&mut self, stream: &Key, group: &str) -> CliError {
         match self.stream_state(stream).await {
             Ok(KeyState::Missing) => no_such_stream(stream),
             Ok(KeyState::Other(t)) => wrong_type(stream, &t),
@@ -160,7 +167,7 @@ impl Redis {
     pub(crate) async fn group_query<T: FromRedisValue>(
         &mut self,
         cmd: &Cmd,
-        stream: &str,
+        stream: &Key,
         group: &str,
     ) -> Result<T> {
         match self.raw(cmd).await {
@@ -194,22 +201,90 @@ pub(crate) fn is_missing(e: &RedisError) -> bool {
 }
 
 /// "no such stream" with a hint.
-pub(crate) fn no_such_stream(key: &str) -> CliError {
+pub(crate) fn no_such_stream(key: &Key) -> CliError {
     CliError::runtime(format!(
         "no such stream `{key}`; list the streams with `millrace streams`"
     ))
 }
 
 /// "key is a string, not a stream".
-pub(crate) fn wrong_type(key: &str, actual: &str) -> CliError {
+pub(crate) fn wrong_type(key: &Key, actual: &str) -> CliError {
     CliError::runtime(format!("key `{key}` is a {actual}, not a stream"))
 }
 
 /// "group does not exist" with a hint.
-pub(crate) fn no_such_group(stream: &str, group: &str) -> CliError {
+pub(crate) fn no_such_group(stream: &Key, group: &str) -> CliError {
     CliError::runtime(format!(
         "group `{group}` does not exist on stream `{stream}`; list its groups with `millrace groups {stream}`"
     ))
+}
+
+/// A client for `url`, trusting `ca_cert` too when given.
+#[cfg(feature = "tls")]
+fn open_client(url: &str, ca_cert: Option<&Path>, target: &str) -> Result<redis::Client> {
+    millrace::install_tls_provider();
+    let client = match ca_cert {
+        None => redis::Client::open(url),
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                CliError::usage(format!(
+                    "cannot read the CA certificate {}: {e}",
+                    path.display()
+                ))
+            })?;
+            redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )
+        }
+    };
+    client.map_err(|e| error::from_redis(&e, target))
+}
+
+/// A client for `url`; this build has no TLS, so `rediss://` and a CA certificate are refused.
+#[cfg(not(feature = "tls"))]
+fn open_client(url: &str, ca_cert: Option<&Path>, target: &str) -> Result<redis::Client> {
+    if ca_cert.is_some() || url.starts_with("rediss:") {
+        return Err(CliError::usage(format!(
+            "{target} needs TLS, and this millrace was built without it; build it with the \
+             default features (`cargo install millrace-cli`)"
+        )));
+    }
+    redis::Client::open(url).map_err(|e| error::from_redis(&e, target))
+}
+
+/// Explains a failed first connection. A TLS handshake with a server that speaks plain RESP never
+/// completes (the server waits for the end of a command line), so a failed `rediss://` connection
+/// is followed by a plain `PING`: when that is answered, the server does not speak TLS there.
+async fn explain_connect_error(client: &redis::Client, e: &RedisError, target: &str) -> CliError {
+    if let ConnectionAddr::TcpTls { host, port, .. } = client.get_connection_info().addr() {
+        if !e.is_connection_refusal() && answers_plain_resp(host, *port).await {
+            return CliError::runtime(format!(
+                "the server at {target} does not speak TLS: it answered a plain-text PING on that \
+                 port; use redis:// instead of rediss://, or the server's TLS port"
+            ));
+        }
+    }
+    connect_error(e, target)
+}
+
+/// True when `host:port` answers a plain-text `PING` with a RESP reply.
+async fn answers_plain_resp(host: &str, port: u16) -> bool {
+    let probe = async {
+        let mut socket = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        socket.write_all(b"PING\r\n").await.ok()?;
+        let mut first = [0u8; 1];
+        socket.read_exact(&mut first).await.ok()?;
+        Some(matches!(first[0], b'+' | b'-'))
+    };
+    tokio::time::timeout(Duration::from_secs(2), probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 fn connect_error(e: &RedisError, target: &str) -> CliError {

@@ -16,6 +16,8 @@ pub(crate) enum Exit {
     /// The command refused to do something unsafe (trim without `--force`, purge without
     /// confirmation): exit 3.
     Refused,
+    /// Interrupted by Ctrl-C (SIGINT), the shell's convention: exit 130.
+    Interrupted,
 }
 
 impl Exit {
@@ -25,6 +27,7 @@ impl Exit {
             Exit::Runtime => 1,
             Exit::Usage => 2,
             Exit::Refused => 3,
+            Exit::Interrupted => 130,
         })
     }
 }
@@ -66,6 +69,14 @@ impl CliError {
         }
     }
 
+    /// Ctrl-C ended a command that runs until interrupted (`tail`, `top`): exit 130, quietly.
+    pub(crate) fn interrupted() -> Self {
+        CliError {
+            exit: Exit::Interrupted,
+            message: String::new(),
+        }
+    }
+
     /// The output pipe was closed (`millrace tail | head`): end quietly.
     pub(crate) fn broken_pipe() -> Self {
         CliError {
@@ -76,7 +87,7 @@ impl CliError {
 
     /// True for [`CliError::broken_pipe`].
     pub(crate) fn is_broken_pipe(&self) -> bool {
-        self.message.is_empty()
+        self.message.is_empty() && self.exit == Exit::Runtime
     }
 }
 
@@ -146,5 +157,6 @@ mod tests {
         assert_eq!(Exit::Runtime.code(), ExitCode::from(1));
         assert_eq!(Exit::Usage.code(), ExitCode::from(2));
         assert_eq!(Exit::Refused.code(), ExitCode::from(3));
+        assert_eq!(Exit::Interrupted.code(), ExitCode::from(130));
     }
 }

@@ -8,6 +8,7 @@ use redis::Value;
 
 use crate::connect::{is_missing, Redis};
 use crate::error::Result;
+use crate::key::Key;
 use crate::value::{self, Fields};
 
 /// Keys scanned per SCAN call.
@@ -149,7 +150,7 @@ fn parse_groups(reply: Value) -> Vec<GroupInfo> {
 /// `XINFO CONSUMERS key group`, explaining a missing stream or group.
 pub(crate) async fn consumers(
     redis: &mut Redis,
-    stream: &str,
+    stream: &Key,
     group: &str,
 ) -> Result<Vec<ConsumerInfo>> {
     let reply: Value = redis
@@ -171,4 +172,27 @@ pub(crate) async fn consumers(
             })
         })
         .collect())
+}
+
+/// How long the oldest pending entry of `group` has been idle (`XPENDING key group - + 1`); `None`
+/// when nothing is pending or the group vanished.
+pub(crate) async fn oldest_pending_idle(
+    redis: &mut Redis,
+    key: &[u8],
+    group: &[u8],
+) -> Result<Option<u64>> {
+    let cmd = redis::cmd("XPENDING")
+        .arg(key)
+        .arg(group)
+        .arg("-")
+        .arg("+")
+        .arg(1)
+        .to_owned();
+    match redis.raw::<Value>(&cmd).await {
+        Ok(v) => Ok(millrace::streams::parse_pending(v)
+            .first()
+            .map(|row| row.idle_ms)),
+        Err(e) if is_missing(&e) => Ok(None),
+        Err(e) => Err(redis.error(&e)),
+    }
 }

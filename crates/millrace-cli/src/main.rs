@@ -13,23 +13,29 @@
 //! millrace top
 //! ```
 //!
-//! Exit codes: 0 ok, 1 runtime or Redis error, 2 usage error, 3 refused for safety. See the
-//! crate's README for more.
+//! Exit codes: 0 ok, 1 runtime or Redis error, 2 usage error, 3 refused for safety, 130 interrupted
+//! (Ctrl-C). See the crate's README for more.
 
 mod cli;
 mod commands;
 mod connect;
 mod error;
 mod info;
+mod key;
 mod render;
 mod value;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    if let cli::Command::Completions { shell } = cli.command {
+        let mut command = cli::Cli::command();
+        clap_complete::generate(shell, &mut command, "millrace", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -43,10 +49,11 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(e) if e.exit == error::Exit::Interrupted => e.exit.code(),
         Err(e) => {
             let label = match e.exit {
                 error::Exit::Refused => "refused",
-                error::Exit::Runtime | error::Exit::Usage => "error",
+                error::Exit::Runtime | error::Exit::Usage | error::Exit::Interrupted => "error",
             };
             render::note(&format!("{label}: {e}"));
             e.exit.code()

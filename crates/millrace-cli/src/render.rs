@@ -147,6 +147,12 @@ impl Serialize for JsonBytes {
     }
 }
 
+impl std::fmt::Display for JsonBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&escape(&self.0))
+    }
+}
+
 /// Field/value pairs for JSON, in order: `[["field", "value"], ...]`.
 pub(crate) fn json_fields(fields: &[(Vec<u8>, Vec<u8>)]) -> Vec<[JsonBytes; 2]> {
     fields

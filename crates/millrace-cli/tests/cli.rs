@@ -464,7 +464,7 @@ fn bad_arguments_are_usage_errors() {
         &server,
         &["top", "--once", "--interval", "0s"],
         2,
-        "greater than zero",
+        "at least 100ms",
     );
     fails(
         &server,
@@ -1072,7 +1072,7 @@ fn lines_of(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
 }
 
 #[test]
-fn tail_and_top_stop_cleanly_on_ctrl_c() {
+fn tail_and_top_end_with_exit_130_on_ctrl_c() {
     let (server, mut con) = start();
     group(&mut con, "events", "workers", "$");
     let mut tail = command(&server.url(), &["tail", "events"]).spawn().unwrap();
@@ -1084,7 +1084,11 @@ fn tail_and_top_stop_cleanly_on_ctrl_c() {
     assert_eq!(tail_lines.recv_timeout(WAIT).unwrap(), format!("{id} k=v"));
     interrupt(&tail);
     let r = wait_for_exit(&mut tail);
-    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        r.code, 130,
+        "the shell's code for an interrupted command: {r:?}"
+    );
+    assert!(r.stderr.is_empty(), "{r:?}");
 
     let mut top = command(&server.url(), &["--json", "top", "--interval", "100ms"])
         .spawn()
@@ -1100,7 +1104,7 @@ fn tail_and_top_stop_cleanly_on_ctrl_c() {
     assert!(second["streams"][0]["added_per_sec"].is_f64(), "{second}");
     interrupt(&top);
     let r = wait_for_exit(&mut top);
-    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.code, 130, "{r:?}");
 }
 
 #[test]
@@ -1129,4 +1133,189 @@ fn dlq_replay_of_an_entry_with_thousands_of_fields() {
     assert_eq!(back.len(), 1);
     assert_eq!(back[0].1.len(), 5_000, "every field back");
     assert_eq!(back[0].1[4_999], ("f4999".to_owned(), "4999".to_owned()));
+}
+
+#[test]
+fn completions_are_printed_for_bash_zsh_and_fish_without_redis() {
+    // Nothing listens on port 1: completions never connect.
+    let url = "redis://127.0.0.1:1";
+    let bash = run_url(url, &["completions", "bash"]);
+    assert_eq!(bash.code, 0, "{bash:?}");
+    assert!(bash.stdout.contains("_millrace()"), "{bash:?}");
+    assert!(
+        bash.stdout.contains("dlq"),
+        "subcommands are completed: {bash:?}"
+    );
+    let zsh = run_url(url, &["completions", "zsh"]);
+    assert!(zsh.stdout.starts_with("#compdef millrace"), "{zsh:?}");
+    let fish = run_url(url, &["completions", "fish"]);
+    assert!(fish.stdout.contains("complete -c millrace"), "{fish:?}");
+    let r = run_url(url, &["completions", "tcsh"]);
+    assert_eq!(r.code, 2, "{r:?}");
+}
+
+#[test]
+fn every_subcommand_shows_the_global_options_under_their_own_heading() {
+    let url = "redis://127.0.0.1:1";
+    for args in [
+        &["streams", "--help"][..],
+        &["dlq", "replay", "--help"],
+        &["top", "--help"],
+        &["tail", "--help"],
+    ] {
+        let r = run_url(url, args);
+        assert_eq!(r.code, 0, "{r:?}");
+        let global = r
+            .stdout
+            .split_once("Global options:")
+            .unwrap_or_else(|| panic!("no global heading in {args:?}: {r:?}"))
+            .1;
+        for option in ["--redis", "--json", "--tls-ca-cert"] {
+            assert!(global.contains(option), "{option} in {args:?}: {r:?}");
+        }
+        let own = r.stdout.split_once("Global options:").unwrap().0;
+        assert!(!own.contains("--redis <URL>"), "{args:?}: {r:?}");
+    }
+}
+
+#[test]
+fn trim_minid_zero_has_nothing_to_trim() {
+    let (server, mut con) = start();
+    xadd_n(&mut con, "orders", 3);
+    for minid in ["0", "0-0"] {
+        let r = ok(&server, &["trim", "orders", "--minid", minid]);
+        assert!(r.stdout.contains("nothing to trim"), "{r:?}");
+        let j = ok(&server, &["--json", "trim", "orders", "--minid", minid]).json();
+        assert_eq!(j["remove"], 0, "{j}");
+    }
+    assert_eq!(xlen(&mut con, "orders"), 3);
+}
+
+#[test]
+fn streams_whose_names_are_not_utf8_are_addressed_as_the_output_shows_them() {
+    let (server, mut con) = start();
+    let name: &[u8] = b"\xffcart\\1";
+    let _: String = redis::cmd("XADD")
+        .arg(name)
+        .arg("*")
+        .arg("k")
+        .arg("v")
+        .query(&mut con)
+        .unwrap();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(name)
+        .arg("workers")
+        .arg("0")
+        .query(&mut con)
+        .unwrap();
+    let shown = r"\xffcart\\1";
+    let r = ok(&server, &["streams"]);
+    assert!(r.stdout.contains(shown), "{r:?}");
+    let r = ok(&server, &["groups", shown]);
+    assert!(r.stdout.contains("workers"), "{r:?}");
+    let j = ok(&server, &["--json", "pending", shown, "workers"]).json();
+    assert_eq!(j["total"], 0, "{j}");
+    assert_eq!(j["stream"]["hex"], "ff636172745c31", "{j}");
+    let r = ok(&server, &["dlq", "list", shown]);
+    assert!(
+        r.stdout.contains(&format!("no dead letters for `{shown}`")),
+        "{r:?}"
+    );
+    let r = ok(
+        &server,
+        &["--json", "trim", shown, "--maxlen", "0", "--force"],
+    );
+    assert_eq!(r.json()["removed"], 1, "{r:?}");
+    let r = run(&server, &["groups", r"\xzz"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("two hex digits"), "{r:?}");
+}
+
+#[test]
+fn dlq_list_refuses_a_stream_that_is_not_a_dead_letter_stream() {
+    let (server, mut con) = start();
+    xadd_n(&mut con, "orders", 2);
+    fails(
+        &server,
+        &["dlq", "list", "orders", "--dlq", "orders"],
+        1,
+        "`orders` is not a dead-letter stream",
+    );
+    dead_letter(
+        &mut con,
+        "orders:dlq",
+        "orders",
+        "1-1",
+        "bad",
+        &[(b"k", b"v")],
+    );
+    fails(
+        &server,
+        &["dlq", "list", "orders:dlq"],
+        1,
+        "give its source stream instead: `millrace dlq list orders`",
+    );
+    let r = ok(&server, &["dlq", "list", "orders"]);
+    assert!(r.stdout.contains("bad"), "{r:?}");
+}
+
+#[test]
+fn top_shows_oldest_pending_idle_and_dead_letters_and_sorts_by_a_column() {
+    let (server, mut con) = start();
+    xadd_n(&mut con, "a-orders", 3);
+    group(&mut con, "a-orders", "few", "0");
+    read(&mut con, "a-orders", "few", "w", 1);
+    xadd_n(&mut con, "b-orders", 5);
+    group(&mut con, "b-orders", "many", "0");
+    read(&mut con, "b-orders", "many", "w", 4);
+    dead_letter(
+        &mut con,
+        "b-orders:dlq",
+        "b-orders",
+        "1-1",
+        "bad",
+        &[(b"k", b"v")],
+    );
+
+    let j = ok(&server, &["--json", "top", "--once", "--interval", "100ms"]).json();
+    let streams = j["streams"].as_array().unwrap();
+    let b = streams.iter().find(|s| s["stream"] == "b-orders").unwrap();
+    assert_eq!(b["dead_letters"], 1, "{j}");
+    assert!(b["groups"][0]["oldest_pending_idle_ms"].is_u64(), "{j}");
+    let a = streams.iter().find(|s| s["stream"] == "a-orders").unwrap();
+    assert!(a["dead_letters"].is_null(), "no dead-letter stream: {j}");
+
+    let r = ok(
+        &server,
+        &["top", "--once", "--interval", "100ms", "--sort", "pending"],
+    );
+    assert!(
+        r.stdout.contains("OLDEST-IDLE") && r.stdout.contains("DLQ"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("PENDING▼"), "{r:?}");
+    let many = r.stdout.find("many").unwrap();
+    let few = r.stdout.find("few").unwrap();
+    assert!(many < few, "most pending first: {r:?}");
+
+    fails(&server, &["top", "--interval", "10ms"], 2, "at least 100ms");
+}
+
+#[test]
+fn the_default_build_speaks_tls_and_says_when_a_server_does_not() {
+    let tls = RedisServer::builder().tls().start();
+    let ca = tls.ca_cert_path().unwrap();
+    let mut cmd = command(&tls.url(), &["--json", "streams"]);
+    cmd.arg("--tls-ca-cert").arg(&ca);
+    let r = finish(cmd.output().unwrap());
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json(), serde_json::json!([]));
+
+    let (plain, _con) = start();
+    let url = format!("rediss://127.0.0.1:{}", plain.port());
+    let r = run_url(&url, &["streams"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("does not speak TLS"), "{r:?}");
+    assert!(r.stderr.contains("use redis://"), "{r:?}");
 }

@@ -5,6 +5,7 @@ use serde::Serialize;
 use crate::connect::Redis;
 use crate::error::Result;
 use crate::info;
+use crate::key::Key;
 use crate::render::{self, escape, millis, Align, JsonBytes, Table};
 
 #[derive(Debug, Serialize)]
@@ -16,7 +17,7 @@ struct Row {
 }
 
 /// Shows the consumers of `group`.
-pub(crate) async fn run(redis: &mut Redis, json: bool, stream: &str, group: &str) -> Result<()> {
+pub(crate) async fn run(redis: &mut Redis, json: bool, stream: &Key, group: &str) -> Result<()> {
     redis.require_stream(stream).await?;
     let rows: Vec<Row> = info::consumers(redis, stream, group)
         .await?

@@ -319,8 +319,8 @@ struct Skipped {
 
 #[derive(Debug, Serialize)]
 struct ReplayReport {
-    stream: String,
-    dlq: String,
+    stream: JsonBytes,
+    dlq: JsonBytes,
     dry_run: bool,
     replayed: Vec<Replayed>,
     skipped: Vec<Skipped>,
@@ -333,7 +333,7 @@ async fn replay(
     sel: &DlqSelect,
     dry_run: bool,
 ) -> Result<()> {
-    let stream = target.stream.as_str();
+    let stream = &target.stream;
     let dlq = target.dlq_key();
     let selected = select(redis, target, sel).await?;
     match redis.stream_state(stream).await? {
@@ -349,8 +349,8 @@ async fn replay(
     }
     let dead_letters = target.dead_letters();
     let mut report = ReplayReport {
-        stream: stream.to_owned(),
-        dlq: dlq.clone(),
+        stream: JsonBytes(stream.as_bytes().to_vec()),
+        dlq: JsonBytes(dlq.as_bytes().to_vec()),
         dry_run,
         replayed: Vec::new(),
         skipped: Vec::new(),
@@ -457,22 +457,22 @@ fn print_replay(report: &ReplayReport, others: usize) -> Result<()> {
         format!(
             "dry run: would replay {} from `{}` to `{}`",
             n_letters(n),
-            report.dlq,
-            report.stream
+            escape(&report.dlq.0),
+            escape(&report.stream.0)
         )
     } else {
         format!(
             "replayed {} from `{}` to `{}`",
             n_letters(n),
-            report.dlq,
-            report.stream
+            escape(&report.dlq.0),
+            escape(&report.stream.0)
         )
     });
     if others > 0 {
         text.push_str(&format!(
             "\n({} of `{}` belong to other streams and were left alone)",
             letters_of(others, "entry", "entries"),
-            report.dlq
+            escape(&report.dlq.0)
         ));
     }
     render::out(&text)
@@ -494,8 +494,8 @@ fn progress_bar(len: usize) -> ProgressBar {
 
 #[derive(Debug, Serialize)]
 struct PurgeReport {
-    stream: String,
-    dlq: String,
+    stream: JsonBytes,
+    dlq: JsonBytes,
     dry_run: bool,
     /// Ids deleted (or that would be, in a dry run).
     ids: Vec<String>,
@@ -515,8 +515,8 @@ async fn purge(
     let others = selected.left_out;
     let ids: Vec<EntryId> = selected.letters.iter().map(Letter::id).collect();
     let mut report = PurgeReport {
-        stream: target.stream.clone(),
-        dlq: dlq.clone(),
+        stream: JsonBytes(target.stream.as_bytes().to_vec()),
+        dlq: JsonBytes(dlq.as_bytes().to_vec()),
         dry_run,
         ids: ids.iter().map(ToString::to_string).collect(),
         deleted: 0,

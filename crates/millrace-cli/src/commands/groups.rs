@@ -5,6 +5,7 @@ use serde::Serialize;
 use crate::connect::Redis;
 use crate::error::Result;
 use crate::info;
+use crate::key::Key;
 use crate::render::{self, escape, opt, Align, JsonBytes, Table};
 
 #[derive(Debug, Serialize)]
@@ -18,7 +19,7 @@ struct Row {
 }
 
 /// Shows the groups of `stream`.
-pub(crate) async fn run(redis: &mut Redis, json: bool, stream: &str) -> Result<()> {
+pub(crate) async fn run(redis: &mut Redis, json: bool, stream: &Key) -> Result<()> {
     redis.require_stream(stream).await?;
     let rows: Vec<Row> = info::groups(redis, stream.as_bytes())
         .await?

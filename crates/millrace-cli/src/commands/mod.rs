@@ -16,7 +16,7 @@ use crate::error::Result;
 
 /// Connects to Redis and runs the chosen subcommand.
 pub(crate) async fn run(cli: Cli) -> Result<()> {
-    let mut redis = Redis::connect(&cli.redis).await?;
+    let mut redis = Redis::connect(&cli.redis, cli.tls_ca_cert.as_deref()).await?;
     let json = cli.json;
     match cli.command {
         Command::Streams { pattern } => streams::run(&mut redis, json, pattern.as_deref()).await,
@@ -30,5 +30,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Reap(args) => reap::run(&mut redis, json, &args).await,
         Command::Tail(args) => tail::run(&mut redis, json, &args).await,
         Command::Top(args) => top::run(&mut redis, json, &args).await,
+        // Handled before connecting.
+        Command::Completions { .. } => Ok(()),
     }
 }

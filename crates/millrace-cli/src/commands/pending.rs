@@ -1,6 +1,5 @@
 //! `millrace pending STREAM GROUP`: pending entries with consumer, idle time and deliveries.
 
-use millrace::EntryId;
 use redis::Value;
 use serde::Serialize;
 
@@ -20,7 +19,7 @@ struct Row {
 
 #[derive(Debug, Serialize)]
 struct Report {
-    stream: String,
+    stream: JsonBytes,
     group: String,
     /// Pending entries of the group (or of --consumer), before the --idle filter and --limit.
     total: u64,
@@ -29,7 +28,7 @@ struct Report {
 
 /// Lists pending entries.
 pub(crate) async fn run(redis: &mut Redis, json: bool, args: &PendingArgs) -> Result<()> {
-    let (stream, group) = (args.stream.as_str(), args.group.as_str());
+    let (stream, group) = (&args.stream, args.group.as_str());
     redis.require_stream(stream).await?;
     // Summary form: [count, min, max, [[consumer, count], ...]].
     let summary: Value = redis
@@ -56,20 +55,19 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &PendingArgs) -> Re
             .sum(),
     };
     let count = usize::try_from(args.limit).unwrap_or(usize::MAX);
-    let rows = millrace::streams::xpending_range(
-        redis.conn(),
-        stream,
-        group,
-        args.idle,
-        EntryId::MIN,
-        EntryId::new(u64::MAX, u64::MAX),
-        count,
-        args.consumer.as_deref(),
-    )
-    .await
-    .map_err(|e| redis.error(&e))?;
+    // Extended form: XPENDING key group [IDLE ms] - + count [consumer].
+    let mut cmd = redis::cmd("XPENDING");
+    cmd.arg(stream).arg(group);
+    if let Some(idle) = args.idle {
+        cmd.arg("IDLE").arg(render::ms(idle));
+    }
+    cmd.arg("-").arg("+").arg(count);
+    if let Some(c) = &args.consumer {
+        cmd.arg(c);
+    }
+    let rows = millrace::streams::parse_pending(redis.query(&cmd).await?);
     let report = Report {
-        stream: stream.to_owned(),
+        stream: JsonBytes(stream.as_bytes().to_vec()),
         group: group.to_owned(),
         total,
         entries: rows

@@ -32,7 +32,7 @@ struct Row {
 
 #[derive(Debug, Serialize)]
 struct Report {
-    stream: String,
+    stream: JsonBytes,
     group: String,
     into: String,
     idle_ms: u64,
@@ -42,7 +42,7 @@ struct Report {
 
 /// Reaps idle consumers.
 pub(crate) async fn run(redis: &mut Redis, json: bool, args: &ReapArgs) -> Result<()> {
-    let (stream, group) = (args.stream.as_str(), args.group.as_str());
+    let (stream, group) = (&args.stream, args.group.as_str());
     redis.require_stream(stream).await?;
     let idle_ms = u64::try_from(args.idle.as_millis()).unwrap_or(u64::MAX);
     let consumers =
@@ -52,7 +52,7 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &ReapArgs) -> Resul
             Err(e) => return Err(redis.error(&e)),
         };
     let mut report = Report {
-        stream: stream.to_owned(),
+        stream: JsonBytes(stream.as_bytes().to_vec()),
         group: group.to_owned(),
         into: args.into.clone(),
         idle_ms,

@@ -4,7 +4,8 @@
 //! `$` means) and then after the last id it saw, so no entry added between two reads is missed. With `--group G --consumer C` it reads with
 //! `XREADGROUP ... >` as that consumer; entries stay pending for it unless `--ack`.
 //!
-//! Ctrl-C never abandons a read in flight: the current `BLOCK` (at most [`BLOCK`]) is allowed to
+//! Ctrl-C ends it with exit code 130, the shell's convention for an interrupted command. It never
+//! abandons a read in flight: the current `BLOCK` (at most [`BLOCK`]) is allowed to
 //! finish and whatever it returned is printed, because an abandoned `XREADGROUP` would still put
 //! entries into the consumer's pending list unseen.
 
@@ -18,6 +19,7 @@ use serde::Serialize;
 use crate::cli::TailArgs;
 use crate::connect::{is_missing, KeyState, Redis};
 use crate::error::{CliError, Result};
+use crate::key::Key;
 use crate::render::{self, json_fields, token, JsonBytes};
 
 /// How long one read blocks.
@@ -31,9 +33,9 @@ struct Line {
     fields: Vec<[JsonBytes; 2]>,
 }
 
-/// Follows the stream until Ctrl-C or `--count` entries.
+/// Follows the stream until Ctrl-C (exit 130) or `--count` entries.
 pub(crate) async fn run(redis: &mut Redis, json: bool, args: &TailArgs) -> Result<()> {
-    let stream = args.stream.as_str();
+    let stream = &args.stream;
     // Resolve `$` once: re-sending `$` after an empty read would skip entries added in between.
     let mut last = match redis.stream_state(stream).await? {
         KeyState::Stream => crate::info::stream(redis, stream.as_bytes())
@@ -60,7 +62,18 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &TailArgs) -> Resul
         });
         let cmd = match (&args.group, &args.consumer) {
             (Some(g), Some(c)) => {
-                millrace::streams::xreadgroup_cmd(stream, g, c, want, Some(BLOCK), ">")
+                let mut cmd = redis::cmd("XREADGROUP");
+                cmd.arg("GROUP")
+                    .arg(g)
+                    .arg(c)
+                    .arg("COUNT")
+                    .arg(want)
+                    .arg("BLOCK")
+                    .arg(render::ms(BLOCK))
+                    .arg("STREAMS")
+                    .arg(stream)
+                    .arg(">");
+                cmd
             }
             _ => {
                 let mut cmd = redis::cmd("XREAD");
@@ -113,7 +126,10 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &TailArgs) -> Resul
         if args.ack && !acks.is_empty() {
             ack(&mut conn, redis, args, &acks).await?;
         }
-        if stopping || args.count.is_some_and(|n| printed >= n) {
+        if stopping {
+            return Err(CliError::interrupted());
+        }
+        if args.count.is_some_and(|n| printed >= n) {
             return Ok(());
         }
     }
@@ -126,14 +142,18 @@ async fn ack(
     ids: &[EntryId],
 ) -> Result<()> {
     if let Some(group) = &args.group {
-        millrace::streams::xack(conn, &args.stream, group, ids)
+        redis::cmd("XACK")
+            .arg(&args.stream)
+            .arg(group)
+            .arg(ids)
+            .query_async::<redis::Value>(conn)
             .await
             .map_err(|e| redis.error(&e))?;
     }
     Ok(())
 }
 
-async fn explain(redis: &mut Redis, stream: &str, group: &str, e: &redis::RedisError) -> CliError {
+async fn explain(redis: &mut Redis, stream: &Key, group: &str, e: &redis::RedisError) -> CliError {
     if e.code() == Some("UNBLOCKED") {
         return CliError::runtime(format!("stream `{stream}` was deleted while tailing it"));
     }

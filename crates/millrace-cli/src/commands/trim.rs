@@ -19,7 +19,8 @@ use crate::cli::TrimArgs;
 use crate::connect::Redis;
 use crate::error::{CliError, Result};
 use crate::info;
-use crate::render::{self, escape, Align, Table};
+use crate::key::Key;
+use crate::render::{self, escape, Align, JsonBytes, Table};
 
 /// Entries per XRANGE/XPENDING page.
 const PAGE: u64 = 1000;
@@ -38,7 +39,7 @@ struct GroupCheck {
 
 #[derive(Debug, Serialize)]
 struct TrimReport {
-    stream: String,
+    stream: JsonBytes,
     length: u64,
     /// Entries that the trim removes (or would remove).
     remove: u64,
@@ -57,7 +58,7 @@ struct TrimReport {
 
 /// Trims the stream (or says why not).
 pub(crate) async fn run(redis: &mut Redis, json: bool, args: &TrimArgs) -> Result<()> {
-    let stream = args.stream.as_str();
+    let stream = &args.stream;
     redis.require_stream(stream).await?;
     let length = info::stream(redis, stream.as_bytes())
         .await?
@@ -68,6 +69,8 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &TrimArgs) -> Resul
     // How many entries go, and where the walk stops.
     let (budget, end) = match (args.maxlen, args.minid) {
         (Some(n), _) => (Some(length.saturating_sub(n)), "+".to_owned()),
+        // Nothing is below the smallest id (and `(0-0` is not a valid end for XRANGE).
+        (None, Some(id)) if id == EntryId::MIN => (Some(0), "+".to_owned()),
         (None, Some(id)) => (None, format!("({id}")),
         (None, None) => return Err(CliError::usage("give --maxlen N or --minid ID")),
     };
@@ -111,7 +114,7 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &TrimArgs) -> Resul
     }
 
     let mut report = TrimReport {
-        stream: stream.to_owned(),
+        stream: JsonBytes(stream.as_bytes().to_vec()),
         length,
         remove,
         first_removed: first.map(|i| i.to_string()),
@@ -189,7 +192,7 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &TrimArgs) -> Resul
 /// How many pending entries `group` has at or below `cut`, and the oldest of them.
 async fn pending_up_to(
     redis: &mut Redis,
-    stream: &str,
+    stream: &Key,
     group: &[u8],
     cut: EntryId,
 ) -> Result<(u64, Option<EntryId>)> {
