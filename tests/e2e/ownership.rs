@@ -135,9 +135,10 @@ async fn a_consumer_never_handles_its_own_read_ahead_twice() {
     }
 }
 
-/// Two consumers whose handler takes just under `claim_min_idle`: a batch read ahead waits almost
-/// that long before its turn. Taking it (not just checking it) resets its idle time, so the other
-/// consumer's claims never get it while it is being handled.
+/// A slow consumer whose handler takes just under `claim_min_idle` hands over a batch that was read
+/// ahead and has waited almost that long, while a quick consumer of the group claims every 20 ms.
+/// Taking the batch (not just checking it) resets its idle time at the hand-off, and the heartbeat
+/// keeps it, so the quick consumer never gets it while it is being handled.
 #[tokio::test]
 async fn two_consumers_never_handle_one_batch_at_once() {
     let (server, mut con) = server().await;
@@ -147,7 +148,11 @@ async fn two_consumers_never_handle_one_batch_at_once() {
     let app = Supervisor::builder()
         .redis(server.url())
         .consumer(spec("w1", 1500).count(5).handler(work.handler(took)))
-        .consumer(spec("w2", 1500).count(5).handler(work.handler(took)))
+        .consumer(
+            spec("w2", 1500)
+                .count(5)
+                .handler(work.handler(Duration::from_millis(20))),
+        )
         .start()
         .await
         .unwrap();

@@ -986,3 +986,112 @@ async fn a_shutdown_during_a_partition_keeps_its_deadline() {
         started.elapsed()
     );
 }
+
+/// One entry larger than the server's client output buffer cannot be delivered even alone: each
+/// read of it closes the connection. It is dead-lettered by id once it has used up
+/// `max_deliveries`, every entry after it is handled, and a second consumer of the same supervisor
+/// (which shares the control connection) keeps running without a reconnect.
+#[tokio::test]
+async fn an_entry_larger_than_the_output_buffer_is_dead_lettered_by_id() {
+    let (server, mut con) = server().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("client-output-buffer-limit")
+        .arg("normal 1mb 1mb 0")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let mut small = xadd_n(&mut con, "s", 5).await;
+    let big = "x".repeat(2 * 1024 * 1024);
+    let big_id = xadd(&mut con, "s", &[("blob", big.as_str())]).await;
+    small.extend(xadd_n(&mut con, "s", 5).await);
+    let (seen, other) = (Seen::default(), Seen::default());
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(
+            spec("s", "g", "c")
+                .count(10)
+                .max_deliveries(3)
+                .reconnect_backoff_max(Duration::from_millis(50))
+                .handler(recording(&seen)),
+        )
+        .consumer(spec("t", "g", "bystander").handler(recording(&other)))
+        .start()
+        .await
+        .unwrap();
+    wait_running(&app).await;
+    let mut others = Vec::new();
+    for _ in 0..20 {
+        others.push(xadd(&mut con, "t", &[("n", "1")]).await);
+    }
+    wait_no_pending(&con, "s", "g").await;
+    wait_no_pending(&con, "t", "g").await;
+    let handled: std::collections::HashSet<EntryId> = seen.ids().into_iter().collect();
+    assert!(
+        small.iter().all(|id| handled.contains(id)),
+        "every small entry handled: {small:?} (big: {big_id}) {:?}",
+        seen.all()
+    );
+    assert!(!handled.contains(&big_id));
+    // Read the dead letter back on a connection the limit does not cut.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("client-output-buffer-limit")
+        .arg("normal 0 0 0")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let letters: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("s:dlq")
+        .arg("-")
+        .arg("+")
+        .query_async::<redis::Value>(&mut con)
+        .await
+        .map(|v| {
+            millrace::streams::parse_entries(v)
+                .into_iter()
+                .filter_map(|i| match i {
+                    millrace::streams::ReadItem::Entry(e) => Some((
+                        e.id.to_string(),
+                        e.fields
+                            .iter()
+                            .map(|(k, v)| {
+                                (
+                                    String::from_utf8_lossy(k).into_owned(),
+                                    String::from_utf8_lossy(v).into_owned(),
+                                )
+                            })
+                            .collect(),
+                    )),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap();
+    assert_eq!(letters.len(), 1, "the big entry, dead-lettered once");
+    let fields: std::collections::HashMap<_, _> = letters[0].1.iter().cloned().collect();
+    assert_eq!(
+        fields.get("millrace.source_id").map(String::as_str),
+        Some(big_id.to_string().as_str())
+    );
+    assert!(
+        fields
+            .get("millrace.reason")
+            .is_some_and(|r| r.contains("client output buffer")),
+        "{fields:?}"
+    );
+    assert_eq!(
+        fields.get("blob").map(String::len),
+        Some(big.len()),
+        "moved whole, inside Redis"
+    );
+    assert_eq!(other.len(), others.len());
+    let bystander = app
+        .consumer_health(&ConsumerId::new("t", "g", "bystander"))
+        .unwrap();
+    assert_eq!(
+        bystander.counters.reconnects, 0,
+        "the bystander was not disturbed"
+    );
+    app.shutdown().await.unwrap();
+}

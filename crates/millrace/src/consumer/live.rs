@@ -15,7 +15,7 @@ use crate::streams::ReadItem;
 /// Clean reads after which a shrunk COUNT doubles again.
 const CLEAN_READS_TO_GROW: u32 = 8;
 
-/// COUNT in effect: halved after a read fails mid-reply (a reply too large for the client output
+/// COUNT in effect: 1 after a read fails mid-reply (a reply too large for the client output
 /// buffer closes the connection after the entries went to the pending list), grown back after
 /// clean reads.
 #[derive(Debug)]
@@ -38,16 +38,14 @@ impl ReadSize {
         self.current
     }
 
-    /// Halves COUNT after a failed read: if the reply was too large for the server's output
-    /// buffer, a smaller one gets through instead of failing forever.
+    /// Drops COUNT to 1 after a read failed mid-reply: if the reply was too large for the
+    /// server's output buffer, single entries get through, and every entry of the cut-off reply
+    /// but the oversized one is delivered once more, not once per halving (each cut-off read
+    /// counts a delivery for all of its entries).
     pub(crate) fn shrink(&mut self) {
-        let smaller = (self.current / 2).max(1);
-        if smaller != self.current {
-            warn!(
-                count = smaller,
-                "a read failed mid-reply; reading smaller batches for a while"
-            );
-            self.current = smaller;
+        if self.current != 1 {
+            warn!("a read failed mid-reply; reading one entry at a time for a while");
+            self.current = 1;
         }
         self.clean_reads = 0;
     }

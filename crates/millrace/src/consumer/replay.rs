@@ -1,9 +1,13 @@
 //! The own-PEL replay: after every (re)start a consumer first reads back the entries still pending
 //! for it, with an advancing cursor, so each is handled once per replay and entries its handler
-//! leaves pending are left to `XAUTOCLAIM` instead of looping.
+//! leaves pending are left to `XAUTOCLAIM` instead of looping. The replay reads over a connection
+//! of the consumer's own, opened for it: an entry too large for the server's output buffer closes
+//! that connection only, and once it has used up `max_deliveries` it is dead-lettered by id.
 
-use tracing::debug;
+use redis::aio::MultiplexedConnection;
+use tracing::{debug, warn};
 
+use super::outcome::DeadLetterOrder;
 use super::Consumer;
 use crate::entry::{EntryId, Source};
 use crate::error::{Error, Result};
@@ -11,11 +15,21 @@ use crate::streams::{self, ReadItem};
 
 impl Consumer {
     pub(super) async fn replay_own_pending(&mut self) -> Result<()> {
+        let mut own: Option<MultiplexedConnection> = None;
         let mut cursor = EntryId::MIN;
         loop {
             if self.cancel.is_cancelled() {
                 return Ok(());
             }
+            let conn = match own.as_mut() {
+                Some(conn) => conn,
+                None => own.insert(
+                    self.backend
+                        .own_connection()
+                        .await
+                        .map_err(|e| self.client.error("CONNECT", &self.id.stream, e))?,
+                ),
+            };
             let cmd = streams::xreadgroup_cmd(
                 &self.id.stream,
                 &self.id.group,
@@ -24,10 +38,17 @@ impl Consumer {
                 None,
                 &cursor.to_string(),
             );
-            let items = match streams::read(self.client.conn(), &cmd).await {
+            let items = match streams::read(conn, &cmd).await {
                 Ok(items) => items,
                 Err(e) if e.code() == Some("NOGROUP") && !self.opts.create_group => {
                     return Err(self.group_missing(e.to_string()))
+                }
+                Err(e) if cut_off(&e) && self.read_size.count() == 1 => {
+                    own = None;
+                    if self.dead_letter_oversized(cursor).await? {
+                        continue;
+                    }
+                    return Err(self.client.error("XREADGROUP", &self.id.stream, e));
                 }
                 Err(e) => return Err(self.client.error("XREADGROUP", &self.id.stream, e)),
             };
@@ -45,6 +66,54 @@ impl Consumer {
         }
     }
 
+    /// A read of one entry was cut off: the server closed the connection instead of sending it
+    /// (its reply exceeds `client-output-buffer-limit`). Every attempt counted a delivery; once the
+    /// entry after `cursor` has used up `max_deliveries`, it is moved to the dead-letter stream by
+    /// id (the move copies it inside Redis, so it never crosses a connection). True when moved.
+    async fn dead_letter_oversized(&mut self, cursor: EntryId) -> Result<bool> {
+        let id = self.id.clone();
+        let (stream, group, consumer) = (&*id.stream, &*id.group, &*id.consumer);
+        let after = cursor.to_string();
+        let rows = self
+            .client
+            .retry("XPENDING", stream, |mut c| {
+                let after = &after;
+                async move {
+                    let v: redis::Value = redis::cmd("XPENDING")
+                        .arg(stream)
+                        .arg(group)
+                        .arg(format!("({after}"))
+                        .arg("+")
+                        .arg(1)
+                        .arg(consumer)
+                        .query_async(&mut c)
+                        .await?;
+                    Ok(streams::parse_pending(v))
+                }
+            })
+            .await?;
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(false);
+        };
+        let max = self.opts.max_deliveries;
+        if row.deliveries <= max {
+            warn!(entry_id = %row.id, deliveries = row.deliveries, "a pending entry could not be read: the server closed the connection instead of sending it (larger than its client output buffer?); it is dead-lettered once it exceeds max_deliveries");
+            return Ok(false);
+        }
+        let reason = format!(
+            "larger than the client output buffer: the server closed the connection each of the {} times it was read (client-output-buffer-limit); moved by id",
+            row.deliveries
+        );
+        self.dead_letter(DeadLetterOrder {
+            id: row.id,
+            entry: None,
+            deliveries: Some(row.deliveries),
+            reason,
+        })
+        .await?;
+        Ok(true)
+    }
+
     /// The error for a group that does not exist while `create_group` is off.
     pub(super) fn group_missing(&self, detail: String) -> Error {
         Error::Fatal {
@@ -60,4 +129,9 @@ impl Consumer {
             ),
         }
     }
+}
+
+/// Whether a read failed because the connection went away mid-reply.
+fn cut_off(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
 }
