@@ -3,7 +3,7 @@
 //! (dead letters, failures remembered); the ids to acknowledge go back to the caller.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -135,12 +135,8 @@ impl Consumer {
         let Some((oldest, _)) = batch.first() else {
             return;
         };
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        if now_ms >= oldest.id.ms {
-            self.stats
-                .end_to_end(Duration::from_millis(now_ms - oldest.id.ms));
+        if let Some(latency) = crate::telemetry::since_entry_id(oldest.id.ms) {
+            self.stats.end_to_end(latency);
         }
     }
 
