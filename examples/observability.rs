@@ -4,9 +4,10 @@
 //! Run it:
 //!     cargo run -p millrace-examples --example observability
 //!     cargo run -p millrace-examples --example observability -- --serve [--addr 127.0.0.1:9100]
-//! It uses `REDIS_URL` when set; otherwise it starts a throwaway redis-server through the testkit.
-//! Without `--serve` it handles a few events, fetches its own `/metrics` and `/health` once, prints
-//! excerpts, shuts down (showing `/health` turn 503) and exits. With `--serve` it keeps serving, and
+//! It uses `REDIS_URL` when set (there it deletes and refills its own key,
+//! `millrace-example:page_views`, and touches nothing else); otherwise it starts a throwaway
+//! redis-server through the testkit. Without `--serve` it handles a few events, fetches its own
+//! `/metrics` and `/health` once, prints excerpts, shuts down (showing `/health` turn 503) and exits. With `--serve` it keeps serving, and
 //! adds an event every second, until Ctrl-C; try `curl -i http://ADDR/health`.
 //!
 //! The metrics go through the `metrics` facade: install a recorder before starting millrace (here
@@ -29,7 +30,9 @@ use millrace::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const STREAM: &str = "page_views";
+/// The example's own key: with `REDIS_URL` set, this key (and only this one) is deleted and
+/// refilled on that server.
+const STREAM: &str = "millrace-example:page_views";
 const EVENTS: usize = 25;
 
 #[derive(Parser)]
@@ -156,7 +159,7 @@ async fn main() -> AnyResult {
             l.contains("millrace_entries_acked_total")
                 || l.contains("millrace_entries_received_total")
                 || l.starts_with("millrace_handler_duration_seconds_count")
-                || l.starts_with("millrace_batch_size_count")
+                || l.starts_with("millrace_batch_size_entries_count")
         }) {
             println!("  {line}");
         }

@@ -2,7 +2,8 @@
 //!
 //! Run it:
 //!     cargo run -p millrace-examples --example quickstart
-//! It uses `REDIS_URL` when set; otherwise it starts a throwaway redis-server through the testkit.
+//! It uses `REDIS_URL` when set (there it deletes and refills the key `user_events`, so each run
+//! starts fresh); otherwise it starts a throwaway redis-server through the testkit.
 //! It stops by itself once every event is handled (or on Ctrl-C).
 #![allow(clippy::print_stdout)]
 
