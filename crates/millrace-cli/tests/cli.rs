@@ -1319,3 +1319,88 @@ fn the_default_build_speaks_tls_and_says_when_a_server_does_not() {
     assert!(r.stderr.contains("does not speak TLS"), "{r:?}");
     assert!(r.stderr.contains("use redis://"), "{r:?}");
 }
+
+/// The operator ACL that docs/cli.md documents, word for word.
+const OPERATOR_ACL: &str =
+    "~* resetchannels -@all +scan +type +xinfo +xrange +xpending +xadd +xdel \
+     +xtrim +xclaim +xgroup|delconsumer +evalsha +eval +xread +xreadgroup +xack";
+
+#[test]
+fn the_documented_operator_acl_runs_every_command() {
+    let docs = include_str!("../../../docs/cli.md");
+    let (server, mut con) = start();
+    let rules: Vec<&str> = OPERATOR_ACL.split_whitespace().collect();
+    assert!(
+        docs.contains(&rules.join(" ")),
+        "docs/cli.md shows the ACL this test uses"
+    );
+    let mut setuser = redis::cmd("ACL");
+    setuser.arg("SETUSER").arg("ops").arg("on").arg(">ops-pw");
+    for r in &rules {
+        setuser.arg(*r);
+    }
+    let _: () = setuser.query(&mut con).unwrap();
+    let url = format!("redis://ops:ops-pw@127.0.0.1:{}", server.port());
+    let ids = xadd_n(&mut con, "orders", 4);
+    group(&mut con, "orders", "workers", "0");
+    read(&mut con, "orders", "workers", "gone", 2);
+    let d = dead_letter(
+        &mut con,
+        "orders:dlq",
+        "orders",
+        &ids[0],
+        "bad",
+        &[(b"k", b"v")],
+    );
+    let d2 = dead_letter(
+        &mut con,
+        "orders:dlq",
+        "orders",
+        &ids[1],
+        "bad",
+        &[(b"k", b"w")],
+    );
+    for args in [
+        &["streams"][..],
+        &["groups", "orders"],
+        &["consumers", "orders", "workers"],
+        &["pending", "orders", "workers"],
+        &["dlq", "list", "orders"],
+        &["dlq", "show", "orders", &d],
+        &["dlq", "replay", "orders", "--id", &d],
+        &["dlq", "purge", "orders", "--id", &d2, "--yes"],
+        &["reap", "orders", "workers", "--idle", "0s"],
+        &["tail", "orders", "--count", "1"],
+        &[
+            "tail",
+            "orders",
+            "--group",
+            "workers",
+            "--consumer",
+            "me",
+            "--count",
+            "1",
+            "--ack",
+        ],
+        &["top", "--once", "--interval", "100ms"],
+    ] {
+        if args == ["tail", "orders", "--count", "1"] {
+            let mut child = command(&url, args).spawn().unwrap();
+            wait_until(WAIT, "tail to block", || blocked_clients(&mut con) >= 1);
+            xadd_n(&mut con, "orders", 1);
+            let r = wait_for_exit(&mut child);
+            assert_eq!(r.code, 0, "millrace {args:?} as the operator:\n{r:?}");
+            continue;
+        }
+        let r = run_url(&url, args);
+        assert_eq!(r.code, 0, "millrace {args:?} as the operator:\n{r:?}");
+    }
+    // The first three entries are handled now, so the checked trim runs.
+    let _: u64 = q(
+        &mut con,
+        &["XACK", "orders", "workers", &ids[0], &ids[1], &ids[2]],
+    );
+    let r = run_url(&url, &["--json", "trim", "orders", "--minid", &ids[3]]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["removed"], 3, "{r:?}");
+}
