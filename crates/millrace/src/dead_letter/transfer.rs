@@ -9,6 +9,7 @@ use redis::{RedisResult, Value};
 
 use crate::entry::EntryId;
 use crate::streams::script::LuaScript;
+use crate::streams::{parse_entries, ReadItem};
 
 /// Entries with more fields than this are moved in steps instead of by the script: Lua's `unpack`
 /// stops near 8,000 values, so the script cannot pass a larger entry to `XADD`.
@@ -19,8 +20,9 @@ pub(super) const SCRIPT_FIELD_LIMIT: usize = 1_000;
 /// `del` (the entry must still be in `KEYS[1]`, and is deleted after the copy), or `check` (verify
 /// the ACL permissions a dead-letter move needs, writing nothing). `ARGV[3]` the entry id. `ARGV[4]`
 /// `1` to append the fields `KEYS[1]` still holds for the entry. `ARGV[5..]` the fields to write.
-/// Returns the new id, or nil when the entry was not where it was expected. A failing `XADD` (OOM,
-/// a key of the wrong type) raises before the release, so nothing changes.
+/// Returns the new id, nil when the entry was not where it was expected, or -1 (changing nothing)
+/// when the stored fields make the entry too large for `unpack`. A failing `XADD` (OOM, a key of
+/// the wrong type) raises before the release, so nothing changes.
 pub(super) static SCRIPT: LuaScript = LuaScript::new(
     r"
 local id = ARGV[3]
@@ -47,6 +49,7 @@ if ARGV[4] == '1' then
   if found[1] then
     for _, v in ipairs(found[1][2]) do fields[#fields + 1] = v end
   end
+  if #fields > 4000 then return -1 end
 end
 local new = redis.call('XADD', KEYS[2], '*', unpack(fields))
 if ARGV[1] == 'ack' then
@@ -98,7 +101,41 @@ impl Transfer<'_> {
         let mut args: Vec<&[u8]> = Vec::with_capacity(4 + fields.len());
         args.extend([mode, group, id.as_bytes(), append]);
         args.extend_from_slice(fields);
-        SCRIPT.run(conn, &[self.from, self.to], &args).await
+        let reply: Value = SCRIPT.run(conn, &[self.from, self.to], &args).await?;
+        match reply {
+            Value::Nil => Ok(None),
+            // The stored fields are too many for the script: move them in steps.
+            Value::Int(-1) => {
+                let stored = self.stored_fields(conn).await?;
+                let mut all = fields.to_vec();
+                for (k, v) in &stored {
+                    all.push(k);
+                    all.push(v);
+                }
+                self.in_steps(conn, &all).await
+            }
+            other => Ok(Some(redis::from_redis_value(other)?)),
+        }
+    }
+
+    /// The fields `from` holds for the entry (none when it is gone).
+    async fn stored_fields<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+    ) -> RedisResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let found: Value = redis::cmd("XRANGE")
+            .arg(self.from)
+            .arg(self.id)
+            .arg(self.id)
+            .query_async(conn)
+            .await?;
+        Ok(parse_entries(found)
+            .into_iter()
+            .find_map(|item| match item {
+                ReadItem::Entry(e) if e.id == self.id => Some(e.fields),
+                _ => None,
+            })
+            .unwrap_or_default())
     }
 
     /// The same move in steps, for entries too large for the script: check, `XADD`, release. Not
