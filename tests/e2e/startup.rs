@@ -97,3 +97,76 @@ async fn with_wait_for_redis_start_returns_and_the_consumer_reads_once_redis_is_
     wait_handled(&seen, 3).await;
     app.shutdown().await.unwrap();
 }
+
+/// A log writer the test can read back.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn warnings_with(&self, text: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains(text))
+            .count()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_outage_warns_once_when_it_begins_and_once_when_it_ends() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("millrace=info")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mut server = RedisServer::start();
+    let seen = Seen::default();
+    let id = ConsumerId::new("s", "g", "c");
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(
+            spec("s", "g", "c")
+                .reconnect_backoff_max(Duration::from_millis(100))
+                .handler(recording(&seen)),
+        )
+        .start()
+        .await
+        .unwrap();
+    wait_running(&app).await;
+    server.stop();
+    eventually(WAIT, "several reconnect attempts", || {
+        let reconnects = app.consumer_health(&id).unwrap().counters.reconnects;
+        async move { reconnects >= 4 }
+    })
+    .await;
+    server.restart();
+    let mut con = connect(&server).await;
+    xadd_n(&mut con, "s", 3).await;
+    wait_handled(&seen, 3).await;
+    app.shutdown().await.unwrap();
+
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert_eq!(
+        captured.warnings_with("redis unavailable"),
+        1,
+        "one warning when the outage begins:\n{logs}"
+    );
+    assert_eq!(
+        captured.warnings_with("the consumer has recovered"),
+        1,
+        "one warning when it ends:\n{logs}"
+    );
+}

@@ -66,6 +66,12 @@ impl Consumer {
     /// A read succeeded: health, backoff and COUNT learn of it.
     pub(super) fn read_succeeded(&mut self) {
         self.stats.read_ok();
+        if self.retry_attempt > 0 {
+            warn!(
+                failed_attempts = self.retry_attempt,
+                "reading again after a failure; the consumer has recovered"
+            );
+        }
         self.retry_attempt = 0;
         self.read_size.succeeded();
     }

@@ -153,7 +153,13 @@ impl Consumer {
         );
         match err.class() {
             Class::Transient => {
-                warn!(error = %err, retry_in = ?delay, "redis unavailable; will reconnect and replay own pending entries");
+                // One warning when an outage begins and one when it ends (`read_succeeded`); the
+                // attempts between are routine.
+                if self.retry_attempt == 0 {
+                    warn!(error = %err, retry_in = ?delay, "redis unavailable; will reconnect and replay own pending entries");
+                } else {
+                    tracing::debug!(error = %err, retry_in = ?delay, attempt = self.retry_attempt + 1, "redis still unavailable");
+                }
                 self.stats.reconnecting();
             }
             Class::GroupLost => {
