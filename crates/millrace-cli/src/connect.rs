@@ -260,13 +260,31 @@ fn open_client(url: &str, ca_cert: Option<&Path>, target: &str) -> Result<redis:
 /// completes (the server waits for the end of a command line), so a failed `rediss://` connection
 /// is followed by a plain `PING`: when that is answered, the server does not speak TLS there.
 async fn explain_connect_error(client: &redis::Client, e: &RedisError, target: &str) -> CliError {
-    if let ConnectionAddr::TcpTls { host, port, .. } = client.get_connection_info().addr() {
-        if !e.is_connection_refusal() && answers_plain_resp(host, *port).await {
+    if e.is_connection_refusal() {
+        return connect_error(e, target);
+    }
+    match client.get_connection_info().addr() {
+        ConnectionAddr::TcpTls { host, port, .. } => {
+            if answers_plain_resp(host, *port).await {
+                return CliError::runtime(format!(
+                    "the server at {target} does not speak TLS: it answered a plain-text PING on \
+                     that port; use redis:// instead of rediss://, or the server's TLS port"
+                ));
+            }
+            if e.to_string().contains("certificate") {
+                return CliError::runtime(format!(
+                    "TLS to {target} failed: {e}; if the server's certificate is signed by a \
+                     private CA, give that CA with --tls-ca-cert FILE (or MILLRACE_TLS_CA_CERT)"
+                ));
+            }
+        }
+        ConnectionAddr::Tcp(..) if e.is_io_error() && !e.is_timeout() => {
             return CliError::runtime(format!(
-                "the server at {target} does not speak TLS: it answered a plain-text PING on that \
-                 port; use redis:// instead of rediss://, or the server's TLS port"
+                "cannot connect to Redis at {target}: {e}; is the server running, and does that \
+                 port speak plain RESP? For a TLS port use rediss://"
             ));
         }
+        _ => {}
     }
     connect_error(e, target)
 }

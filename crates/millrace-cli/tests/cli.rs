@@ -1312,6 +1312,13 @@ fn the_default_build_speaks_tls_and_says_when_a_server_does_not() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.json(), serde_json::json!([]));
 
+    let r = run_url(&tls.url(), &["streams"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("--tls-ca-cert"), "a private CA: {r:?}");
+    let r = run_url(&tls.url().replace("rediss://", "redis://"), &["streams"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("use rediss://"), "a TLS port: {r:?}");
+
     let (plain, _con) = start();
     let url = format!("rediss://127.0.0.1:{}", plain.port());
     let r = run_url(&url, &["streams"]);
