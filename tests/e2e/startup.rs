@@ -170,3 +170,18 @@ async fn an_outage_warns_once_when_it_begins_and_once_when_it_ends() {
         "one warning when it ends:\n{logs}"
     );
 }
+
+#[tokio::test]
+async fn start_fails_at_once_when_the_server_wants_a_password_and_the_url_has_none() {
+    init_tracing();
+    let server = RedisServer::builder().password("right").start();
+    let err = Supervisor::builder()
+        .redis(format!("redis://127.0.0.1:{}", server.port()))
+        .consumer(spec("s", "g", "c").handler(recording(&Seen::default())))
+        .start()
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("authentication failed"), "{text}");
+    assert!(text.contains("the URL has none"), "{text}");
+}

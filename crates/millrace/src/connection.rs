@@ -244,12 +244,24 @@ impl Backend {
         // handshake must not hold `start` longer than both timeouts together.
         let limit = self.options.connect_timeout + self.options.command_timeout;
         // Connecting runs the handshake (AUTH, SELECT): it fails on a refused password or
-        // database. No command follows, so a least-privilege ACL user needs nothing more.
+        // database. No command follows, so a least-privilege ACL user needs nothing more. Without
+        // a password nothing is authenticated, so a PING asks whether the server wants one
+        // (NOAUTH); the default user it then runs as may PING.
+        let without_password = self
+            .client
+            .get_connection_info()
+            .redis_settings()
+            .password()
+            .is_none();
         let attempt = async {
-            self.client
+            let mut con = self
+                .client
                 .get_multiplexed_async_connection_with_config(&config)
-                .await
-                .map(drop)
+                .await?;
+            if without_password {
+                redis::cmd("PING").query_async::<()>(&mut con).await?;
+            }
+            Ok::<(), redis::RedisError>(())
         };
         let failed = match tokio::time::timeout(limit, attempt).await {
             Ok(Ok(())) => return Ok(()),
