@@ -1411,3 +1411,62 @@ fn the_documented_operator_acl_runs_every_command() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.json()["removed"], 3, "{r:?}");
 }
+
+/// Runs `millrace top` on a pseudo-terminal (util-linux `script`), so that it draws its screen.
+#[test]
+fn top_on_a_terminal_redraws_in_place_on_the_alternate_screen_and_quits_on_q() {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    let (server, mut con) = start();
+    xadd_n(&mut con, "orders", 2);
+    group(&mut con, "orders", "workers", "0");
+    let inner = format!(
+        "stty cols 120 rows 30; exec {} --redis {} top --interval 100ms",
+        env!("CARGO_BIN_EXE_millrace"),
+        server.url()
+    );
+    let mut child = Command::new("script")
+        .args(["-qfec", &inner, "/dev/null"])
+        .env_remove("REDIS_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("util-linux `script` runs the command on a pseudo-terminal");
+    let screen = Arc::new(Mutex::new(Vec::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let sink = screen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let shown = |text: &str| String::from_utf8_lossy(&screen.lock().unwrap()).contains(text);
+    wait_until(WAIT, "the first screen", || shown("READ/S"));
+    let mut keys = child.stdin.take().unwrap();
+    keys.write_all(b"6").unwrap();
+    keys.flush().unwrap();
+    wait_until(WAIT, "key 6 to sort by PENDING", || shown("PENDING▼"));
+    keys.write_all(b"q").unwrap();
+    keys.flush().unwrap();
+    let r = wait_for_exit(&mut child);
+    assert_eq!(r.code, 0, "q quits: {r:?}");
+    let screen = String::from_utf8_lossy(&screen.lock().unwrap()).into_owned();
+    assert!(
+        screen.starts_with("\x1b[?1049h"),
+        "enters the alternate screen: {screen:?}"
+    );
+    assert!(
+        screen.trim_end().ends_with("\x1b[?1049l"),
+        "and leaves it: {screen:?}"
+    );
+    assert!(
+        !screen.contains("\x1b[2J"),
+        "never blanks the whole screen (that flickers): {screen:?}"
+    );
+}
