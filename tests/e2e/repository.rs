@@ -79,3 +79,44 @@ fn every_test_the_redis_behaviour_page_cites_exists() {
         "docs/redis-behaviour.md cites tests that do not exist (renamed or moved?): {missing:?}"
     );
 }
+
+/// Where a source file named in the docs may live: from the root, or inside a crate or its `src`.
+fn source_exists(named: &str) -> bool {
+    let root = root();
+    if root.join(named).is_file() {
+        return true;
+    }
+    let Ok(crates) = std::fs::read_dir(root.join("crates")) else {
+        return false;
+    };
+    crates.filter_map(|c| c.ok()).any(|c| {
+        let dir = c.path();
+        dir.join(named).is_file() || dir.join("src").join(named).is_file()
+    })
+}
+
+#[test]
+fn every_source_file_the_docs_name_exists() {
+    let mut missing = Vec::new();
+    for (path, text) in tracked_texts() {
+        if !path.ends_with(".md") {
+            continue;
+        }
+        for quoted in text.split('`').skip(1).step_by(2) {
+            let named = quoted.split("::").next().unwrap_or_default();
+            let looks_like_a_path = named.ends_with(".rs")
+                && !named.contains(' ')
+                && named
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c));
+            if looks_like_a_path && !source_exists(named) {
+                missing.push(format!("{path}: `{named}`"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the docs name source files that do not exist (moved or renamed?):\n{}",
+        missing.join("\n")
+    );
+}
