@@ -17,7 +17,7 @@ pub(crate) const MIN_TOP_INTERVAL: Duration = Duration::from_millis(100);
 /// Inspect and repair Redis Streams consumer groups: streams, groups, consumers, pending entries,
 /// dead letters, safe trimming and safe consumer clean-up.
 ///
-/// Stream names are shown and given in one escape syntax: `\xNN` for a byte that is not UTF-8,
+/// Stream, group and consumer names are shown and given in one escape syntax: `\xNN` for a byte that is not UTF-8,
 /// `\\` for a backslash, `\n`, `\t`, `\u{1}` for control characters.
 ///
 /// Exit codes: 0 ok, 1 runtime or Redis error (also a missing stream or group, or a key of the wrong
@@ -82,7 +82,8 @@ pub(crate) enum Command {
         #[arg(value_parser = parse_key)]
         stream: Key,
         /// The consumer group.
-        group: String,
+        #[arg(value_parser = parse_key)]
+        group: Key,
     },
     /// List pending entries of a group: id, consumer, idle time and delivery count.
     Pending(PendingArgs),
@@ -115,10 +116,11 @@ pub(crate) struct PendingArgs {
     #[arg(value_parser = parse_key)]
     pub(crate) stream: Key,
     /// The consumer group.
-    pub(crate) group: String,
+    #[arg(value_parser = parse_key)]
+    pub(crate) group: Key,
     /// Only entries held by this consumer.
-    #[arg(long)]
-    pub(crate) consumer: Option<String>,
+    #[arg(long, value_parser = parse_key)]
+    pub(crate) consumer: Option<Key>,
     /// Only entries idle at least this long, e.g. `5m`, `90s`, `1h 30m`.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub(crate) idle: Option<Duration>,
@@ -241,13 +243,14 @@ pub(crate) struct ReapArgs {
     #[arg(value_parser = parse_key)]
     pub(crate) stream: Key,
     /// The consumer group.
-    pub(crate) group: String,
+    #[arg(value_parser = parse_key)]
+    pub(crate) group: Key,
     /// Reap consumers idle longer than this, e.g. `1h`.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub(crate) idle: Duration,
     /// The consumer that receives the reaped consumers' pending entries.
-    #[arg(long, value_name = "CONSUMER", default_value = "millrace-reaper")]
-    pub(crate) into: String,
+    #[arg(long, value_name = "CONSUMER", default_value = "millrace-reaper", value_parser = parse_key)]
+    pub(crate) into: Key,
     /// Print what would be claimed and deleted, change nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
@@ -260,11 +263,11 @@ pub(crate) struct TailArgs {
     #[arg(value_parser = parse_key)]
     pub(crate) stream: Key,
     /// Read as this consumer group (XREADGROUP) instead of plain XREAD; needs --consumer.
-    #[arg(long, requires = "consumer")]
-    pub(crate) group: Option<String>,
+    #[arg(long, requires = "consumer", value_parser = parse_key)]
+    pub(crate) group: Option<Key>,
     /// The consumer name to read as, with --group.
-    #[arg(long, requires = "group")]
-    pub(crate) consumer: Option<String>,
+    #[arg(long, requires = "group", value_parser = parse_key)]
+    pub(crate) consumer: Option<Key>,
     /// With --group: acknowledge what was printed (by default entries stay pending for the
     /// consumer, so real workers can claim them).
     #[arg(long, requires = "group")]

@@ -154,7 +154,7 @@ impl Redis {
     }
 
     /// Explains a `NOGROUP` (or `ERR no such key`) reply for `stream`/`group`.
-    pub(crate) async fn explain_missing(&mut self, stream: &Key, group: &str) -> CliError {
+    pub(crate) async fn explain_missing(&mut self, stream: &Key, group: &Key) -> CliError {
         match self.stream_state(stream).await {
             Ok(KeyState::Missing) => no_such_stream(stream),
             Ok(KeyState::Other(t)) => wrong_type(stream, &t),
@@ -168,7 +168,7 @@ impl Redis {
         &mut self,
         cmd: &Cmd,
         stream: &Key,
-        group: &str,
+        group: &Key,
     ) -> Result<T> {
         match self.raw(cmd).await {
             Ok(v) => Ok(v),
@@ -213,7 +213,7 @@ pub(crate) fn wrong_type(key: &Key, actual: &str) -> CliError {
 }
 
 /// "group does not exist" with a hint.
-pub(crate) fn no_such_group(stream: &Key, group: &str) -> CliError {
+pub(crate) fn no_such_group(stream: &Key, group: &Key) -> CliError {
     CliError::runtime(format!(
         "group `{group}` does not exist on stream `{stream}`; list its groups with `millrace groups {stream}`"
     ))

@@ -151,7 +151,7 @@ fn parse_groups(reply: Value) -> Vec<GroupInfo> {
 pub(crate) async fn consumers(
     redis: &mut Redis,
     stream: &Key,
-    group: &str,
+    group: &Key,
 ) -> Result<Vec<ConsumerInfo>> {
     let reply: Value = redis
         .group_query(

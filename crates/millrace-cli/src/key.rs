@@ -1,11 +1,13 @@
-//! Keys on the command line: the escape syntax the output uses (see [`crate::render::escape`]), read
-//! back, so that a stream whose name is not UTF-8 can be addressed as it is shown.
+//! Keys and names on the command line: the escape syntax the output uses (see
+//! [`crate::render::escape`]), read back, so that a stream, group or consumer whose name is not
+//! UTF-8 can be addressed as it is shown.
 
 use std::fmt;
 
 use redis::{RedisWrite, ToRedisArgs};
 
-/// A Redis key given on the command line. It is sent to Redis as its bytes and shown escaped.
+/// A Redis key (or group or consumer name) given on the command line. It is sent to Redis as its
+/// bytes and shown escaped.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Key(Vec<u8>);
 

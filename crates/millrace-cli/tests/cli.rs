@@ -1192,7 +1192,7 @@ fn trim_minid_zero_has_nothing_to_trim() {
 }
 
 #[test]
-fn streams_whose_names_are_not_utf8_are_addressed_as_the_output_shows_them() {
+fn names_that_are_not_utf8_are_addressed_as_the_output_shows_them() {
     let (server, mut con) = start();
     let name: &[u8] = b"\xffcart\\1";
     let _: String = redis::cmd("XADD")
@@ -1227,6 +1227,23 @@ fn streams_whose_names_are_not_utf8_are_addressed_as_the_output_shows_them() {
         &["--json", "trim", shown, "--maxlen", "0", "--force"],
     );
     assert_eq!(r.json()["removed"], 1, "{r:?}");
+    // Group and consumer names use the same syntax.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(name)
+        .arg(b"\xfeg")
+        .arg("0")
+        .query(&mut con)
+        .unwrap();
+    let r = ok(&server, &["groups", shown]);
+    assert!(r.stdout.contains(r"\xfeg"), "{r:?}");
+    let j = ok(
+        &server,
+        &["--json", "pending", shown, r"\xfeg", "--consumer", r"\x01c"],
+    )
+    .json();
+    assert_eq!(j["group"]["hex"], "fe67", "{j}");
+    ok(&server, &["consumers", shown, r"\xfeg"]);
     let r = run(&server, &["groups", r"\xzz"]);
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("two hex digits"), "{r:?}");

@@ -17,7 +17,7 @@ struct Row {
 }
 
 /// Shows the consumers of `group`.
-pub(crate) async fn run(redis: &mut Redis, json: bool, stream: &Key, group: &str) -> Result<()> {
+pub(crate) async fn run(redis: &mut Redis, json: bool, stream: &Key, group: &Key) -> Result<()> {
     redis.require_stream(stream).await?;
     let rows: Vec<Row> = info::consumers(redis, stream, group)
         .await?

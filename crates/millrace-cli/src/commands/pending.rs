@@ -20,7 +20,7 @@ struct Row {
 #[derive(Debug, Serialize)]
 struct Report {
     stream: JsonBytes,
-    group: String,
+    group: JsonBytes,
     /// Pending entries of the group (or of --consumer), before the --idle filter and --limit.
     total: u64,
     entries: Vec<Row>,
@@ -28,7 +28,7 @@ struct Report {
 
 /// Lists pending entries.
 pub(crate) async fn run(redis: &mut Redis, json: bool, args: &PendingArgs) -> Result<()> {
-    let (stream, group) = (&args.stream, args.group.as_str());
+    let (stream, group) = (&args.stream, &args.group);
     redis.require_stream(stream).await?;
     // Summary form: [count, min, max, [[consumer, count], ...]].
     let summary: Value = redis
@@ -68,7 +68,7 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &PendingArgs) -> Re
     let rows = millrace::streams::parse_pending(redis.query(&cmd).await?);
     let report = Report {
         stream: JsonBytes(stream.as_bytes().to_vec()),
-        group: group.to_owned(),
+        group: JsonBytes(group.as_bytes().to_vec()),
         total,
         entries: rows
             .into_iter()

@@ -33,8 +33,8 @@ struct Row {
 #[derive(Debug, Serialize)]
 struct Report {
     stream: JsonBytes,
-    group: String,
-    into: String,
+    group: JsonBytes,
+    into: JsonBytes,
     idle_ms: u64,
     dry_run: bool,
     consumers: Vec<Row>,
@@ -42,7 +42,7 @@ struct Report {
 
 /// Reaps idle consumers.
 pub(crate) async fn run(redis: &mut Redis, json: bool, args: &ReapArgs) -> Result<()> {
-    let (stream, group) = (&args.stream, args.group.as_str());
+    let (stream, group) = (&args.stream, &args.group);
     redis.require_stream(stream).await?;
     let idle_ms = u64::try_from(args.idle.as_millis()).unwrap_or(u64::MAX);
     let consumers =
@@ -53,8 +53,8 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &ReapArgs) -> Resul
         };
     let mut report = Report {
         stream: JsonBytes(stream.as_bytes().to_vec()),
-        group: group.to_owned(),
-        into: args.into.clone(),
+        group: JsonBytes(group.as_bytes().to_vec()),
+        into: JsonBytes(args.into.as_bytes().to_vec()),
         idle_ms,
         dry_run: args.dry_run,
         consumers: Vec::new(),

@@ -100,8 +100,8 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &TailArgs) -> Resul
         let items = match items {
             Ok(items) => items,
             Err(e) if is_missing(&e) || e.code() == Some("UNBLOCKED") => {
-                let group = args.group.as_deref().unwrap_or_default();
-                return Err(explain(redis, stream, group, &e).await);
+                let group = args.group.clone().unwrap_or_else(|| Key::from(&b""[..]));
+                return Err(explain(redis, stream, &group, &e).await);
             }
             Err(e) => return Err(redis.error(&e)),
         };
@@ -153,7 +153,7 @@ async fn ack(
     Ok(())
 }
 
-async fn explain(redis: &mut Redis, stream: &Key, group: &str, e: &redis::RedisError) -> CliError {
+async fn explain(redis: &mut Redis, stream: &Key, group: &Key, e: &redis::RedisError) -> CliError {
     if e.code() == Some("UNBLOCKED") {
         return CliError::runtime(format!("stream `{stream}` was deleted while tailing it"));
     }
