@@ -300,7 +300,7 @@ fn noperm_hint(message: &str, command: &str, key: &str) -> String {
         )
     };
     format!(
-        "the Redis ACL user lacks a permission needed for {command} on key `{key}`: grant it with `ACL SETUSER <user> {rule}` (docs/permissions.md lists the full least-privilege ACL line)"
+        "the Redis ACL user lacks a permission needed for {command} on key `{key}`: grant it with `ACL SETUSER <user> {rule}` (`ConsumerSpec::acl_rules()` gives the full least-privilege ACL line)"
     )
 }
 
