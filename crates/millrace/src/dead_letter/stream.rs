@@ -100,7 +100,7 @@ impl DeadLetterStream {
     }
 
     /// The dead letters of `source` kept in the stream `key` (set with
-    /// `ConsumerOptions::dead_letter_stream`).
+    /// [`ConsumerOptions::dead_letter_stream`](crate::ConsumerOptions::dead_letter_stream)).
     pub fn with_key(source: impl AsRef<[u8]>, key: impl AsRef<[u8]>) -> DeadLetterStream {
         DeadLetterStream {
             source: source.as_ref().to_vec(),

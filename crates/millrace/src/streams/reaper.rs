@@ -4,8 +4,8 @@
 //! in a script that checks, atomically, that it holds no pending entry and is still idle. Entries
 //! it holds can first be handed to an heir with `XCLAIM` (keeping their delivery counts and about
 //! their idle time, so that workers' `XAUTOCLAIM` takes them promptly). Consumers reap idle peers
-//! this way (`ConsumerOptions::reap_idle_consumers_after`, without an heir), and so does
-//! `millrace reap` (with one).
+//! this way ([`ConsumerOptions::reap_idle_consumers_after`](crate::ConsumerOptions::reap_idle_consumers_after),
+//! without an heir), and so does `millrace reap` (with one).
 
 use std::time::Duration;
 
