@@ -227,6 +227,8 @@ async fn run_on_screen(redis: &mut Redis, args: &TopArgs) -> Result<()> {
     let pattern = args.pattern.as_deref();
     let mut sort = args.sort;
     let mut prev = sample(redis, pattern).await?;
+    // Ctrl-C arrives as a key in raw mode; a SIGINT from elsewhere must restore the screen too.
+    let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
     let (screen, mut keys) = Screen::enter()?;
     let mut snap = snapshot(None, &prev, args.interval);
     let mut next = Instant::now() + args.interval;
@@ -239,6 +241,7 @@ async fn run_on_screen(redis: &mut Redis, args: &TopArgs) -> Result<()> {
                 snap = snapshot(Some(&prev), &cur, args.interval);
                 prev = cur;
             }
+            _ = &mut ctrl_c => return Err(CliError::interrupted()),
             key = keys.recv() => match key.as_ref().map(key_action) {
                 None | Some(KeyAction::Quit) => return Ok(()),
                 Some(KeyAction::Interrupt) => return Err(CliError::interrupted()),
