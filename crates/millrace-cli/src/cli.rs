@@ -100,9 +100,13 @@ pub(crate) enum Command {
     Reap(ReapArgs),
     /// Follow new entries of a stream like `tail -f`, until Ctrl-C.
     Tail(TailArgs),
-    /// A refreshing terminal view of streams, groups, lag, pending entries and rates.
+    /// A refreshing terminal view of streams, groups, lag, pending entries, the oldest pending idle
+    /// time, dead letters and rates; `q` quits, keys 1-9 sort.
     Top(TopArgs),
-    /// Print a shell completion script, e.g. `millrace completions bash > ~/.local/share/bash-completion/completions/millrace`.
+    /// Print a shell completion script for bash, zsh or fish.
+    ///
+    /// For example: `millrace completions bash > ~/.local/share/bash-completion/completions/millrace`,
+    /// `millrace completions fish > ~/.config/fish/completions/millrace.fish`.
     Completions {
         /// The shell.
         shell: Shell,

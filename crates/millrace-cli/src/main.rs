@@ -10,7 +10,8 @@
 //! millrace trim orders --maxlen 100000
 //! millrace reap orders processors --idle 1h
 //! millrace tail orders
-//! millrace top
+//! millrace top --sort pending
+//! millrace completions bash
 //! ```
 //!
 //! Exit codes: 0 ok, 1 runtime or Redis error, 2 usage error, 3 refused for safety, 130 interrupted
