@@ -65,6 +65,12 @@ impl FrameBuf {
         self.last_entries
     }
 
+    /// The buffer's current size, for tests of its growth.
+    #[cfg(test)]
+    pub(super) fn buffer_len(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Whether no byte of a next reply is buffered.
     pub(crate) fn is_empty(&self) -> bool {
         self.pos == self.end

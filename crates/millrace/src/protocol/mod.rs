@@ -22,6 +22,8 @@ use std::io;
 
 mod frame;
 mod parse;
+#[cfg(test)]
+mod proptests;
 
 pub(crate) use frame::FrameBuf;
 pub(crate) use parse::{parse_read_reply, parse_value};
@@ -62,23 +64,35 @@ fn not_resp(byte: u8) -> io::Error {
     ))
 }
 
-/// The integer of a length or `:` line: an optional `-` and 1 to 18 digits.
+/// The integer of a length or `:` line: an optional `-` and the digits of an `i64`.
 fn int(digits: &[u8]) -> io::Result<i64> {
+    let bad = || invalid("bad length or integer in a reply");
     let (neg, digits) = match digits.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, digits),
     };
-    if digits.is_empty() || digits.len() > 18 {
-        return Err(invalid("bad length or integer in a reply"));
+    if digits.is_empty() || digits.len() > 19 {
+        return Err(bad());
     }
     let mut n: i64 = 0;
     for &d in digits {
         if !d.is_ascii_digit() {
-            return Err(invalid("bad length or integer in a reply"));
+            return Err(bad());
         }
-        n = n * 10 + i64::from(d - b'0');
+        let d = i64::from(d - b'0');
+        // Accumulated with the sign, so `i64::MIN` fits.
+        n = n
+            .checked_mul(10)
+            .and_then(|n| {
+                if neg {
+                    n.checked_sub(d)
+                } else {
+                    n.checked_add(d)
+                }
+            })
+            .ok_or_else(bad)?;
     }
-    Ok(if neg { -n } else { n })
+    Ok(n)
 }
 
 /// The line of `buf` before its CRLF, and the length consumed with the CRLF; `Ok(None)` when no
