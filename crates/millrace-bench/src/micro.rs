@@ -1,6 +1,7 @@
 //! CPU cost per entry of the client-side steps, on a synthetic 500-entry `XREADGROUP` reply, timed
 //! with the thread's own CPU clock (so other load on the machine barely moves it): what redis-rs
-//! does to every reply, what millrace adds, and what the hand-written loops do instead.
+//! does to every reply, what millrace adds, and what the hand-written loops do instead; and the
+//! `redis-protocol` crate's RESP2 decoders on the same bytes, as the alternative to millrace's own.
 
 use std::time::Duration;
 
@@ -142,7 +143,7 @@ pub(crate) fn run(budget: Duration) -> Vec<Step> {
     );
     push(
         "`streams::reply::parse_read_reply` → `RawEntry`s, drop",
-        "millrace (TLS reads, replays, claims)",
+        "millrace (replays, claims)",
         time(budget, |v| {
             std::hint::black_box(millrace::streams::reply::parse_read_reply(v));
         }),
@@ -161,6 +162,49 @@ pub(crate) fn run(budget: Duration) -> Vec<Step> {
         "millrace",
         time_plain(budget, || {
             std::hint::black_box(path.frame_and_parse(&resp).map(|items| items.len()).ok());
+        }),
+    );
+    push(
+        "frame the RESP bytes only (the reader task's share of the path above)",
+        "millrace",
+        time_plain(budget, || {
+            std::hint::black_box(path.frame(&resp).map(|f| f.len()).ok());
+        }),
+    );
+    push(
+        "`redis-protocol` `decode_range`: offsets only, nothing copied, drop",
+        "redis-protocol",
+        time_plain(budget, || {
+            std::hint::black_box(redis_protocol::resp2::decode::decode_range(&resp).ok());
+        }),
+    );
+    push(
+        "`redis-protocol` `decode` → `OwnedFrame` tree, drop",
+        "redis-protocol",
+        time_plain(budget, || {
+            std::hint::black_box(redis_protocol::resp2::decode::decode(&resp).ok());
+        }),
+    );
+    let shared = bytes_of(&resp);
+    push(
+        "`redis-protocol` `decode_bytes` → `BytesFrame` tree (zero-copy), drop",
+        "redis-protocol",
+        time_plain(budget, || {
+            std::hint::black_box(redis_protocol::resp2::decode::decode_bytes(&shared).ok());
+        }),
+    );
+    push(
+        "`redis-protocol` `decode_range` → `RawEntry`s, drop (the live reader's path on it)",
+        "redis-protocol",
+        time_plain(budget, || {
+            std::hint::black_box(alt::range_to_items(&resp).len());
+        }),
+    );
+    push(
+        "`redis-protocol` `decode_bytes` → `RawEntry`s, drop",
+        "redis-protocol",
+        time_plain(budget, || {
+            std::hint::black_box(alt::bytes_to_items(&shared).len());
         }),
     );
     push(
@@ -217,4 +261,95 @@ pub(crate) fn run(budget: Duration) -> Vec<Step> {
         }),
     );
     steps
+}
+
+fn bytes_of(b: &[u8]) -> redis_protocol::bytes::Bytes {
+    redis_protocol::bytes::Bytes::copy_from_slice(b)
+}
+
+/// The live reader's path built on `redis-protocol` instead: decode one reply, then take the
+/// entries out of the frame tree (happy path only, so it is if anything flattered).
+mod alt {
+    use millrace::streams::ReadItem;
+    use millrace::{EntryId, RawEntry};
+    use redis_protocol::resp2::decode::{decode_bytes, decode_range};
+    use redis_protocol::resp2::types::{BytesFrame, RangeFrame};
+
+    fn entries_of<F>(
+        reply: Vec<F>,
+        list: impl Fn(F) -> Option<Vec<F>>,
+        entry: impl Fn(F) -> Option<ReadItem>,
+    ) -> Vec<ReadItem> {
+        let mut out = Vec::new();
+        for stream in reply {
+            let Some(mut pair) = list(stream) else {
+                continue;
+            };
+            let Some(entries) = pair.pop().and_then(&list) else {
+                continue;
+            };
+            out.extend(entries.into_iter().filter_map(&entry));
+        }
+        out
+    }
+
+    pub(super) fn range_to_items(buf: &[u8]) -> Vec<ReadItem> {
+        let Ok(Some((RangeFrame::Array(reply), _))) = decode_range(buf) else {
+            return Vec::new();
+        };
+        let bulk = |f: &RangeFrame| match f {
+            RangeFrame::BulkString((a, b)) => Some(&buf[*a..*b]),
+            _ => None,
+        };
+        let list = |f: RangeFrame| match f {
+            RangeFrame::Array(v) => Some(v),
+            _ => None,
+        };
+        entries_of(reply, list, |e| {
+            let RangeFrame::Array(parts) = e else {
+                return None;
+            };
+            let id = EntryId::from_bytes(bulk(parts.first()?)?)?;
+            let RangeFrame::Array(flat) = parts.get(1)? else {
+                return Some(ReadItem::Tombstone(id));
+            };
+            let fields = flat
+                .chunks_exact(2)
+                .map(|kv| Some((bulk(&kv[0])?.to_vec(), bulk(&kv[1])?.to_vec())))
+                .collect::<Option<Vec<_>>>()?;
+            Some(ReadItem::Entry(RawEntry::new(id, fields)))
+        })
+    }
+
+    pub(super) fn bytes_to_items(buf: &redis_protocol::bytes::Bytes) -> Vec<ReadItem> {
+        let Ok(Some((BytesFrame::Array(reply), _))) = decode_bytes(buf) else {
+            return Vec::new();
+        };
+        let list = |f: BytesFrame| match f {
+            BytesFrame::Array(v) => Some(v),
+            _ => None,
+        };
+        entries_of(reply, list, |e| {
+            let BytesFrame::Array(parts) = e else {
+                return None;
+            };
+            let BytesFrame::BulkString(id) = parts.first()? else {
+                return None;
+            };
+            let id = EntryId::from_bytes(id)?;
+            let BytesFrame::Array(flat) = parts.get(1)? else {
+                return Some(ReadItem::Tombstone(id));
+            };
+            let fields = flat
+                .chunks_exact(2)
+                .map(|kv| match kv {
+                    [BytesFrame::BulkString(k), BytesFrame::BulkString(v)] => {
+                        Some((k.to_vec(), v.to_vec()))
+                    }
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some(ReadItem::Entry(RawEntry::new(id, fields)))
+        })
+    }
 }

@@ -101,10 +101,19 @@ pub mod __bench {
             &mut self,
             bytes: &[u8],
         ) -> redis::RedisResult<Vec<crate::streams::ReadItem>> {
+            crate::protocol::parse_read_reply(&self.frame(bytes)?)
+        }
+
+        /// Frames one complete RESP2 reply held in `bytes`: returns its bytes, as the reader
+        /// hands them to the consume loop.
+        pub fn frame(&mut self, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
             let mut at = 0;
             loop {
                 if let Some(frame) = self.0.next_frame()? {
-                    return crate::protocol::parse_read_reply(&frame);
+                    return Ok(frame);
+                }
+                if at == bytes.len() {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
                 }
                 let spare = self.0.spare();
                 let n = spare.len().min(bytes.len() - at);
