@@ -126,11 +126,26 @@ pub(crate) struct Env {
     pub(crate) stream: String,
     pub(crate) preloaded: usize,
     seq: u64,
+    /// The CA to trust, for a `rediss://` server.
+    pub(crate) tls: Option<redis::TlsCertificates>,
 }
 
 impl Env {
     pub(crate) async fn new(url: String) -> Res<Env> {
-        let client = Client::open(url.as_str())?;
+        Env::connect(url, None).await
+    }
+
+    /// An environment on a `rediss://` server whose certificate `tls` vouches for.
+    pub(crate) async fn with_tls(url: String, tls: redis::TlsCertificates) -> Res<Env> {
+        millrace::install_tls_provider();
+        Env::connect(url, Some(tls)).await
+    }
+
+    async fn connect(url: String, tls: Option<redis::TlsCertificates>) -> Res<Env> {
+        let client = match &tls {
+            Some(certificates) => Client::build_with_tls(url.as_str(), certificates.clone())?,
+            None => Client::open(url.as_str())?,
+        };
         let mut admin = crate::workload::connect(&client).await?;
         let base_clients = measure::client_count(&mut admin).await?;
         Ok(Env {
@@ -141,6 +156,7 @@ impl Env {
             stream: "bench:events".to_owned(),
             preloaded: 0,
             seq: 0,
+            tls,
         })
     }
 
@@ -285,6 +301,7 @@ pub(crate) async fn run_once(env: &mut Env, cfg: &Config, variant: Variant) -> R
                 } else {
                     MrHandler::Noop
                 },
+                tls: env.tls.clone(),
             };
             let running = mr::start(&settings, n).await?;
             let end = running.wait_acked(limit).await?;

@@ -176,6 +176,7 @@ pub(crate) async fn run(
                 count,
                 block: BLOCK,
                 handler: MrHandler::Latency(samples.clone()),
+                tls: env.tls.clone(),
             };
             Consumer::Millrace(mr::start(&settings, total).await?)
         }

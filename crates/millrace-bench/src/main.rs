@@ -20,6 +20,7 @@ mod micro;
 mod mr;
 mod report;
 mod soak;
+mod tls;
 mod workload;
 
 use std::fmt::Write as _;
@@ -38,7 +39,15 @@ pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 /// The latency section alternates the variants over this many rounds and pools the samples.
 const LATENCY_ROUNDS: usize = 2;
 
-const SECTIONS: [&str; 6] = ["main", "typed", "count", "consumers", "latency", "micro"];
+const SECTIONS: [&str; 7] = [
+    "main",
+    "typed",
+    "count",
+    "consumers",
+    "tls",
+    "latency",
+    "micro",
+];
 
 /// Benchmark millrace against hand-written redis-rs consumer-group loops.
 #[derive(Debug, Parser)]
@@ -62,11 +71,12 @@ struct Args {
     /// Entries per second in the latency section.
     #[arg(long, default_value_t = 2_000)]
     latency_rate: u64,
-    /// Sections to run, comma-separated: main, typed, count, consumers, latency, micro.
+    /// Sections to run, comma-separated: main, typed, count, consumers, tls, latency, micro.
+    /// `tls` runs millrace alone, over TLS and plain TCP on servers of their own.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "main,typed,count,consumers,latency,micro"
+        default_value = "main,typed,count,consumers,tls,latency,micro"
     )]
     sections: Vec<String>,
     /// Variants to run, comma-separated: a, a' (or a2), b, b' (or b2), c.
@@ -393,7 +403,7 @@ async fn run(mut args: Args) -> Res<bool> {
         let result = soak::run(&mut env, total, 16, 500).await?;
         let table = report::soak_table(&result);
         println!("{table}");
-        let verdicts = report::verdicts(&[], &[], Some(&result), None);
+        let verdicts = report::verdicts(&[], &[], Some(&result), None, None);
         println!("{}", report::verdict_table(&verdicts));
         if args.write_docs {
             let block = format!(
@@ -484,6 +494,19 @@ async fn run(mut args: Args) -> Res<bool> {
         }
     }
 
+    let mut tls_table = String::new();
+    let mut tls_ratio = None;
+    if args.sections.iter().any(|s| s == "tls") {
+        println!(
+            "## TLS against plain TCP ({} entries per run, {} rounds)",
+            args.messages, args.rounds
+        );
+        let r = tls::run(args.messages, args.rounds).await?;
+        tls_table = tls::table(&r);
+        tls_ratio = Some(r.ratio());
+        println!("\n{tls_table}");
+    }
+
     let mut lat = Vec::new();
     if args.sections.iter().any(|s| s == "latency") {
         let rounds = LATENCY_ROUNDS;
@@ -547,7 +570,7 @@ async fn run(mut args: Args) -> Res<bool> {
     );
     println!("{quiet}");
 
-    let verdicts = report::verdicts(&results, &lat, None, rss16);
+    let verdicts = report::verdicts(&results, &lat, None, rss16, tls_ratio);
     let summary = report::summary_table(&results);
     let verdict_table = report::verdict_table(&verdicts);
     println!("## Summary\n\n{summary}\n## Targets\n\n{verdict_table}");
@@ -561,6 +584,9 @@ async fn run(mut args: Args) -> Res<bool> {
         let _ = writeln!(doc, "## Details\n");
         for r in &results {
             let _ = writeln!(doc, "{}", r.table());
+        }
+        if !tls_table.is_empty() {
+            let _ = writeln!(doc, "{tls_table}");
         }
         if !lat.is_empty() {
             let _ = writeln!(doc, "{}", report::latency_table(args.latency_rate, &lat));

@@ -4,7 +4,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use millrace::{
-    Batch, ConsumerOptions, ConsumerSpec, HandlerResult, RawEntry, StartId, Supervisor,
+    Batch, ConnectionOptions, ConsumerOptions, ConsumerSpec, HandlerResult, RawEntry, StartId,
+    Supervisor,
 };
 
 use crate::workload::{Progress, Samples, UserEvent};
@@ -28,6 +29,8 @@ pub(crate) struct MrRun {
     pub(crate) count: usize,
     pub(crate) block: Duration,
     pub(crate) handler: MrHandler,
+    /// The CA to trust for a `rediss://` URL.
+    pub(crate) tls: Option<redis::TlsCertificates>,
 }
 
 /// Overrides of millrace's claim settings for every run (diagnostics; defaults otherwise).
@@ -113,8 +116,13 @@ pub(crate) struct Running {
 /// Starts the supervisor with `run.consumers` consumers.
 pub(crate) async fn start(run: &MrRun, target: u64) -> Res<Running> {
     let progress = Arc::new(Progress::new(target));
+    let mut options = ConnectionOptions::default();
+    if let Some(certificates) = &run.tls {
+        options = options.tls_certificates(certificates.clone());
+    }
     let supervisor = Supervisor::builder()
         .redis(run.url.clone())
+        .connection_options(options)
         .consumers((0..run.consumers).map(|i| spec(run, i, &progress)))
         .start()
         .await?;

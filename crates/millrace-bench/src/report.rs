@@ -245,6 +245,7 @@ pub(crate) fn verdicts(
     latency: &[LatencyResult],
     soak: Option<&SoakResult>,
     rss16_fresh_kib: Option<u64>,
+    tls_over_plain: Option<f64>,
 ) -> Vec<Verdict> {
     let mut out = Vec::new();
     let mut push = |target: &str, measured: String, met: Option<bool>| {
@@ -254,6 +255,13 @@ pub(crate) fn verdicts(
             met,
         })
     };
+    if let Some(r) = tls_over_plain {
+        push(
+            "1 consumer, COUNT 500: millrace over TLS ≥ 0.7 × over plain TCP",
+            format!("TLS/plain = {r:.2}"),
+            Some(r >= 0.7),
+        );
+    }
     let main = find(results, "main");
     if let Some(m) = main {
         if let (Some(a), Some(b)) = (m.get(Variant::A), m.get(Variant::B)) {

@@ -106,6 +106,7 @@ pub(crate) async fn run(
         count,
         block: BLOCK,
         handler: MrHandler::Noop,
+        tls: env.tls.clone(),
     };
     let running = mr::start(&settings, total).await?;
     let mut feeder = Some(tokio::spawn(producer(
