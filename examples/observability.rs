@@ -275,7 +275,9 @@ async fn answer(
 
 /// Whether every consumer is running, and the health of each as JSON.
 fn health_json(app: &SharedApp) -> (bool, serde_json::Value) {
-    let snapshot = with_app(app, |a| (a.is_ready(), a.health(), a.failure()));
+    let snapshot = with_app(app, |a| {
+        (a.is_ready(), a.health(), a.failure().map(|e| e.to_string()))
+    });
     let Some((ready, consumers, failure)) = snapshot else {
         return (
             false,

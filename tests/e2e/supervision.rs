@@ -10,7 +10,7 @@ use millrace::{
     Batch, ConsumerId, ConsumerSpec, Error, HandlerResult, RawEntry, RestartPolicy, Source,
     StartId, Supervisor,
 };
-use millrace_testkit::eventually;
+use millrace_testkit::{eventually, RedisServer};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::common::*;
@@ -431,4 +431,43 @@ async fn a_missing_group_without_create_group_is_a_clear_error() {
 async fn after_a_restart_new_entries_reach_the_new_reader_not_the_old_one() {
     let (server, con) = server().await;
     new_entries_reach_the_restarted_consumer(Supervisor::builder().redis(server.url()), con).await;
+}
+
+/// A consumer that cannot authenticate stops the supervisor at once, and `wait()` returns an error
+/// that keeps its structure: it says authentication failed, names the consumer once, and is fatal.
+#[tokio::test]
+async fn wait_after_a_wrong_password_says_authentication_failed_and_is_fatal() {
+    init_tracing();
+    let server = RedisServer::builder().password("right").start();
+    let app = Supervisor::builder()
+        .redis(format!("redis://:wrong@127.0.0.1:{}", server.port()))
+        .wait_for_redis(true)
+        .consumer(ConsumerSpec::new("s", "g", "c1").handler(recording(&Seen::default())))
+        .start()
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(WAIT, app.wait())
+        .await
+        .expect("the supervisor gives up")
+        .expect_err("a wrong password fails the supervisor");
+    let text = err.to_string();
+    assert!(err.is_fatal(), "{text}");
+    assert!(err.is_authentication_failure(), "{text}");
+    assert!(text.contains("authentication failed"), "{text}");
+    assert_eq!(
+        err.consumer(),
+        Some(&ConsumerId::new("s", "g", "c1")),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("consumer `c1`").count(),
+        1,
+        "the consumer is named once: {text}"
+    );
+    assert!(!text.contains("wrong"), "the password is not shown: {text}");
+    let source = std::error::Error::source(&err).expect("the consumer's own error is the source");
+    assert!(
+        source.to_string().contains("authentication failed"),
+        "{source}"
+    );
 }

@@ -177,20 +177,6 @@ impl Backend {
         &self.client
     }
 
-    /// A connection of one consumer's own, with the control connection's timeouts: replies that may
-    /// be large (a replay of the consumer's pending entries) go over it, so a reply the server
-    /// refuses to buffer closes this connection only, never the one every consumer shares.
-    pub(crate) async fn own_connection(
-        &self,
-    ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.options.connect_timeout))
-            .set_response_timeout(Some(self.options.command_timeout));
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-    }
-
     /// Timeout of one connection attempt.
     pub(crate) fn connect_timeout(&self) -> Duration {
         self.options.connect_timeout

@@ -1,5 +1,6 @@
 //! The crate's one error type, and how Redis errors are classified (retry, group lost, fatal).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::spec::ConsumerId;
@@ -9,7 +10,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in millrace. Every variant that concerns a consumer names its
 /// stream, group and consumer; none ever contains a password.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A configuration value is invalid. `field` names the setting (as in `millrace.toml`).
@@ -94,7 +95,7 @@ pub enum Error {
         consumer: ConsumerId,
     },
     /// A consumer kept failing and the supervisor gave up on it (escalation).
-    #[error("{consumer}: gave up after {restarts} restarts within {}; last failure: {last_error}", humantime::format_duration(*.window))]
+    #[error("{consumer}: gave up after {restarts} restarts within {}; last failure: {}", humantime::format_duration(*.window), .last_error.unscoped())]
     RestartLimit {
         /// The consumer that kept failing.
         consumer: ConsumerId,
@@ -102,16 +103,19 @@ pub enum Error {
         restarts: usize,
         /// The restart window.
         window: Duration,
-        /// The last failure.
-        last_error: String,
+        /// The last failure, as the consumer reported it.
+        #[source]
+        last_error: Arc<Error>,
     },
     /// A consumer failed with an error that restarting cannot fix, and the supervisor gave up at once.
-    #[error("{consumer}: stopped for good: {cause}")]
+    #[error("{consumer}: stopped for good: {}", .cause.unscoped())]
     ConsumerFailed {
         /// The consumer.
         consumer: ConsumerId,
-        /// The failure.
-        cause: String,
+        /// The failure, as the consumer reported it: [`Error::is_fatal`] and [`Error::consumer`]
+        /// of the escalation answer from it.
+        #[source]
+        cause: Arc<Error>,
     },
     /// The supervisor actor is not running (it stopped or failed).
     #[error("the millrace supervisor is not running: {0}")]
@@ -149,15 +153,42 @@ impl Error {
         matches!(self, Error::Redis { .. })
     }
 
-    /// True when only a change of configuration, permissions or data can fix this.
+    /// True when only a change of configuration, permissions or data can fix this. An escalation
+    /// ([`Error::ConsumerFailed`]) answers for the error that caused it.
     pub fn is_fatal(&self) -> bool {
-        matches!(
-            self,
-            Error::Fatal { .. }
-                | Error::Config { .. }
-                | Error::InvalidUrl { .. }
-                | Error::DuplicateConsumer { .. }
-        )
+        match self {
+            Error::ConsumerFailed { cause, .. } => cause.is_fatal(),
+            _ => matches!(
+                self,
+                Error::Fatal { .. }
+                    | Error::Config { .. }
+                    | Error::InvalidUrl { .. }
+                    | Error::DuplicateConsumer { .. }
+            ),
+        }
+    }
+
+    /// True when the server refused the credentials (a wrong password, an unknown or disabled ACL
+    /// user), also when this is an escalation caused by that.
+    pub fn is_authentication_failure(&self) -> bool {
+        match self {
+            Error::Fatal { command, .. } => *command == "AUTH",
+            Error::ConsumerFailed { cause, .. } => cause.is_authentication_failure(),
+            Error::RestartLimit { last_error, .. } => last_error.is_authentication_failure(),
+            _ => false,
+        }
+    }
+
+    /// The message without the leading consumer, for an error nested in one that names it.
+    fn unscoped(&self) -> String {
+        let text = self.to_string();
+        match self.consumer() {
+            Some(c) => text
+                .strip_prefix(&format!("{c}: "))
+                .map(str::to_owned)
+                .unwrap_or(text),
+            None => text,
+        }
     }
 
     /// The consumer this error concerns, when it concerns one.
@@ -234,13 +265,15 @@ pub(crate) fn classify(
             source: err,
         };
     }
+    let authentication = |server: String| Error::Fatal {
+        consumer: consumer.cloned(),
+        command: "AUTH",
+        reason: format!("authentication failed: the server refused the credentials ({server})"),
+        hint: "check the username and password in the Redis URL, and that the ACL user is `on`"
+            .into(),
+    };
     match err.kind() {
-        ErrorKind::AuthenticationFailed => {
-            return fatal(
-                "check the username and password in the Redis URL (and the ACL user is `on`)"
-                    .into(),
-            )
-        }
+        ErrorKind::AuthenticationFailed => return authentication(redact(&err.to_string())),
         ErrorKind::InvalidClientConfig => return fatal("fix the Redis connection settings".into()),
         ErrorKind::Server(ServerErrorKind::NoPerm) => {
             return fatal(noperm_hint(&err.to_string(), command, key))
@@ -260,9 +293,7 @@ pub(crate) fn classify(
         Some("WRONGTYPE") => fatal(format!(
             "key `{key}` holds a value that is not a stream: delete or rename it, or consume another key"
         )),
-        Some("NOAUTH") | Some("WRONGPASS") => {
-            fatal("check the username and password in the Redis URL".into())
-        }
+        Some("NOAUTH") | Some("WRONGPASS") => authentication(redact(&err.to_string())),
         Some("NOPERM") => fatal(noperm_hint(&err.to_string(), command, key)),
         Some("READONLY") => fatal("the server is a read-only replica; point millrace at the primary".into()),
         Some("ERR") if err.to_string().contains("unknown command") => {

@@ -221,10 +221,8 @@ impl Supervisor {
     }
 
     fn not_running(&self) -> Error {
-        Error::Supervisor(
-            self.failure()
-                .unwrap_or_else(|| "it was shut down".to_owned()),
-        )
+        self.failure()
+            .unwrap_or_else(|| Error::Supervisor("it was shut down".to_owned()))
     }
 
     /// Adds and starts a consumer while running. A consumer with the same (stream, group, consumer)
@@ -282,8 +280,9 @@ impl Supervisor {
                 .all(|h| h.state == ConsumerState::Running)
     }
 
-    /// Why the supervisor gave up, if it did.
-    pub fn failure(&self) -> Option<String> {
+    /// Why the supervisor gave up, if it did: [`Error::RestartLimit`] or [`Error::ConsumerFailed`],
+    /// naming the consumer and keeping the consumer's own error as its source.
+    pub fn failure(&self) -> Option<Error> {
         self.shared
             .failure
             .lock()
@@ -296,12 +295,14 @@ impl Supervisor {
         self.actor.get_cell()
     }
 
-    /// Waits until the supervisor stops. `Err` when it gave up on a consumer (the error names it).
+    /// Waits until the supervisor stops. `Err` when it gave up on a consumer: the error names it
+    /// ([`Error::consumer`]), says whether only a change can fix it ([`Error::is_fatal`],
+    /// [`Error::is_authentication_failure`]), and keeps the consumer's error as its source.
     pub async fn wait(&self) -> Result<()> {
         let mut done = self.done.clone();
         let _ = done.wait_for(|d| *d).await;
         match self.failure() {
-            Some(f) => Err(Error::Supervisor(f)),
+            Some(f) => Err(f),
             None => Ok(()),
         }
     }

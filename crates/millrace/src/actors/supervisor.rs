@@ -53,7 +53,7 @@ impl Drop for Claim {
 pub(crate) struct Shared {
     pub(crate) backend: Arc<Backend>,
     pub(crate) health: Mutex<BTreeMap<ConsumerId, Arc<HealthCell>>>,
-    pub(crate) failure: Mutex<Option<String>>,
+    pub(crate) failure: Mutex<Option<Error>>,
 }
 
 pub(crate) struct SupervisorActor;
@@ -137,8 +137,11 @@ impl SupState {
             }
             // pre_start failures get no supervision event: treat them as a crash here.
             Err(e) => {
-                self.child_down(myself, id, format!("could not start: {e}"), false)
-                    .await
+                let cause = Error::Internal {
+                    consumer: id.clone(),
+                    message: format!("could not start: {e}"),
+                };
+                self.child_down(myself, id, cause).await
             }
         }
     }
@@ -148,8 +151,7 @@ impl SupState {
         &mut self,
         myself: &ActorRef<SupMsg>,
         id: &ConsumerId,
-        cause: String,
-        fatal: bool,
+        cause: Error,
     ) -> std::result::Result<(), ActorProcessingErr> {
         if self.shutting_down {
             return Ok(());
@@ -159,7 +161,11 @@ impl SupState {
             return Ok(());
         };
         child.actor = None;
-        child.stats.set_error(cause.clone());
+        child.stats.set_error(cause.to_string());
+        // Restarting cannot fix a fatal error, and a lost group under `on_group_lost = fail`
+        // is meant to stop the consumer.
+        let fatal = cause.is_fatal() || matches!(cause, Error::GroupLost { .. });
+        let cause = Arc::new(cause);
         let now = Instant::now();
         while child
             .restarts
@@ -190,7 +196,7 @@ impl SupState {
                 .shared
                 .failure
                 .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(err.to_string());
+                .unwrap_or_else(|p| p.into_inner()) = Some(err.clone());
             self.stop_all().await;
             return Err(Box::new(err));
         }
@@ -360,24 +366,25 @@ impl Actor for SupervisorActor {
                 let Some(id) = state.by_actor.remove(&cell.get_id()) else {
                     return Ok(());
                 };
-                let fatal = err
-                    .downcast_ref::<Error>()
-                    .is_some_and(|e| e.is_fatal() || matches!(e, Error::GroupLost { .. }));
-                state.child_down(&myself, &id, err.to_string(), fatal).await
+                let cause = match err.downcast::<Error>() {
+                    Ok(e) => *e,
+                    Err(other) => Error::Internal {
+                        consumer: id.clone(),
+                        message: other.to_string(),
+                    },
+                };
+                state.child_down(&myself, &id, cause).await
             }
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 let Some(id) = state.by_actor.remove(&cell.get_id()) else {
                     return Ok(());
                 };
-                let cause = reason.unwrap_or_else(|| "terminated".to_owned());
-                state
-                    .child_down(
-                        &myself,
-                        &id,
-                        format!("stopped unexpectedly: {cause}"),
-                        false,
-                    )
-                    .await
+                let reason = reason.unwrap_or_else(|| "terminated".to_owned());
+                let cause = Error::Internal {
+                    consumer: id.clone(),
+                    message: format!("stopped unexpectedly: {reason}"),
+                };
+                state.child_down(&myself, &id, cause).await
             }
             _ => Ok(()),
         }

@@ -4,28 +4,36 @@
 //! of the consumer's own, opened for it: an entry too large for the server's output buffer closes
 //! that connection only, and once it has used up `max_deliveries` it is dead-lettered by id.
 
-use redis::aio::MultiplexedConnection;
 use tracing::{debug, warn};
 
 use super::outcome::DeadLetterOrder;
 use super::Consumer;
 use crate::entry::{EntryId, Source};
 use crate::error::{Error, Result};
+use crate::reader::PendingReader;
 use crate::streams::{self, ReadItem};
 
 impl Consumer {
     pub(super) async fn replay_own_pending(&mut self) -> Result<()> {
-        let mut own: Option<MultiplexedConnection> = None;
+        let mut own: Option<PendingReader> = None;
+        let result = self.replay_over(&mut own).await;
+        if let Some(conn) = own {
+            conn.close().await;
+        }
+        result
+    }
+
+    /// The replay loop; `own` holds the replay's connection, (re)opened when needed.
+    async fn replay_over(&mut self, own: &mut Option<PendingReader>) -> Result<()> {
         let mut cursor = EntryId::MIN;
         loop {
             if self.cancel.is_cancelled() {
                 return Ok(());
             }
-            let conn = match own.as_mut() {
+            let conn = match own {
                 Some(conn) => conn,
                 None => own.insert(
-                    self.backend
-                        .own_connection()
+                    PendingReader::open(&self.backend)
                         .await
                         .map_err(|e| self.client.error("CONNECT", &self.id.stream, e))?,
                 ),
@@ -38,13 +46,13 @@ impl Consumer {
                 None,
                 &cursor.to_string(),
             );
-            let items = match streams::read(conn, &cmd).await {
+            let items = match conn.read(&cmd).await {
                 Ok(items) => items,
                 Err(e) if e.code() == Some("NOGROUP") && !self.opts.create_group => {
                     return Err(self.group_missing(e.to_string()))
                 }
                 Err(e) if cut_off(&e) && self.read_size.count() == 1 => {
-                    own = None;
+                    *own = None;
                     if self.dead_letter_oversized(cursor).await? {
                         continue;
                     }

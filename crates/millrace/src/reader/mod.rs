@@ -30,7 +30,10 @@ use crate::spec::ConsumerId;
 use crate::streams::{self, ReadItem};
 
 mod conn;
+mod pending;
 mod read_loop;
+
+pub(crate) use pending::PendingReader;
 
 /// Reads on the wire at once while there is a backlog (the last reply was full). Two suffice to
 /// keep the server busy: one executing, one queued. A consumer that has caught up keeps one: a

@@ -132,35 +132,6 @@ pub async fn xpending_range<C: ConnectionLike + Send>(
     Ok(reply::parse_pending(v))
 }
 
-/// `XCLAIM key group consumer min-idle ids... IDLE idle JUSTID`: sets the entries' idle time without
-/// bumping their delivery count. `idle = 0` keeps them from being claimed (a heartbeat); a large
-/// `idle` hands them to the next claimer at once (a release).
-pub async fn xclaim_set_idle<C: ConnectionLike + Send>(
-    conn: &mut C,
-    stream: &str,
-    group: &str,
-    consumer: &str,
-    ids: &[EntryId],
-    idle: Duration,
-) -> RedisResult<usize> {
-    let mut n = 0;
-    for chunk in ids.chunks(IDS_PER_CALL) {
-        let claimed: Vec<Value> = redis::cmd("XCLAIM")
-            .arg(stream)
-            .arg(group)
-            .arg(consumer)
-            .arg(0)
-            .arg(chunk)
-            .arg("IDLE")
-            .arg(millis(idle))
-            .arg("JUSTID")
-            .query_async(conn)
-            .await?;
-        n += claimed.len();
-    }
-    Ok(n)
-}
-
 /// `XGROUP CREATE key group start [MKSTREAM]`; returns false when the group already existed (BUSYGROUP).
 pub async fn xgroup_create<C: ConnectionLike + Send>(
     conn: &mut C,
