@@ -79,12 +79,13 @@ impl Redis {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let conn = match client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-        {
-            Ok(conn) => conn,
-            Err(e) => return Err(explain_connect_error(&client, &e, &target).await),
+        let connect = client.get_multiplexed_async_connection_with_config(&config);
+        let conn = tokio::select! {
+            connected = connect => match connected {
+                Ok(conn) => conn,
+                Err(e) => return Err(explain_connect_error(&client, &e, &target).await),
+            },
+            () = plain_text_behind_tls(&client) => return Err(not_tls(&target)),
         };
         Ok(Redis {
             client,
@@ -266,10 +267,7 @@ async fn explain_connect_error(client: &redis::Client, e: &RedisError, target: &
     match client.get_connection_info().addr() {
         ConnectionAddr::TcpTls { host, port, .. } => {
             if answers_plain_resp(host, *port).await {
-                return CliError::runtime(format!(
-                    "the server at {target} does not speak TLS: it answered a plain-text PING on \
-                     that port; use redis:// instead of rediss://, or the server's TLS port"
-                ));
+                return not_tls(target);
             }
             if e.to_string().contains("certificate") {
                 return CliError::runtime(format!(
@@ -287,6 +285,31 @@ async fn explain_connect_error(client: &redis::Client, e: &RedisError, target: &
         _ => {}
     }
     connect_error(e, target)
+}
+
+/// How long a TLS handshake may take before the port is asked whether it speaks plain RESP.
+const TLS_PROBE_AFTER: Duration = Duration::from_secs(1);
+
+/// Resolves when a `rediss://` server has not finished the TLS handshake within
+/// [`TLS_PROBE_AFTER`] and answers a plain-text `PING`; never otherwise. Such a server waits for
+/// the end of a command line that the handshake never sends, so waiting for the connect timeout
+/// would only delay the error.
+async fn plain_text_behind_tls(client: &redis::Client) {
+    if let ConnectionAddr::TcpTls { host, port, .. } = client.get_connection_info().addr() {
+        tokio::time::sleep(TLS_PROBE_AFTER).await;
+        if answers_plain_resp(host, *port).await {
+            return;
+        }
+    }
+    std::future::pending().await
+}
+
+/// "does not speak TLS".
+fn not_tls(target: &str) -> CliError {
+    CliError::runtime(format!(
+        "the server at {target} does not speak TLS: it answered a plain-text PING on that port; \
+         use redis:// instead of rediss://, or the server's TLS port"
+    ))
 }
 
 /// True when `host:port` answers a plain-text `PING` with a RESP reply.
