@@ -1421,6 +1421,56 @@ fn the_documented_operator_acl_runs_every_command() {
         let r = run_url(&url, args);
         assert_eq!(r.code, 0, "millrace {args:?} as the operator:\n{r:?}");
     }
+    // The read-only subset the page names is enough for the read-only commands.
+    let viewer_rules = "+scan +type +xinfo +xrange +xpending +xread";
+    assert!(
+        docs.contains(viewer_rules),
+        "docs/cli.md names the read-only rules"
+    );
+    let mut setuser = redis::cmd("ACL");
+    setuser
+        .arg("SETUSER")
+        .arg("viewer")
+        .arg("on")
+        .arg(">viewer-pw")
+        .arg("~*")
+        .arg("resetchannels")
+        .arg("-@all");
+    for r in viewer_rules.split_whitespace() {
+        setuser.arg(r);
+    }
+    let _: () = setuser.query(&mut con).unwrap();
+    let viewer = format!("redis://viewer:viewer-pw@127.0.0.1:{}", server.port());
+    let letter = dead_letter(
+        &mut con,
+        "orders:dlq",
+        "orders",
+        &ids[2],
+        "bad",
+        &[(b"k", b"v")],
+    );
+    for args in [
+        &["streams"][..],
+        &["groups", "orders"],
+        &["consumers", "orders", "workers"],
+        &["pending", "orders", "workers"],
+        &["dlq", "list", "orders"],
+        &["dlq", "show", "orders", &letter],
+        &["top", "--once", "--interval", "100ms"],
+        &["tail", "orders", "--count", "1"],
+    ] {
+        if args[0] == "tail" {
+            let mut child = command(&viewer, args).spawn().unwrap();
+            wait_until(WAIT, "tail to block", || blocked_clients(&mut con) >= 1);
+            xadd_n(&mut con, "orders", 1);
+            let r = wait_for_exit(&mut child);
+            assert_eq!(r.code, 0, "millrace {args:?} as a viewer:\n{r:?}");
+            continue;
+        }
+        let r = run_url(&viewer, args);
+        assert_eq!(r.code, 0, "millrace {args:?} as a viewer:\n{r:?}");
+    }
+
     // The first three entries are handled now, so the checked trim runs.
     let _: u64 = q(
         &mut con,
