@@ -48,6 +48,7 @@ async fn start_fails_at_once_when_redis_cannot_be_reached_and_names_the_server()
     assert!(text.contains("could not reach"), "{text}");
     assert!(text.contains("wait_for_redis"), "{text}");
     assert!(err.is_fatal(), "{err:?}");
+    assert!(!err.is_authentication_failure(), "{err:?}");
 }
 
 #[tokio::test]
@@ -65,6 +66,7 @@ async fn start_fails_at_once_on_a_wrong_password_saying_authentication_failed() 
     assert!(text.contains("username and password"), "{text}");
     assert!(!text.contains("wrong"), "the password is not shown: {text}");
     assert!(err.is_fatal(), "{err:?}");
+    assert!(err.is_authentication_failure(), "{err:?}");
 }
 
 #[tokio::test]
@@ -184,4 +186,5 @@ async fn start_fails_at_once_when_the_server_wants_a_password_and_the_url_has_no
     let text = err.to_string();
     assert!(text.contains("authentication failed"), "{text}");
     assert!(text.contains("the URL has none"), "{text}");
+    assert!(err.is_authentication_failure(), "{err:?}");
 }

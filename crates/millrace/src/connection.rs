@@ -259,9 +259,9 @@ impl Backend {
                 )))
             }
         };
-        let refused = |reason: String, hint: &str| Error::Fatal {
+        let refused = |command: &'static str, reason: String, hint: &str| Error::Fatal {
             consumer: None,
-            command: "connecting to Redis",
+            command,
             reason,
             hint: hint.to_owned(),
         };
@@ -270,6 +270,7 @@ impl Backend {
             (`ACL LIST` shows both)";
         if failed.code() == Some("NOAUTH") {
             return Err(refused(
+                "AUTH",
                 format!(
                     "authentication failed at {}: the server requires a password and the URL has none",
                     self.display
@@ -281,6 +282,7 @@ impl Backend {
             || failed.code() == Some("WRONGPASS")
         {
             return Err(refused(
+                "AUTH",
                 format!(
                     "authentication failed at {}: the server refused the username or password",
                     self.display
@@ -296,6 +298,7 @@ impl Backend {
             return Err(self.unreachable(crate::error::redact(&failed.to_string())));
         }
         Err(refused(
+            "connecting to Redis",
             format!(
                 "{} answered the connection with an error: {}",
                 self.display,
