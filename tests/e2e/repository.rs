@@ -120,3 +120,47 @@ fn every_source_file_the_docs_name_exists() {
         missing.join("\n")
     );
 }
+
+/// The text of a Markdown file without its fenced code blocks.
+fn prose(markdown: &str) -> String {
+    let mut out = String::new();
+    let mut in_code = false;
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+        } else if !in_code {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn every_relative_link_in_the_docs_resolves() {
+    let mut broken = Vec::new();
+    for (path, text) in tracked_texts() {
+        if !path.ends_with(".md") {
+            continue;
+        }
+        let dir = root().join(&path);
+        let dir = dir.parent().expect("a file has a folder");
+        for piece in prose(&text).split("](").skip(1) {
+            let Some(target) = piece.split(')').next() else {
+                continue;
+            };
+            let file = target.split('#').next().unwrap_or_default();
+            if file.is_empty() || file.contains("://") || file.starts_with("mailto:") {
+                continue;
+            }
+            if !dir.join(file).exists() {
+                broken.push(format!("{path}: ({target})"));
+            }
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "links to files that do not exist:\n{}",
+        broken.join("\n")
+    );
+}
