@@ -32,6 +32,9 @@ use crate::streams::{self, ReadItem};
 mod conn;
 mod pending;
 mod read_loop;
+mod replay;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use pending::PendingReader;
 
@@ -155,15 +158,16 @@ impl Shared {
     }
 }
 
-/// The consume loop's handle on its reader. [`Reader::stop`] stops it gracefully and returns what
-/// it fetched. Dropping it (a failed session, a panicking handler) aborts the reader task at once:
+/// The consume loop's handle on its reader. [`Reader::replay`] reads the consumer's own pending
+/// entries before live reads begin; [`Reader::stop`] stops it gracefully and returns what it
+/// fetched. Dropping it (a failed session, a panicking handler) aborts the reader task at once:
 /// its socket closes (TLS or not), so the server drops the blocked read instead of delivering
 /// entries to a reader nobody listens to (they would wait for `claim_min_idle`).
 pub(crate) struct Reader {
     batches: mpsc::UnboundedReceiver<Result<Frame>>,
     shared: Arc<Shared>,
     client_id: Option<i64>,
-    task: Option<tokio::task::AbortHandle>,
+    phase: Phase,
     /// Resolves (with an error) when the reader has ended and its connection is closed.
     finished: oneshot::Receiver<()>,
     id: ConsumerId,
@@ -172,6 +176,24 @@ pub(crate) struct Reader {
     started: Instant,
     taken: VecDeque<Instant>,
     sent_after: Instant,
+}
+
+/// Who holds the reader's connection.
+enum Phase {
+    /// Connected, live reads not begun: [`Reader::replay`] may use the connection.
+    Idle(Box<Idle>),
+    /// The read loop task holds it; aborting the task closes it.
+    Live(tokio::task::AbortHandle),
+    /// Stopped gracefully, or closed after a failed replay.
+    Done,
+}
+
+/// What the read loop task is started with.
+struct Idle {
+    conn: conn::Conn,
+    config: ReaderConfig,
+    tx: Batches,
+    finished: oneshot::Sender<()>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -186,6 +208,14 @@ impl std::fmt::Debug for Reader {
 impl Reader {
     /// Connects and starts reading. Fails with the connection error.
     pub(crate) async fn start(backend: &Backend, config: ReaderConfig) -> Result<Reader> {
+        let mut reader = Reader::connect(backend, config).await?;
+        reader.begin_live();
+        Ok(reader)
+    }
+
+    /// Connects without reading yet: live reads begin with the first [`Reader::next`], and until
+    /// then [`Reader::replay`] reads the consumer's own pending entries over this connection.
+    pub(crate) async fn connect(backend: &Backend, config: ReaderConfig) -> Result<Reader> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 credits: FETCHED_AHEAD,
@@ -206,18 +236,16 @@ impl Reader {
             ?client_id,
             "read connection open"
         );
-        let task = tokio::spawn({
-            let shared = shared.clone();
-            async move {
-                let _finished = finished_tx;
-                read_loop::run(conn, &config, &shared, &tx).await;
-            }
-        });
         Ok(Reader {
             batches,
             shared,
             client_id,
-            task: Some(task.abort_handle()),
+            phase: Phase::Idle(Box::new(Idle {
+                conn,
+                config,
+                tx,
+                finished: finished_tx,
+            })),
             finished,
             id,
             started: Instant::now(),
@@ -226,8 +254,33 @@ impl Reader {
         })
     }
 
+    /// Hands the connection to the read loop task, which begins writing reads.
+    fn begin_live(&mut self) {
+        if !matches!(self.phase, Phase::Idle(_)) {
+            return;
+        }
+        let Phase::Idle(idle) = std::mem::replace(&mut self.phase, Phase::Done) else {
+            return;
+        };
+        let Idle {
+            conn,
+            config,
+            tx,
+            finished,
+        } = *idle;
+        let shared = self.shared.clone();
+        let task = tokio::spawn(async move {
+            let _finished = finished;
+            read_loop::run(conn, &config, &shared, &tx).await;
+        });
+        self.phase = Phase::Live(task.abort_handle());
+        self.started = Instant::now();
+        self.sent_after = self.started;
+    }
+
     /// The next batch (empty after a BLOCK timeout), in the order the reads were sent.
     pub(crate) async fn next(&mut self) -> Result<Vec<ReadItem>> {
+        self.begin_live();
         match self.batches.recv().await {
             Some(batch) => {
                 self.note_taken();
@@ -290,7 +343,10 @@ impl Reader {
     /// reads fetched are returned, for the caller to release.
     pub(crate) async fn stop(mut self, control: &mut ConnectionManager) -> Vec<ReadItem> {
         // Graceful: the task ends by itself (and closes its connection cleanly).
-        self.task = None;
+        if let Phase::Idle(idle) = std::mem::replace(&mut self.phase, Phase::Done) {
+            idle.conn.close().await;
+            return Vec::new();
+        }
         self.shared.signal_stop();
         let mut client_id = self.client_id;
         let mut fetched = Vec::new();
@@ -342,7 +398,8 @@ async fn unblock(control: &mut ConnectionManager, client_id: i64) -> bool {
 impl Drop for Reader {
     fn drop(&mut self) {
         self.shared.signal_stop();
-        if let Some(task) = self.task.take() {
+        // An idle connection closes as it is dropped with the reader.
+        if let Phase::Live(task) = &self.phase {
             task.abort();
         }
     }
