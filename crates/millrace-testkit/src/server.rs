@@ -66,6 +66,9 @@ pub struct ServerBuilder {
     password: Option<String>,
     extra_args: Vec<String>,
     tls: bool,
+    /// TLS material shared with other servers (a cluster's nodes), instead
+    /// of a fresh CA per server.
+    tls_files: Option<TlsFiles>,
     startup_timeout: Duration,
 }
 
@@ -76,6 +79,7 @@ impl fmt::Debug for ServerBuilder {
             .field("password", &self.password.as_ref().map(|_| "<set>"))
             .field("extra_args", &self.extra_args)
             .field("tls", &self.tls)
+            .field("tls_files", &self.tls_files)
             .field("startup_timeout", &self.startup_timeout)
             .finish()
     }
@@ -88,6 +92,7 @@ impl Default for ServerBuilder {
             password: None,
             extra_args: Vec::new(),
             tls: false,
+            tls_files: None,
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
         }
     }
@@ -130,6 +135,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Serves TLS like [`tls`](Self::tls), with certificates made once for
+    /// several servers (all the nodes of a cluster trust one CA).
+    pub(crate) fn tls_with(mut self, files: TlsFiles) -> Self {
+        self.tls = true;
+        self.tls_files = Some(files);
+        self
+    }
+
     /// How long to wait for the server to answer `PING` after spawning it, at
     /// start and at every [`RedisServer::restart`] (default
     /// [`DEFAULT_STARTUP_TIMEOUT`], 10 s).
@@ -163,7 +176,9 @@ impl ServerBuilder {
             .prefix("millrace-redis-")
             .tempdir()
             .map_err(|e| TestkitError::io("creating a temporary directory", e))?;
-        let tls = if self.tls {
+        let tls = if let Some(files) = &self.tls_files {
+            Some(files.clone())
+        } else if self.tls {
             Some(tls::generate(&dir.path().join("tls"))?)
         } else {
             None

@@ -18,9 +18,30 @@ pub(crate) struct TlsFiles {
 
 const SERVER_EXT: &str = "basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = serverAuth
+extendedKeyUsage = serverAuth, clientAuth
 subjectAltName = IP:127.0.0.1, DNS:localhost
 ";
+
+/// Makes rustls's ring provider the process default, unless one is set:
+/// redis-rs's TLS connections need one.
+pub(crate) fn install_crypto_provider() {
+    // An error only means a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A `redis::Client` for `url` that trusts the CA in `ca_cert` (PEM).
+pub(crate) fn client(url: &str, ca_cert: &Path) -> Result<redis::Client, String> {
+    install_crypto_provider();
+    let ca = std::fs::read(ca_cert).map_err(|e| format!("reading {}: {e}", ca_cert.display()))?;
+    redis::Client::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca),
+        },
+    )
+    .map_err(|e| format!("a TLS client for {url}: {e}"))
+}
 
 /// Writes a fresh CA and a server certificate signed by it into `dir`.
 pub(crate) fn generate(dir: &Path) -> Result<TlsFiles, TestkitError> {

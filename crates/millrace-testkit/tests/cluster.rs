@@ -501,3 +501,47 @@ fn redis_tells_blocked_readers_and_clients_what_changed() {
     );
     eprintln!("behaviour test took {:?}", started.elapsed());
 }
+
+#[test]
+fn a_tls_cluster_replicates_fails_over_and_migrates_over_tls() {
+    let started = Instant::now();
+    let cluster = RedisCluster::builder().tls().start();
+    eprintln!("TLS cluster started in {:?}", started.elapsed());
+    let ca = cluster.ca_cert_path().expect("a TLS cluster has a CA");
+    assert!(ca.exists());
+    for url in cluster.seed_urls() {
+        assert!(url.starts_with("rediss://127.0.0.1:"), "{url}");
+    }
+
+    let mut con = cluster
+        .client()
+        .get_connection()
+        .expect("a TLS cluster connection");
+    let keys: Vec<String> = (0..30).map(|i| format!("tls:{i}")).collect();
+    for k in &keys {
+        redis::cmd("SET").arg(k).arg(k).exec(&mut con).expect("SET");
+    }
+    let owners: std::collections::HashSet<usize> =
+        keys.iter().map(|k| cluster.owner_of_key(k)).collect();
+    assert_eq!(owners.len(), 3, "the keys span every master");
+
+    // Replication and the cluster bus run over TLS: a failover completes.
+    let promoted = cluster.failover(cluster.owner_of_key(&keys[0]));
+    assert_eq!(cluster.owner_of_key(&keys[0]), promoted);
+    // MIGRATE runs over TLS too.
+    let slot = cluster.keyslot(&keys[1]);
+    let target = cluster
+        .masters()
+        .into_iter()
+        .find(|&m| m != cluster.owner_of_slot(slot))
+        .expect("another master");
+    cluster.migrate_slot(slot, target);
+    assert_eq!(cluster.owner_of_key(&keys[1]), target);
+
+    // The cluster client follows both.
+    for k in &keys {
+        let v: String = redis::cmd("GET").arg(k).query(&mut con).expect("GET");
+        assert_eq!(&v, k);
+    }
+    eprintln!("TLS cluster test took {:?}", started.elapsed());
+}

@@ -7,12 +7,16 @@ mod view;
 use std::fmt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use migration::SlotMigration;
 pub use node::ClusterNode;
 
+use tempfile::TempDir;
+
 use crate::server::{is_executable, redis_server_binary, search_path, PortReservation};
+use crate::tls::{self, TlsFiles};
 use crate::{RedisServer, TestkitError};
 
 /// Environment variable naming the `redis-cli` binary to use instead of the
@@ -71,6 +75,8 @@ const LOG_TAIL: usize = 25;
 pub struct RedisCluster {
     nodes: Vec<ClusterNode>,
     config: ClusterBuilder,
+    // Declared after the nodes so that it is removed once they are dead.
+    tls: Option<(TlsFiles, TempDir)>,
 }
 
 /// Options for a [`RedisCluster`]; made by [`RedisCluster::builder`].
@@ -81,6 +87,7 @@ pub struct ClusterBuilder {
     node_timeout: Duration,
     settle_timeout: Duration,
     password: Option<String>,
+    tls: bool,
     extra_args: Vec<String>,
 }
 
@@ -92,6 +99,7 @@ impl Default for ClusterBuilder {
             node_timeout: DEFAULT_NODE_TIMEOUT,
             settle_timeout: DEFAULT_SETTLE_TIMEOUT,
             password: None,
+            tls: false,
             extra_args: Vec::new(),
         }
     }
@@ -105,6 +113,7 @@ impl fmt::Debug for ClusterBuilder {
             .field("node_timeout", &self.node_timeout)
             .field("settle_timeout", &self.settle_timeout)
             .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field("tls", &self.tls)
             .field("extra_args", &self.extra_args)
             .finish()
     }
@@ -146,6 +155,16 @@ impl ClusterBuilder {
         self
     }
 
+    /// Serves TLS only, on clients, replication and the cluster bus alike
+    /// (`--tls-cluster yes --tls-replication yes`): every node gets a
+    /// certificate for `127.0.0.1` from one throwaway CA
+    /// ([`RedisCluster::ca_cert_path`]), node URLs are `rediss://`, and
+    /// [`ClusterNode::client`] and [`RedisCluster::client`] trust the CA.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// Appends one raw command-line argument for every node, after the
     /// testkit's own.
     pub fn arg(mut self, a: impl Into<String>) -> Self {
@@ -178,13 +197,23 @@ impl ClusterBuilder {
         let cli = redis_cli_binary()?;
         let started = Instant::now();
         let count = self.masters * (1 + self.replicas);
+        let tls = if self.tls {
+            let dir = tempfile::Builder::new()
+                .prefix("millrace-cluster-tls-")
+                .tempdir()
+                .map_err(|e| TestkitError::io("creating a temporary directory", e))?;
+            Some((tls::generate(dir.path())?, dir))
+        } else {
+            None
+        };
         let mut nodes = Vec::with_capacity(count);
         for index in 0..count {
-            nodes.push(self.start_node(index)?);
+            nodes.push(self.start_node(index, tls.as_ref().map(|(files, _)| files))?);
         }
         let mut cluster = RedisCluster {
             nodes,
             config: self,
+            tls,
         };
         cluster.create(&cli)?;
         for node in &mut cluster.nodes {
@@ -206,7 +235,11 @@ impl ClusterBuilder {
         Ok(cluster)
     }
 
-    fn start_node(&self, index: usize) -> Result<ClusterNode, TestkitError> {
+    fn start_node(
+        &self,
+        index: usize,
+        tls: Option<&TlsFiles>,
+    ) -> Result<ClusterNode, TestkitError> {
         let mut attempt = 1;
         loop {
             let bus = PortReservation::pick()?;
@@ -232,6 +265,14 @@ impl ClusterBuilder {
                     .arg("--masterauth")
                     .arg(pw.clone());
             }
+            if let Some(files) = tls {
+                builder = builder
+                    .tls_with(files.clone())
+                    .arg("--tls-cluster")
+                    .arg("yes")
+                    .arg("--tls-replication")
+                    .arg("yes");
+            }
             for a in &self.extra_args {
                 builder = builder.arg(a.clone());
             }
@@ -242,6 +283,7 @@ impl ClusterBuilder {
                         id: String::new(),
                         server,
                         bus,
+                        admin: Mutex::new(None),
                     })
                 }
                 // The server retries a taken client port itself; a taken bus
@@ -310,10 +352,28 @@ impl RedisCluster {
             .filter(|n| n.is_running())
             .map(ClusterNode::url)
             .collect();
-        match redis::cluster::ClusterClient::new(seeds) {
-            Ok(client) => client,
-            Err(e) => panic!("millrace-testkit: ClusterClient::new failed: {e}"),
+        let mut builder = redis::cluster::ClusterClientBuilder::new(seeds);
+        if let Some((files, _)) = &self.tls {
+            tls::install_crypto_provider();
+            let ca = match std::fs::read(&files.ca_cert) {
+                Ok(ca) => ca,
+                Err(e) => panic!("millrace-testkit: reading {}: {e}", files.ca_cert.display()),
+            };
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca),
+            });
         }
+        match builder.build() {
+            Ok(client) => client,
+            Err(e) => panic!("millrace-testkit: building a ClusterClient failed: {e}"),
+        }
+    }
+
+    /// The PEM file of the CA that signed every node's certificate; `None`
+    /// without [`ClusterBuilder::tls`].
+    pub fn ca_cert_path(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|(files, _)| files.ca_cert.clone())
     }
 
     /// The hash slot of `key`, as the cluster computes it (`CLUSTER KEYSLOT`).
@@ -600,23 +660,43 @@ impl RedisCluster {
         if let Some(pw) = &self.config.password {
             command.arg("-a").arg(pw).arg("--no-auth-warning");
         }
-        let output = command
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| TestkitError::io(format!("running {}", cli.display()), e))?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        if output.status.success() && !text.contains("[ERR]") {
-            return Ok(());
+        if let Some((files, _)) = &self.tls {
+            command.arg("--tls").arg("--cacert").arg(&files.ca_cert);
         }
-        Err(cluster_error(
-            &format!("redis-cli --cluster create failed ({})", output.status),
-            text,
-            &self.nodes,
-        ))
+        // Its output goes to a file, so a hung redis-cli ("Waiting for the
+        // cluster to join" forever) can be killed and its output still read.
+        let log = self.nodes[0].dir().join("redis-cli-create.log");
+        let io = |e| TestkitError::io(format!("running {}", cli.display()), e);
+        let out = std::fs::File::create(&log).map_err(io)?;
+        let err = out.try_clone().map_err(io)?;
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(io)?;
+        let deadline = Instant::now() + self.config.settle_timeout;
+        let status = loop {
+            match child.try_wait().map_err(io)? {
+                Some(status) => break Some(status),
+                None if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                None => std::thread::sleep(POLL),
+            }
+        };
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let what = match status {
+            Some(status) if status.success() && !text.contains("[ERR]") => return Ok(()),
+            Some(status) => format!("redis-cli --cluster create failed ({status})"),
+            None => format!(
+                "redis-cli --cluster create did not finish within {:?}; killed it",
+                self.config.settle_timeout
+            ),
+        };
+        Err(cluster_error(&what, text, &self.nodes))
     }
 
     /// Every master has the configured number of replicas.

@@ -2,10 +2,12 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::cluster::view::{parse_nodes, NodeLine};
 use crate::server::PortReservation;
+use crate::tls;
 use crate::RedisServer;
 
 /// How long an admin command of the testkit waits to connect.
@@ -26,6 +28,8 @@ pub struct ClusterNode {
     pub(crate) id: String,
     pub(crate) server: RedisServer,
     pub(crate) bus: PortReservation,
+    /// The kit's admin connection, see [`query`](Self::query).
+    pub(crate) admin: Mutex<Option<redis::Connection>>,
 }
 
 impl ClusterNode {
@@ -62,9 +66,20 @@ impl ClusterNode {
     }
 
     /// A single-node `redis::Client` for this node: commands on keys it does
-    /// not serve get `MOVED`, as a plain client would.
+    /// not serve get `MOVED`, as a plain client would. On a TLS cluster it
+    /// trusts the cluster's CA.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the client cannot be built.
     pub fn client(&self) -> redis::Client {
-        self.server.client()
+        match self.server.ca_cert_path() {
+            None => self.server.client(),
+            Some(ca) => match tls::client(&self.url(), &ca) {
+                Ok(client) => client,
+                Err(e) => panic!("millrace-testkit: {e}"),
+            },
+        }
     }
 
     /// The process id, or `None` while the node is not running.
@@ -93,16 +108,39 @@ impl ClusterNode {
         &self.server
     }
 
-    /// Runs one command on this node over a fresh connection with short
-    /// timeouts.
+    /// Runs one command on this node with short timeouts, over the kit's
+    /// own connection to it (kept between calls: waiting for a cluster to
+    /// settle asks every node several things many times, and a TLS handshake
+    /// per question is slow). A connection that failed other than with a
+    /// server's error reply is dropped, and the command is tried once more on
+    /// a new one, so a restarted node is reached again.
     pub(crate) fn query<T: redis::FromRedisValue>(
         &self,
         cmd: &redis::Cmd,
     ) -> redis::RedisResult<T> {
+        let mut cached = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut con) = cached.take() {
+            match cmd.query(&mut con) {
+                Ok(value) => {
+                    *cached = Some(con);
+                    return Ok(value);
+                }
+                // The server answered: the connection is in step.
+                Err(e) if e.code().is_some() => {
+                    *cached = Some(con);
+                    return Err(e);
+                }
+                Err(_) => {}
+            }
+        }
         let mut con = self.client().get_connection_with_timeout(CONNECT_TIMEOUT)?;
         con.set_read_timeout(Some(REPLY_TIMEOUT))?;
         con.set_write_timeout(Some(REPLY_TIMEOUT))?;
-        cmd.query(&mut con)
+        let result = cmd.query(&mut con);
+        if result.as_ref().is_ok() || result.as_ref().is_err_and(|e| e.code().is_some()) {
+            *cached = Some(con);
+        }
+        result
     }
 
     /// `CLUSTER NODES` as this node sees it.
