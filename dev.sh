@@ -86,10 +86,14 @@ case "${1:-}" in
     cargo clippy --workspace --all-targets --locked -- -D warnings
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
     echo "== guide (mdbook)"
+    started=$SECONDS
     book
+    echo "guide built in $((SECONDS - started)) s (mdbook install included, when it was needed)"
     echo "== packages"
+    started=$SECONDS
     # --no-verify: verifying builds all three crates again from their packages (minutes on 2 cores).
     cargo package --locked --no-verify --allow-dirty -p millrace -p millrace-testkit -p millrace-cli
+    echo "packaged in $((SECONDS - started)) s"
     cargo build --workspace --examples --locked
     # Every example runs to completion against its own throwaway server (orders is driven by the
     # fault suite; soak is a long benchmark-style run: cargo run --release -p millrace-examples
