@@ -123,3 +123,101 @@ async fn a_client_with_certificates_millrace_was_not_given_is_refused_at_start()
         "{err}"
     );
 }
+
+/// A client key and certificate signed by the CA of `server`, made with the `openssl` CLI as the
+/// testkit makes the server's.
+fn client_certificate(server: &RedisServer) -> redis::ClientTlsConfig {
+    let tls = server.dir().join("tls");
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&tls)
+            .output()
+            .expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    std::fs::write(
+        tls.join("client.ext"),
+        "basicConstraints = critical, CA:FALSE\n\
+         keyUsage = critical, digitalSignature\n\
+         extendedKeyUsage = clientAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+        "-subj",
+        "/CN=millrace-test-client",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "client.crt",
+        "-days",
+        "2",
+        "-sha256",
+        "-extfile",
+        "client.ext",
+    ]);
+    redis::ClientTlsConfig {
+        client_cert: std::fs::read(tls.join("client.crt")).unwrap(),
+        client_key: std::fs::read(tls.join("client.key")).unwrap(),
+    }
+}
+
+/// A server that asks for client certificates: the one given to millrace is presented on the
+/// control connection and on the consumer's own read connection.
+#[tokio::test]
+async fn mutual_tls_presents_the_client_certificate_on_every_connection() {
+    init_tracing();
+    let server = RedisServer::builder()
+        .tls()
+        .arg("--tls-auth-clients")
+        .arg("yes")
+        .start();
+    let mut certificates = ca_of(&server);
+    certificates.client_tls = Some(client_certificate(&server));
+
+    let without = Supervisor::builder()
+        .redis(server.url())
+        .connection_options(ConnectionOptions::default().tls_certificates(ca_of(&server)))
+        .consumer(spec().handler(recording(&Seen::default())))
+        .start()
+        .await;
+    assert!(without.is_err(), "connected without a client certificate");
+
+    let client = redis::Client::build_with_tls(server.url(), certificates.clone()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    xadd_n(&mut con, "s", 20).await;
+    let seen = Seen::default();
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .connection_options(ConnectionOptions::default().tls_certificates(certificates))
+        .consumer(spec().handler(recording(&seen)))
+        .start()
+        .await
+        .unwrap();
+    eventually(WAIT, "20 handled over mutual TLS", || {
+        let n = seen.len();
+        async move { n >= 20 }
+    })
+    .await;
+    app.shutdown().await.unwrap();
+}
