@@ -1,8 +1,8 @@
 //! Redis Cluster topology, without I/O policy: which slot a key hashes to ([`key_slot`]), which
-//! master serves a slot ([`SlotMap`], from `CLUSTER SHARDS` or `CLUSTER SLOTS`), what a reply
-//! says about the topology ([`ClusterReply`]: the owner changed, retry later, or a fatal
-//! configuration error) and whether two keys can be used together in one script
-//! ([`Colocation`]).
+//! master serves a slot ([`SlotMap`], from `CLUSTER SHARDS` or `CLUSTER SLOTS`) and a stream
+//! ([`resolve_owner`]), what a reply says about the topology ([`ClusterReply`] and its
+//! [`Action`]: follow the owner, ask once, retry later, or a fatal configuration error) and
+//! whether two keys can be used together in one script ([`Colocation`], [`hash_tag_hint`]).
 //!
 //! This is what consumers will stand on to follow their stream's owner across failovers and slot
 //! migrations; nothing calls it yet. Control commands go through redis-rs's
@@ -23,4 +23,4 @@ mod tests;
 pub(crate) use colocation::{hash_tag_hint, Colocation};
 pub(crate) use reply::{Action, ClusterReply};
 pub(crate) use slot::{key_slot, SLOT_COUNT};
-pub(crate) use slot_map::{fetch_slot_map, NodeAddress, SlotMap, SlotRange};
+pub(crate) use slot_map::{fetch_slot_map, resolve_owner, NodeAddress, SlotMap, SlotRange};

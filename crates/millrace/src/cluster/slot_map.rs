@@ -214,6 +214,18 @@ pub(crate) async fn fetch_slot_map(
     }
 }
 
+/// The master that serves `key` (a stream's name) now, as the node behind `con` sees it: what a
+/// consumer reads from after it learned that the owner changed. `None` while the slot has no
+/// master (between a master's death and its replica's promotion, or in a shard without any):
+/// retry later. `con` may be a node's connection or a `ClusterConnection` (any node answers).
+pub(crate) async fn resolve_owner(
+    con: &mut impl redis::aio::ConnectionLike,
+    key: &[u8],
+) -> RedisResult<Option<NodeAddress>> {
+    let map = fetch_slot_map(con).await?;
+    Ok(map.owner_of_key(key).1.cloned())
+}
+
 /// `[host, port, id?, …]` of a `CLUSTER SLOTS` node.
 fn slots_node(value: &Value) -> RedisResult<(NodeAddress, Option<String>)> {
     let items = array(value, "a slot node")?;

@@ -11,7 +11,9 @@ use redis::cluster_async::ClusterConnection;
 use redis::streams::{StreamPendingReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, AsyncConnectionConfig, RedisResult};
 
-use crate::cluster::{fetch_slot_map, key_slot, Action, ClusterReply, Colocation, SlotMap};
+use crate::cluster::{
+    fetch_slot_map, key_slot, resolve_owner, Action, ClusterReply, Colocation, SlotMap,
+};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -200,6 +202,10 @@ async fn topology_matches_a_real_cluster_and_control_commands_follow_it() {
         reply.node(),
         "the slot map agrees with MOVED"
     );
+    let owner = resolve_owner(&mut control, stream.as_bytes())
+        .await
+        .expect("resolve through the cluster connection");
+    assert_eq!(owner.as_ref(), reply.node(), "any node names the new owner");
 
     let _: String = control
         .xadd(stream, "*", &[("n", 3)])
