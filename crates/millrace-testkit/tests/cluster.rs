@@ -156,7 +156,10 @@ fn kit_helpers_do_what_they_say() {
     let started = Instant::now();
     // With a password, so replication, failover, MIGRATE and redis-cli all
     // have to authenticate.
-    let mut cluster = RedisCluster::builder().password("kit:pw").start();
+    let mut cluster = RedisCluster::builder()
+        .password("kit:pw")
+        .acl_user("worker", ["on", ">w@pw", "~orders*", "+@all"])
+        .start();
     eprintln!("cluster started in {:?}", started.elapsed());
     assert_eq!(cluster.password(), Some("kit:pw"));
     assert!(cluster
@@ -282,6 +285,43 @@ fn kit_helpers_do_what_they_say() {
     assert_eq!(cluster.node(victim).port(), port);
     assert_eq!(cluster.replicas_of(heir), vec![victim]);
     assert_eq!(cluster.masters().len(), 3);
+
+    // The ACL user exists on every node, the restarted one included, and
+    // has only its rights.
+    let urls = cluster.seed_urls_as("worker", "w@pw");
+    assert!(
+        urls[0].starts_with("redis://worker:w%40pw@127.0.0.1:"),
+        "{}",
+        urls[0]
+    );
+    let mut worker = redis::cluster::ClusterClient::new(urls)
+        .expect("client")
+        .get_connection()
+        .expect("connect as the ACL user");
+    for i in 0..20 {
+        let key = format!("orders:{i}");
+        redis::cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("f")
+            .arg(i)
+            .exec(&mut worker)
+            .expect("XADD as worker");
+    }
+    let denied = redis::cmd("SET")
+        .arg("other")
+        .arg(1)
+        .exec(&mut worker)
+        .expect_err("no rights on other keys");
+    assert_eq!(denied.code(), Some("NOPERM"), "{denied}");
+    for node in cluster.nodes() {
+        let user: redis::Value = query(
+            &cluster,
+            node.index(),
+            redis::cmd("ACL").arg("GETUSER").arg("worker"),
+        );
+        assert_ne!(user, redis::Value::Nil, "node {}", node.index());
+    }
 
     // Drop removes every process and directory.
     let pids: Vec<u32> = cluster.nodes().iter().filter_map(|n| n.pid()).collect();

@@ -26,6 +26,7 @@ pub struct ClusterBuilder {
     pub(super) settle_timeout: Duration,
     pub(super) password: Option<String>,
     pub(super) tls: bool,
+    pub(super) users: Vec<(String, Vec<String>)>,
     pub(super) extra_args: Vec<String>,
 }
 
@@ -38,6 +39,7 @@ impl Default for ClusterBuilder {
             settle_timeout: DEFAULT_SETTLE_TIMEOUT,
             password: None,
             tls: false,
+            users: Vec::new(),
             extra_args: Vec::new(),
         }
     }
@@ -52,6 +54,10 @@ impl fmt::Debug for ClusterBuilder {
             .field("settle_timeout", &self.settle_timeout)
             .field("password", &self.password.as_ref().map(|_| "<set>"))
             .field("tls", &self.tls)
+            .field(
+                "users",
+                &self.users.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+            )
             .field("extra_args", &self.extra_args)
             .finish()
     }
@@ -100,6 +106,22 @@ impl ClusterBuilder {
     /// [`ClusterNode::client`] and [`RedisCluster::client`] trust the CA.
     pub fn tls(mut self) -> Self {
         self.tls = true;
+        self
+    }
+
+    /// Adds an ACL user on every node, from the start and across restarts
+    /// (`--user NAME RULES…`): `rules` as `ACL SETUSER` takes them after the
+    /// name, e.g. `["on", ">pw", "~orders*", "+@stream"]`. The kit keeps
+    /// using the default user (with the [`password`](Self::password), if
+    /// any), so a test can hand the code under test a least-privilege user;
+    /// [`RedisCluster::seed_urls_as`] gives its URLs.
+    pub fn acl_user<I, S>(mut self, name: impl Into<String>, rules: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.users
+            .push((name.into(), rules.into_iter().map(Into::into).collect()));
         self
     }
 
@@ -210,6 +232,12 @@ impl ClusterBuilder {
                     .arg("yes")
                     .arg("--tls-replication")
                     .arg("yes");
+            }
+            for (name, rules) in &self.users {
+                builder = builder.arg("--user").arg(name.clone());
+                for rule in rules {
+                    builder = builder.arg(rule.clone());
+                }
             }
             for a in &self.extra_args {
                 builder = builder.arg(a.clone());

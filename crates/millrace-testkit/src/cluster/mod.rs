@@ -19,6 +19,7 @@ pub use node::ClusterNode;
 
 use tempfile::TempDir;
 
+use crate::server::percent_encode;
 use crate::tls::{self, TlsFiles};
 
 /// Environment variable naming the `redis-cli` binary to use instead of the
@@ -114,6 +115,23 @@ impl RedisCluster {
     /// that is up is enough).
     pub fn seed_urls(&self) -> Vec<String> {
         self.nodes.iter().map(ClusterNode::url).collect()
+    }
+
+    /// [`seed_urls`](Self::seed_urls) with the credentials of an ACL user
+    /// (see [`ClusterBuilder::acl_user`]):
+    /// `redis://USER:PASSWORD@127.0.0.1:PORT` (`rediss://` with TLS), both
+    /// percent-encoded.
+    pub fn seed_urls_as(&self, user: &str, password: &str) -> Vec<String> {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        let (user, password) = (percent_encode(user), percent_encode(password));
+        self.nodes
+            .iter()
+            .map(|n| format!("{scheme}://{user}:{password}@127.0.0.1:{}", n.port()))
+            .collect()
     }
 
     /// A redis-rs cluster client seeded with the nodes that are running.
