@@ -61,7 +61,7 @@ fn options() -> ConsumerOptions {
 
 fn spec(run: &MrRun, i: usize, progress: &Arc<Progress>) -> ConsumerSpec {
     let spec = ConsumerSpec::new(&run.stream, &run.group, format!("c{i}"))
-        .options(options())
+        .with_options(options())
         .count(run.count)
         .block(run.block)
         .start_id(StartId::Beginning);

@@ -6,7 +6,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::entry::EntryId;
 use crate::error::{Error, Result};
-use crate::spec::ConsumerId;
+use crate::id::ConsumerId;
 
 /// Where a newly created consumer group starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

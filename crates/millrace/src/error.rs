@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::spec::ConsumerId;
+use crate::id::ConsumerId;
 
 /// `Result` with millrace's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -32,7 +32,7 @@ pub enum Error {
     /// A Redis command failed with an error that may go away by itself (timeout, lost connection,
     /// server loading or out of memory). millrace retries these with backoff.
     #[error("{}{command} failed: {source}", scope_prefix(.consumer))]
-    Redis {
+    Transient {
         /// The consumer the command ran for.
         consumer: Option<ConsumerId>,
         /// The Redis command.
@@ -150,7 +150,7 @@ pub(crate) enum Class {
 impl Error {
     /// True when waiting and trying again may succeed (timeouts, lost connections, LOADING, OOM).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Redis { .. })
+        matches!(self, Error::Transient { .. })
     }
 
     /// True when only a change of configuration, permissions or data can fix this. An escalation
@@ -195,7 +195,7 @@ impl Error {
     pub fn consumer(&self) -> Option<&ConsumerId> {
         match self {
             Error::Config { consumer, .. }
-            | Error::Redis { consumer, .. }
+            | Error::Transient { consumer, .. }
             | Error::Fatal { consumer, .. } => consumer.as_ref(),
             Error::GroupLost { consumer, .. }
             | Error::HandlerPanicked { consumer, .. }
@@ -210,7 +210,7 @@ impl Error {
 
     pub(crate) fn class(&self) -> Class {
         match self {
-            Error::Redis { .. } => Class::Transient,
+            Error::Transient { .. } => Class::Transient,
             Error::GroupLost { .. } => Class::GroupLost,
             _ => Class::Fatal,
         }
@@ -259,7 +259,7 @@ pub(crate) fn classify(
         || err.is_connection_dropped()
         || err.is_connection_refusal()
     {
-        return Error::Redis {
+        return Error::Transient {
             consumer: consumer.cloned(),
             command,
             source: err,
@@ -302,7 +302,7 @@ pub(crate) fn classify(
         Some("CROSSSLOT") => fatal(format!(
             "keys used together must share a hash tag in a cluster, e.g. `{{{key}}}` and `{{{key}}}:dlq`"
         )),
-        _ => Error::Redis { consumer: consumer.cloned(), command, source: err },
+        _ => Error::Transient { consumer: consumer.cloned(), command, source: err },
     }
 }
 

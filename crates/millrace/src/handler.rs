@@ -226,7 +226,7 @@ pub(crate) struct RunReport {
 }
 
 /// One raw entry with its delivery count, ready to decode.
-pub(crate) type RawItem = (RawEntry, Option<u64>);
+pub(crate) type DeliveredEntry = (RawEntry, Option<u64>);
 
 /// A handler with its message type erased, so one supervisor runs consumers of many types.
 pub(crate) trait BatchRunner: Send + Sync + 'static {
@@ -235,7 +235,7 @@ pub(crate) trait BatchRunner: Send + Sync + 'static {
         &self,
         meta: BatchMeta,
         source: Source,
-        items: Vec<RawItem>,
+        items: Vec<DeliveredEntry>,
         timeout: Option<Duration>,
     ) -> BoxFuture<'_, RunReport>;
 }
@@ -263,7 +263,7 @@ impl<M: Decode, H: Handler<M>> BatchRunner for TypedRunner<M, H> {
         &self,
         meta: BatchMeta,
         source: Source,
-        items: Vec<RawItem>,
+        items: Vec<DeliveredEntry>,
         timeout: Option<Duration>,
     ) -> BoxFuture<'_, RunReport> {
         let mut entries = Vec::with_capacity(items.len());

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use crate::spec::ConsumerId;
+use crate::id::ConsumerId;
 
 /// Where a consumer is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

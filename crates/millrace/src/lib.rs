@@ -60,6 +60,7 @@ mod entry;
 mod error;
 mod handler;
 mod health;
+mod id;
 mod protocol;
 mod reader;
 mod settings;
@@ -77,8 +78,9 @@ pub use entry::{Batch, BatchMeta, Entry, EntryId, ParseEntryIdError, RawEntry, S
 pub use error::{Error, Result};
 pub use handler::{for_each_entry, EachEntry, Handler, HandlerError, HandlerResult};
 pub use health::{ConsumerCounters, ConsumerHealth, ConsumerState, GroupGauges};
+pub use id::ConsumerId;
 pub use settings::{stable_name, ConsumerDecl, Settings};
-pub use spec::{ConsumerId, ConsumerSpec};
+pub use spec::ConsumerSpec;
 pub use supervisor::{Supervisor, SupervisorBuilder};
 
 /// Internals exposed for `millrace-bench` only; not part of the API.

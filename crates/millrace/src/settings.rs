@@ -124,7 +124,7 @@ struct FileConfig {
 /// let specs = settings.consumers("orders", |_b: Batch<RawEntry>| async { HandlerResult::Ok });
 /// assert_eq!(specs.len(), 2);
 /// assert_eq!(&*specs[1].id().consumer, "billing-1");
-/// assert_eq!(specs[0].current_options().count, 50);
+/// assert_eq!(specs[0].options().count, 50);
 /// let builder = settings.supervisor()?.consumers(specs); // then .start().await
 /// # let _ = builder; Ok(()) }
 /// ```
@@ -301,7 +301,7 @@ impl Settings {
                     .unwrap_or_else(|| stable_name(service));
                 template
                     .clone()
-                    .options(decl.options.clone())
+                    .with_options(decl.options.clone())
                     .with_id(&decl.group, &base)
                     .replicas(decl.replicas)
             })
@@ -412,7 +412,7 @@ mod tests {
         let s = Settings::from_toml_str(FILE).unwrap();
         let specs = s.consumers("orders", handler);
         assert_eq!(specs.len(), 2);
-        let o = specs[0].current_options();
+        let o = specs[0].options();
         assert_eq!((o.count, o.block), (50, Duration::from_secs(1)));
         assert_eq!(&*specs[1].id().consumer, "w-1");
         assert!(s.consumers("other", handler).is_empty());

@@ -1,4 +1,4 @@
-//! What to run: a consumer's identity (stream, group, consumer), its options and its handler.
+//! What to run: a consumer's identity, its options and its handler.
 
 use std::fmt;
 use std::sync::Arc;
@@ -6,58 +6,9 @@ use std::time::Duration;
 
 use crate::config::{ConsumerOptions, OnGroupLost, StartId};
 use crate::decode::Decode;
-use crate::entry::BatchMeta;
 use crate::error::{Error, Result};
 use crate::handler::{BatchRunner, Handler, TypedRunner};
-
-/// Names one consumer: a (stream, group, consumer) triple.
-///
-/// ```
-/// let id = millrace::ConsumerId::new("orders", "processors", "proc-1");
-/// assert_eq!(id.to_string(), "stream `orders`, group `processors`, consumer `proc-1`");
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConsumerId {
-    /// Stream key.
-    pub stream: Arc<str>,
-    /// Consumer group name.
-    pub group: Arc<str>,
-    /// Consumer name within the group.
-    pub consumer: Arc<str>,
-}
-
-impl ConsumerId {
-    /// Builds an id.
-    pub fn new(
-        stream: impl Into<String>,
-        group: impl Into<String>,
-        consumer: impl Into<String>,
-    ) -> Self {
-        ConsumerId {
-            stream: Arc::from(stream.into()),
-            group: Arc::from(group.into()),
-            consumer: Arc::from(consumer.into()),
-        }
-    }
-
-    pub(crate) fn meta(&self) -> BatchMeta {
-        BatchMeta {
-            stream: self.stream.clone(),
-            group: self.group.clone(),
-            consumer: self.consumer.clone(),
-        }
-    }
-}
-
-impl fmt::Display for ConsumerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "stream `{}`, group `{}`, consumer `{}`",
-            self.stream, self.group, self.consumer
-        )
-    }
-}
+use crate::id::ConsumerId;
 
 /// Longest stream, group or consumer name accepted, in bytes.
 const MAX_NAME_LEN: usize = 4096;
@@ -125,7 +76,7 @@ impl ConsumerSpec {
     }
 
     /// Replaces all options at once (for example from a config file).
-    pub fn options(mut self, options: ConsumerOptions) -> Self {
+    pub fn with_options(mut self, options: ConsumerOptions) -> Self {
         self.options = options;
         self
     }
@@ -203,7 +154,7 @@ impl ConsumerSpec {
     }
 
     /// The consumer's options.
-    pub fn current_options(&self) -> &ConsumerOptions {
+    pub fn options(&self) -> &ConsumerOptions {
         &self.options
     }
 

@@ -7,13 +7,18 @@ use std::sync::{Arc, Mutex};
 
 use ractor::{Actor, ActorCell, ActorRef};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::actors::supervisor::{Claim, Shared, SupArgs, SupMsg, SupervisorActor};
+use crate::actors::supervisor_actor::{
+    NameLease, SupArgs, SupMsg, SupervisorActor, SupervisorShared,
+};
 use crate::config::RestartPolicy;
 use crate::connection::{Backend, ConnectionOptions};
 use crate::error::{Error, Result};
 use crate::health::{ConsumerHealth, ConsumerState};
-use crate::spec::{ConsumerId, ConsumerSpec};
+use crate::id::ConsumerId;
+use crate::spec::ConsumerSpec;
 
 enum RedisSource {
     Url(String),
@@ -150,23 +155,25 @@ impl SupervisorBuilder {
         }
         let mut initial = Vec::with_capacity(self.consumers.len());
         for spec in self.consumers {
-            let claim = Claim::take(backend.server(), &spec.id)?;
+            let claim = NameLease::take(backend.server(), &spec.id)?;
             initial.push((spec, claim));
         }
         // Health is visible from the moment start() returns.
         let health = initial
             .iter()
-            .map(|(spec, _): &(ConsumerSpec, Claim)| {
+            .map(|(spec, _): &(ConsumerSpec, NameLease)| {
                 (
                     spec.id.clone(),
                     Arc::new(crate::health::HealthCell::new(spec.id.clone())),
                 )
             })
             .collect::<BTreeMap<_, _>>();
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(SupervisorShared {
             backend: Arc::new(backend),
             health: Mutex::new(health),
             failure: Mutex::new(None),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         });
         let args = SupArgs {
             shared: shared.clone(),
@@ -196,7 +203,7 @@ impl SupervisorBuilder {
 /// [`shutdown`](Supervisor::shutdown).
 pub struct Supervisor {
     actor: ActorRef<SupMsg>,
-    shared: Arc<Shared>,
+    shared: Arc<SupervisorShared>,
     done: watch::Receiver<bool>,
 }
 
@@ -312,6 +319,12 @@ impl Supervisor {
     /// stops. Returns once all are stopped; `Err` if the supervisor had given up on a consumer.
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.actor.call(SupMsg::Shutdown, None).await;
-        self.wait().await
+        let result = self.wait().await;
+        // Every consumer actor has stopped (or been killed) and aborted what outlived its deadline:
+        // cancel whatever is left and wait until no task the supervisor started runs.
+        self.shared.cancel.cancel();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+        result
     }
 }

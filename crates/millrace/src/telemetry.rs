@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use metrics::{Counter, Gauge, Histogram, Unit};
 
-use crate::spec::ConsumerId;
+use crate::id::ConsumerId;
 
 /// Pre-registered metric handles of one consumer (registered once, so the hot path does no lookups).
 #[derive(Debug, Clone)]

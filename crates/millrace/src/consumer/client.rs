@@ -9,7 +9,7 @@ use tracing::warn;
 
 use crate::config::backoff_with_jitter;
 use crate::error::{Class, Error, Result};
-use crate::spec::ConsumerId;
+use crate::id::ConsumerId;
 
 /// Transient failures a step retries before it fails the session (which reconnects and replays).
 const ATTEMPTS: u32 = 10;

@@ -14,7 +14,7 @@ use super::Consumer;
 use crate::dead_letter::{self, DeadLetterInfo};
 use crate::entry::{EntryId, RawEntry, Source};
 use crate::error::{Error, Result};
-use crate::handler::{RawItem, RunReport};
+use crate::handler::{DeliveredEntry, RunReport};
 use crate::streams::ReadItem;
 
 /// What handling a batch left to do.
@@ -96,7 +96,7 @@ impl Consumer {
     /// The ownership step for a batch that is not fresh: keeps the entries still pending for this
     /// consumer (their idle time reset), with their true delivery counts; dead-letters those past
     /// `max_deliveries`.
-    async fn take_ownership(&mut self, live: Vec<RawEntry>) -> Result<Vec<RawItem>> {
+    async fn take_ownership(&mut self, live: Vec<RawEntry>) -> Result<Vec<DeliveredEntry>> {
         let ids: Vec<EntryId> = live.iter().map(|e| e.id).collect();
         let owned = self.reclaimer.take(&ids).await?;
         if owned.len() < ids.len() {
@@ -131,7 +131,7 @@ impl Consumer {
     }
 
     /// End-to-end latency of a new batch: from its oldest entry's id (the XADD time) to now.
-    fn record_latency(&self, batch: &[RawItem]) {
+    fn record_latency(&self, batch: &[DeliveredEntry]) {
         let Some((oldest, _)) = batch.first() else {
             return;
         };
@@ -144,7 +144,7 @@ impl Consumer {
     /// (it brings the first heartbeat forward).
     async fn run_handler(
         &mut self,
-        batch: Vec<RawItem>,
+        batch: Vec<DeliveredEntry>,
         source: Source,
         idle: Duration,
     ) -> RunReport {

@@ -27,7 +27,8 @@ use crate::entry::BatchMeta;
 use crate::error::{Class, Error, Result};
 use crate::handler::BatchRunner;
 use crate::health::ConsumerState;
-use crate::spec::{ConsumerId, ConsumerSpec};
+use crate::id::ConsumerId;
+use crate::spec::ConsumerSpec;
 
 use acker::Acker;
 use client::ConsumerClient;
@@ -139,7 +140,7 @@ impl Consumer {
             tracing::debug!(error = %e, "last ack of the session failed");
         }
         self.stats.set_error(err.to_string());
-        if let Error::Redis {
+        if let Error::Transient {
             command: "XREADGROUP",
             ..
         } = err

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::health::{ConsumerState, GroupGauges, HealthCell};
-use crate::spec::ConsumerId;
+use crate::id::ConsumerId;
 use crate::telemetry::ConsumerMetrics;
 
 /// The health record and the metrics handles of one consumer. Cheap to clone.

@@ -25,8 +25,8 @@ use tracing::debug;
 
 use crate::connection::Backend;
 use crate::error::{Error, Result};
+use crate::id::ConsumerId;
 use crate::protocol;
-use crate::spec::ConsumerId;
 use crate::streams::{self, ReadItem};
 
 mod conn;

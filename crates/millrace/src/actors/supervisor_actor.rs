@@ -6,15 +6,18 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::actors::consumer::{ConsumerActor, ConsumerArgs, ConsumerMsg};
+use crate::actors::consumer_actor::{ConsumerActor, ConsumerArgs, ConsumerMsg};
 use crate::config::RestartPolicy;
 use crate::connection::Backend;
 use crate::consumer::Stats;
 use crate::error::{Error, Result};
 use crate::health::{ConsumerState, HealthCell};
-use crate::spec::{ConsumerId, ConsumerSpec};
+use crate::id::ConsumerId;
+use crate::spec::ConsumerSpec;
 
 /// Consumers running anywhere in this process, by server and id: two live consumers with one name
 /// would share one pending list.
@@ -22,12 +25,12 @@ static ACTIVE: LazyLock<Mutex<HashSet<(String, ConsumerId)>>> = LazyLock::new(De
 
 /// Holds a consumer's place in [`ACTIVE`] until dropped.
 #[derive(Debug)]
-pub(crate) struct Claim {
+pub(crate) struct NameLease {
     key: (String, ConsumerId),
 }
 
-impl Claim {
-    pub(crate) fn take(server: &str, id: &ConsumerId) -> Result<Claim> {
+impl NameLease {
+    pub(crate) fn take(server: &str, id: &ConsumerId) -> Result<NameLease> {
         let key = (server.to_owned(), id.clone());
         let mut active = ACTIVE.lock().unwrap_or_else(|p| p.into_inner());
         if !active.insert(key.clone()) {
@@ -35,11 +38,11 @@ impl Claim {
                 consumer: id.clone(),
             });
         }
-        Ok(Claim { key })
+        Ok(NameLease { key })
     }
 }
 
-impl Drop for Claim {
+impl Drop for NameLease {
     fn drop(&mut self) {
         ACTIVE
             .lock()
@@ -50,18 +53,22 @@ impl Drop for Claim {
 
 /// State shared between the supervisor actor and its [`Supervisor`](crate::Supervisor) handle.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct SupervisorShared {
     pub(crate) backend: Arc<Backend>,
     pub(crate) health: Mutex<BTreeMap<ConsumerId, Arc<HealthCell>>>,
     pub(crate) failure: Mutex<Option<Error>>,
+    /// The root of the cancellation tree: each consumer incarnation gets a child token.
+    pub(crate) cancel: CancellationToken,
+    /// Every consume loop the supervisor started, so a shutdown can wait for all of them.
+    pub(crate) tasks: TaskTracker,
 }
 
 pub(crate) struct SupervisorActor;
 
 pub(crate) struct SupArgs {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<SupervisorShared>,
     pub(crate) policy: RestartPolicy,
-    pub(crate) initial: Vec<(ConsumerSpec, Claim)>,
+    pub(crate) initial: Vec<(ConsumerSpec, NameLease)>,
 }
 
 #[derive(Debug)]
@@ -78,20 +85,20 @@ struct Child {
     actor: Option<ActorRef<ConsumerMsg>>,
     restarts: VecDeque<Instant>,
     generation: u64,
-    _claim: Claim,
+    _claim: NameLease,
 }
 
 pub(crate) struct SupState {
-    shared: Arc<Shared>,
+    shared: Arc<SupervisorShared>,
     policy: RestartPolicy,
-    initial: Vec<(ConsumerSpec, Claim)>,
+    initial: Vec<(ConsumerSpec, NameLease)>,
     children: HashMap<ConsumerId, Child>,
     by_actor: HashMap<ActorId, ConsumerId>,
     shutting_down: bool,
 }
 
 impl SupState {
-    fn insert(&mut self, spec: ConsumerSpec, claim: Claim) -> ConsumerId {
+    fn insert(&mut self, spec: ConsumerSpec, claim: NameLease) -> ConsumerId {
         let id = spec.id.clone();
         let health = self
             .shared
@@ -128,6 +135,8 @@ impl SupState {
             spec: child.spec.clone(),
             backend: self.shared.backend.clone(),
             stats: child.stats.clone(),
+            cancel: self.shared.cancel.child_token(),
+            tasks: self.shared.tasks.clone(),
         };
         match Actor::spawn_linked(None, ConsumerActor, args, myself.get_cell()).await {
             Ok((actor, _join)) => {
@@ -215,18 +224,9 @@ impl SupState {
         self.shutting_down = true;
         let stops = self.children.values_mut().filter_map(|child| {
             let actor = child.actor.take()?;
-            let deadline = child.spec.options.shutdown_timeout
-                + child.spec.options.block
-                + Duration::from_secs(2);
-            let health = child.stats.clone();
+            let (spec, health) = (&child.spec, child.stats.clone());
             Some(async move {
-                if actor
-                    .stop_and_wait(Some("supervisor shutdown".to_owned()), Some(deadline))
-                    .await
-                    .is_err()
-                {
-                    let _ = actor.kill_and_wait(Some(Duration::from_secs(1))).await;
-                }
+                stop_child(actor, spec, "supervisor shutdown").await;
                 if health.state() != ConsumerState::Failed {
                     health.set_state(ConsumerState::Stopped);
                 }
@@ -292,7 +292,7 @@ impl Actor for SupervisorActor {
             SupMsg::Add(spec, reply) => {
                 let result = match spec
                     .validate()
-                    .and_then(|()| Claim::take(state.shared.backend.server(), &spec.id))
+                    .and_then(|()| NameLease::take(state.shared.backend.server(), &spec.id))
                 {
                     Ok(claim) if !state.shutting_down => {
                         let id = state.insert(*spec, claim);
@@ -310,16 +310,7 @@ impl Actor for SupervisorActor {
                     Some(mut child) => {
                         if let Some(actor) = child.actor.take() {
                             state.by_actor.remove(&actor.get_id());
-                            let deadline = child.spec.options.shutdown_timeout
-                                + child.spec.options.block
-                                + Duration::from_secs(2);
-                            if actor
-                                .stop_and_wait(Some("removed".to_owned()), Some(deadline))
-                                .await
-                                .is_err()
-                            {
-                                let _ = actor.kill_and_wait(Some(Duration::from_secs(1))).await;
-                            }
+                            stop_child(actor, &child.spec, "removed").await;
                         }
                         child.stats.set_state(ConsumerState::Stopped);
                         state
@@ -399,5 +390,18 @@ impl Actor for SupervisorActor {
             state.stop_all().await;
         }
         Ok(())
+    }
+}
+
+/// Stops a consumer actor gracefully (its in-flight batch may finish), and kills it when it has not
+/// stopped within `shutdown_timeout + block + 2 s`.
+async fn stop_child(actor: ActorRef<ConsumerMsg>, spec: &ConsumerSpec, reason: &str) {
+    let deadline = spec.options.shutdown_timeout + spec.options.block + Duration::from_secs(2);
+    if actor
+        .stop_and_wait(Some(reason.to_owned()), Some(deadline))
+        .await
+        .is_err()
+    {
+        let _ = actor.kill_and_wait(Some(Duration::from_secs(1))).await;
     }
 }

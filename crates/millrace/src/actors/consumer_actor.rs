@@ -10,6 +10,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use crate::connection::Backend;
@@ -24,6 +25,10 @@ pub(crate) struct ConsumerArgs {
     pub(crate) spec: ConsumerSpec,
     pub(crate) backend: Arc<Backend>,
     pub(crate) stats: Stats,
+    /// This incarnation's token, a child of the supervisor's.
+    pub(crate) cancel: CancellationToken,
+    /// Where the consume loop is spawned, so the supervisor can wait for it.
+    pub(crate) tasks: TaskTracker,
 }
 
 #[derive(Debug)]
@@ -64,11 +69,11 @@ impl Actor for ConsumerActor {
         args: ConsumerArgs,
     ) -> Result<ActorState, ActorProcessingErr> {
         Ok(ActorState {
-            args,
             guard: TaskGuard {
-                cancel: CancellationToken::new(),
+                cancel: args.cancel.clone(),
                 task: None,
             },
+            args,
         })
     }
 
@@ -86,7 +91,7 @@ impl Actor for ConsumerActor {
             state.guard.cancel.clone(),
         )?;
         let id = a.spec.id.clone();
-        let task = tokio::spawn(async move {
+        let task = a.tasks.spawn(async move {
             let result = match AssertUnwindSafe(consumer.run()).catch_unwind().await {
                 Ok(result) => result,
                 Err(payload) => Err(Error::Internal {
