@@ -8,7 +8,7 @@ use redis::AsyncCommands;
 use super::{Reader, ReaderConfig};
 use crate::connection::{Backend, ConnectionOptions};
 use crate::entry::EntryId;
-use crate::spec::ConsumerId;
+use crate::id::ConsumerId;
 use crate::streams::ReadItem;
 
 fn config() -> ReaderConfig {
