@@ -79,34 +79,19 @@ pub fn parse_entry(v: Value) -> ReadItem {
             reason: "an entry id is not of the form <ms>-<seq>".into(),
         };
     };
-    let pairs = match fields {
+    let pairs: Vec<(Value, Value)> = match fields {
         None | Some(Value::Nil) => return ReadItem::Tombstone(id),
         Some(Value::Map(map)) => map,
         Some(other) => match items(other) {
+            Some(flat) if flat.len() % 2 != 0 => {
+                return ReadItem::Malformed {
+                    id: Some(id),
+                    reason: "odd number of field/value elements".into(),
+                }
+            }
             Some(flat) => {
-                if flat.len() % 2 != 0 {
-                    return ReadItem::Malformed {
-                        id: Some(id),
-                        reason: "odd number of field/value elements".into(),
-                    };
-                }
-                if flat.is_empty() {
-                    return ReadItem::Tombstone(id);
-                }
-                let mut fields = Vec::with_capacity(flat.len() / 2);
                 let mut it = flat.into_iter();
-                while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    match (bytes(k), bytes(v)) {
-                        (Some(k), Some(v)) => fields.push((k, v)),
-                        _ => {
-                            return ReadItem::Malformed {
-                                id: Some(id),
-                                reason: "a field or value is not a string".into(),
-                            }
-                        }
-                    }
-                }
-                return ReadItem::Entry(RawEntry { id, fields });
+                std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
             }
             None => {
                 return ReadItem::Malformed {
