@@ -585,3 +585,21 @@ fn a_tls_cluster_replicates_fails_over_and_migrates_over_tls() {
     }
     eprintln!("TLS cluster test took {:?}", started.elapsed());
 }
+
+#[test]
+fn a_cluster_that_cannot_start_says_why() {
+    let err = RedisCluster::builder()
+        .masters(2)
+        .try_start()
+        .expect_err("redis-cli needs 3 masters");
+    assert!(err.to_string().contains("at least 3 masters"), "{err}");
+
+    // A node that refuses its configuration: the error carries its log.
+    let err = RedisCluster::builder()
+        .arg("--no-such-option")
+        .arg("x")
+        .try_start()
+        .expect_err("an unknown option");
+    let message = err.to_string();
+    assert!(message.contains("no-such-option"), "{message}");
+}
