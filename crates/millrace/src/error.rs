@@ -208,6 +208,29 @@ impl Error {
         }
     }
 
+    /// Whether, on a Redis Cluster, this error says that the stream's owner changed (a failover's
+    /// `UNBLOCKED … instance state changed`, a migration's `UNBLOCKED the stream key no longer
+    /// exists`, `READONLY` from a demoted master) or that a shard has no master for now
+    /// (`MASTERDOWN`). On one server the first two mean the group is lost and the others are
+    /// fatal; on a cluster the consumer looks its stream's owner up again instead.
+    /// (`MOVED`, `ASK`, `CLUSTERDOWN`, `TRYAGAIN` and lost connections are transient anywhere.)
+    pub(crate) fn is_topology_change(&self) -> bool {
+        let text = match self {
+            Error::GroupLost { detail, .. } => detail,
+            Error::Fatal { reason, .. } => reason,
+            _ => return false,
+        };
+        [
+            "instance state changed",
+            "no longer exists",
+            "READONLY",
+            "read only replica",
+            "MASTERDOWN",
+        ]
+        .iter()
+        .any(|words| text.contains(words))
+    }
+
     pub(crate) fn class(&self) -> Class {
         match self {
             Error::Transient { .. } => Class::Transient,

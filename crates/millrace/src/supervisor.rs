@@ -23,6 +23,7 @@ use crate::spec::ConsumerSpec;
 enum RedisSource {
     Url(String),
     Client(Box<redis::Client>),
+    Cluster(Vec<String>),
 }
 
 /// Builds and starts a [`Supervisor`].
@@ -59,6 +60,9 @@ impl fmt::Debug for SupervisorBuilder {
             None => "unset".to_owned(),
             Some(RedisSource::Url(_)) => "<url, not shown>".to_owned(),
             Some(RedisSource::Client(c)) => format!("{:?}", c.get_connection_info().addr()),
+            Some(RedisSource::Cluster(seeds)) => {
+                format!("<cluster of {} seed urls, not shown>", seeds.len())
+            }
         };
         f.debug_struct("SupervisorBuilder")
             .field("redis", &redis)
@@ -74,6 +78,32 @@ impl SupervisorBuilder {
     /// `unix:///path`). It is never logged or shown by `Debug`.
     pub fn redis(mut self, url: impl Into<String>) -> Self {
         self.redis = Some(RedisSource::Url(url.into()));
+        self
+    }
+
+    /// A Redis Cluster, by the URLs of some of its nodes (`redis://[user:password@]host:port`,
+    /// `rediss://` with the `tls` feature): any one that answers is enough to find the rest. Every
+    /// URL carries the same credentials. Control commands go through redis-rs's cluster client,
+    /// which follows `MOVED` and `ASK`; each consumer reads from the master that serves its
+    /// stream's slot and follows it across failovers and slot migrations. The URLs are never
+    /// logged or shown by `Debug`.
+    ///
+    /// ```no_run
+    /// # async fn run() -> millrace::Result<()> {
+    /// let app = millrace::Supervisor::builder()
+    ///     .redis_cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn redis_cluster<I, S>(mut self, seeds: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.redis = Some(RedisSource::Cluster(
+            seeds.into_iter().map(Into::into).collect(),
+        ));
         self
     }
 
@@ -135,11 +165,12 @@ impl SupervisorBuilder {
                 return Err(Error::config(
                     None,
                     "redis",
-                    "is not set: call `.redis(url)`",
+                    "is not set: call `.redis(url)` or `.redis_cluster(urls)`",
                 ))
             }
             Some(RedisSource::Url(url)) => Backend::open(&url, self.connection)?,
             Some(RedisSource::Client(client)) => Backend::from_client(*client, self.connection)?,
+            Some(RedisSource::Cluster(seeds)) => Backend::open_cluster(&seeds, self.connection)?,
         };
         let mut seen = HashSet::new();
         for spec in &self.consumers {

@@ -4,12 +4,15 @@
 //! [`Action`]: follow the owner, ask once, retry later, or a fatal configuration error) and
 //! whether two keys can be used together in one script ([`Colocation`], [`hash_tag_hint`]).
 //!
-//! This is what consumers will stand on to follow their stream's owner across failovers and slot
-//! migrations; nothing calls it yet. Control commands go through redis-rs's
+//! This is what consumers stand on to follow their stream's owner across failovers and slot
+//! migrations (`connection::Backend::node_for`, the consumer's session loop). Control commands go
+//! through redis-rs's
 //! `cluster_async::ClusterConnection`, which follows `MOVED` and `ASK` by itself; a consumer's
 //! blocking read does not (it has its own socket to one master), so it resolves the owner here.
 
-// Not wired into the consumers yet: nothing outside this module and its tests uses it.
+// The consumers use the slot lookup, `resolve_owner` and `Colocation`; `ClusterReply` and `Action`
+// (and parts of the slot map) are so far exercised by the tests only: a consumer classifies a
+// topology reply through `Error::is_topology_change` and the transient class.
 #![allow(dead_code, unused_imports)]
 
 mod colocation;

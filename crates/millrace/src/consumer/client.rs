@@ -4,10 +4,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tracing::warn;
 
 use crate::config::backoff_with_jitter;
+use crate::connection::Control;
 use crate::error::{Class, Error, Result};
 use crate::id::ConsumerId;
 
@@ -22,7 +22,7 @@ const LONGEST_PAUSE: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub(crate) struct ConsumerClient {
     id: ConsumerId,
-    conn: ConnectionManager,
+    conn: Control,
     longest_pause: Duration,
 }
 
@@ -35,11 +35,7 @@ impl std::fmt::Debug for ConsumerClient {
 }
 
 impl ConsumerClient {
-    pub(crate) fn new(
-        id: ConsumerId,
-        conn: ConnectionManager,
-        reconnect_backoff_max: Duration,
-    ) -> Self {
+    pub(crate) fn new(id: ConsumerId, conn: Control, reconnect_backoff_max: Duration) -> Self {
         ConsumerClient {
             id,
             conn,
@@ -53,7 +49,7 @@ impl ConsumerClient {
 
     /// The connection, for a single attempt (best-effort commands, or ones whose failure ends the
     /// session anyway).
-    pub(crate) fn conn(&mut self) -> &mut ConnectionManager {
+    pub(crate) fn conn(&mut self) -> &mut Control {
         &mut self.conn
     }
 
@@ -72,7 +68,7 @@ impl ConsumerClient {
         mut op: F,
     ) -> Result<T>
     where
-        F: FnMut(ConnectionManager) -> Fut,
+        F: FnMut(Control) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let mut attempt = 0u32;

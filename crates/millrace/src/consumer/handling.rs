@@ -234,6 +234,7 @@ impl Consumer {
             consumer: &id.consumer,
             deliveries: order.deliveries,
             reason: &order.reason,
+            in_steps: self.dead_letter_in_steps,
         };
         let (info, entry, entry_id) = (&info, order.entry.as_ref(), order.id);
         let moved = self

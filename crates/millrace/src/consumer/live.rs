@@ -6,6 +6,7 @@ use std::time::Instant;
 use tracing::warn;
 
 use super::Consumer;
+use crate::connection::Node;
 use crate::entry::{EntryId, Source};
 use crate::error::Result;
 use crate::health::ConsumerState;
@@ -78,7 +79,7 @@ impl Consumer {
 
     /// Reads new entries through the reader, which keeps reads in flight while batches are
     /// handled; batches come in the order the reads were sent.
-    pub(super) async fn live(&mut self) -> Result<()> {
+    pub(super) async fn live(&mut self, node: &Node) -> Result<()> {
         let config = ReaderConfig {
             id: self.id.clone(),
             count: self.read_size.count(),
@@ -90,7 +91,7 @@ impl Consumer {
         let mut reader = tokio::select! {
             biased;
             _ = self.cancel.cancelled() => return Ok(()),
-            r = Reader::start(&self.backend, config) => r?,
+            r = Reader::start(&self.backend, node, config) => r?,
         };
         self.stats.set_state(ConsumerState::Running);
         loop {

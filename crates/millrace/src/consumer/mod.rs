@@ -19,10 +19,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn, Instrument};
+use tracing::{error, info, warn, Instrument};
 
+use crate::cluster::{hash_tag_hint, Colocation};
 use crate::config::{backoff_with_jitter, ConsumerOptions, OnGroupLost};
-use crate::connection::Backend;
+use crate::connection::{Backend, Node};
 use crate::entry::BatchMeta;
 use crate::error::{Class, Error, Result};
 use crate::handler::BatchRunner;
@@ -62,6 +63,11 @@ pub(crate) struct Consumer {
     failure_warnings: WarnLimiter,
     /// Reconnects since the last successful read (for the backoff).
     retry_attempt: u32,
+    /// On a cluster, the master the last session read from (`host:port`).
+    owner: Option<String>,
+    /// Dead letters move in two steps (add, then acknowledge): the stream and its dead-letter
+    /// stream are in different slots of a cluster.
+    dead_letter_in_steps: bool,
 }
 
 impl Consumer {
@@ -78,9 +84,13 @@ impl Consumer {
         let id = spec.id.clone();
         let opts = spec.options.clone();
         let client = ConsumerClient::new(id.clone(), backend.control(), opts.reconnect_backoff_max);
+        let dlq = spec.dead_letter_stream_name();
+        let dead_letter_in_steps = backend.is_cluster()
+            && !Colocation::of(id.stream.as_bytes(), dlq.as_bytes()).is_same_slot();
         Ok(Consumer {
+            dead_letter_in_steps,
             meta: id.meta(),
-            dlq: spec.dead_letter_stream_name(),
+            dlq,
             acker: Acker::new(client.clone(), stats.clone(), opts.count),
             reclaimer: Reclaimer::new(client.clone(), stats.clone(), &opts),
             gauges: Gauges::new(client.clone(), stats.clone(), opts.gauge_interval),
@@ -89,6 +99,7 @@ impl Consumer {
             failures: FailureLog::default(),
             failure_warnings: WarnLimiter::default(),
             retry_attempt: 0,
+            owner: None,
             id,
             opts,
             runner,
@@ -104,6 +115,7 @@ impl Consumer {
     pub(crate) async fn run(mut self) -> Result<()> {
         let span = tracing::info_span!(parent: None, "consumer", stream = %self.id.stream, group = %self.id.group, consumer = %self.id.consumer);
         async move {
+            self.log_dead_letter_path();
             loop {
                 if self.cancel.is_cancelled() {
                     return Ok(());
@@ -121,15 +133,47 @@ impl Consumer {
         .await
     }
 
+    /// On a cluster, says once which way dead letters move, and how to make the move atomic.
+    fn log_dead_letter_path(&self) {
+        if !self.backend.is_cluster() {
+            return;
+        }
+        if self.dead_letter_in_steps {
+            warn!(dead_letter_stream = %self.dlq, hint = %hash_tag_hint(&self.id.stream, &self.dlq), "dead letters move in two steps (add to the dead-letter stream, then acknowledge): a crash between them leaves a copy in both streams, never in neither");
+        } else {
+            info!(dead_letter_stream = %self.dlq, "dead letters move atomically: the stream and its dead-letter stream share a slot");
+        }
+    }
+
     /// One connected stretch: the group, the own-PEL replay, then live reads.
     async fn session(&mut self) -> Result<()> {
         self.stats.set_state(ConsumerState::Starting);
         self.prepare().await?;
-        self.replay_own_pending().await?;
+        let node = self.locate().await?;
+        self.replay_own_pending(&node).await?;
         if self.cancel.is_cancelled() {
             return Ok(());
         }
-        self.live().await
+        self.live(&node).await
+    }
+
+    /// The node this session's own connections go to: the server, or on a cluster the master
+    /// that serves the stream's slot now (looked up again in every session, so a consumer
+    /// follows its stream across failovers and slot migrations).
+    async fn locate(&mut self) -> Result<Node> {
+        let node = self
+            .backend
+            .node_for(&self.id.stream)
+            .await
+            .map_err(|e| self.client.error("CLUSTER SHARDS", &self.id.stream, e))?;
+        if self.backend.is_cluster() {
+            let address = node.address();
+            if self.owner.as_deref() != Some(address.as_str()) {
+                info!(node = %address, slot = crate::cluster::key_slot(self.id.stream.as_bytes()), "reading from the master that serves the stream");
+                self.owner = Some(address);
+            }
+        }
+        Ok(node)
     }
 
     /// After a failed session: decides by the error's class whether to reconnect (true), stop
@@ -152,7 +196,25 @@ impl Consumer {
             self.opts.reconnect_backoff_max,
             self.retry_attempt,
         );
-        match err.class() {
+        // On a cluster, an owner change ends the session like a lost connection: the next one
+        // looks the owner up again and replays the own pending entries there. Never a group
+        // recreation, and never a failure of the consumer (so not a restart).
+        let topology = self.backend.is_cluster()
+            && (err.is_topology_change() || err.class() == Class::Transient);
+        let class = if topology {
+            Class::Transient
+        } else {
+            err.class()
+        };
+        match class {
+            Class::Transient if topology => {
+                if self.retry_attempt == 0 {
+                    warn!(error = %err, retry_in = ?delay, "the stream's owner changed or the cluster is unavailable; will look the owner up again, reconnect and replay own pending entries");
+                } else {
+                    tracing::debug!(error = %err, retry_in = ?delay, attempt = self.retry_attempt + 1, "the stream's owner is still unavailable");
+                }
+                self.stats.reconnecting();
+            }
             Class::Transient => {
                 // One warning when an outage begins and one when it ends (`read_succeeded`); the
                 // attempts between are routine.

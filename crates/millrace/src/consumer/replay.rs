@@ -8,15 +8,16 @@ use tracing::{debug, warn};
 
 use super::outcome::DeadLetterOrder;
 use super::Consumer;
+use crate::connection::Node;
 use crate::entry::{EntryId, Source};
 use crate::error::{Error, Result};
 use crate::reader::PendingReader;
 use crate::streams::{self, ReadItem};
 
 impl Consumer {
-    pub(super) async fn replay_own_pending(&mut self) -> Result<()> {
+    pub(super) async fn replay_own_pending(&mut self, node: &Node) -> Result<()> {
         let mut own: Option<PendingReader> = None;
-        let result = self.replay_over(&mut own).await;
+        let result = self.replay_over(node, &mut own).await;
         if let Some(conn) = own {
             conn.close().await;
         }
@@ -24,7 +25,7 @@ impl Consumer {
     }
 
     /// The replay loop; `own` holds the replay's connection, (re)opened when needed.
-    async fn replay_over(&mut self, own: &mut Option<PendingReader>) -> Result<()> {
+    async fn replay_over(&mut self, node: &Node, own: &mut Option<PendingReader>) -> Result<()> {
         let mut cursor = EntryId::MIN;
         loop {
             if self.cancel.is_cancelled() {
@@ -33,7 +34,7 @@ impl Consumer {
             let conn = match own {
                 Some(conn) => conn,
                 None => own.insert(
-                    PendingReader::open(&self.backend)
+                    PendingReader::open(&self.backend, node)
                         .await
                         .map_err(|e| self.client.error("CONNECT", &self.id.stream, e))?,
                 ),

@@ -127,7 +127,14 @@ impl Consumer {
             ),
             (
                 "EVALSHA (dead-letter move)",
-                dead_letter::check_permissions(c, stream, &self.dlq, group).await,
+                dead_letter::check_permissions(
+                    c,
+                    stream,
+                    &self.dlq,
+                    group,
+                    self.dead_letter_in_steps,
+                )
+                .await,
             ),
         ];
         for (command, result) in checks {

@@ -9,13 +9,22 @@ use super::META_FIELDS;
 use crate::entry::{EntryId, RawEntry};
 
 /// Checks, without writing, that the user may run the dead-letter move (EVALSHA/EVAL, and inside it
-/// XADD on the dead-letter stream and XACK on the source).
+/// XADD on the dead-letter stream and XACK on the source). With `in_steps` (the two streams in
+/// different slots of a cluster) the script names only the stream as a key, so it runs on the
+/// stream's master, and checks the dead-letter stream's permission by name.
 pub(crate) async fn check_permissions<C: ConnectionLike + Send>(
     conn: &mut C,
     stream: &str,
     dlq: &str,
     group: &str,
+    in_steps: bool,
 ) -> RedisResult<()> {
+    if in_steps {
+        return SCRIPT
+            .run::<redis::Value, _, _, _>(conn, &[stream], &["check", group, "0-0", "0", dlq])
+            .await
+            .map(drop);
+    }
     SCRIPT
         .run::<redis::Value, _, _, _>(conn, &[stream, dlq], &["check", group, "0-0", "0"])
         .await
@@ -31,6 +40,9 @@ pub(crate) struct DeadLetterInfo<'a> {
     pub(crate) consumer: &'a str,
     pub(crate) deliveries: Option<u64>,
     pub(crate) reason: &'a str,
+    /// Add to the dead-letter stream, then acknowledge, in two commands: for a stream and a
+    /// dead-letter stream in different slots of a cluster (see `cluster::Colocation`).
+    pub(crate) in_steps: bool,
 }
 
 /// Moves `entry` to the dead-letter stream (see the module docs for the format), if it is still
@@ -57,6 +69,7 @@ pub(crate) async fn move_entry<C: ConnectionLike + Send>(
         to: info.dlq.as_bytes(),
         id: entry.id,
         release: Release::Ack(info.group.as_bytes()),
+        in_steps: info.in_steps,
     };
     let moved = transfer.run(conn, &fields, entry.fields.is_empty()).await?;
     Ok(moved.is_some())

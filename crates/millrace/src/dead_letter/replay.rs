@@ -93,6 +93,7 @@ impl DeadLetterStream {
             to: self.source(),
             id: letter.id(),
             release: Release::Delete,
+            in_steps: false,
         };
         Ok(match transfer.run(conn, &fields, false).await? {
             Some(id) => Replay::Replayed {

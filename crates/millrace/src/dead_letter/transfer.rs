@@ -18,7 +18,9 @@ pub(super) const SCRIPT_FIELD_LIMIT: usize = 1_000;
 /// `KEYS[1]` the stream the entry is in, `KEYS[2]` the stream it moves to.
 /// `ARGV[1]`: `ack` (the entry must be pending in group `ARGV[2]`, and is acked after the copy),
 /// `del` (the entry must still be in `KEYS[1]`, and is deleted after the copy), or `check` (verify
-/// the ACL permissions a dead-letter move needs, writing nothing). `ARGV[3]` the entry id. `ARGV[4]`
+/// the ACL permissions a dead-letter move needs, writing nothing; with one key, the dead-letter
+/// stream is `ARGV[5]`, for a cluster where the two are in different slots). `ARGV[3]` the entry
+/// id. `ARGV[4]`
 /// `1` to append the fields `KEYS[1]` still holds for the entry. `ARGV[5..]` the fields to write.
 /// Returns the new id, nil when the entry was not where it was expected, or -1 (changing nothing)
 /// when the stored fields make the entry too large for `unpack`. A failing `XADD` (OOM, a key of
@@ -27,8 +29,9 @@ pub(super) static SCRIPT: LuaScript = LuaScript::new(
     r"
 local id = ARGV[3]
 if ARGV[1] == 'check' then
-  if not redis.acl_check_cmd('XADD', KEYS[2], '*', 'f', 'v') then
-    return redis.error_reply('NOPERM this user has no permissions to run XADD on the dead-letter stream ' .. KEYS[2])
+  local target = KEYS[2] or ARGV[5]
+  if not redis.acl_check_cmd('XADD', target, '*', 'f', 'v') then
+    return redis.error_reply('NOPERM this user has no permissions to run XADD on the dead-letter stream ' .. target)
   end
   if not redis.acl_check_cmd('XACK', KEYS[1], ARGV[2], '0-1') then
     return redis.error_reply('NOPERM this user has no permissions to run XACK on ' .. KEYS[1])
@@ -77,6 +80,9 @@ pub(super) struct Transfer<'a> {
     pub(super) to: &'a [u8],
     pub(super) id: EntryId,
     pub(super) release: Release<'a>,
+    /// Move in steps even when the script could (the two streams are in different slots of a
+    /// cluster, where one script cannot touch both).
+    pub(super) in_steps: bool,
 }
 
 impl Transfer<'_> {
@@ -89,6 +95,18 @@ impl Transfer<'_> {
         fields: &[&[u8]],
         append_stored: bool,
     ) -> RedisResult<Option<String>> {
+        if self.in_steps {
+            if !append_stored {
+                return self.in_steps(conn, fields).await;
+            }
+            let stored = self.stored_fields(conn).await?;
+            let mut all = fields.to_vec();
+            for (k, v) in &stored {
+                all.push(k);
+                all.push(v);
+            }
+            return self.in_steps(conn, &all).await;
+        }
         if fields.len() > 2 * SCRIPT_FIELD_LIMIT {
             return self.in_steps(conn, fields).await;
         }

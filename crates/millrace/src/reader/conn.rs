@@ -8,7 +8,7 @@ use redis::{ConnectionAddr, ConnectionInfo, RedisResult, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::CLOSE_WAIT;
-use crate::connection::Backend;
+use crate::connection::{Backend, Node};
 use crate::protocol::{self, FrameBuf};
 
 /// Any byte stream the reader can run over: TCP, a Unix socket, or TLS over TCP.
@@ -25,15 +25,15 @@ async fn tcp(host: &str, port: u16) -> io::Result<tokio::net::TcpStream> {
     Ok(stream)
 }
 
-/// Opens the socket of `backend`'s address: TCP and, for `rediss://`, the TLS handshake too.
-async fn socket(backend: &Backend) -> RedisResult<Box<dyn Io>> {
-    Ok(match backend.client().get_connection_info().addr() {
+/// Opens the socket of `node`'s address: TCP and, for `rediss://`, the TLS handshake too.
+async fn socket(node: &Node) -> RedisResult<Box<dyn Io>> {
+    Ok(match node.info.addr() {
         ConnectionAddr::Tcp(host, port) => Box::new(tcp(host, *port).await?),
         #[cfg(unix)]
         ConnectionAddr::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
         #[cfg(feature = "tls")]
         ConnectionAddr::TcpTls { host, port, .. } => {
-            let tls = backend.tls().ok_or_else(|| {
+            let tls = node.tls.as_ref().ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::Unsupported,
                     "TLS is not set up for this server",
@@ -60,13 +60,14 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    /// Connects (within the connect timeout, the TLS handshake included) and handshakes. Returns
-    /// the connection and its `CLIENT ID` (`None` without the permission).
+    /// Connects to `node` (within the connect timeout, the TLS handshake included) and
+    /// handshakes. Returns the connection and its `CLIENT ID` (`None` without the permission).
     pub(super) async fn open(
         backend: &Backend,
+        node: &Node,
         command_timeout: Duration,
     ) -> RedisResult<(Conn, Option<i64>)> {
-        let io = tokio::time::timeout(backend.connect_timeout(), socket(backend))
+        let io = tokio::time::timeout(backend.connect_timeout(), socket(node))
             .await
             .map_err(|_| timed_out("connecting"))??;
         let mut conn = Conn {
@@ -74,9 +75,7 @@ impl Conn {
             buf: FrameBuf::new(),
             command_timeout,
         };
-        let client_id = conn
-            .handshake(backend.client().get_connection_info())
-            .await?;
+        let client_id = conn.handshake(&node.info).await?;
         Ok((conn, client_id))
     }
 

@@ -19,11 +19,11 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::debug;
 
-use crate::connection::Backend;
+use crate::cluster::NodeAddress;
+use crate::connection::{Backend, Control, Node};
 use crate::error::{Error, Result};
 use crate::id::ConsumerId;
 use crate::protocol;
@@ -167,6 +167,8 @@ pub(crate) struct Reader {
     batches: mpsc::UnboundedReceiver<Result<Frame>>,
     shared: Arc<Shared>,
     client_id: Option<i64>,
+    /// The node the connection is to, on a cluster (where `CLIENT UNBLOCK` must be sent).
+    node: Option<NodeAddress>,
     phase: Phase,
     /// Resolves (with an error) when the reader has ended and its connection is closed.
     finished: oneshot::Receiver<()>,
@@ -206,16 +208,24 @@ impl std::fmt::Debug for Reader {
 }
 
 impl Reader {
-    /// Connects and starts reading. Fails with the connection error.
-    pub(crate) async fn start(backend: &Backend, config: ReaderConfig) -> Result<Reader> {
-        let mut reader = Reader::connect(backend, config).await?;
+    /// Connects to `node` and starts reading. Fails with the connection error.
+    pub(crate) async fn start(
+        backend: &Backend,
+        node: &Node,
+        config: ReaderConfig,
+    ) -> Result<Reader> {
+        let mut reader = Reader::connect(backend, node, config).await?;
         reader.begin_live();
         Ok(reader)
     }
 
     /// Connects without reading yet: live reads begin with the first [`Reader::next`], and until
     /// then [`Reader::replay`] reads the consumer's own pending entries over this connection.
-    pub(crate) async fn connect(backend: &Backend, config: ReaderConfig) -> Result<Reader> {
+    pub(crate) async fn connect(
+        backend: &Backend,
+        node: &Node,
+        config: ReaderConfig,
+    ) -> Result<Reader> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 credits: FETCHED_AHEAD,
@@ -228,11 +238,11 @@ impl Reader {
         let (tx, batches) = mpsc::unbounded_channel();
         let (finished_tx, finished) = oneshot::channel::<()>();
         let id = config.id.clone();
-        let (conn, client_id) = conn::Conn::open(backend, config.command_timeout)
+        let (conn, client_id) = conn::Conn::open(backend, node, config.command_timeout)
             .await
             .map_err(|e| Error::from_redis(&id, "CONNECT", &id.stream, e))?;
         debug!(
-            server = backend.server(),
+            server = %node.address(),
             ?client_id,
             "read connection open"
         );
@@ -240,6 +250,7 @@ impl Reader {
             batches,
             shared,
             client_id,
+            node: node.cluster_address(),
             phase: Phase::Idle(Box::new(Idle {
                 conn,
                 config,
@@ -341,7 +352,7 @@ impl Reader {
     /// Stops reading: no new reads are written, blocked ones are woken with `CLIENT UNBLOCK` (when
     /// permitted), and once the reader has ended and closed its connection, the entries the last
     /// reads fetched are returned, for the caller to release.
-    pub(crate) async fn stop(mut self, control: &mut ConnectionManager) -> Vec<ReadItem> {
+    pub(crate) async fn stop(mut self, control: &mut Control) -> Vec<ReadItem> {
         // Graceful: the task ends by itself (and closes its connection cleanly).
         if let Phase::Idle(idle) = std::mem::replace(&mut self.phase, Phase::Done) {
             idle.conn.close().await;
@@ -352,7 +363,7 @@ impl Reader {
         let mut fetched = Vec::new();
         loop {
             if let Some(id) = client_id {
-                if !unblock(control, id).await {
+                if !unblock(control, self.node.as_ref(), id).await {
                     client_id = None;
                 }
             }
@@ -378,15 +389,11 @@ impl Reader {
     }
 }
 
-/// Wakes the reader's blocked read, if any. Returns false when `CLIENT UNBLOCK` is not possible
+/// Wakes the reader's blocked read, if any, through the control connection (on a cluster, routed
+/// to the node the reader is connected to). Returns false when `CLIENT UNBLOCK` is not possible
 /// (no permission, no connection): the read then returns when BLOCK runs out.
-async fn unblock(control: &mut ConnectionManager, client_id: i64) -> bool {
-    let r: redis::RedisResult<i64> = redis::cmd("CLIENT")
-        .arg("UNBLOCK")
-        .arg(client_id)
-        .query_async(control)
-        .await;
-    match r {
+async fn unblock(control: &mut Control, node: Option<&NodeAddress>, client_id: i64) -> bool {
+    match control.unblock(node, client_id).await {
         Ok(_) => true,
         Err(e) => {
             debug!(error = %e, "CLIENT UNBLOCK not possible; waiting for BLOCK to run out");

@@ -6,7 +6,7 @@ use std::time::Duration;
 use redis::RedisResult;
 
 use super::conn::Conn;
-use crate::connection::Backend;
+use crate::connection::{Backend, Node};
 use crate::protocol;
 use crate::streams::ReadItem;
 
@@ -24,10 +24,10 @@ impl std::fmt::Debug for PendingReader {
 }
 
 impl PendingReader {
-    /// Connects and handshakes; a refused connection reports the server's words.
-    pub(crate) async fn open(backend: &Backend) -> RedisResult<PendingReader> {
+    /// Connects to `node` and handshakes; a refused connection reports the server's words.
+    pub(crate) async fn open(backend: &Backend, node: &Node) -> RedisResult<PendingReader> {
         let command_timeout = backend.command_timeout();
-        let (conn, _) = Conn::open(backend, command_timeout).await?;
+        let (conn, _) = Conn::open(backend, node, command_timeout).await?;
         Ok(PendingReader {
             conn,
             command_timeout,

@@ -57,7 +57,10 @@ async fn a_replay_reads_the_own_pending_entries_then_live_reads_begin() {
     let new = xadd(&mut con, 2).await;
 
     let backend = Backend::open(&server.url(), ConnectionOptions::default()).expect("backend");
-    let mut reader = Reader::connect(&backend, config()).await.expect("connect");
+    let node = backend.node_for("s").await.expect("node");
+    let mut reader = Reader::connect(&backend, &node, config())
+        .await
+        .expect("connect");
     let first = reader.replay(&EntryId::MIN, 2).await.expect("replay");
     assert_eq!(ids(&first), vec![Some(old[0]), Some(old[1])]);
     assert!(matches!(first[1], ReadItem::Tombstone(id) if id == old[1]));
@@ -87,7 +90,10 @@ async fn a_failed_replay_closes_only_the_readers_connection() {
         .query_async(&mut control)
         .await
         .expect("CLIENT LIST");
-    let mut reader = Reader::connect(&backend, config()).await.expect("connect");
+    let node = backend.node_for("s").await.expect("node");
+    let mut reader = Reader::connect(&backend, &node, config())
+        .await
+        .expect("connect");
     // No group: the server refuses the read.
     let err = reader.replay(&EntryId::MIN, 10).await.expect_err("NOGROUP");
     assert!(err.to_string().contains("NOGROUP"), "{err}");
