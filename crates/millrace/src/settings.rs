@@ -3,6 +3,9 @@
 //!
 //! ```toml
 //! redis = "redis://127.0.0.1:6379"      # or MILLRACE_REDIS / REDIS_URL
+//! # On a Redis Cluster, the URLs of some of its nodes instead (MILLRACE_REDIS__CLUSTER, comma-separated):
+//! # [redis]
+//! # cluster = ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]
 //!
 //! [connection]
 //! command_timeout = "5s"
@@ -92,10 +95,59 @@ fn one() -> usize {
     1
 }
 
+/// `redis = "url"`, or a `[redis]` table: `cluster = [urls]` (or one comma-separated string, as
+/// `MILLRACE_REDIS__CLUSTER` gives it).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FileRedis {
+    Url(String),
+    Table(FileRedisTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRedisTable {
+    cluster: SeedList,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SeedList {
+    List(Vec<String>),
+    Text(String),
+}
+
+/// Where the supervisor connects.
+#[derive(Clone)]
+enum RedisTarget {
+    Url(String),
+    Cluster(Vec<String>),
+}
+
+impl From<FileRedis> for RedisTarget {
+    fn from(redis: FileRedis) -> Self {
+        match redis {
+            FileRedis::Url(url) => RedisTarget::Url(url),
+            FileRedis::Table(FileRedisTable {
+                cluster: SeedList::List(urls),
+            }) => RedisTarget::Cluster(urls),
+            FileRedis::Table(FileRedisTable {
+                cluster: SeedList::Text(urls),
+            }) => RedisTarget::Cluster(
+                urls.split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    redis: Option<String>,
+    redis: Option<FileRedis>,
     service: Option<String>,
     connection: Option<FileConnection>,
     #[serde(default)]
@@ -130,7 +182,7 @@ struct FileConfig {
 /// ```
 #[derive(Clone)]
 pub struct Settings {
-    redis: Option<String>,
+    redis: Option<RedisTarget>,
     service: Option<String>,
     connection: ConnectionOptions,
     restart: RestartPolicy,
@@ -250,7 +302,7 @@ impl Settings {
             }
         }
         Ok(Settings {
-            redis: file.redis,
+            redis: file.redis.map(RedisTarget::from),
             service: file.service,
             connection,
             restart: file.restart,
@@ -263,13 +315,14 @@ impl Settings {
         &self.consumers
     }
 
-    /// A supervisor builder with the Redis URL (file, `MILLRACE_REDIS`, or `REDIS_URL`), connection
-    /// options and restart policy set.
+    /// A supervisor builder with the Redis URL (file, `MILLRACE_REDIS`, or `REDIS_URL`) or the
+    /// cluster's seed URLs (`[redis] cluster`, `MILLRACE_REDIS__CLUSTER`), connection options and
+    /// restart policy set.
     pub fn supervisor(&self) -> Result<SupervisorBuilder> {
-        let url = self
+        let target = self
             .redis
             .clone()
-            .or_else(|| std::env::var("REDIS_URL").ok())
+            .or_else(|| std::env::var("REDIS_URL").ok().map(RedisTarget::Url))
             .ok_or_else(|| {
                 Error::config(
                     None,
@@ -277,8 +330,18 @@ impl Settings {
                     "is not set in the file, MILLRACE_REDIS or REDIS_URL",
                 )
             })?;
-        Ok(Supervisor::builder()
-            .redis(url)
+        let builder = match target {
+            RedisTarget::Url(url) => Supervisor::builder().redis(url),
+            RedisTarget::Cluster(seeds) if seeds.is_empty() => {
+                return Err(Error::config(
+                    None,
+                    "redis.cluster",
+                    "is empty: name at least one node of the cluster",
+                ))
+            }
+            RedisTarget::Cluster(seeds) => Supervisor::builder().redis_cluster(seeds),
+        };
+        Ok(builder
             .connection_options(self.connection.clone())
             .restart_policy(self.restart.clone()))
     }
@@ -461,6 +524,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("index 3"), "{err}");
+    }
+
+    #[test]
+    fn a_cluster_is_named_by_its_seeds_in_the_file_or_the_environment() {
+        let file = FILE.replace(
+            r#"redis = "redis://127.0.0.1:6379""#,
+            "[redis]\ncluster = [\"redis://u:S3cret@127.0.0.1:7000\", \"redis://u:S3cret@127.0.0.1:7001\"]",
+        );
+        let s = Settings::from_toml_str(&file).unwrap();
+        assert!(matches!(&s.redis, Some(RedisTarget::Cluster(seeds)) if seeds.len() == 2));
+        assert!(!format!("{s:?}").contains("S3cret"));
+        let builder = format!("{:?}", s.supervisor().unwrap());
+        assert!(builder.contains("cluster of 2 seed urls"), "{builder}");
+        assert!(!builder.contains("S3cret"), "{builder}");
+
+        let s = Settings::parse(
+            FILE,
+            env(&[("MILLRACE_REDIS__CLUSTER", "redis://127.0.0.1:7000")]),
+        );
+        // `redis` is a URL in the file: the override of a key inside it is refused…
+        assert!(s.is_err());
+        let s = Settings::parse(
+            &FILE.replace(r#"redis = "redis://127.0.0.1:6379""#, ""),
+            env(&[(
+                "MILLRACE_REDIS__CLUSTER",
+                "redis://127.0.0.1:7000, redis://127.0.0.1:7001,redis://127.0.0.1:7002",
+            )]),
+        )
+        .unwrap();
+        // …and without one in the file, the environment names the cluster.
+        assert!(
+            matches!(&s.redis, Some(RedisTarget::Cluster(seeds)) if seeds.len() == 3 && seeds[1] == "redis://127.0.0.1:7001")
+        );
     }
 
     #[test]
