@@ -1,0 +1,197 @@
+//! Shared helpers: a cluster per test, a producer that keeps adding entries, and a handler that
+//! records what it saw.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use millrace::{Batch, ConsumerSpec, EntryId, HandlerResult, RawEntry, StartId, Supervisor};
+use millrace_testkit::RedisCluster;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
+
+pub(crate) fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+pub(crate) fn cluster() -> RedisCluster {
+    init_tracing();
+    RedisCluster::start()
+}
+
+/// The test's own cluster connection, with a generous response timeout for a loaded machine.
+pub(crate) async fn connect(cluster: &RedisCluster) -> ClusterConnection {
+    redis::cluster::ClusterClientBuilder::new(cluster.seed_urls())
+        .response_timeout(Duration::from_secs(10))
+        .build()
+        .expect("cluster client")
+        .get_async_connection()
+        .await
+        .expect("cluster connection")
+}
+
+/// A stream name (`{prefix}-N`) whose slot is served by `master`.
+pub(crate) fn stream_on(cluster: &RedisCluster, master: usize, prefix: &str) -> String {
+    (0..10_000)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|name| cluster.owner_of_key(name) == master)
+        .expect("some name hashes to every master")
+}
+
+/// What the handler saw: entry ids in order (repeats are duplicates).
+#[derive(Clone, Default)]
+pub(crate) struct Seen(Arc<Mutex<Vec<EntryId>>>);
+
+impl Seen {
+    pub(crate) fn record(&self, batch: &Batch<RawEntry>) {
+        self.0
+            .lock()
+            .unwrap()
+            .extend(batch.iter().map(|entry| entry.id));
+    }
+
+    pub(crate) fn counts(&self) -> HashMap<EntryId, usize> {
+        let mut counts = HashMap::new();
+        for id in self.0.lock().unwrap().iter() {
+            *counts.entry(*id).or_default() += 1;
+        }
+        counts
+    }
+}
+
+/// A consumer of `stream` that records and acknowledges everything, starting at the beginning.
+pub(crate) fn recording(stream: &str, consumer: &str, seen: &Seen) -> ConsumerSpec {
+    let seen = seen.clone();
+    ConsumerSpec::new(stream, "g", consumer)
+        .start_id(StartId::Beginning)
+        .block(Duration::from_millis(500))
+        .claim_min_idle(Duration::from_secs(600))
+        .handler(move |batch: Batch<RawEntry>| {
+            seen.record(&batch);
+            futures::future::ready(HandlerResult::Ok)
+        })
+}
+
+/// Adds entries to one stream until stopped, keeping the ids the cluster confirmed. With
+/// `replicated`, an entry counts only once `WAIT 1` on its master says a replica has it (an
+/// entry a killed master had not replicated may vanish with it, as on any Redis).
+pub(crate) struct Producer {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<EntryId>>,
+}
+
+impl Producer {
+    pub(crate) fn start(
+        mut con: ClusterConnection,
+        stream: String,
+        slot: u16,
+        replicated: bool,
+    ) -> Producer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut confirmed = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let added: redis::RedisResult<String> = redis::cmd("XADD")
+                        .arg(&stream)
+                        .arg("*")
+                        .arg("n")
+                        .arg(n)
+                        .query_async(&mut con)
+                        .await;
+                    let Ok(id) = added else {
+                        // Failing over: redis-rs retries, and a failed add is simply not counted.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    };
+                    let id: EntryId = id.parse().expect("an entry id");
+                    if replicated && !replicated_on_master(&mut con, slot).await {
+                        continue;
+                    }
+                    confirmed.push(id);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                confirmed
+            }
+        });
+        Producer { stop, task }
+    }
+
+    /// Stops adding and returns the confirmed ids.
+    pub(crate) async fn stop(self) -> Vec<EntryId> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("the producer")
+    }
+}
+
+/// `WAIT 1 1000` on the master of `slot`: true when a replica acknowledged every write before it.
+async fn replicated_on_master(con: &mut ClusterConnection, slot: u16) -> bool {
+    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+        slot,
+        SlotAddr::Master,
+    )));
+    let mut wait = redis::cmd("WAIT");
+    wait.arg(1).arg(1000);
+    matches!(
+        con.route_command(wait, routing).await,
+        Ok(redis::Value::Int(n)) if n >= 1
+    )
+}
+
+/// The entries of `stream` pending in group `g`, as Redis counts them.
+pub(crate) async fn pending(con: &mut ClusterConnection, stream: &str) -> u64 {
+    let summary: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("g")
+        .query_async(con)
+        .await
+        .expect("XPENDING");
+    match summary {
+        redis::Value::Array(items) => match items.first() {
+            Some(redis::Value::Int(n)) => *n as u64,
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+/// Waits until every id in `expected` was handled and nothing is pending in `stream`; returns the
+/// number of duplicate deliveries (handled more than once).
+pub(crate) async fn all_handled(
+    con: &ClusterConnection,
+    stream: &str,
+    seen: &Seen,
+    expected: &[EntryId],
+) -> usize {
+    millrace_testkit::eventually(WAIT, "every confirmed entry handled, none pending", || {
+        let counts = seen.counts();
+        let missing = expected
+            .iter()
+            .filter(|id| !counts.contains_key(id))
+            .count();
+        let mut con = con.clone();
+        let stream = stream.to_owned();
+        async move { missing == 0 && pending(&mut con, &stream).await == 0 }
+    })
+    .await;
+    seen.counts().values().map(|n| n - 1).sum()
+}
+
+/// Waits until every consumer of `app` is reading.
+pub(crate) async fn wait_running(app: &Supervisor) {
+    millrace_testkit::eventually(WAIT, "every consumer running", || {
+        let ready = app.is_ready();
+        async move { ready }
+    })
+    .await;
+}

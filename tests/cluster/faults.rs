@@ -1,0 +1,131 @@
+//! The stream's owner changes under load: a graceful failover, kill -9 of the master (its replica
+//! promoted), a live migration of the stream's slot. The consumer follows the owner without a
+//! restart of the application; Redis says afterwards that nothing was lost and nothing is pending.
+
+use std::time::{Duration, Instant};
+
+use tokio::task::block_in_place;
+
+use crate::common::{
+    all_handled, cluster, connect, recording, stream_on, wait_running, Producer, Seen, WAIT,
+};
+
+/// Waits until the consumers have handled at least `n` entries.
+async fn handled_at_least(seen: &Seen, n: usize) {
+    millrace_testkit::eventually(WAIT, &format!("{n} entries handled"), || {
+        let got = seen.counts().len();
+        async move { got >= n }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_failover_of_the_streams_shard_loses_nothing() {
+    let cluster = cluster();
+    let master = cluster.masters()[0];
+    let stream = stream_on(&cluster, master, "orders");
+    let con = connect(&cluster).await;
+    let seen = Seen::default();
+    let app = millrace::Supervisor::builder()
+        .redis_cluster(cluster.seed_urls())
+        .consumer(recording(&stream, "c", &seen))
+        .start()
+        .await
+        .expect("start");
+    wait_running(&app).await;
+    let producer = Producer::start(con.clone(), stream.clone(), cluster.keyslot(&stream), false);
+    handled_at_least(&seen, 50).await;
+    let began = Instant::now();
+    let promoted = block_in_place(|| cluster.failover(master));
+    assert_eq!(cluster.owner_of_key(&stream), promoted);
+    let before = seen.counts().len();
+    handled_at_least(&seen, before + 50).await;
+    let recovered = began.elapsed();
+    let added = producer.stop().await;
+    let duplicates = all_handled(&con, &stream, &seen, &added).await;
+    eprintln!(
+        "failover: {} entries, {duplicates} duplicates, handling again {recovered:?} after the failover began",
+        added.len()
+    );
+    assert!(
+        app.health().iter().all(|h| h.restarts_total == 0),
+        "no restart: {:?}",
+        app.health()
+    );
+    app.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_migration_of_the_streams_slot_loses_nothing() {
+    let cluster = cluster();
+    let masters = cluster.masters();
+    let stream = stream_on(&cluster, masters[0], "orders");
+    let slot = cluster.keyslot(&stream);
+    let con = connect(&cluster).await;
+    let seen = Seen::default();
+    let app = millrace::Supervisor::builder()
+        .redis_cluster(cluster.seed_urls())
+        .consumer(recording(&stream, "c", &seen))
+        .start()
+        .await
+        .expect("start");
+    wait_running(&app).await;
+    let producer = Producer::start(con.clone(), stream.clone(), slot, false);
+    handled_at_least(&seen, 50).await;
+    block_in_place(|| cluster.migrate_slot(slot, masters[1]));
+    assert_eq!(cluster.owner_of_key(&stream), masters[1]);
+    let before = seen.counts().len();
+    handled_at_least(&seen, before + 50).await;
+    let added = producer.stop().await;
+    let duplicates = all_handled(&con, &stream, &seen, &added).await;
+    eprintln!(
+        "migration: {} entries, {duplicates} duplicates",
+        added.len()
+    );
+    assert!(
+        app.health().iter().all(|h| h.restarts_total == 0),
+        "no restart: {:?}",
+        app.health()
+    );
+    app.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_streams_master_loses_no_replicated_entry() {
+    let mut cluster = cluster();
+    let master = cluster.masters()[0];
+    let stream = stream_on(&cluster, master, "orders");
+    let con = connect(&cluster).await;
+    let seen = Seen::default();
+    let app = millrace::Supervisor::builder()
+        .redis_cluster(cluster.seed_urls())
+        .consumer(recording(&stream, "c", &seen).reconnect_backoff_max(Duration::from_millis(500)))
+        .start()
+        .await
+        .expect("start");
+    wait_running(&app).await;
+    let producer = Producer::start(con.clone(), stream.clone(), cluster.keyslot(&stream), true);
+    handled_at_least(&seen, 50).await;
+    let began = Instant::now();
+    let before = seen.counts().len();
+    let promoted = block_in_place(|| cluster.kill_master(master));
+    assert_eq!(cluster.owner_of_key(&stream), promoted);
+    handled_at_least(&seen, before + 1).await;
+    let recovered = began.elapsed();
+    // The killed node comes back as the new master's replica, so `WAIT 1` confirms entries again.
+    block_in_place(|| cluster.restart(master));
+    let before = seen.counts().len();
+    handled_at_least(&seen, before + 20).await;
+    let added = producer.stop().await;
+    let duplicates = all_handled(&con, &stream, &seen, &added).await;
+    eprintln!(
+        "kill -9: {} replicated entries, {duplicates} duplicates, handling again {recovered:?} after the kill",
+        added.len()
+    );
+    assert!(
+        app.health().iter().all(|h| h.restarts_total == 0),
+        "no restart: {:?}",
+        app.health()
+    );
+    app.shutdown().await.expect("shutdown");
+}

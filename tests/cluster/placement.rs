@@ -1,0 +1,56 @@
+//! Where consumers read on a cluster: each from the master that serves its stream.
+
+use crate::common::{all_handled, cluster, connect, recording, stream_on, wait_running, Seen};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_on_two_masters_are_consumed_by_one_supervisor() {
+    let cluster = cluster();
+    let masters = cluster.masters();
+    let (first, second) = (
+        stream_on(&cluster, masters[0], "orders"),
+        stream_on(&cluster, masters[1], "orders"),
+    );
+    let mut con = connect(&cluster).await;
+    let (seen_first, seen_second) = (Seen::default(), Seen::default());
+    let app = millrace::Supervisor::builder()
+        .redis_cluster(cluster.seed_urls())
+        .consumer(recording(&first, "c", &seen_first))
+        .consumer(recording(&second, "c", &seen_second))
+        .start()
+        .await
+        .expect("start on the cluster");
+    wait_running(&app).await;
+    let mut added = Vec::new();
+    for stream in [&first, &second] {
+        let mut ids = Vec::new();
+        for n in 0..50 {
+            let id: String = redis::cmd("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg("n")
+                .arg(n)
+                .query_async(&mut con)
+                .await
+                .expect("XADD");
+            ids.push(id.parse().expect("an id"));
+        }
+        added.push(ids);
+    }
+    let duplicates = all_handled(&con, &first, &seen_first, &added[0]).await
+        + all_handled(&con, &second, &seen_second, &added[1]).await;
+    assert_eq!(duplicates, 0, "no fault, no duplicates");
+    app.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_no_seed_reachable_fails_start_naming_it() {
+    crate::common::init_tracing();
+    let err = millrace::Supervisor::builder()
+        .redis_cluster(["redis://127.0.0.1:1", "redis://127.0.0.1:2"])
+        .start()
+        .await
+        .expect_err("no seed answers");
+    let text = err.to_string();
+    assert!(err.is_fatal(), "{text}");
+    assert!(text.contains("any seed node"), "{text}");
+}
