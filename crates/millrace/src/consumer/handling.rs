@@ -2,7 +2,6 @@
 //! when the batch is not fresh, the handler runs under a heartbeat, and its report is applied
 //! (dead letters, failures remembered); the ids to acknowledge go back to the caller.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -70,12 +69,16 @@ impl Consumer {
         if source == Source::New {
             self.record_latency(&batch);
         }
-        let deliveries: HashMap<EntryId, Option<u64>> =
-            batch.iter().map(|(e, d)| (e.id, *d)).collect();
+        // Delivery counts for the rare lookups of the ack plan (entries the handler dead-letters),
+        // kept as a list in batch order: the hot path builds no map per batch.
+        let ids: Vec<EntryId> = batch.iter().map(|(e, _)| e.id).collect();
+        let counts: Vec<Option<u64>> = batch.iter().map(|(_, d)| *d).collect();
         let started = Instant::now();
-        let report = self.run_handler(batch, source, idle).await;
+        let report = self.run_handler(batch, source, &ids, idle).await;
         let took = started.elapsed();
-        let plan = outcome::plan(report, |id| deliveries.get(&id).copied().flatten());
+        let plan = outcome::plan(report, |id| {
+            ids.iter().position(|x| *x == id).and_then(|i| counts[i])
+        });
         self.apply(plan, took).await
     }
 
@@ -146,9 +149,9 @@ impl Consumer {
         &mut self,
         batch: Vec<DeliveredEntry>,
         source: Source,
+        ids: &[EntryId],
         idle: Duration,
     ) -> RunReport {
-        let ids: Vec<EntryId> = batch.iter().map(|(e, _)| e.id).collect();
         // One span per batch, inside the consumer span; its fields are part of the API.
         let span = tracing::info_span!(
             "batch",
@@ -163,7 +166,7 @@ impl Consumer {
             .instrument(span)
             .boxed();
         let started = Instant::now();
-        let report = self.with_heartbeat(run, &ids, idle).await;
+        let report = self.with_heartbeat(run, ids, idle).await;
         self.stats
             .batch_handled(started.elapsed(), report.handed.len());
         report

@@ -105,7 +105,15 @@ pub(crate) fn plan(report: RunReport, deliveries: impl Fn(EntryId) -> Option<u64
         });
     }
     let handed = report.handed;
-    let in_batch: HashSet<EntryId> = handed.iter().copied().collect();
+    // Only a handler that names ids (dead letters, `Partial`) needs the batch as a set: the
+    // common `Ok` builds none.
+    let names_ids = !report.dead_letters.is_empty()
+        || matches!(report.outcome, Outcome::Returned(HandlerResult::Partial(_)));
+    let in_batch: HashSet<EntryId> = if names_ids {
+        handed.iter().copied().collect()
+    } else {
+        HashSet::new()
+    };
     // Entries the handler dead-lettered itself, whatever it returned: moved (so acknowledged) by
     // the move, and left out of the XACK.
     let mut explicit: HashSet<EntryId> = HashSet::new();
