@@ -5,5 +5,6 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod dead_letters;
 mod faults;
 mod placement;

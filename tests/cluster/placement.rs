@@ -54,3 +54,38 @@ async fn a_cluster_with_no_seed_reachable_fails_start_naming_it() {
     assert!(err.is_fatal(), "{text}");
     assert!(text.contains("any seed node"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_wakes_the_blocked_read_on_the_streams_master() {
+    let cluster = cluster();
+    let master = cluster.masters()[2];
+    let stream = stream_on(&cluster, master, "orders");
+    let seen = Seen::default();
+    let app = millrace::Supervisor::builder()
+        .redis_cluster(cluster.seed_urls())
+        .consumer(recording(&stream, "c", &seen).block(std::time::Duration::from_secs(30)))
+        .start()
+        .await
+        .expect("start");
+    wait_running(&app).await;
+    let began = std::time::Instant::now();
+    app.shutdown().await.expect("shutdown");
+    let took = began.elapsed();
+    // `CLIENT UNBLOCK` went to the master the read was blocked on (client ids are per node).
+    let mut node = cluster
+        .node(master)
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("the master");
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut node)
+        .await
+        .expect("INFO");
+    assert!(stats.contains("cmdstat_client|unblock:calls="), "{stats}");
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "stopped in {took:?}"
+    );
+}
