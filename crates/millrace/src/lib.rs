@@ -166,6 +166,8 @@ mod doc_examples {
     struct DocsCli;
     #[doc = include_str!("../../../docs/migrating.md")]
     struct DocsMigrating;
+    #[doc = include_str!("../../../docs/cluster.md")]
+    struct DocsCluster;
     #[doc = include_str!("../../../docs/redis-behaviour.md")]
     struct DocsRedisBehaviour;
     #[doc = include_str!("../../../docs/decisions/0001-consume-loop-in-a-task.md")]
