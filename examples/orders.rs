@@ -5,7 +5,8 @@
 //!     cargo run -p millrace-examples --example orders -- work --consumer w1 --panic-rate 0.05 &
 //!     cargo run -p millrace-examples --example orders -- work --consumer w2 --fail-rate 0.1 &
 //!     cargo run -p millrace-examples --example orders -- report
-//! `--redis URL` overrides REDIS_URL. `work` runs until SIGINT or SIGTERM, then drains and exits 0.
+//! `--redis URL` overrides REDIS_URL; `--redis-cluster URL[,URL…]` runs all three on a Redis
+//! Cluster instead (the seed nodes). `work` runs until SIGINT or SIGTERM, then drains and exits 0.
 //! `report` prints one JSON object: produced, processed, duplicates, dead_lettered, pending, lost.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -27,8 +28,95 @@ struct Cli {
         hide_env_values = true
     )]
     redis: String,
+    /// A Redis Cluster's seed node URLs, separated by commas (used instead of `--redis`).
+    #[arg(long, value_delimiter = ',')]
+    redis_cluster: Vec<String>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Where the orders live: one server, or a cluster.
+#[derive(Clone)]
+enum Target {
+    Server(String),
+    Cluster(Vec<String>),
+}
+
+impl Target {
+    /// A connection for the example's own commands. On a cluster every command goes to the
+    /// master of its key.
+    async fn connect(&self, response_timeout: Option<Duration>) -> AnyResult<Conn> {
+        Ok(match self {
+            Target::Server(url) => {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_response_timeout(response_timeout);
+                Conn::Server(
+                    redis::aio::ConnectionManager::new_with_config(
+                        redis::Client::open(url.as_str())?,
+                        config,
+                    )
+                    .await?,
+                )
+            }
+            Target::Cluster(seeds) => {
+                let mut builder = redis::cluster::ClusterClientBuilder::new(seeds.clone());
+                if let Some(timeout) = response_timeout {
+                    builder = builder.response_timeout(timeout);
+                }
+                Conn::Cluster(builder.build()?.get_async_connection().await?)
+            }
+        })
+    }
+
+    fn supervisor(&self) -> millrace::SupervisorBuilder {
+        match self {
+            Target::Server(url) => Supervisor::builder().redis(url),
+            Target::Cluster(seeds) => Supervisor::builder().redis_cluster(seeds.clone()),
+        }
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self, Target::Cluster(_))
+    }
+}
+
+/// The example's own connection: it reconnects after a Redis restart or `CLIENT KILL` (a plain
+/// multiplexed connection would fail every later command), and on a cluster follows `MOVED`.
+#[derive(Clone)]
+enum Conn {
+    Server(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Server(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Server(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Server(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -116,6 +204,11 @@ async fn main() {
         .init();
     millrace::install_panic_hook();
     let cli = Cli::parse();
+    let target = if cli.redis_cluster.is_empty() {
+        Target::Server(cli.redis.clone())
+    } else {
+        Target::Cluster(cli.redis_cluster.clone())
+    };
     let result = match cli.cmd {
         Cmd::Produce {
             count,
@@ -123,7 +216,7 @@ async fn main() {
             poison_rate,
             pipeline,
             rate,
-        } => produce(&cli.redis, &stream, count, poison_rate, pipeline, rate).await,
+        } => produce(&target, &stream, count, poison_rate, pipeline, rate).await,
         Cmd::Work {
             consumer,
             group,
@@ -145,17 +238,9 @@ async fn main() {
                 .claim_interval(claim_interval.into())
                 .claim_min_idle(claim_min_idle.into())
                 .max_deliveries(max_deliveries);
-            work(
-                &cli.redis,
-                spec,
-                fail_rate,
-                panic_rate,
-                work_ms,
-                max_restarts,
-            )
-            .await
+            work(&target, spec, fail_rate, panic_rate, work_ms, max_restarts).await
         }
-        Cmd::Report { group, stream } => report(&cli.redis, &stream, &group).await,
+        Cmd::Report { group, stream } => report(&target, &stream, &group).await,
     };
     if let Err(e) = result {
         eprintln!("orders: {e}");
@@ -169,16 +254,14 @@ type AnyResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 type Entries = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
 
 async fn produce(
-    url: &str,
+    target: &Target,
     stream: &str,
     count: u64,
     poison_rate: f64,
     pipeline: u64,
     rate: u64,
 ) -> AnyResult {
-    let mut con = redis::Client::open(url)?
-        .get_multiplexed_async_connection()
-        .await?;
+    let mut con = target.connect(Some(Duration::from_secs(10))).await?;
     let start: u64 = redis::cmd("INCRBY")
         .arg(produced_key(stream))
         .arg(0)
@@ -212,11 +295,16 @@ async fn produce(
                 .arg(now_ms)
                 .ignore();
         }
-        pipe.cmd("INCRBY")
-            .arg(produced_key(stream))
-            .arg(end - next)
-            .ignore();
-        pipe.query_async::<()>(&mut con).await?;
+        let mut counted = redis::cmd("INCRBY");
+        counted.arg(produced_key(stream)).arg(end - next);
+        if target.is_cluster() {
+            // The counter and the stream live in different slots: one pipeline per key.
+            pipe.query_async::<()>(&mut con).await?;
+            counted.query_async::<()>(&mut con).await?;
+        } else {
+            pipe.add_command(counted).ignore();
+            pipe.query_async::<()>(&mut con).await?;
+        }
         next = end;
         if rate > 0 {
             let due = Duration::from_secs_f64((next - start) as f64 / rate as f64);
@@ -233,16 +321,14 @@ async fn produce(
 }
 
 async fn work(
-    url: &str,
+    target: &Target,
     spec: ConsumerSpec,
     fail_rate: f64,
     panic_rate: f64,
     work_ms: u64,
     max_restarts: usize,
 ) -> AnyResult {
-    // A ConnectionManager reconnects after a Redis restart or CLIENT KILL; a plain multiplexed
-    // connection would fail every later batch.
-    let recorder = redis::aio::ConnectionManager::new(redis::Client::open(url)?).await?;
+    let recorder = target.connect(Some(Duration::from_secs(5))).await?;
     let spec = spec.handler(move |batch: Batch<Order>| {
         let mut con = recorder.clone();
         let roll: f64 = rand::random();
@@ -274,8 +360,8 @@ async fn work(
     policy.max_restarts = max_restarts;
     policy.backoff_initial = Duration::from_millis(10);
     policy.backoff_max = Duration::from_millis(250);
-    let app = Supervisor::builder()
-        .redis(url)
+    let app = target
+        .supervisor()
         .restart_policy(policy)
         .consumer(spec)
         .start()
@@ -301,12 +387,10 @@ async fn work(
     Ok(())
 }
 
-async fn report(url: &str, stream: &str, group: &str) -> AnyResult {
-    // No response timeout: HGETALL of a million processed orders takes longer than the default 500 ms.
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-    let mut con = redis::Client::open(url)?
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
+async fn report(target: &Target, stream: &str, group: &str) -> AnyResult {
+    // A long response timeout: HGETALL of a million processed orders takes longer than the
+    // default 500 ms.
+    let mut con = target.connect(Some(Duration::from_secs(600))).await?;
     let produced: u64 = redis::cmd("GET")
         .arg(produced_key(stream))
         .query_async::<Option<u64>>(&mut con)

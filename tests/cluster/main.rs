@@ -7,4 +7,5 @@
 mod common;
 mod dead_letters;
 mod faults;
+mod orders;
 mod placement;

@@ -1,0 +1,124 @@
+//! The `orders` example on a cluster: `--redis-cluster URL,URL…` for produce, work and report, as
+//! the acceptance runs drive it. SIGTERM still drains and exits 0.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::common::{cluster, WAIT};
+
+/// The `orders` example binary next to this test binary, built first if it is missing.
+fn orders_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test binary lives in target/<profile>/deps");
+        let bin = profile_dir.join("examples").join("orders");
+        if !bin.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            let status = std::process::Command::new(&cargo)
+                .args(["build", "-p", "millrace-examples", "--example", "orders"])
+                .arg("--target-dir")
+                .arg(profile_dir.parent().expect("target/<profile>"))
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("running cargo build");
+            assert!(status.success() && bin.exists(), "building orders failed");
+        }
+        bin
+    })
+}
+
+fn orders(seeds: &str) -> Command {
+    let mut cmd = Command::new(orders_bin());
+    cmd.arg("--redis-cluster")
+        .arg(seeds)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// One number of `orders report`'s JSON line.
+fn field(report: &str, name: &str) -> u64 {
+    let at = report
+        .find(&format!("\"{name}\":"))
+        .unwrap_or_else(|| panic!("`{name}` in {report}"));
+    report[at + name.len() + 3..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .expect("a number")
+}
+
+async fn report(seeds: &str) -> String {
+    let out = orders(seeds)
+        .arg("report")
+        .output()
+        .await
+        .expect("orders report");
+    assert!(out.status.success(), "orders report: {}", out.status);
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_produces_works_and_reports_on_a_cluster() {
+    let cluster = cluster();
+    let seeds = cluster.seed_urls().join(",");
+    let produced = orders(&seeds)
+        .args(["produce", "--count", "500", "--poison-rate", "0.02"])
+        .output()
+        .await
+        .expect("orders produce");
+    assert!(produced.status.success(), "orders produce: {produced:?}");
+
+    let mut worker = orders(&seeds)
+        .args(["work", "--consumer", "w1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("orders work");
+    let mut lines = BufReader::new(worker.stdout.take().expect("stdout")).lines();
+    let ready = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("ready in time")
+        .expect("stdout");
+    assert_eq!(ready.as_deref(), Some("ready"));
+    millrace_testkit::eventually(WAIT, "every order processed or dead-lettered", || {
+        let seeds = seeds.clone();
+        async move {
+            let r = report(&seeds).await;
+            field(&r, "lost") == 0 && field(&r, "pending") == 0
+        }
+    })
+    .await;
+    let pid = worker.id().expect("a running worker");
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    let status = tokio::time::timeout(WAIT, worker.wait())
+        .await
+        .expect("the worker exits after SIGTERM")
+        .expect("wait");
+    assert!(status.success(), "SIGTERM drains and exits 0: {status}");
+
+    let last = report(&seeds).await;
+    assert_eq!(field(&last, "produced"), 500, "{last}");
+    assert_eq!(
+        (field(&last, "lost"), field(&last, "pending")),
+        (0, 0),
+        "{last}"
+    );
+    assert!(
+        field(&last, "dead_lettered") > 0,
+        "poison orders dead-lettered: {last}"
+    );
+    eprintln!("orders on a cluster: {last}");
+}
