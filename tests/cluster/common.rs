@@ -79,6 +79,37 @@ pub(crate) fn recording(stream: &str, consumer: &str, seen: &Seen) -> ConsumerSp
         })
 }
 
+/// A consumer of `stream` whose handler fails every `fail_every`-th batch (nothing acknowledged;
+/// the entries come back through a claim a second later) and records and acknowledges the rest:
+/// faults under load with workers failing at a low rate. Failed batches are counted in `failed`.
+pub(crate) fn flaky(
+    stream: &str,
+    consumer: &str,
+    seen: &Seen,
+    fail_every: usize,
+    failed: &Arc<std::sync::atomic::AtomicUsize>,
+) -> ConsumerSpec {
+    let (seen, failed) = (seen.clone(), failed.clone());
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    ConsumerSpec::new(stream, "g", consumer)
+        .start_id(StartId::Beginning)
+        .block(Duration::from_millis(500))
+        .claim_interval(Duration::from_millis(200))
+        .claim_min_idle(Duration::from_secs(1))
+        .max_deliveries(1_000)
+        .handler(move |batch: Batch<RawEntry>| {
+            let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let result = if call.is_multiple_of(fail_every) {
+                failed.fetch_add(1, Ordering::SeqCst);
+                HandlerResult::err("failing on purpose")
+            } else {
+                seen.record(&batch);
+                HandlerResult::Ok
+            };
+            futures::future::ready(result)
+        })
+}
+
 /// Adds entries to one stream until stopped, keeping the ids the cluster confirmed. With
 /// `replicated`, an entry counts only once `WAIT 1` on its master says a replica has it (an
 /// entry a killed master had not replicated may vanish with it, as on any Redis).

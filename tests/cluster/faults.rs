@@ -2,13 +2,18 @@
 //! promoted), a live migration of the stream's slot. The consumer follows the owner without a
 //! restart of the application; Redis says afterwards that nothing was lost and nothing is pending.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::block_in_place;
 
 use crate::common::{
-    all_handled, cluster, connect, recording, stream_on, wait_running, Producer, Seen, WAIT,
+    all_handled, cluster, connect, flaky, stream_on, wait_running, Producer, Seen, WAIT,
 };
+
+/// Every 25th batch fails: the consumers work under load with a low failure rate.
+const FAIL_EVERY: usize = 25;
 
 /// Waits until the consumers have handled at least `n` entries.
 async fn handled_at_least(seen: &Seen, n: usize) {
@@ -25,10 +30,10 @@ async fn a_graceful_failover_of_the_streams_shard_loses_nothing() {
     let master = cluster.masters()[0];
     let stream = stream_on(&cluster, master, "orders");
     let con = connect(&cluster).await;
-    let seen = Seen::default();
+    let (seen, failed) = (Seen::default(), Arc::new(AtomicUsize::new(0)));
     let app = millrace::Supervisor::builder()
         .redis_cluster(cluster.seed_urls())
-        .consumer(recording(&stream, "c", &seen))
+        .consumer(flaky(&stream, "c", &seen, FAIL_EVERY, &failed))
         .start()
         .await
         .expect("start");
@@ -44,8 +49,9 @@ async fn a_graceful_failover_of_the_streams_shard_loses_nothing() {
     let added = producer.stop().await;
     let duplicates = all_handled(&con, &stream, &seen, &added).await;
     eprintln!(
-        "failover: {} entries, {duplicates} duplicates, handling again {recovered:?} after the failover began",
-        added.len()
+        "failover: {} entries, {} failed batches, {duplicates} duplicates, handling again {recovered:?} after the failover began",
+        added.len(),
+        failed.load(Ordering::SeqCst)
     );
     assert!(
         app.health().iter().all(|h| h.restarts_total == 0),
@@ -62,10 +68,10 @@ async fn a_live_migration_of_the_streams_slot_loses_nothing() {
     let stream = stream_on(&cluster, masters[0], "orders");
     let slot = cluster.keyslot(&stream);
     let con = connect(&cluster).await;
-    let seen = Seen::default();
+    let (seen, failed) = (Seen::default(), Arc::new(AtomicUsize::new(0)));
     let app = millrace::Supervisor::builder()
         .redis_cluster(cluster.seed_urls())
-        .consumer(recording(&stream, "c", &seen))
+        .consumer(flaky(&stream, "c", &seen, FAIL_EVERY, &failed))
         .start()
         .await
         .expect("start");
@@ -79,8 +85,9 @@ async fn a_live_migration_of_the_streams_slot_loses_nothing() {
     let added = producer.stop().await;
     let duplicates = all_handled(&con, &stream, &seen, &added).await;
     eprintln!(
-        "migration: {} entries, {duplicates} duplicates",
-        added.len()
+        "migration: {} entries, {} failed batches, {duplicates} duplicates",
+        added.len(),
+        failed.load(Ordering::SeqCst)
     );
     assert!(
         app.health().iter().all(|h| h.restarts_total == 0),
@@ -96,10 +103,13 @@ async fn kill_9_of_the_streams_master_loses_no_replicated_entry() {
     let master = cluster.masters()[0];
     let stream = stream_on(&cluster, master, "orders");
     let con = connect(&cluster).await;
-    let seen = Seen::default();
+    let (seen, failed) = (Seen::default(), Arc::new(AtomicUsize::new(0)));
     let app = millrace::Supervisor::builder()
         .redis_cluster(cluster.seed_urls())
-        .consumer(recording(&stream, "c", &seen).reconnect_backoff_max(Duration::from_millis(500)))
+        .consumer(
+            flaky(&stream, "c", &seen, FAIL_EVERY, &failed)
+                .reconnect_backoff_max(Duration::from_millis(500)),
+        )
         .start()
         .await
         .expect("start");
@@ -119,8 +129,9 @@ async fn kill_9_of_the_streams_master_loses_no_replicated_entry() {
     let added = producer.stop().await;
     let duplicates = all_handled(&con, &stream, &seen, &added).await;
     eprintln!(
-        "kill -9: {} replicated entries, {duplicates} duplicates, handling again {recovered:?} after the kill",
-        added.len()
+        "kill -9: {} replicated entries, {} failed batches, {duplicates} duplicates, handling again {recovered:?} after the kill",
+        added.len(),
+        failed.load(Ordering::SeqCst)
     );
     assert!(
         app.health().iter().all(|h| h.restarts_total == 0),
