@@ -1,5 +1,7 @@
 //! The `orders` example on a cluster: `--redis-cluster URL,URL…` for produce, work and report, as
-//! the acceptance runs drive it. SIGTERM still drains and exits 0.
+//! the acceptance runs drive it. SIGTERM still drains and exits 0; a worker killed with kill -9 and
+//! restarted under its name replays its own entries, and one that never returns has its entries
+//! claimed by the other.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -65,6 +67,83 @@ async fn report(seeds: &str) -> String {
         .expect("orders report");
     assert!(out.status.success(), "orders report: {}", out.status);
     String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// Spawns `orders work --consumer NAME ARGS…` and waits until it prints "ready".
+async fn worker(seeds: &str, name: &str, extra: &[&str]) -> tokio::process::Child {
+    let mut child = orders(seeds)
+        .args(["work", "--consumer", name])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("orders work");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let ready = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("ready in time")
+        .expect("stdout");
+    assert_eq!(ready.as_deref(), Some("ready"), "{name}");
+    // Keep reading stdout so the worker never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+async fn processed_at_least(seeds: &str, n: u64) {
+    millrace_testkit::eventually(WAIT, &format!("{n} orders processed"), || {
+        let seeds = seeds.to_owned();
+        async move { field(&report(&seeds).await, "processed") >= n }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_killed_on_a_cluster_lose_nothing_restarted_or_not() {
+    let cluster = cluster();
+    let seeds = cluster.seed_urls().join(",");
+    let produced = orders(&seeds)
+        .args(["produce", "--count", "3000"])
+        .output()
+        .await
+        .expect("orders produce");
+    assert!(produced.status.success(), "orders produce: {produced:?}");
+    let flags = [
+        "--work-ms",
+        "5",
+        "--count",
+        "20",
+        "--claim-interval",
+        "200ms",
+        "--claim-min-idle",
+        "1s",
+        "--max-deliveries",
+        "1000",
+    ];
+    let mut w1 = worker(&seeds, "w1", &flags).await;
+    let mut w2 = worker(&seeds, "w2", &flags).await;
+    processed_at_least(&seeds, 500).await;
+    // w1 is killed and comes back under its name: it replays its own pending entries.
+    w1.start_kill().expect("kill -9 w1");
+    w1.wait().await.expect("w1 gone");
+    processed_at_least(&seeds, 1000).await;
+    let mut w1 = worker(&seeds, "w1", &flags).await;
+    processed_at_least(&seeds, 1500).await;
+    // w2 is killed for good: w1 claims what w2 held.
+    w2.start_kill().expect("kill -9 w2");
+    w2.wait().await.expect("w2 gone");
+    millrace_testkit::eventually(WAIT, "every order processed, none pending", || {
+        let seeds = seeds.clone();
+        async move {
+            let r = report(&seeds).await;
+            field(&r, "lost") == 0 && field(&r, "pending") == 0
+        }
+    })
+    .await;
+    let last = report(&seeds).await;
+    eprintln!("workers killed on a cluster: {last}");
+    assert_eq!(field(&last, "processed"), 3000, "{last}");
+    // At most what the killed workers held (fetched ahead and in flight) comes back twice.
+    assert!(field(&last, "duplicates") <= 2 * 4 * 20, "{last}");
+    w1.start_kill().expect("kill w1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
