@@ -28,8 +28,15 @@ pub(crate) fn cluster() -> RedisCluster {
 
 /// The test's own cluster connection, with a generous response timeout for a loaded machine.
 pub(crate) async fn connect(cluster: &RedisCluster) -> ClusterConnection {
-    redis::cluster::ClusterClientBuilder::new(cluster.seed_urls())
-        .response_timeout(Duration::from_secs(10))
+    let mut builder = redis::cluster::ClusterClientBuilder::new(cluster.seed_urls())
+        .response_timeout(Duration::from_secs(10));
+    if let Some(ca) = cluster.ca_cert_path() {
+        builder = builder.certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(ca).expect("the CA certificate")),
+        });
+    }
+    builder
         .build()
         .expect("cluster client")
         .get_async_connection()

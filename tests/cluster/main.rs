@@ -5,6 +5,7 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod connecting;
 mod dead_letters;
 mod faults;
 mod orders;

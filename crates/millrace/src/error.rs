@@ -378,6 +378,35 @@ pub(crate) fn redact(message: &str) -> String {
 mod tests {
     use super::*;
 
+    fn group_lost(detail: &str) -> Error {
+        Error::GroupLost {
+            consumer: ConsumerId::new("s", "g", "c"),
+            command: "XREADGROUP",
+            detail: detail.to_owned(),
+        }
+    }
+
+    #[test]
+    fn owner_changes_are_told_from_a_lost_group() {
+        for topology in [
+            group_lost("\"UNBLOCKED\": force unblock from blocking operation, instance state changed (master -> replica?)"),
+            group_lost("\"UNBLOCKED\": the stream key no longer exists"),
+        ] {
+            assert!(topology.is_topology_change(), "{topology}");
+        }
+        let nogroup = group_lost(
+            "NOGROUP No such key 's' or consumer group 'g' in XREADGROUP with GROUP option",
+        );
+        assert!(!nogroup.is_topology_change());
+        let noperm = Error::Fatal {
+            consumer: None,
+            command: "XACK",
+            reason: "NOPERM this user has no permissions".into(),
+            hint: String::new(),
+        };
+        assert!(!noperm.is_topology_change());
+    }
+
     #[test]
     fn redact_hides_userinfo() {
         assert_eq!(
