@@ -9,6 +9,7 @@
 //!
 //! [connection]
 //! command_timeout = "5s"
+//! # tls_ca_cert = "/etc/redis/ca.crt"   # rediss:// with a private CA (the `tls` feature)
 //!
 //! [restart]
 //! max_restarts = 5
@@ -32,7 +33,7 @@
 //! Unknown keys, in the file or the environment, are refused with an error naming them.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -70,6 +71,67 @@ struct FileConnection {
     #[serde(default, with = "crate::config::opt_duration")]
     command_timeout: Option<Duration>,
     wait_for_redis: Option<bool>,
+    /// PEM root certificates to trust instead of the Mozilla roots (`tls` feature).
+    tls_ca_cert: Option<PathBuf>,
+    /// PEM client certificate chain and key for mutual TLS (`tls` feature), both or neither.
+    tls_client_cert: Option<PathBuf>,
+    tls_client_key: Option<PathBuf>,
+}
+
+impl FileConnection {
+    /// Reads the TLS files named, if any, into `options`.
+    fn tls_into(&self, options: ConnectionOptions) -> Result<ConnectionOptions> {
+        let named = [
+            &self.tls_ca_cert,
+            &self.tls_client_cert,
+            &self.tls_client_key,
+        ];
+        if named.iter().all(|p| p.is_none()) {
+            return Ok(options);
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            Err(Error::config(
+                None,
+                "connection.tls_ca_cert",
+                "and the other `tls_…` settings need millrace's `tls` cargo feature",
+            ))
+        }
+        #[cfg(feature = "tls")]
+        {
+            let read = |field: &str, path: &Path| {
+                std::fs::read(path).map_err(|e| {
+                    Error::config(
+                        None,
+                        &format!("connection.{field}"),
+                        format!("cannot be read from {}: {e}", path.display()),
+                    )
+                })
+            };
+            let client_tls = match (&self.tls_client_cert, &self.tls_client_key) {
+                (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                    client_cert: read("tls_client_cert", cert)?,
+                    client_key: read("tls_client_key", key)?,
+                }),
+                (None, None) => None,
+                _ => {
+                    return Err(Error::config(
+                        None,
+                        "connection.tls_client_cert",
+                        "and `tls_client_key` go together: set both or neither",
+                    ))
+                }
+            };
+            let root_cert = match &self.tls_ca_cert {
+                Some(path) => Some(read("tls_ca_cert", path)?),
+                None => None,
+            };
+            Ok(options.tls_certificates(redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            }))
+        }
+    }
 }
 
 /// One `[[consumers]]` entry.
@@ -283,6 +345,7 @@ impl Settings {
             if let Some(w) = c.wait_for_redis {
                 connection.wait_for_redis = w;
             }
+            connection = c.tls_into(connection)?;
         }
         connection.validate()?;
         file.restart.validate()?;
@@ -499,6 +562,37 @@ mod tests {
         assert_eq!((o.count, o.block), (7, Duration::from_secs(3)));
         assert_eq!(s.restart.window, Duration::from_secs(30));
         assert!(s.connection.wait_for_redis);
+    }
+
+    #[test]
+    fn tls_files_are_read_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, "not checked until a connection is made").unwrap();
+        let file =
+            |extra: &str| format!("redis = \"rediss://127.0.0.1:6380\"\n[connection]\n{extra}\n");
+        let with_ca = Settings::from_toml_str(&file(&format!(
+            "tls_ca_cert = {:?}",
+            ca.display().to_string()
+        )));
+        let missing = Settings::from_toml_str(&file("tls_ca_cert = \"/nonexistent/ca.crt\""));
+        let half = Settings::from_toml_str(&file(&format!(
+            "tls_client_cert = {:?}",
+            ca.display().to_string()
+        )));
+        if cfg!(feature = "tls") {
+            assert!(with_ca.is_ok(), "{with_ca:?}");
+            let err = missing.unwrap_err().to_string();
+            assert!(
+                err.contains("connection.tls_ca_cert") && err.contains("/nonexistent/ca.crt"),
+                "{err}"
+            );
+            let err = half.unwrap_err().to_string();
+            assert!(err.contains("tls_client_key"), "{err}");
+        } else {
+            let err = with_ca.unwrap_err().to_string();
+            assert!(err.contains("`tls` cargo feature"), "{err}");
+        }
     }
 
     #[test]
