@@ -161,3 +161,57 @@ fn client_config(certificates: Option<&TlsCertificates>) -> Result<ClientConfig,
         None => Ok(builder.with_no_client_auth()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(url: &str) -> ConnectionAddr {
+        redis::Client::open(url)
+            .expect("a URL")
+            .get_connection_info()
+            .addr()
+            .clone()
+    }
+
+    fn certificates(root: &[u8]) -> Certificates {
+        Certificates(TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root.to_vec()),
+        })
+    }
+
+    #[test]
+    fn a_plain_address_needs_no_tls_and_refuses_certificates() {
+        assert!(matches!(
+            Tls::for_addr(&addr("redis://127.0.0.1:6379"), None),
+            Ok(None)
+        ));
+        let err = Tls::for_addr(&addr("redis://127.0.0.1:6379"), Some(&certificates(b"x")))
+            .expect_err("certificates for a plain address");
+        assert!(err.contains("not `rediss://`"), "{err}");
+    }
+
+    #[test]
+    fn insecure_and_unreadable_certificates_are_refused() {
+        let err =
+            Tls::for_addr(&addr("rediss://127.0.0.1:6380/#insecure"), None).expect_err("#insecure");
+        assert!(err.contains("#insecure"), "{err}");
+        let err = Tls::for_addr(&addr("rediss://127.0.0.1:6380"), Some(&certificates(b"")))
+            .expect_err("no root certificate");
+        assert!(err.contains("root certificate"), "{err}");
+        // The Mozilla roots when none are given.
+        assert!(matches!(
+            Tls::for_addr(&addr("rediss://localhost:6380"), None),
+            Ok(Some(_))
+        ));
+    }
+
+    #[test]
+    fn certificates_compare_by_content_and_never_print() {
+        let a = certificates(b"-----BEGIN CERTIFICATE-----secret");
+        assert_eq!(a, certificates(b"-----BEGIN CERTIFICATE-----secret"));
+        assert_ne!(a, certificates(b"other"));
+        assert!(!format!("{a:?}").contains("secret"));
+    }
+}
