@@ -140,3 +140,44 @@ async fn kill_9_of_the_streams_master_loses_no_replicated_entry() {
     );
     app.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_without_a_master_is_reported_in_health_not_a_crash_loop() {
+    let mut cluster = cluster();
+    let master = cluster.masters()[0];
+    let stream = stream_on(&cluster, master, "orders");
+    let (seen, failed) = (Seen::default(), Arc::new(AtomicUsize::new(0)));
+    let app = millrace::Supervisor::builder()
+        .redis_cluster(cluster.seed_urls())
+        .consumer(
+            flaky(&stream, "c", &seen, FAIL_EVERY, &failed)
+                .reconnect_backoff_max(Duration::from_millis(500)),
+        )
+        .start()
+        .await
+        .expect("start");
+    wait_running(&app).await;
+    // The shard loses its replica, then its master: no node can take over its slots.
+    for node in cluster.replicas_of(master) {
+        cluster.kill(node);
+    }
+    cluster.kill(master);
+    millrace_testkit::eventually(WAIT, "health shows the consumer reconnecting", || {
+        let health = app.health();
+        async move {
+            health.iter().all(|h| {
+                h.state == millrace::ConsumerState::Reconnecting
+                    && h.counters.reconnects >= 3
+                    && h.last_error.is_some()
+            })
+        }
+    })
+    .await;
+    let health = app.health();
+    eprintln!("shard down: {:?}", health[0].last_error);
+    assert!(
+        health.iter().all(|h| h.restarts_total == 0),
+        "retried, never restarted: {health:?}"
+    );
+    app.shutdown().await.expect("a bounded shutdown");
+}
