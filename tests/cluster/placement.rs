@@ -118,3 +118,56 @@ async fn a_seed_that_is_down_at_start_is_skipped() {
     assert_eq!(duplicates, 0);
     app.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reaper_runs_on_the_streams_master() {
+    let cluster = cluster();
+    let stream = stream_on(&cluster, cluster.masters()[1], "orders");
+    let mut con = connect(&cluster).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("g")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut con)
+        .await
+        .expect("XGROUP CREATE");
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(&stream)
+        .arg("g")
+        .arg("gone")
+        .query_async(&mut con)
+        .await
+        .expect("XGROUP CREATECONSUMER");
+    let seen = Seen::default();
+    let app = millrace::Supervisor::builder()
+        .redis_cluster(cluster.seed_urls())
+        .consumer(
+            recording(&stream, "c", &seen)
+                .claim_interval(std::time::Duration::from_millis(100))
+                .claim_min_idle(std::time::Duration::from_millis(100))
+                .reap_idle_consumers_after(std::time::Duration::from_millis(200)),
+        )
+        .start()
+        .await
+        .expect("start");
+    wait_running(&app).await;
+    millrace_testkit::eventually(crate::common::WAIT, "the idle consumer reaped", || {
+        let (mut con, stream) = (con.clone(), stream.clone());
+        async move {
+            let consumers: Vec<redis::Value> = redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(&stream)
+                .arg("g")
+                .query_async(&mut con)
+                .await
+                .expect("XINFO CONSUMERS");
+            consumers.len() == 1
+        }
+    })
+    .await;
+    assert!(app.health().iter().all(|h| h.restarts_total == 0));
+    app.shutdown().await.expect("shutdown");
+}
