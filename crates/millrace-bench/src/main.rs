@@ -18,6 +18,7 @@ mod latency;
 mod measure;
 mod micro;
 mod mr;
+mod parsers;
 mod report;
 mod soak;
 mod tls;
@@ -39,12 +40,13 @@ pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 /// The latency section alternates the variants over this many rounds and pools the samples.
 const LATENCY_ROUNDS: usize = 2;
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "main",
     "typed",
     "count",
     "consumers",
     "tls",
+    "parsers",
     "latency",
     "micro",
 ];
@@ -71,12 +73,13 @@ struct Args {
     /// Entries per second in the latency section.
     #[arg(long, default_value_t = 2_000)]
     latency_rate: u64,
-    /// Sections to run, comma-separated: main, typed, count, consumers, tls, latency, micro.
-    /// `tls` runs millrace alone, over TLS and plain TCP on servers of their own.
+    /// Sections to run, comma-separated: main, typed, count, consumers, tls, parsers, latency,
+    /// micro. `tls` runs millrace alone, over TLS and plain TCP on servers of their own; `parsers`
+    /// drains the stream with millrace's RESP parser and with `redis-protocol`'s in one loop.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "main,typed,count,consumers,tls,latency,micro"
+        default_value = "main,typed,count,consumers,tls,parsers,latency,micro"
     )]
     sections: Vec<String>,
     /// Variants to run, comma-separated: a, a' (or a2), b, b' (or b2), c.
@@ -507,6 +510,16 @@ async fn run(mut args: Args) -> Res<bool> {
         println!("\n{tls_table}");
     }
 
+    let mut parsers_table = String::new();
+    if args.sections.iter().any(|s| s == "parsers") {
+        println!(
+            "## The RESP parsers end to end ({} entries per run, {} rounds)",
+            args.messages, args.rounds
+        );
+        parsers_table = parsers::run(&mut env, args.messages, args.rounds).await?;
+        println!("\n{parsers_table}");
+    }
+
     let mut lat = Vec::new();
     if args.sections.iter().any(|s| s == "latency") {
         let rounds = LATENCY_ROUNDS;
@@ -587,6 +600,9 @@ async fn run(mut args: Args) -> Res<bool> {
         }
         if !tls_table.is_empty() {
             let _ = writeln!(doc, "{tls_table}");
+        }
+        if !parsers_table.is_empty() {
+            let _ = writeln!(doc, "{parsers_table}");
         }
         if !lat.is_empty() {
             let _ = writeln!(doc, "{}", report::latency_table(args.latency_rate, &lat));

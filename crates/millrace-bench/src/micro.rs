@@ -269,7 +269,7 @@ fn bytes_of(b: &[u8]) -> redis_protocol::bytes::Bytes {
 
 /// The live reader's path built on `redis-protocol` instead: decode one reply, then take the
 /// entries out of the frame tree (happy path only, so it is if anything flattered).
-mod alt {
+pub(crate) mod alt {
     use millrace::streams::ReadItem;
     use millrace::{EntryId, RawEntry};
     use redis_protocol::resp2::decode::{decode_bytes, decode_range};
@@ -294,7 +294,16 @@ mod alt {
     }
 
     pub(super) fn range_to_items(buf: &[u8]) -> Vec<ReadItem> {
-        let Ok(Some((RangeFrame::Array(reply), _))) = decode_range(buf) else {
+        match decode_range(buf) {
+            Ok(Some((frame, _))) => range_frame_to_items(frame, buf),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The entries of one `XREADGROUP` reply decoded by `decode_range` out of `buf`; nothing for
+    /// any other reply.
+    pub(crate) fn range_frame_to_items(frame: RangeFrame, buf: &[u8]) -> Vec<ReadItem> {
+        let RangeFrame::Array(reply) = frame else {
             return Vec::new();
         };
         let bulk = |f: &RangeFrame| match f {
@@ -322,7 +331,15 @@ mod alt {
     }
 
     pub(super) fn bytes_to_items(buf: &redis_protocol::bytes::Bytes) -> Vec<ReadItem> {
-        let Ok(Some((BytesFrame::Array(reply), _))) = decode_bytes(buf) else {
+        match decode_bytes(buf) {
+            Ok(Some((frame, _))) => frame_to_items(frame),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The entries of one decoded `XREADGROUP` reply; nothing for any other reply.
+    pub(crate) fn frame_to_items(frame: BytesFrame) -> Vec<ReadItem> {
+        let BytesFrame::Array(reply) = frame else {
             return Vec::new();
         };
         let list = |f: BytesFrame| match f {

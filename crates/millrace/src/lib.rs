@@ -106,6 +106,26 @@ pub mod __bench {
             crate::protocol::parse_read_reply(&self.frame(bytes)?)
         }
 
+        /// Free space to read socket bytes into (see `FrameBuf::spare`).
+        pub fn spare(&mut self) -> &mut [u8] {
+            self.0.spare()
+        }
+
+        /// Records that `n` bytes were read into [`ReplyPath::spare`].
+        pub fn filled(&mut self, n: usize) {
+            self.0.filled(n)
+        }
+
+        /// The next complete reply's bytes, once buffered.
+        pub fn next_frame(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+            self.0.next_frame()
+        }
+
+        /// Parses one complete `XREADGROUP` reply, as the consume loop does.
+        pub fn parse(frame: &[u8]) -> redis::RedisResult<Vec<crate::streams::ReadItem>> {
+            crate::protocol::parse_read_reply(frame)
+        }
+
         /// Frames one complete RESP2 reply held in `bytes`: returns its bytes, as the reader
         /// hands them to the consume loop.
         pub fn frame(&mut self, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
