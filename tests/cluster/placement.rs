@@ -171,3 +171,60 @@ async fn the_reaper_runs_on_the_streams_master() {
     assert!(app.health().iter().all(|h| h.restarts_total == 0));
     app.shutdown().await.expect("shutdown");
 }
+
+/// The number of client connections each master has.
+async fn clients_per_master(cluster: &millrace_testkit::RedisCluster) -> Vec<usize> {
+    let mut counts = Vec::new();
+    for master in cluster.masters() {
+        let mut node = cluster
+            .node(master)
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("a master");
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut node)
+            .await
+            .expect("CLIENT LIST");
+        // Less this connection of the test's own.
+        counts.push(list.lines().count() - 1);
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_connection_is_left_on_any_master_after_shutdown() {
+    let cluster = cluster();
+    let masters = cluster.masters();
+    let before = clients_per_master(&cluster).await;
+    let seen = Seen::default();
+    let app = millrace::Supervisor::builder()
+        .redis_cluster(cluster.seed_urls())
+        .consumer(recording(
+            &stream_on(&cluster, masters[0], "orders"),
+            "a",
+            &seen,
+        ))
+        .consumer(recording(
+            &stream_on(&cluster, masters[1], "orders"),
+            "b",
+            &seen,
+        ))
+        .start()
+        .await
+        .expect("start");
+    wait_running(&app).await;
+    let during = clients_per_master(&cluster).await;
+    assert!(
+        during.iter().zip(&before).all(|(d, b)| d > b),
+        "a control connection to every master: {before:?} → {during:?}"
+    );
+    app.shutdown().await.expect("shutdown");
+    millrace_testkit::eventually(crate::common::WAIT, "every connection closed", || {
+        let cluster = &cluster;
+        let before = before.clone();
+        async move { clients_per_master(cluster).await == before }
+    })
+    .await;
+}

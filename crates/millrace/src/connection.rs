@@ -249,7 +249,7 @@ impl Backend {
             options,
             control: Control::Cluster(ClusterControl(Arc::new(ClusterShared {
                 client,
-                conn: tokio::sync::OnceCell::new(),
+                conn: tokio::sync::Mutex::new(None),
             }))),
             display,
         })
@@ -386,8 +386,11 @@ impl Backend {
     /// with RESP3, where redis-rs would reconnect at once on the server's close; and a refused
     /// `QUIT` (an ACL without it) leaves the connection to close when the last handle is dropped.
     pub(crate) async fn close(&self) {
-        // A cluster's connections (one per master) close when the last handle is dropped.
+        // A cluster's connections (one per master) close when the connection is let go of.
         let Target::Single { client, .. } = &self.target else {
+            if let Control::Cluster(control) = &self.control {
+                control.close().await;
+            }
             return;
         };
         if client
@@ -600,16 +603,25 @@ pub(crate) struct ClusterControl(Arc<ClusterShared>);
 
 struct ClusterShared {
     client: ClusterClient,
-    conn: tokio::sync::OnceCell<ClusterConnection>,
+    /// Made on first use; taken out by [`ClusterControl::close`].
+    conn: tokio::sync::Mutex<Option<ClusterConnection>>,
 }
 
 impl ClusterControl {
     async fn connection(&self) -> redis::RedisResult<ClusterConnection> {
-        self.0
-            .conn
-            .get_or_try_init(|| self.0.client.get_async_connection())
-            .await
-            .cloned()
+        let mut slot = self.0.conn.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let conn = self.0.client.get_async_connection().await?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Lets go of the cluster connection: once the last command in flight has its reply, its
+    /// connections to the masters close.
+    async fn close(&self) {
+        self.0.conn.lock().await.take();
     }
 }
 
