@@ -86,17 +86,39 @@ pub(crate) fn recording(stream: &str, consumer: &str, seen: &Seen) -> ConsumerSp
         })
 }
 
-/// A consumer of `stream` whose handler fails every `fail_every`-th batch (nothing acknowledged;
-/// the entries come back through a claim a second later) and records and acknowledges the rest:
-/// faults under load with workers failing at a low rate. Failed batches are counted in `failed`.
+/// Every how many handler calls a [`flaky`] handler fails.
+pub(crate) const FAIL_EVERY: usize = 25;
+/// Every how many handler calls a [`flaky`] handler panics (unless it fails).
+pub(crate) const PANIC_EVERY: usize = 40;
+
+/// How often a [`flaky`] handler failed and panicked.
+#[derive(Default)]
+pub(crate) struct Misfires {
+    pub(crate) failed: std::sync::atomic::AtomicUsize,
+    pub(crate) panicked: std::sync::atomic::AtomicUsize,
+}
+
+/// A restart policy that lets a test's deliberate panics restart the consumer as often as they
+/// come, quickly.
+pub(crate) fn patient() -> millrace::RestartPolicy {
+    let mut policy = millrace::RestartPolicy::default();
+    policy.max_restarts = 1_000;
+    policy.backoff_initial = Duration::from_millis(10);
+    policy.backoff_max = Duration::from_millis(100);
+    policy
+}
+
+/// A consumer of `stream` whose handler fails every [`FAIL_EVERY`]-th call (nothing acknowledged;
+/// the entries come back through a claim a second later), panics every [`PANIC_EVERY`]-th (the
+/// consumer restarts and replays its own pending entries), and records and acknowledges the rest:
+/// faults under load with workers failing and panicking at a low rate.
 pub(crate) fn flaky(
     stream: &str,
     consumer: &str,
     seen: &Seen,
-    fail_every: usize,
-    failed: &Arc<std::sync::atomic::AtomicUsize>,
+    misfires: &Arc<Misfires>,
 ) -> ConsumerSpec {
-    let (seen, failed) = (seen.clone(), failed.clone());
+    let (seen, misfires) = (seen.clone(), misfires.clone());
     let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     ConsumerSpec::new(stream, "g", consumer)
         .start_id(StartId::Beginning)
@@ -106,9 +128,12 @@ pub(crate) fn flaky(
         .max_deliveries(1_000)
         .handler(move |batch: Batch<RawEntry>| {
             let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
-            let result = if call.is_multiple_of(fail_every) {
-                failed.fetch_add(1, Ordering::SeqCst);
+            let result = if call.is_multiple_of(FAIL_EVERY) {
+                misfires.failed.fetch_add(1, Ordering::SeqCst);
                 HandlerResult::err("failing on purpose")
+            } else if call.is_multiple_of(PANIC_EVERY) {
+                misfires.panicked.fetch_add(1, Ordering::SeqCst);
+                panic!("panicking on purpose");
             } else {
                 seen.record(&batch);
                 HandlerResult::Ok
