@@ -228,3 +228,47 @@ async fn no_connection_is_left_on_any_master_after_shutdown() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_deleted_on_a_cluster_gets_its_group_back_after_the_owner_says_so() {
+    let cluster = cluster();
+    let stream = stream_on(&cluster, cluster.masters()[0], "orders");
+    let mut con = connect(&cluster).await;
+    let seen = Seen::default();
+    let app = millrace::Supervisor::builder()
+        .redis_cluster(cluster.seed_urls())
+        .consumer(recording(&stream, "c", &seen))
+        .start()
+        .await
+        .expect("start");
+    wait_running(&app).await;
+    // The blocked read gets `UNBLOCKED the stream key no longer exists`, as after a migration: the
+    // consumer looks the owner up first, and recreates the group only once the owner answers
+    // NOGROUP.
+    let _: i64 = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut con)
+        .await
+        .expect("DEL");
+    millrace_testkit::eventually(crate::common::WAIT, "the group recreated", || {
+        let health = app.health();
+        async move {
+            health
+                .iter()
+                .all(|h| h.counters.group_recreated == 1 && h.is_running())
+        }
+    })
+    .await;
+    let id: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("n")
+        .arg(1)
+        .query_async(&mut con)
+        .await
+        .expect("XADD");
+    let duplicates = all_handled(&con, &stream, &seen, &[id.parse().expect("an id")]).await;
+    assert_eq!(duplicates, 0);
+    assert!(app.health().iter().all(|h| h.restarts_total == 0));
+    app.shutdown().await.expect("shutdown");
+}
