@@ -107,7 +107,10 @@ impl SupervisorBuilder {
         self
     }
 
-    /// A ready-made `redis::Client` (for custom TLS certificates, for example).
+    /// A ready-made `redis::Client` (for a connection setting millrace has no option for). TLS
+    /// certificates go through `ConnectionOptions::tls_certificates` (feature `tls`) instead: millrace's own
+    /// read connections need them too, and a client built with certificates millrace was not
+    /// given is refused at start.
     pub fn redis_client(mut self, client: redis::Client) -> Self {
         self.redis = Some(RedisSource::Client(Box::new(client)));
         self

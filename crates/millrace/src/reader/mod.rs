@@ -32,9 +32,6 @@ use crate::streams::{self, ReadItem};
 mod conn;
 mod pending;
 mod read_loop;
-mod replay;
-#[cfg(test)]
-mod tests;
 
 pub(crate) use pending::PendingReader;
 
@@ -158,8 +155,7 @@ impl Shared {
     }
 }
 
-/// The consume loop's handle on its reader. [`Reader::replay`] reads the consumer's own pending
-/// entries before live reads begin; [`Reader::stop`] stops it gracefully and returns what it
+/// The consume loop's handle on its reader. [`Reader::stop`] stops it gracefully and returns what it
 /// fetched. Dropping it (a failed session, a panicking handler) aborts the reader task at once:
 /// its socket closes (TLS or not), so the server drops the blocked read instead of delivering
 /// entries to a reader nobody listens to (they would wait for `claim_min_idle`).
@@ -182,7 +178,7 @@ pub(crate) struct Reader {
 
 /// Who holds the reader's connection.
 enum Phase {
-    /// Connected, live reads not begun: [`Reader::replay`] may use the connection.
+    /// Connected, live reads not begun yet.
     Idle(Box<Idle>),
     /// The read loop task holds it; aborting the task closes it.
     Live(tokio::task::AbortHandle),
@@ -219,13 +215,9 @@ impl Reader {
         Ok(reader)
     }
 
-    /// Connects without reading yet: live reads begin with the first [`Reader::next`], and until
-    /// then [`Reader::replay`] reads the consumer's own pending entries over this connection.
-    pub(crate) async fn connect(
-        backend: &Backend,
-        node: &Node,
-        config: ReaderConfig,
-    ) -> Result<Reader> {
+    /// Connects without reading yet; [`Reader::start`] then begins the live reads. (The own-PEL
+    /// replay reads over a [`PendingReader`] of its own.)
+    async fn connect(backend: &Backend, node: &Node, config: ReaderConfig) -> Result<Reader> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 credits: FETCHED_AHEAD,
