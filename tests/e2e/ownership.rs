@@ -11,7 +11,7 @@ use std::time::Duration;
 use millrace::{
     Batch, ConsumerSpec, EntryId, HandlerResult, RawEntry, Source, StartId, Supervisor,
 };
-use millrace_testkit::eventually;
+use millrace_testkit::{eventually, RedisServer};
 
 use crate::common::*;
 
@@ -107,6 +107,31 @@ async fn wait_drained(con: &redis::aio::MultiplexedConnection) {
     .await;
 }
 
+/// A consumer of the test's group whose handler works `took_ms` per batch of up to `count`.
+fn worker(work: &Work, name: &str, min_idle_ms: u64, count: usize, took_ms: u64) -> ConsumerSpec {
+    spec(name, min_idle_ms)
+        .count(count)
+        .handler(work.handler(Duration::from_millis(took_ms)))
+}
+
+/// A supervisor of its own running `consumers`.
+async fn start(server: &RedisServer, consumers: Vec<ConsumerSpec>) -> Supervisor {
+    let mut builder = Supervisor::builder().redis(server.url());
+    for consumer in consumers {
+        builder = builder.consumer(consumer);
+    }
+    builder.start().await.unwrap()
+}
+
+/// Waits until `flag` is set.
+async fn wait_for(what: &str, flag: &AtomicBool) {
+    eventually(WAIT, what, || {
+        let set = flag.load(Ordering::SeqCst);
+        async move { set }
+    })
+    .await;
+}
+
 /// A consumer whose handler takes 0.4 × `claim_min_idle` per batch fetches batches ahead; by the
 /// time the last of them is handed over it has waited longer than `claim_min_idle`, and the
 /// consumer's own claim tick takes it. It must still be handled once, and with its true count.
@@ -115,16 +140,7 @@ async fn a_consumer_never_handles_its_own_read_ahead_twice() {
     let (server, mut con) = server().await;
     let ids = xadd_n(&mut con, "s", 60).await;
     let work = Work::default();
-    let app = Supervisor::builder()
-        .redis(server.url())
-        .consumer(
-            spec("w1", 1000)
-                .count(10)
-                .handler(work.handler(Duration::from_millis(400))),
-        )
-        .start()
-        .await
-        .unwrap();
+    let app = start(&server, vec![worker(&work, "w1", 1000, 10, 400)]).await;
     wait_drained(&con).await;
     app.shutdown().await.unwrap();
     work.assert_each_once(&ids);
@@ -144,18 +160,11 @@ async fn two_consumers_never_handle_one_batch_at_once() {
     let (server, mut con) = server().await;
     let ids = xadd_n(&mut con, "s", 40).await;
     let work = Work::default();
-    let took = Duration::from_millis(1400);
-    let app = Supervisor::builder()
-        .redis(server.url())
-        .consumer(spec("w1", 1500).count(5).handler(work.handler(took)))
-        .consumer(
-            spec("w2", 1500)
-                .count(5)
-                .handler(work.handler(Duration::from_millis(20))),
-        )
-        .start()
-        .await
-        .unwrap();
+    let consumers = vec![
+        worker(&work, "w1", 1500, 5, 1400),
+        worker(&work, "w2", 1500, 5, 20),
+    ];
+    let app = start(&server, consumers).await;
     wait_drained(&con).await;
     app.shutdown().await.unwrap();
     work.assert_each_once(&ids);
@@ -168,46 +177,19 @@ async fn a_clean_stop_releases_only_what_the_consumer_still_owns() {
     let (server, mut con) = server().await;
     let ids = xadd_n(&mut con, "s", 15).await;
     let work = Work::default();
-    let w1 = Supervisor::builder()
-        .redis(server.url())
-        .consumer(
-            spec("w1", 800)
-                .count(5)
-                .handler(work.handler(Duration::from_millis(3000))),
-        )
-        .start()
-        .await
-        .unwrap();
+    let w1 = start(&server, vec![worker(&work, "w1", 800, 5, 3000)]).await;
     eventually(WAIT, "w1 handles its first batch", || {
         let n = work.seen.len();
         async move { n > 0 }
     })
     .await;
-    let w2 = Supervisor::builder()
-        .redis(server.url())
-        .consumer(
-            spec("w2", 800)
-                .count(5)
-                .handler(work.handler(Duration::from_millis(3000))),
-        )
-        .start()
-        .await
-        .unwrap();
-    eventually(WAIT, "w2 handles a batch it claimed from w1", || {
-        let started = work.claimed_started.load(Ordering::SeqCst);
-        async move { started }
-    })
+    let w2 = start(&server, vec![worker(&work, "w2", 800, 5, 3000)]).await;
+    wait_for(
+        "w2 handles a batch it claimed from w1",
+        &work.claimed_started,
+    )
     .await;
-    let w3 = Supervisor::builder()
-        .redis(server.url())
-        .consumer(
-            spec("w3", 800)
-                .count(5)
-                .handler(work.handler(Duration::from_millis(10))),
-        )
-        .start()
-        .await
-        .unwrap();
+    let w3 = start(&server, vec![worker(&work, "w3", 800, 5, 10)]).await;
     wait_running(&w3).await;
     w1.shutdown().await.unwrap();
     wait_drained(&con).await;
