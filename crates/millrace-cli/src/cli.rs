@@ -3,12 +3,17 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgGroup, ArgMatches, Args, Parser, Subcommand, ValueEnum};
 use clap_complete::Shell;
 use millrace::EntryId;
 
+use crate::connect::Endpoint;
+use crate::error::CliError;
 use crate::key::{parse_key, Key};
 
+/// Where to connect without --redis, --redis-cluster or their environment variables.
+const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379";
 /// The heading of the options every subcommand takes.
 const GLOBAL: &str = "Global options";
 /// The shortest `top --interval`: faster refreshes load Redis with `XINFO` calls for little gain.
@@ -27,17 +32,30 @@ pub(crate) const MIN_TOP_INTERVAL: Duration = Duration::from_millis(100);
 #[command(name = "millrace", version, about, long_about)]
 pub(crate) struct Cli {
     /// Redis URL, e.g. redis://user:password@host:6379/0 or rediss://... for TLS. The password is
-    /// never printed.
+    /// never printed. Default: redis://127.0.0.1:6379.
     #[arg(
         long = "redis",
         env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
         global = true,
         hide_env_values = true,
         value_name = "URL",
         help_heading = GLOBAL
     )]
-    pub(crate) redis: String,
+    pub(crate) redis: Option<String>,
+
+    /// A Redis Cluster instead of one server: seed node URLs, comma-separated (any one that
+    /// answers is enough; all with the same credentials), e.g.
+    /// redis://127.0.0.1:7000,redis://127.0.0.1:7001. Not together with --redis.
+    #[arg(
+        long = "redis-cluster",
+        env = "REDIS_CLUSTER_URLS",
+        global = true,
+        hide_env_values = true,
+        value_name = "URL,...",
+        value_delimiter = ',',
+        help_heading = GLOBAL
+    )]
+    pub(crate) redis_cluster: Vec<String>,
 
     /// With rediss://: also trust the CA certificate in this PEM file (for a server whose
     /// certificate is not signed by a public CA).
@@ -58,6 +76,42 @@ pub(crate) struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+impl Cli {
+    /// Where to connect: `--redis-cluster` or `--redis`. One given on the command line wins over
+    /// the other's environment variable; both on the command line (or both only in the
+    /// environment) is a usage error.
+    pub(crate) fn endpoint(&self, matches: &ArgMatches) -> Result<Endpoint, CliError> {
+        let from_line = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+        let cluster = !self.redis_cluster.is_empty();
+        let server = self.redis.is_some();
+        let use_cluster = match (from_line("redis_cluster"), from_line("redis")) {
+            (true, true) => {
+                return Err(CliError::usage(
+                    "--redis and --redis-cluster exclude each other: give one",
+                ))
+            }
+            (true, false) => true,
+            (false, true) => false,
+            (false, false) if cluster && server => {
+                return Err(CliError::usage(
+                    "both REDIS_URL and REDIS_CLUSTER_URLS are set: unset one, or choose with \
+                     --redis or --redis-cluster",
+                ))
+            }
+            (false, false) => cluster,
+        };
+        Ok(if use_cluster {
+            Endpoint::Cluster(self.redis_cluster.clone())
+        } else {
+            Endpoint::Server(
+                self.redis
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_REDIS.to_owned()),
+            )
+        })
+    }
 }
 
 /// The subcommands.

@@ -3,8 +3,14 @@
 use std::path::Path;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Cmd, ConnectionAddr, FromRedisValue, RedisError, Value};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo, Pipeline,
+    RedisError, RedisFuture, Value,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::{self, CliError, Result};
@@ -61,16 +67,101 @@ pub(crate) fn redact(url: &str) -> String {
     format!("{scheme}://{authority}{tail}")
 }
 
+/// Where the commands go: one server, or the seed nodes of a Redis Cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    /// One server (`--redis`).
+    Server(String),
+    /// Seed nodes of a cluster (`--redis-cluster`); any one that answers is enough.
+    Cluster(Vec<String>),
+}
+
+/// A connection to one server or to a cluster; both run any command, a cluster's routed by key.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    /// One server.
+    Server(MultiplexedConnection),
+    /// A Redis Cluster: redis-rs routes each command to the master of its key's slot and follows
+    /// `MOVED` and `ASK`.
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Conn::Server(_) => "Conn::Server",
+            Conn::Cluster(_) => "Conn::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Server(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Server(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Server(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// What opens connections: a server's client, or a cluster's seeds and CA certificate (a blocking
+/// read gets a cluster connection of its own, with a longer response timeout).
+#[derive(Clone)]
+enum Opener {
+    Server(redis::Client),
+    Cluster {
+        seeds: Vec<redis::ConnectionInfo>,
+        ca_cert: Option<Vec<u8>>,
+    },
+}
+
+impl std::fmt::Debug for Opener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Opener::Server(_) => "Opener::Server",
+            Opener::Cluster { .. } => "Opener::Cluster",
+        })
+    }
+}
+
 /// A connection to Redis and the redacted URL it came from.
 #[derive(Debug, Clone)]
 pub(crate) struct Redis {
-    client: redis::Client,
-    conn: MultiplexedConnection,
-    /// The URL with its password replaced, for messages.
+    opener: Opener,
+    conn: Conn,
+    /// The URL with its password replaced (on a cluster, `cluster` and the seeds), for messages.
     pub(crate) target: String,
 }
 
 impl Redis {
+    /// Connects (and authenticates) to one server or a cluster; with `rediss://`, `ca_cert` names
+    /// an extra CA certificate (PEM) to trust.
+    pub(crate) async fn open(endpoint: &Endpoint, ca_cert: Option<&Path>) -> Result<Redis> {
+        match endpoint {
+            Endpoint::Server(url) => Redis::connect(url, ca_cert).await,
+            Endpoint::Cluster(urls) => Redis::connect_cluster(urls, ca_cert).await,
+        }
+    }
+
     /// Connects (and authenticates) to `url`; with `rediss://`, `ca_cert` names an extra CA
     /// certificate (PEM) to trust.
     pub(crate) async fn connect(url: &str, ca_cert: Option<&Path>) -> Result<Redis> {
@@ -88,28 +179,134 @@ impl Redis {
             () = plain_text_behind_tls(&client) => return Err(not_tls(&target)),
         };
         Ok(Redis {
-            client,
-            conn,
+            opener: Opener::Server(client),
+            conn: Conn::Server(conn),
             target,
         })
     }
 
-    /// A second connection for blocking reads: its response timeout is `block` plus a margin.
-    pub(crate) async fn blocking_connection(
-        &self,
-        block: Duration,
-    ) -> Result<MultiplexedConnection> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(block + RESPONSE_TIMEOUT));
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
+    /// Connects to the cluster whose seed nodes are `urls` (every seed with the same credentials).
+    pub(crate) async fn connect_cluster(urls: &[String], ca_cert: Option<&Path>) -> Result<Redis> {
+        let target = format!(
+            "cluster {}",
+            urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(",")
+        );
+        if urls.is_empty() {
+            return Err(CliError::usage(
+                "--redis-cluster names no node; give at least one, e.g. redis://127.0.0.1:7000",
+            ));
+        }
+        let mut seeds = Vec::with_capacity(urls.len());
+        for url in urls {
+            let info = url
+                .as_str()
+                .into_connection_info()
+                .map_err(|e| error::from_redis(&e, &redact(url)))?;
+            if matches!(info.addr(), ConnectionAddr::Unix(_)) {
+                return Err(CliError::usage(format!(
+                    "{} is a unix socket: cluster nodes are reached over TCP",
+                    redact(url)
+                )));
+            }
+            if info.redis_settings().db() != 0 {
+                return Err(CliError::usage(format!(
+                    "{} names a database: a cluster has only database 0",
+                    redact(url)
+                )));
+            }
+            seeds.push(info);
+        }
+        let ca_cert = match ca_cert {
+            None => None,
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                CliError::usage(format!(
+                    "cannot read the CA certificate {}: {e}",
+                    path.display()
+                ))
+            })?),
+        };
+        let opener = Opener::Cluster { seeds, ca_cert };
+        let conn = cluster_connection(&opener, RESPONSE_TIMEOUT, &target).await?;
+        Ok(Redis {
+            opener,
+            conn: Conn::Cluster(conn),
+            target,
+        })
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
+    }
+
+    /// The masters of the cluster (`host:port`, as the cluster names them, sorted); empty on one
+    /// server.
+    pub(crate) async fn masters(&mut self) -> Result<Vec<String>> {
+        let Conn::Cluster(conn) = &mut self.conn else {
+            return Ok(Vec::new());
+        };
+        let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+        let reply = conn
+            .route_command(redis::cmd("PING"), routing)
             .await
-            .map_err(|e| connect_error(&e, &self.target))
+            .map_err(|e| error::from_redis(&e, &self.target))?;
+        let mut masters: Vec<String> = match reply {
+            Value::Map(pairs) => pairs
+                .iter()
+                .filter_map(|(node, _)| crate::value::text(node))
+                .collect(),
+            _ => Vec::new(),
+        };
+        masters.sort();
+        Ok(masters)
+    }
+
+    /// Runs `cmd` on the node `node` (`host:port`, as [`masters`](Self::masters) names it) of a
+    /// cluster; on one server, on the server.
+    pub(crate) async fn query_on<T: FromRedisValue>(
+        &mut self,
+        node: Option<&str>,
+        cmd: &Cmd,
+    ) -> Result<T> {
+        let (Conn::Cluster(conn), Some(node)) = (&mut self.conn, node) else {
+            return self.query(cmd).await;
+        };
+        let (host, port) = node
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+            .ok_or_else(|| CliError::runtime(format!("unreadable node address `{node}`")))?;
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+        let target = &self.target;
+        let reply = conn
+            .route_command(cmd.clone(), routing)
+            .await
+            .map_err(|e| error::from_redis(&e, &format!("{node} of {target}")))?;
+        redis::from_redis_value(reply).map_err(|e| error::from_redis(&e.into(), node))
+    }
+
+    /// A second connection for blocking reads: its response timeout is `block` plus a margin.
+    pub(crate) async fn blocking_connection(&self, block: Duration) -> Result<Conn> {
+        match &self.opener {
+            Opener::Server(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(block + RESPONSE_TIMEOUT));
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map(Conn::Server)
+                    .map_err(|e| connect_error(&e, &self.target))
+            }
+            Opener::Cluster { .. } => {
+                cluster_connection(&self.opener, block + RESPONSE_TIMEOUT, &self.target)
+                    .await
+                    .map(Conn::Cluster)
+            }
+        }
     }
 
     /// The shared connection, for helpers that take a `ConnectionLike`.
-    pub(crate) fn conn(&mut self) -> &mut MultiplexedConnection {
+    pub(crate) fn conn(&mut self) -> &mut Conn {
         &mut self.conn
     }
 
@@ -218,6 +415,58 @@ pub(crate) fn no_such_group(stream: &Key, group: &Key) -> CliError {
     CliError::runtime(format!(
         "group `{group}` does not exist on stream `{stream}`; list its groups with `millrace groups {stream}`"
     ))
+}
+
+/// Connects to a cluster through `opener`'s seeds, waiting up to `response` for each reply.
+async fn cluster_connection(
+    opener: &Opener,
+    response: Duration,
+    target: &str,
+) -> Result<ClusterConnection> {
+    let Opener::Cluster { seeds, ca_cert } = opener else {
+        return Err(CliError::runtime("not a cluster"));
+    };
+    let client = cluster_client(seeds, ca_cert.as_deref(), response, target)?;
+    client
+        .get_async_connection()
+        .await
+        .map_err(|e| connect_error(&e, target))
+}
+
+/// A cluster client for `seeds`, trusting `ca_cert` too when given.
+fn cluster_client(
+    seeds: &[redis::ConnectionInfo],
+    ca_cert: Option<&[u8]>,
+    response: Duration,
+    target: &str,
+) -> Result<ClusterClient> {
+    let tls = seeds
+        .iter()
+        .any(|s| matches!(s.addr(), ConnectionAddr::TcpTls { .. }));
+    let builder = ClusterClientBuilder::new(seeds.to_vec())
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(response);
+    #[cfg(feature = "tls")]
+    let builder = {
+        if tls {
+            millrace::install_tls_provider();
+        }
+        match ca_cert {
+            Some(pem) => builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            }),
+            None => builder,
+        }
+    };
+    #[cfg(not(feature = "tls"))]
+    if tls || ca_cert.is_some() {
+        return Err(CliError::usage(format!(
+            "{target} needs TLS, and this millrace was built without it; build it with the \
+             default features (`cargo install millrace-cli`)"
+        )));
+    }
+    builder.build().map_err(|e| error::from_redis(&e, target))
 }
 
 /// A client for `url`, trusting `ca_cert` too when given.
@@ -331,7 +580,8 @@ async fn answers_plain_resp(host: &str, port: u16) -> bool {
 fn connect_error(e: &RedisError, target: &str) -> CliError {
     if e.is_io_error() && !e.is_timeout() {
         return CliError::runtime(format!(
-            "cannot connect to Redis at {target}: {e}; is the server running? Point --redis (or REDIS_URL) at it"
+            "cannot connect to Redis at {target}: {e}; is the server running? Point --redis (or \
+             REDIS_URL) at it, or --redis-cluster (or REDIS_CLUSTER_URLS) at a cluster's nodes"
         ));
     }
     error::from_redis(e, target)

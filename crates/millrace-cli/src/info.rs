@@ -61,9 +61,45 @@ pub(crate) struct ConsumerInfo {
     pub(crate) inactive_ms: Option<u64>,
 }
 
+/// A stream key and, on a cluster, the master that holds it (`host:port`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct FoundStream {
+    /// The stream key.
+    pub(crate) key: Vec<u8>,
+    /// The master the key was found on; `None` on one server.
+    pub(crate) master: Option<String>,
+}
+
 /// Every stream key matching `pattern` (all streams without one), sorted, via
-/// `SCAN cursor MATCH pattern COUNT n TYPE stream` (never `KEYS`).
-pub(crate) async fn scan_streams(redis: &mut Redis, pattern: Option<&str>) -> Result<Vec<Vec<u8>>> {
+/// `SCAN cursor MATCH pattern COUNT n TYPE stream` (never `KEYS`); on a cluster, on every master.
+pub(crate) async fn scan_streams(
+    redis: &mut Redis,
+    pattern: Option<&str>,
+) -> Result<Vec<FoundStream>> {
+    let mut found = BTreeSet::new();
+    if redis.is_cluster() {
+        for master in redis.masters().await? {
+            for key in scan_node(redis, Some(&master), pattern).await? {
+                found.insert(FoundStream {
+                    key,
+                    master: Some(master.clone()),
+                });
+            }
+        }
+    } else {
+        for key in scan_node(redis, None, pattern).await? {
+            found.insert(FoundStream { key, master: None });
+        }
+    }
+    Ok(found.into_iter().collect())
+}
+
+/// The stream keys matching `pattern` on one node (`None`: the server).
+async fn scan_node(
+    redis: &mut Redis,
+    node: Option<&str>,
+    pattern: Option<&str>,
+) -> Result<BTreeSet<Vec<u8>>> {
     let mut keys = BTreeSet::new();
     let mut cursor = b"0".to_vec();
     loop {
@@ -73,7 +109,7 @@ pub(crate) async fn scan_streams(redis: &mut Redis, pattern: Option<&str>) -> Re
             cmd.arg("MATCH").arg(p);
         }
         cmd.arg("COUNT").arg(SCAN_COUNT).arg("TYPE").arg("stream");
-        let reply: Value = redis.query(&cmd).await?;
+        let reply: Value = redis.query_on(node, &cmd).await?;
         let mut parts = value::list(reply).into_iter();
         let next = parts
             .next()
@@ -89,7 +125,7 @@ pub(crate) async fn scan_streams(redis: &mut Redis, pattern: Option<&str>) -> Re
         }
         cursor = next;
     }
-    Ok(keys.into_iter().collect())
+    Ok(keys)
 }
 
 /// `XINFO STREAM key`; `None` when the key vanished or is not a stream.

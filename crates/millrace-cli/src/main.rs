@@ -28,10 +28,11 @@ mod value;
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let matches = cli::Cli::command().get_matches();
+    let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let cli::Command::Completions { shell } = cli.command {
         let mut command = cli::Cli::command();
         clap_complete::generate(shell, &mut command, "millrace", &mut std::io::stdout());
@@ -47,7 +48,8 @@ fn main() -> ExitCode {
             return error::Exit::Runtime.code();
         }
     };
-    match runtime.block_on(commands::run(cli)) {
+    let endpoint = cli.endpoint(&matches);
+    match runtime.block_on(async { commands::run(cli, endpoint?).await }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         Err(e) if e.exit == error::Exit::Interrupted => e.exit.code(),

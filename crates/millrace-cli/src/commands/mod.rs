@@ -11,12 +11,12 @@ mod top;
 mod trim;
 
 use crate::cli::{Cli, Command};
-use crate::connect::Redis;
+use crate::connect::{Endpoint, Redis};
 use crate::error::Result;
 
 /// Connects to Redis and runs the chosen subcommand.
-pub(crate) async fn run(cli: Cli) -> Result<()> {
-    let mut redis = Redis::connect(&cli.redis, cli.tls_ca_cert.as_deref()).await?;
+pub(crate) async fn run(cli: Cli, endpoint: Endpoint) -> Result<()> {
+    let mut redis = Redis::open(&endpoint, cli.tls_ca_cert.as_deref()).await?;
     let json = cli.json;
     match cli.command {
         Command::Streams { pattern } => streams::run(&mut redis, json, pattern.as_deref()).await,

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use millrace::streams::ReadItem;
 use millrace::{EntryId, RawEntry};
-use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 
 use crate::cli::TailArgs;
@@ -136,7 +135,7 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &TailArgs) -> Resul
 }
 
 async fn ack(
-    conn: &mut MultiplexedConnection,
+    conn: &mut crate::connect::Conn,
     redis: &Redis,
     args: &TailArgs,
     ids: &[EntryId],

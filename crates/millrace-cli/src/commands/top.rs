@@ -254,7 +254,8 @@ async fn run_on_screen(redis: &mut Redis, args: &TopArgs) -> Result<()> {
 
 async fn sample(redis: &mut Redis, pattern: Option<&str>) -> Result<Sample> {
     let mut streams = Vec::new();
-    for key in info::scan_streams(redis, pattern).await? {
+    for found in info::scan_streams(redis, pattern).await? {
+        let key = found.key;
         let Some(stream) = info::stream(redis, &key).await? else {
             continue;
         };

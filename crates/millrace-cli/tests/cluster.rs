@@ -1,0 +1,305 @@
+//! Runs the real `millrace` binary with `--redis-cluster` against a throwaway Redis Cluster of
+//! three masters (no replicas: these tests move no slots and fail no node over), one per test.
+// Helpers outside `#[test]` functions unwrap too: a failed setup step should fail the test.
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Stdio};
+
+use std::time::Duration;
+
+use millrace_testkit::{wait_until, RedisCluster};
+use redis::cluster::ClusterConnection;
+use redis::Value;
+use serde_json::Value as Json;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A finished run of the binary.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Json {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// `millrace` with nothing inherited from the environment's Redis variables.
+fn millrace() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_millrace"));
+    cmd.env_remove("REDIS_URL")
+        .env_remove("REDIS_CLUSTER_URLS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn finish(cmd: &mut Command) -> Run {
+    let out = cmd.output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `millrace --redis-cluster SEEDS ARGS` and expects exit 0. One seed is enough; two are
+/// given, comma-separated, as an operator would.
+#[track_caller]
+fn ok(cluster: &RedisCluster, args: &[&str]) -> Run {
+    let seeds = cluster.seed_urls()[..2].join(",");
+    let r = finish(millrace().arg("--redis-cluster").arg(seeds).args(args));
+    assert_eq!(r.code, 0, "millrace {args:?}:\n{r:?}");
+    r
+}
+
+fn start() -> (RedisCluster, ClusterConnection) {
+    let cluster = RedisCluster::builder()
+        .masters(3)
+        .replicas_per_master(0)
+        .start();
+    let con = cluster.client().get_connection().unwrap();
+    (cluster, con)
+}
+
+fn q<T: redis::FromRedisValue>(con: &mut ClusterConnection, args: &[&str]) -> T {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(con).unwrap()
+}
+
+/// `host:port` of the master that owns `key`'s slot, as the CLI names it.
+fn master_of(cluster: &RedisCluster, key: &str) -> String {
+    format!(
+        "127.0.0.1:{}",
+        cluster.node(cluster.owner_of_key(key)).port()
+    )
+}
+
+/// One stream name per master: `{s0}`, `{s1}`, … until every master owns one. The hash tag keeps
+/// each stream's `:dlq` in its slot.
+fn one_stream_per_master(cluster: &RedisCluster) -> Vec<String> {
+    let masters = cluster.masters();
+    let mut streams: Vec<String> = Vec::new();
+    for i in 0.. {
+        let name = format!("{{s{i}}}");
+        let owner = cluster.owner_of_key(&name);
+        if !streams.iter().any(|s| cluster.owner_of_key(s) == owner) {
+            streams.push(name);
+        }
+        if streams.len() == masters.len() {
+            break;
+        }
+    }
+    streams
+}
+
+#[test]
+fn streams_lists_the_streams_of_every_master_with_its_owner() {
+    let (cluster, mut con) = start();
+    let streams = one_stream_per_master(&cluster);
+    assert_eq!(streams.len(), 3);
+    for (i, s) in streams.iter().enumerate() {
+        for n in 0..=i {
+            let _: String = q(&mut con, &["XADD", s, "*", "n", &n.to_string()]);
+        }
+    }
+    let _: () = q(&mut con, &["SET", "{s0}:not-a-stream", "x"]);
+
+    let j = ok(&cluster, &["--json", "streams"]).json();
+    let rows = j.as_array().unwrap();
+    let mut want = streams.clone();
+    want.sort();
+    let names: Vec<&str> = rows.iter().map(|r| r["stream"].as_str().unwrap()).collect();
+    assert_eq!(names, want, "{j}");
+    for r in rows {
+        let s = r["stream"].as_str().unwrap();
+        assert_eq!(r["master"], master_of(&cluster, s), "{j}");
+        let i = streams.iter().position(|x| x == s).unwrap();
+        assert_eq!(r["length"], i as u64 + 1, "{j}");
+    }
+
+    // The table names each stream's master too; a pattern filters on every master.
+    let pattern = format!("*{}", &streams[1][1..]);
+    let r = ok(&cluster, &["streams", &pattern]);
+    assert!(r.stdout.contains("MASTER"), "{r:?}");
+    assert!(r.stdout.contains(&streams[1]), "{r:?}");
+    assert!(
+        r.stdout.contains(&master_of(&cluster, &streams[1])),
+        "{r:?}"
+    );
+    assert!(!r.stdout.contains(&streams[0]), "{r:?}");
+}
+
+#[test]
+fn key_routed_commands_reach_each_streams_master() {
+    let (cluster, mut con) = start();
+    let streams = one_stream_per_master(&cluster);
+    for s in &streams {
+        for n in 0..4 {
+            let _: String = q(&mut con, &["XADD", s, "*", "n", &n.to_string()]);
+        }
+        let _: () = q(&mut con, &["XGROUP", "CREATE", s, "workers", "0"]);
+        let _: Value = q(
+            &mut con,
+            &[
+                "XREADGROUP",
+                "GROUP",
+                "workers",
+                "gone",
+                "COUNT",
+                "2",
+                "STREAMS",
+                s,
+                ">",
+            ],
+        );
+    }
+
+    for s in &streams {
+        let j = ok(&cluster, &["--json", "groups", s]).json();
+        assert_eq!(j[0]["group"], "workers", "{j}");
+        assert_eq!(j[0]["pending"], 2, "{j}");
+
+        let j = ok(&cluster, &["--json", "consumers", s, "workers"]).json();
+        assert_eq!(j[0]["consumer"], "gone", "{j}");
+
+        let j = ok(&cluster, &["--json", "pending", s, "workers"]).json();
+        assert_eq!(j["entries"].as_array().unwrap().len(), 2, "{j}");
+    }
+
+    // `tail` blocks on the stream's own master and prints what is added there.
+    let s = &streams[2];
+    let mut owner = cluster
+        .node(cluster.owner_of_key(s))
+        .client()
+        .get_connection()
+        .unwrap();
+    let blocked = |owner: &mut redis::Connection| {
+        let info: String = redis::cmd("INFO").arg("clients").query(owner).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("blocked_clients:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let seeds = cluster.seed_urls().join(",");
+    let child = millrace()
+        .args(["--redis-cluster", &seeds, "tail", s, "--count", "1"])
+        .spawn()
+        .unwrap();
+    wait_until(WAIT, "tail to block on the stream's master", || {
+        blocked(&mut owner) >= 1
+    });
+    let id: String = q(&mut con, &["XADD", s, "*", "n", "late"]);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains(&id), "{stdout}");
+
+    // Reap claims the idle consumer's entries on its master before deleting it.
+    let s = &streams[1];
+    wait_until(WAIT, "the consumer to be idle for 1s", || {
+        let v: Vec<Vec<Value>> = q(&mut con, &["XINFO", "CONSUMERS", s, "workers"]);
+        v.iter().all(|fields| {
+            fields
+                .iter()
+                .position(|f| matches!(f, Value::BulkString(b) if b == b"idle"))
+                .and_then(|i| redis::from_redis_value::<u64>(fields[i + 1].clone()).ok())
+                .is_some_and(|idle| idle >= 1000)
+        })
+    });
+    let j = ok(&cluster, &["--json", "reap", s, "workers", "--idle", "1s"]).json();
+    assert_eq!(j["consumers"][0]["claimed"], 2, "{j}");
+    let pending: Vec<Value> = q(&mut con, &["XPENDING", s, "workers", "-", "+", "10"]);
+    assert_eq!(pending.len(), 2, "the reaped entries stay pending");
+
+    // Trim refuses what the group has not read, on the stream's own master.
+    let r = finish(
+        millrace()
+            .arg("--redis-cluster")
+            .arg(cluster.seed_urls()[0].clone())
+            .args(["trim", s, "--maxlen", "1"]),
+    );
+    assert_eq!(r.code, 3, "{r:?}");
+
+    // Dead letters: the hash tag keeps `{sN}:dlq` in the stream's slot, so replay is atomic.
+    let dlq = format!("{s}:dlq");
+    let meta = millrace::dead_letter::META_FIELDS;
+    let values = [
+        s.as_str(),
+        "1-1",
+        "workers",
+        "worker-1",
+        "5",
+        "boom",
+        "1700000000000",
+    ];
+    let mut add = redis::cmd("XADD");
+    add.arg(&dlq).arg("*");
+    for (k, v) in meta.iter().zip(values) {
+        add.arg(*k).arg(v);
+    }
+    add.arg("n").arg("dead");
+    let _: String = add.query(&mut con).unwrap();
+    let j = ok(&cluster, &["--json", "dlq", "list", s]).json();
+    assert_eq!(j.as_array().map(Vec::len), Some(1), "{j}");
+    let before: u64 = q(&mut con, &["XLEN", s]);
+    ok(&cluster, &["dlq", "replay", s]);
+    assert_eq!(q::<u64>(&mut con, &["XLEN", &dlq]), 0);
+    assert_eq!(q::<u64>(&mut con, &["XLEN", s]), before + 1);
+}
+
+#[test]
+fn the_cluster_option_comes_from_the_environment_and_excludes_redis() {
+    let (cluster, mut con) = start();
+    let _: String = q(&mut con, &["XADD", "orders", "*", "n", "1"]);
+    let seeds = cluster.seed_urls().join(",");
+
+    let r = finish(
+        millrace()
+            .env("REDIS_CLUSTER_URLS", &seeds)
+            .args(["--json", "streams"]),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        r.json()[0]["master"],
+        master_of(&cluster, "orders"),
+        "{r:?}"
+    );
+
+    // On the command line, --redis-cluster wins over REDIS_URL.
+    let r = finish(millrace().env("REDIS_URL", "redis://127.0.0.1:1").args([
+        "--redis-cluster",
+        &seeds,
+        "groups",
+        "orders",
+    ]));
+    assert_eq!(r.code, 0, "{r:?}");
+
+    let r = finish(millrace().args([
+        "--redis",
+        "redis://127.0.0.1:1",
+        "--redis-cluster",
+        &seeds,
+        "streams",
+    ]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("exclude each other"), "{r:?}");
+}
