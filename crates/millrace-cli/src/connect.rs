@@ -284,6 +284,21 @@ impl Redis {
         redis::from_redis_value(reply).map_err(|e| error::from_redis(&e.into(), node))
     }
 
+    /// Whether `a` and `b` can be used together in one script: always on one server, on a cluster
+    /// when they hash to one slot (`CLUSTER KEYSLOT`).
+    pub(crate) async fn same_slot(&mut self, a: &Key, b: &Key) -> Result<bool> {
+        if !self.is_cluster() {
+            return Ok(true);
+        }
+        let slot_a: i64 = self
+            .query(redis::cmd("CLUSTER").arg("KEYSLOT").arg(a))
+            .await?;
+        let slot_b: i64 = self
+            .query(redis::cmd("CLUSTER").arg("KEYSLOT").arg(b))
+            .await?;
+        Ok(slot_a == slot_b)
+    }
+
     /// A second connection for blocking reads: its response timeout is `block` plus a margin.
     pub(crate) async fn blocking_connection(&self, block: Duration) -> Result<Conn> {
         match &self.opener {

@@ -112,7 +112,7 @@ fn one_stream_per_master(cluster: &RedisCluster) -> Vec<String> {
 }
 
 #[test]
-fn streams_lists_the_streams_of_every_master_with_its_owner() {
+fn streams_and_top_list_the_streams_of_every_master_with_its_owner() {
     let (cluster, mut con) = start();
     let streams = one_stream_per_master(&cluster);
     assert_eq!(streams.len(), 3);
@@ -146,6 +146,24 @@ fn streams_lists_the_streams_of_every_master_with_its_owner() {
         "{r:?}"
     );
     assert!(!r.stdout.contains(&streams[0]), "{r:?}");
+
+    // `top` shows the streams of every master together, each with its master.
+    let j = ok(
+        &cluster,
+        &["--json", "top", "--once", "--interval", "100ms"],
+    )
+    .json();
+    let rows = j["streams"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{j}");
+    for r in rows {
+        let s = r["stream"].as_str().unwrap();
+        assert_eq!(r["master"], master_of(&cluster, s), "{j}");
+    }
+    let r = ok(&cluster, &["top", "--once", "--interval", "100ms"]);
+    assert!(r.stdout.contains("MASTER"), "{r:?}");
+    for s in &streams {
+        assert!(r.stdout.contains(&master_of(&cluster, s)), "{r:?}");
+    }
 }
 
 #[test]
@@ -264,6 +282,20 @@ fn key_routed_commands_reach_each_streams_master() {
     ok(&cluster, &["dlq", "replay", s]);
     assert_eq!(q::<u64>(&mut con, &["XLEN", &dlq]), 0);
     assert_eq!(q::<u64>(&mut con, &["XLEN", s]), before + 1);
+
+    // Without a hash tag `orders:dlq` is in another slot: replay refuses, naming the fix.
+    let _: String = q(&mut con, &["XADD", "orders", "*", "n", "1"]);
+    let _: String = q(&mut con, &["XADD", "orders:dlq", "*", "n", "1"]);
+    let r = finish(
+        millrace()
+            .arg("--redis-cluster")
+            .arg(cluster.seed_urls()[0].clone())
+            .args(["dlq", "replay", "orders"]),
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("different slots"), "{r:?}");
+    assert!(r.stderr.contains("`{orders}:dlq`"), "{r:?}");
+    assert_eq!(q::<u64>(&mut con, &["XLEN", "orders:dlq"]), 1);
 }
 
 #[test]

@@ -347,6 +347,15 @@ async fn replay(
             )))
         }
     }
+    // Each entry moves in one script, which on a cluster needs both keys in one slot.
+    if !redis.same_slot(stream, &dlq).await? {
+        return Err(CliError::runtime(format!(
+            "stream `{stream}` and its dead-letter stream `{dlq}` are in different slots of the \
+             cluster, and a replay moves each entry in one script, which needs both in one slot; \
+             name them with a hash tag, e.g. `{{{stream}}}` and `{{{stream}}}:dlq`, or replay by \
+             hand (XADD to `{stream}`, then XDEL from `{dlq}`)"
+        )));
+    }
     let dead_letters = target.dead_letters();
     let mut report = ReplayReport {
         stream: JsonBytes(stream.as_bytes().to_vec()),

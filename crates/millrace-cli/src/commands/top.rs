@@ -6,6 +6,9 @@
 //! stream the length of its dead-letter stream `<stream>:dlq`. `--once` takes two samples one
 //! interval apart and prints one snapshot.
 //!
+//! On a cluster the streams of every master are shown together, each with the master that holds
+//! it (a `MASTER` column, `master` in JSON); every other call goes to the stream's master.
+//!
 //! On a terminal the view runs on the alternate screen (the shell's screen comes back on exit) and
 //! is redrawn in place, line by line, so it does not flicker; `q` or Esc quits, keys `1`-`9` sort by
 //! a column. Elsewhere (a pipe, `--json`) each refresh is printed after the last.
@@ -63,6 +66,8 @@ struct Sample {
 #[derive(Debug)]
 struct StreamSample {
     key: Vec<u8>,
+    /// On a cluster, the master the stream was found on (`host:port`).
+    master: Option<String>,
     info: StreamInfo,
     dead_letters: Option<u64>,
     groups: Vec<(GroupInfo, Option<u64>)>,
@@ -77,6 +82,9 @@ struct Snapshot {
 #[derive(Debug, Serialize)]
 struct StreamRow {
     stream: JsonBytes,
+    /// On a cluster, the master that holds the stream (`host:port`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    master: Option<String>,
     length: u64,
     entries_added: Option<u64>,
     /// Entries added per second over the last interval.
@@ -276,6 +284,7 @@ async fn sample(redis: &mut Redis, pattern: Option<&str>) -> Result<Sample> {
         let dead_letters = info::stream(redis, &dlq).await?.map(|s| s.length);
         streams.push(StreamSample {
             key,
+            master: found.master,
             info: stream,
             dead_letters,
             groups,
@@ -307,6 +316,7 @@ fn snapshot(prev: Option<&Sample>, cur: &Sample, interval: Duration) -> Snapshot
             let old = before.get(s.key.as_slice());
             StreamRow {
                 stream: JsonBytes(s.key.clone()),
+                master: s.master.clone(),
                 length: s.info.length,
                 entries_added: s.info.entries_added,
                 added_per_sec: old
@@ -415,7 +425,12 @@ fn table(snap: &Snapshot, sort: SortBy) -> String {
             )
         })
         .collect();
-    let columns: Vec<(&str, Align)> = headers.iter().map(|(h, a)| (h.as_str(), *a)).collect();
+    let mut columns: Vec<(&str, Align)> = headers.iter().map(|(h, a)| (h.as_str(), *a)).collect();
+    // On a cluster, which master holds each stream, right after its name.
+    let cluster = snap.streams.iter().any(|s| s.master.is_some());
+    if cluster {
+        columns.insert(1, ("MASTER", Align::Left));
+    }
     let mut table = Table::new(&columns);
     for line in lines(snap, sort) {
         let s = line.stream;
@@ -426,6 +441,9 @@ fn table(snap: &Snapshot, sort: SortBy) -> String {
             s.dead_letters
                 .map_or_else(|| "-".to_owned(), |n| n.to_string()),
         ];
+        if cluster {
+            row.insert(1, opt(s.master.as_deref()));
+        }
         match line.group {
             None => row.push("-".to_owned()),
             Some(g) => row.extend([
@@ -506,6 +524,7 @@ mod tests {
     fn stream(name: &str, length: u64, groups: Vec<GroupRow>) -> StreamRow {
         StreamRow {
             stream: JsonBytes(name.into()),
+            master: None,
             length,
             entries_added: None,
             added_per_sec: None,
