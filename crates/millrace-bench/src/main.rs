@@ -14,6 +14,7 @@
 
 mod baseline;
 mod bench;
+mod cluster;
 mod latency;
 mod measure;
 mod micro;
@@ -40,7 +41,7 @@ pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 /// The latency section alternates the variants over this many rounds and pools the samples.
 const LATENCY_ROUNDS: usize = 2;
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "main",
     "typed",
     "count",
@@ -49,6 +50,7 @@ const SECTIONS: [&str; 8] = [
     "parsers",
     "latency",
     "micro",
+    "cluster",
 ];
 
 /// Benchmark millrace against hand-written redis-rs consumer-group loops.
@@ -74,8 +76,11 @@ struct Args {
     #[arg(long, default_value_t = 2_000)]
     latency_rate: u64,
     /// Sections to run, comma-separated: main, typed, count, consumers, tls, parsers, latency,
-    /// micro. `tls` runs millrace alone, over TLS and plain TCP on servers of their own; `parsers`
-    /// drains the stream with millrace's RESP parser and with `redis-protocol`'s in one loop.
+    /// micro, cluster. `tls` runs millrace alone, over TLS and plain TCP on servers of their own;
+    /// `parsers` drains the stream with millrace's RESP parser and with `redis-protocol`'s in one
+    /// loop. `cluster` (not in the default list: it starts a 6-node Redis Cluster and adds 1–2
+    /// minutes) compares the read-ahead loop (b), one per master, with millrace on
+    /// `redis_cluster(seeds)`, for three masters at once and for one master alone.
     #[arg(
         long,
         value_delimiter = ',',
@@ -85,6 +90,9 @@ struct Args {
     /// Variants to run, comma-separated: a, a' (or a2), b, b' (or b2), c.
     #[arg(long, value_delimiter = ',', default_value = "a,a2,b,b2,c")]
     variants: Vec<String>,
+    /// Entries per stream (one stream per master) and run in the `cluster` section.
+    #[arg(long, default_value_t = 100_000)]
+    cluster_messages: usize,
     /// Consumer counts of the `consumers` section, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "4,16,256")]
     consumers: Vec<usize>,
@@ -520,6 +528,16 @@ async fn run(mut args: Args) -> Res<bool> {
         println!("\n{parsers_table}");
     }
 
+    let mut cluster_table = String::new();
+    if args.sections.iter().any(|s| s == "cluster") {
+        println!(
+            "## Redis Cluster ({} entries per stream and run, {} rounds)",
+            args.cluster_messages, args.rounds
+        );
+        cluster_table = cluster::run(args.cluster_messages, args.rounds).await?;
+        println!("\n{cluster_table}");
+    }
+
     let mut lat = Vec::new();
     if args.sections.iter().any(|s| s == "latency") {
         let rounds = LATENCY_ROUNDS;
@@ -603,6 +621,9 @@ async fn run(mut args: Args) -> Res<bool> {
         }
         if !parsers_table.is_empty() {
             let _ = writeln!(doc, "{parsers_table}");
+        }
+        if !cluster_table.is_empty() {
+            let _ = writeln!(doc, "{cluster_table}");
         }
         if !lat.is_empty() {
             let _ = writeln!(doc, "{}", report::latency_table(args.latency_rate, &lat));

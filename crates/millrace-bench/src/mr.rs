@@ -132,6 +132,40 @@ pub(crate) async fn start(run: &MrRun, target: u64) -> Res<Running> {
     })
 }
 
+/// Starts a supervisor on a Redis Cluster with one no-op consumer per `(stream, group)`; `target`
+/// is the number of entries of all streams together.
+pub(crate) async fn start_cluster(
+    seeds: Vec<String>,
+    streams: &[(String, String)],
+    count: usize,
+    block: Duration,
+    target: u64,
+) -> Res<Running> {
+    let progress = Arc::new(Progress::new(target));
+    let specs = streams.iter().enumerate().map(|(i, (stream, group))| {
+        let run = MrRun {
+            url: String::new(),
+            stream: stream.clone(),
+            group: group.clone(),
+            consumers: 1,
+            count,
+            block,
+            handler: MrHandler::Noop,
+            tls: None,
+        };
+        spec(&run, i, &progress)
+    });
+    let supervisor = Supervisor::builder()
+        .redis_cluster(seeds)
+        .consumers(specs)
+        .start()
+        .await?;
+    Ok(Running {
+        supervisor,
+        progress,
+    })
+}
+
 impl Running {
     fn acked(&self) -> u64 {
         self.supervisor
