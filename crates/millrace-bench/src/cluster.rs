@@ -8,7 +8,7 @@
 //!
 //! for the three masters at once and for one master alone, alternating within every round. The CPU
 //! of the client and of every `redis-server` (masters and replicas: a master ships every read and
-//! ack to its replica) is read before and after each run.
+//! ack to its replica) is read before each run and after its replicas caught up (`WAIT`).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -75,6 +75,11 @@ impl ClusterRun {
 
     fn busy(&self, cpu: f64) -> f64 {
         cpu / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    /// CPU µs per entry.
+    fn per_msg(&self, cpu: f64) -> f64 {
+        cpu * 1e6 / self.handled.max(1) as f64
     }
 }
 
@@ -218,6 +223,15 @@ impl ClusterEnv {
             }
         };
         let client_cpu = measure::process_cpu().saturating_sub(client0).as_secs_f64();
+        // The replicas apply the run's replication stream after the last ack; wait until they
+        // have caught up, so their CPU is counted in this run and not in the next one.
+        for (_, owner) in &shards {
+            let _: i64 = redis::cmd("WAIT")
+                .arg(1)
+                .arg(10_000)
+                .query_async(&mut self.admins[*owner])
+                .await?;
+        }
         let cpu1 = node_cpus(&mut self.admins).await?;
         let expected = n * streams as u64;
         if handled != expected {
@@ -253,8 +267,12 @@ struct Cell {
     rate: f64,
     min: f64,
     max: f64,
-    client_busy: f64,
-    node_busy: Vec<f64>,
+    /// Client CPU µs per entry.
+    client_us: f64,
+    /// CPU µs per entry of every node, by node index.
+    node_us: Vec<f64>,
+    /// Of all nodes together.
+    servers_us: f64,
 }
 
 fn cell(runs: &[ClusterRun], who: Who, streams: usize, nodes: usize) -> Cell {
@@ -269,10 +287,15 @@ fn cell(runs: &[ClusterRun], who: Who, streams: usize, nodes: usize) -> Cell {
         rate: median(rates.clone()),
         min: rates.iter().copied().fold(f64::INFINITY, f64::min),
         max: rates.iter().copied().fold(0.0, f64::max),
-        client_busy: median(mine.iter().map(|r| r.busy(r.client_cpu)).collect()),
-        node_busy: (0..nodes)
-            .map(|i| median(mine.iter().map(|r| r.busy(r.node_cpu[i])).collect()))
+        client_us: median(mine.iter().map(|r| r.per_msg(r.client_cpu)).collect()),
+        node_us: (0..nodes)
+            .map(|i| median(mine.iter().map(|r| r.per_msg(r.node_cpu[i])).collect()))
             .collect(),
+        servers_us: median(
+            mine.iter()
+                .map(|r| r.per_msg(r.node_cpu.iter().sum()))
+                .collect(),
+        ),
     }
 }
 
@@ -331,36 +354,41 @@ pub(crate) async fn run(per_stream: usize, rounds: usize) -> Res<String> {
     );
     let _ = write!(
         out,
-        "| variant | masters | msgs/s (median) | min–max | client CPU |"
+        "| variant | masters | msgs/s (median) | min–max | client CPU µs/msg | all nodes µs/msg |"
     );
     for (i, role) in env.roles.iter().enumerate() {
-        let _ = write!(out, " node {i} ({role}) |");
+        let _ = write!(out, " node {i} ({role}) µs/msg |");
     }
-    let _ = write!(out, "\n|---|---|---|---|---|");
+    let _ = write!(out, "\n|---|--:|--:|--:|--:|--:|");
     for _ in 0..nodes {
-        let _ = write!(out, "---|");
+        let _ = write!(out, "--:|");
     }
     out.push('\n');
     for c in &cells {
         let _ = write!(
             out,
-            "| {} | {} | {} | {}–{} | {:.0}% |",
+            "| {} | {} | {} | {}–{} | {:.2} | {:.2} |",
             c.who.label(),
             c.streams,
             thousands(c.rate),
             thousands(c.min),
             thousands(c.max),
-            c.client_busy * 100.0
+            c.client_us,
+            c.servers_us
         );
-        for b in &c.node_busy {
-            let _ = write!(out, " {:.0}% |", b * 100.0);
+        for us in &c.node_us {
+            let _ = write!(out, " {us:.2} |");
         }
         out.push('\n');
     }
     let _ = writeln!(
         out,
-        "\nCPU columns are CPU time over wall time, medians over the rounds (100% is one core); each \
-         node's is `used_cpu_sys + used_cpu_user` from its `INFO cpu`, read before and after the run.\n"
+        "\nCPU columns are CPU µs per entry, medians over the rounds (the per-run lines above give \
+         CPU over wall time instead; a replica can exceed 100% there, as it goes on applying the \
+         run after the last ack); each \
+         node's is `used_cpu_sys + used_cpu_user` from its `INFO cpu`, read before the run and \
+         after `WAIT 1` on every master used (the replicas have applied the run by then); \
+         msgs/s ends at the last ack.\n"
     );
     let rate = |who: Who, streams: usize| {
         cells
