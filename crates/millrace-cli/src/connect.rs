@@ -445,7 +445,24 @@ async fn cluster_connection(
     client
         .get_async_connection()
         .await
-        .map_err(|e| connect_error(&e, target))
+        .map_err(|e| cluster_connect_error(&e, target))
+}
+
+/// Explains a failed first connection to a cluster.
+fn cluster_connect_error(e: &RedisError, target: &str) -> CliError {
+    if e.to_string().contains("cluster support disabled") {
+        return CliError::runtime(format!(
+            "{target} is not a Redis Cluster: the server answered that cluster support is \
+             disabled; for one server use --redis (or REDIS_URL)"
+        ));
+    }
+    if e.is_io_error() && !e.is_timeout() {
+        return CliError::runtime(format!(
+            "cannot connect to any node of {target}: {e}; are the nodes running? Point \
+             --redis-cluster (or REDIS_CLUSTER_URLS) at them"
+        ));
+    }
+    error::from_redis(e, target)
 }
 
 /// A cluster client for `seeds`, trusting `ca_cert` too when given.

@@ -495,6 +495,39 @@ fn bad_arguments_are_usage_errors() {
 }
 
 #[test]
+fn redis_cluster_pointed_at_one_server_says_it_is_not_a_cluster() {
+    let server = RedisServer::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .env_remove("REDIS_URL")
+        .env_remove("REDIS_CLUSTER_URLS")
+        .args(["--redis-cluster", &server.url(), "streams"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let r = finish(out);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("is not a Redis Cluster"), "{r:?}");
+    assert!(r.stderr.contains("--redis "), "{r:?}");
+
+    let r = finish(
+        Command::new(env!("CARGO_BIN_EXE_millrace"))
+            .env_remove("REDIS_URL")
+            .env_remove("REDIS_CLUSTER_URLS")
+            .args([
+                "--redis-cluster",
+                "redis://:s3cret@127.0.0.1:1,redis://u:s3cret@127.0.0.1:2",
+                "streams",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("cannot connect to any node"), "{r:?}");
+    assert!(!r.stderr.contains("s3cret"), "{r:?}");
+}
+
+#[test]
 fn connection_errors_never_show_the_password() {
     let sentinel = "S3ntinel-PW-4711";
     // Nothing listens on a just-freed port.

@@ -256,6 +256,9 @@ fn key_routed_commands_reach_each_streams_master() {
             .args(["trim", s, "--maxlen", "1"]),
     );
     assert_eq!(r.code, 3, "{r:?}");
+    let streams0 = &streams[0];
+    ok(&cluster, &["trim", streams0, "--maxlen", "1", "--force"]);
+    assert_eq!(q::<u64>(&mut con, &["XLEN", streams0]), 1);
 
     // Dead letters: the hash tag keeps `{sN}:dlq` in the stream's slot, so replay is atomic.
     let dlq = format!("{s}:dlq");
