@@ -456,6 +456,12 @@ fn cluster_connect_error(e: &RedisError, target: &str) -> CliError {
              disabled; for one server use --redis (or REDIS_URL)"
         ));
     }
+    if e.to_string().contains("certificate") {
+        return CliError::runtime(format!(
+            "TLS to {target} failed: {e}; if the nodes' certificates are signed by a private CA, \
+             give that CA with --tls-ca-cert FILE (or MILLRACE_TLS_CA_CERT)"
+        ));
+    }
     if e.is_io_error() && !e.is_timeout() {
         return CliError::runtime(format!(
             "cannot connect to any node of {target}: {e}; are the nodes running? Point \

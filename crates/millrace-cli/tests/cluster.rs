@@ -338,3 +338,37 @@ fn the_cluster_option_comes_from_the_environment_and_excludes_redis() {
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("exclude each other"), "{r:?}");
 }
+
+#[test]
+fn a_tls_cluster_with_a_password_needs_only_the_ca_certificate() {
+    let cluster = RedisCluster::builder()
+        .masters(3)
+        .replicas_per_master(0)
+        .tls()
+        .password("s3cret-pw")
+        .start();
+    let mut con = cluster.client().get_connection().unwrap();
+    let _: String = q(&mut con, &["XADD", "orders", "*", "n", "1"]);
+    let seeds = cluster.seed_urls().join(",");
+    assert!(seeds.starts_with("rediss://"), "{seeds}");
+    let ca = cluster.ca_cert_path().unwrap();
+
+    let r = finish(
+        millrace()
+            .args(["--redis-cluster", &seeds, "--json", "streams"])
+            .args(["--tls-ca-cert".as_ref(), ca.as_os_str()]),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        r.json()[0]["master"],
+        master_of(&cluster, "orders"),
+        "{r:?}"
+    );
+
+    // Without the CA the certificate is not trusted; the password is never printed.
+    let r = finish(millrace().args(["--redis-cluster", &seeds, "streams"]));
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(!r.stderr.contains("s3cret-pw"), "{r:?}");
+    assert!(r.stderr.contains("***"), "{r:?}");
+    assert!(r.stderr.contains("--tls-ca-cert"), "{r:?}");
+}
