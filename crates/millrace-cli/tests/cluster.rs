@@ -1,5 +1,5 @@
 //! Runs the real `millrace` binary with `--redis-cluster` against a throwaway Redis Cluster of
-//! three masters (no replicas: these tests move no slots and fail no node over), one per test.
+//! three masters, one per test; without replicas, except where a test fails a master over.
 // Helpers outside `#[test]` functions unwrap too: a failed setup step should fail the test.
 #![allow(clippy::unwrap_used)]
 
@@ -210,20 +210,13 @@ fn key_routed_commands_reach_each_streams_master() {
         .client()
         .get_connection()
         .unwrap();
-    let blocked = |owner: &mut redis::Connection| {
-        let info: String = redis::cmd("INFO").arg("clients").query(owner).unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("blocked_clients:"))
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
     let seeds = cluster.seed_urls().join(",");
     let child = millrace()
         .args(["--redis-cluster", &seeds, "tail", s, "--count", "1"])
         .spawn()
         .unwrap();
     wait_until(WAIT, "tail to block on the stream's master", || {
-        blocked(&mut owner) >= 1
+        blocked_clients(&mut owner) >= 1
     });
     let id: String = q(&mut con, &["XADD", s, "*", "n", "late"]);
     let out = child.wait_with_output().unwrap();
@@ -371,4 +364,50 @@ fn a_tls_cluster_with_a_password_needs_only_the_ca_certificate() {
     assert!(!r.stderr.contains("s3cret-pw"), "{r:?}");
     assert!(r.stderr.contains("***"), "{r:?}");
     assert!(r.stderr.contains("--tls-ca-cert"), "{r:?}");
+}
+
+#[test]
+fn tail_follows_its_stream_across_a_failover() {
+    let cluster = RedisCluster::builder()
+        .masters(3)
+        .replicas_per_master(1)
+        .start();
+    let mut con = cluster.client().get_connection().unwrap();
+    let _: String = q(&mut con, &["XADD", "orders", "*", "n", "0"]);
+    let master = cluster.owner_of_key("orders");
+    let mut old = cluster.node(master).client().get_connection().unwrap();
+    let child = millrace()
+        .args([
+            "--redis-cluster",
+            &cluster.seed_urls().join(","),
+            "tail",
+            "orders",
+            "--count",
+            "2",
+        ])
+        .spawn()
+        .unwrap();
+    wait_until(WAIT, "tail to block on the stream's master", || {
+        blocked_clients(&mut old) >= 1
+    });
+    let promoted = cluster.failover(master);
+    let mut con = cluster.client().get_connection().unwrap();
+    let first: String = q(&mut con, &["XADD", "orders", "*", "n", "1"]);
+    let second: String = q(&mut con, &["XADD", "orders", "*", "n", "2"]);
+    assert_eq!(cluster.owner_of_key("orders"), promoted);
+
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains(&first), "{stdout}\n{stderr}");
+    assert!(stdout.contains(&second), "{stdout}\n{stderr}");
+}
+
+fn blocked_clients(con: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("clients").query(con).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }

@@ -98,6 +98,15 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &TailArgs) -> Resul
         };
         let items = match items {
             Ok(items) => items,
+            // On a cluster `UNBLOCKED` means the owner changed (a failover turned the master into
+            // a replica, or the slot moved): read again, and the cluster connection follows the
+            // `MOVED` to the new master. Nothing is skipped: `XREAD` goes on from the last id.
+            Err(e) if redis.is_cluster() && e.code() == Some("UNBLOCKED") => {
+                if stopping {
+                    return Err(CliError::interrupted());
+                }
+                continue;
+            }
             Err(e) if is_missing(&e) || e.code() == Some("UNBLOCKED") => {
                 let group = args.group.clone().unwrap_or_else(|| Key::from(&b""[..]));
                 return Err(explain(redis, stream, &group, &e).await);
