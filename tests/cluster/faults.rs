@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::task::block_in_place;
 
 use crate::common::{
-    all_handled, cluster, connect, flaky, patient, stream_on, wait_running, Misfires, Producer,
-    Seen, WAIT,
+    all_handled, cluster, connect, flaky, init_tracing, patient, stream_on, wait_running, Misfires,
+    Producer, Seen, WAIT,
 };
 
 /// Owner changes never restart the consumer: only the handler's deliberate panics do (each
@@ -181,4 +181,49 @@ async fn a_shard_without_a_master_is_reported_in_health_not_a_crash_loop() {
     eprintln!("shard down: {:?}", health[0].last_error);
     restarts_are_the_panics(&app, &misfires).await;
     app.shutdown().await.expect("a bounded shutdown");
+}
+
+/// The stream's master node is restarted (SIGTERM, then started again on its port, with its AOF).
+/// The consumer loses its connection, looks the owner up again (the same node, or its replica if
+/// the cluster promoted it meanwhile) and loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_of_the_streams_master_node_loses_nothing() {
+    init_tracing();
+    let mut cluster = millrace_testkit::RedisCluster::builder()
+        .arg("--appendonly")
+        .arg("yes")
+        .arg("--appendfsync")
+        .arg("always")
+        .start();
+    let master = cluster.masters()[0];
+    let stream = stream_on(&cluster, master, "orders");
+    let con = connect(&cluster).await;
+    let (seen, misfires) = (Seen::default(), Arc::new(Misfires::default()));
+    let app = millrace::Supervisor::builder()
+        .redis_cluster(cluster.seed_urls())
+        .restart_policy(patient())
+        .consumer(
+            flaky(&stream, "c", &seen, &misfires).reconnect_backoff_max(Duration::from_millis(500)),
+        )
+        .start()
+        .await
+        .expect("start");
+    wait_running(&app).await;
+    // Entries confirmed with `WAIT`: safe whether the node is back in time or its replica is
+    // promoted meanwhile.
+    let producer = Producer::start(con.clone(), stream.clone(), cluster.keyslot(&stream), true);
+    handled_at_least(&seen, 50).await;
+    block_in_place(|| cluster.restart(master));
+    let before = seen.counts().len();
+    handled_at_least(&seen, before + 20).await;
+    let added = producer.stop().await;
+    let duplicates = all_handled(&con, &stream, &seen, &added).await;
+    eprintln!(
+        "master restart: {} entries, {} failed batches, {} panics, {duplicates} duplicates",
+        added.len(),
+        misfires.failed.load(Ordering::SeqCst),
+        misfires.panicked.load(Ordering::SeqCst)
+    );
+    restarts_are_the_panics(&app, &misfires).await;
+    app.shutdown().await.expect("shutdown");
 }
