@@ -6,7 +6,7 @@
 //!     cargo run -p millrace-examples --example orders -- work --consumer w2 --fail-rate 0.1 &
 //!     cargo run -p millrace-examples --example orders -- report
 //! `--redis URL` overrides REDIS_URL; `--redis-cluster URL[,URL…]` runs all three on a Redis
-//! Cluster instead (the seed nodes). `work` runs until SIGINT or SIGTERM, then drains and exits 0.
+//! Cluster instead (the URLs of some of its nodes). `work` runs until SIGINT or SIGTERM, then drains and exits 0.
 //! `report` prints one JSON object: produced, processed, duplicates, dead_lettered, pending, lost.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 

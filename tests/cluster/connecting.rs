@@ -1,4 +1,4 @@
-//! Connecting to a cluster as on one server: a least-privilege ACL user in the seed URLs, and TLS
+//! Connecting to a cluster as on one server: a least-privilege ACL user in the node URLs, and TLS
 //! with a private CA, on the control connection and the read sockets alike.
 
 use millrace::{ConnectionOptions, Supervisor};

@@ -35,114 +35,119 @@ async fn handled_at_least(seen: &Seen, n: usize) {
     .await;
 }
 
+/// One consumer of `stream` under a steady producer, with the handler failing and panicking now
+/// and then: started, reading, and past its first 50 entries.
+struct Drill {
+    stream: String,
+    con: redis::cluster_async::ClusterConnection,
+    seen: Seen,
+    misfires: Arc<Misfires>,
+    app: millrace::Supervisor,
+    producer: Producer,
+}
+
+impl Drill {
+    /// `replicated`: the producer confirms every entry with `WAIT` (for faults that may lose
+    /// writes a replica had not received).
+    async fn start(
+        cluster: &millrace_testkit::RedisCluster,
+        stream: String,
+        replicated: bool,
+    ) -> Drill {
+        let con = connect(cluster).await;
+        let (seen, misfires) = (Seen::default(), Arc::new(Misfires::default()));
+        let app = millrace::Supervisor::builder()
+            .redis_cluster(cluster.seed_urls())
+            .restart_policy(patient())
+            .consumer(
+                flaky(&stream, "c", &seen, &misfires)
+                    .reconnect_backoff_max(Duration::from_millis(500)),
+            )
+            .start()
+            .await
+            .expect("start");
+        wait_running(&app).await;
+        let slot = cluster.keyslot(&stream);
+        let producer = Producer::start(con.clone(), stream.clone(), slot, replicated);
+        handled_at_least(&seen, 50).await;
+        Drill {
+            stream,
+            con,
+            seen,
+            misfires,
+            app,
+            producer,
+        }
+    }
+
+    /// Waits until `n` more entries than now have been handled.
+    async fn handles_more(&self, n: usize) {
+        let before = self.seen.counts().len();
+        handled_at_least(&self.seen, before + n).await;
+    }
+
+    /// Stops the producer and checks from Redis that every confirmed entry was handled and none is
+    /// pending, and that the consumer restarted once per panic and never for the fault. Prints the
+    /// fault's numbers for the test log.
+    #[allow(clippy::print_stderr)]
+    async fn finish(self, fault: &str) {
+        let added = self.producer.stop().await;
+        let duplicates = all_handled(&self.con, &self.stream, &self.seen, &added).await;
+        eprintln!(
+            "{fault}: {} entries, {} failed batches, {} panics, {duplicates} duplicates",
+            added.len(),
+            self.misfires.failed.load(Ordering::SeqCst),
+            self.misfires.panicked.load(Ordering::SeqCst)
+        );
+        restarts_are_the_panics(&self.app, &self.misfires).await;
+        self.app.shutdown().await.expect("shutdown");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_failover_of_the_streams_shard_loses_nothing() {
     let cluster = cluster();
     let master = cluster.masters()[0];
-    let stream = stream_on(&cluster, master, "orders");
-    let con = connect(&cluster).await;
-    let (seen, misfires) = (Seen::default(), Arc::new(Misfires::default()));
-    let app = millrace::Supervisor::builder()
-        .redis_cluster(cluster.seed_urls())
-        .restart_policy(patient())
-        .consumer(flaky(&stream, "c", &seen, &misfires))
-        .start()
-        .await
-        .expect("start");
-    wait_running(&app).await;
-    let producer = Producer::start(con.clone(), stream.clone(), cluster.keyslot(&stream), false);
-    handled_at_least(&seen, 50).await;
+    let drill = Drill::start(&cluster, stream_on(&cluster, master, "orders"), false).await;
     let began = Instant::now();
     let promoted = block_in_place(|| cluster.failover(master));
-    assert_eq!(cluster.owner_of_key(&stream), promoted);
-    let before = seen.counts().len();
-    handled_at_least(&seen, before + 50).await;
-    let recovered = began.elapsed();
-    let added = producer.stop().await;
-    let duplicates = all_handled(&con, &stream, &seen, &added).await;
+    assert_eq!(cluster.owner_of_key(&drill.stream), promoted);
+    drill.handles_more(50).await;
     eprintln!(
-        "failover: {} entries, {} failed batches, {} panics, {duplicates} duplicates, handling again {recovered:?} after the failover began",
-        added.len(),
-        misfires.failed.load(Ordering::SeqCst),
-        misfires.panicked.load(Ordering::SeqCst)
+        "failover: handling again {:?} after it began",
+        began.elapsed()
     );
-    restarts_are_the_panics(&app, &misfires).await;
-    app.shutdown().await.expect("shutdown");
+    drill.finish("failover").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_migration_of_the_streams_slot_loses_nothing() {
     let cluster = cluster();
     let masters = cluster.masters();
-    let stream = stream_on(&cluster, masters[0], "orders");
-    let slot = cluster.keyslot(&stream);
-    let con = connect(&cluster).await;
-    let (seen, misfires) = (Seen::default(), Arc::new(Misfires::default()));
-    let app = millrace::Supervisor::builder()
-        .redis_cluster(cluster.seed_urls())
-        .restart_policy(patient())
-        .consumer(flaky(&stream, "c", &seen, &misfires))
-        .start()
-        .await
-        .expect("start");
-    wait_running(&app).await;
-    let producer = Producer::start(con.clone(), stream.clone(), slot, false);
-    handled_at_least(&seen, 50).await;
-    block_in_place(|| cluster.migrate_slot(slot, masters[1]));
-    assert_eq!(cluster.owner_of_key(&stream), masters[1]);
-    let before = seen.counts().len();
-    handled_at_least(&seen, before + 50).await;
-    let added = producer.stop().await;
-    let duplicates = all_handled(&con, &stream, &seen, &added).await;
-    eprintln!(
-        "migration: {} entries, {} failed batches, {} panics, {duplicates} duplicates",
-        added.len(),
-        misfires.failed.load(Ordering::SeqCst),
-        misfires.panicked.load(Ordering::SeqCst)
-    );
-    restarts_are_the_panics(&app, &misfires).await;
-    app.shutdown().await.expect("shutdown");
+    let drill = Drill::start(&cluster, stream_on(&cluster, masters[0], "orders"), false).await;
+    block_in_place(|| cluster.migrate_slot(cluster.keyslot(&drill.stream), masters[1]));
+    assert_eq!(cluster.owner_of_key(&drill.stream), masters[1]);
+    drill.handles_more(50).await;
+    drill.finish("migration").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_streams_master_loses_no_replicated_entry() {
     let mut cluster = cluster();
     let master = cluster.masters()[0];
-    let stream = stream_on(&cluster, master, "orders");
-    let con = connect(&cluster).await;
-    let (seen, misfires) = (Seen::default(), Arc::new(Misfires::default()));
-    let app = millrace::Supervisor::builder()
-        .redis_cluster(cluster.seed_urls())
-        .restart_policy(patient())
-        .consumer(
-            flaky(&stream, "c", &seen, &misfires).reconnect_backoff_max(Duration::from_millis(500)),
-        )
-        .start()
-        .await
-        .expect("start");
-    wait_running(&app).await;
-    let producer = Producer::start(con.clone(), stream.clone(), cluster.keyslot(&stream), true);
-    handled_at_least(&seen, 50).await;
+    let drill = Drill::start(&cluster, stream_on(&cluster, master, "orders"), true).await;
     let began = Instant::now();
-    let before = seen.counts().len();
     let promoted = block_in_place(|| cluster.kill_master(master));
-    assert_eq!(cluster.owner_of_key(&stream), promoted);
-    handled_at_least(&seen, before + 1).await;
-    let recovered = began.elapsed();
+    assert_eq!(cluster.owner_of_key(&drill.stream), promoted);
+    drill.handles_more(1).await;
+    eprintln!(
+        "kill -9: handling again {:?} after the kill",
+        began.elapsed()
+    );
     // The killed node comes back as the new master's replica, so `WAIT 1` confirms entries again.
     block_in_place(|| cluster.restart(master));
-    let before = seen.counts().len();
-    handled_at_least(&seen, before + 20).await;
-    let added = producer.stop().await;
-    let duplicates = all_handled(&con, &stream, &seen, &added).await;
-    eprintln!(
-        "kill -9: {} replicated entries, {} failed batches, {} panics, {duplicates} duplicates, handling again {recovered:?} after the kill",
-        added.len(),
-        misfires.failed.load(Ordering::SeqCst),
-        misfires.panicked.load(Ordering::SeqCst)
-    );
-    restarts_are_the_panics(&app, &misfires).await;
-    app.shutdown().await.expect("shutdown");
+    drill.handles_more(20).await;
+    drill.finish("kill -9").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,34 +201,10 @@ async fn a_restart_of_the_streams_master_node_loses_nothing() {
         .arg("always")
         .start();
     let master = cluster.masters()[0];
-    let stream = stream_on(&cluster, master, "orders");
-    let con = connect(&cluster).await;
-    let (seen, misfires) = (Seen::default(), Arc::new(Misfires::default()));
-    let app = millrace::Supervisor::builder()
-        .redis_cluster(cluster.seed_urls())
-        .restart_policy(patient())
-        .consumer(
-            flaky(&stream, "c", &seen, &misfires).reconnect_backoff_max(Duration::from_millis(500)),
-        )
-        .start()
-        .await
-        .expect("start");
-    wait_running(&app).await;
     // Entries confirmed with `WAIT`: safe whether the node is back in time or its replica is
     // promoted meanwhile.
-    let producer = Producer::start(con.clone(), stream.clone(), cluster.keyslot(&stream), true);
-    handled_at_least(&seen, 50).await;
+    let drill = Drill::start(&cluster, stream_on(&cluster, master, "orders"), true).await;
     block_in_place(|| cluster.restart(master));
-    let before = seen.counts().len();
-    handled_at_least(&seen, before + 20).await;
-    let added = producer.stop().await;
-    let duplicates = all_handled(&con, &stream, &seen, &added).await;
-    eprintln!(
-        "master restart: {} entries, {} failed batches, {} panics, {duplicates} duplicates",
-        added.len(),
-        misfires.failed.load(Ordering::SeqCst),
-        misfires.panicked.load(Ordering::SeqCst)
-    );
-    restarts_are_the_panics(&app, &misfires).await;
-    app.shutdown().await.expect("shutdown");
+    drill.handles_more(20).await;
+    drill.finish("master restart").await;
 }

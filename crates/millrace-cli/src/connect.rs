@@ -67,7 +67,7 @@ pub(crate) fn redact(url: &str) -> String {
     format!("{scheme}://{authority}{tail}")
 }
 
-/// Where the commands go: one server, or the seed nodes of a Redis Cluster.
+/// Where the commands go: one server, or the given nodes of a Redis Cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Endpoint {
     /// One server (`--redis`).
@@ -148,7 +148,7 @@ impl std::fmt::Debug for Opener {
 pub(crate) struct Redis {
     opener: Opener,
     conn: Conn,
-    /// The URL with its password replaced (on a cluster, `cluster` and the seeds), for messages.
+    /// The URL with its password replaced (on a cluster, `cluster` and the given nodes), for messages.
     pub(crate) target: String,
 }
 

@@ -112,7 +112,7 @@ enum Target {
     /// A cluster: control commands go through one `ClusterConnection`, each consumer's read and
     /// replay connections to the master that serves its stream's slot.
     Cluster {
-        /// The seed nodes as given (credentials, database, TLS or not); a node's connection
+        /// The cluster nodes as given (credentials, database, TLS or not); a node's connection
         /// settings are the first seed's with the node's address.
         seeds: Vec<ConnectionInfo>,
     },
@@ -124,7 +124,7 @@ pub(crate) struct Backend {
     target: Target,
     options: ConnectionOptions,
     control: Control,
-    /// `host:port/db` without credentials (the seeds, on a cluster), for logs and the
+    /// `host:port/db` without credentials (the given cluster nodes, on a cluster), for logs and the
     /// duplicate-consumer check.
     display: String,
 }
@@ -185,7 +185,7 @@ impl Backend {
         Backend::from_client(client, options)
     }
 
-    /// Opens a cluster client for the seed nodes `urls` without connecting yet. Every seed must
+    /// Opens a cluster client for the cluster nodes `urls` without connecting yet. Every seed must
     /// carry the same credentials; any one that answers is enough.
     pub(crate) fn open_cluster(urls: &[String], options: ConnectionOptions) -> Result<Backend> {
         options.validate()?;
@@ -329,7 +329,7 @@ impl Backend {
         }
     }
 
-    /// A node of the cluster with the seeds' connection settings.
+    /// A node of the cluster with the given nodes' connection settings.
     fn cluster_node(&self, seeds: &[ConnectionInfo], at: &NodeAddress) -> redis::RedisResult<Node> {
         let seed = seeds.first().ok_or_else(|| {
             redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no seed node"))
