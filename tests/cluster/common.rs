@@ -258,3 +258,31 @@ pub(crate) async fn wait_running(app: &Supervisor) {
     })
     .await;
 }
+
+/// Starts `builder` with one consumer of a stream on the second master, adds one entry, and
+/// checks from Redis that it was handled once and nothing is pending.
+pub(crate) async fn one_entry_is_handled(
+    cluster: &millrace_testkit::RedisCluster,
+    builder: millrace::SupervisorBuilder,
+) {
+    let stream = stream_on(cluster, cluster.masters()[1], "orders");
+    let mut con = connect(cluster).await;
+    let seen = Seen::default();
+    let app = builder
+        .consumer(recording(&stream, "c", &seen))
+        .start()
+        .await
+        .expect("start");
+    wait_running(&app).await;
+    let id: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("n")
+        .arg(1)
+        .query_async(&mut con)
+        .await
+        .expect("XADD");
+    let duplicates = all_handled(&con, &stream, &seen, &[id.parse().expect("an id")]).await;
+    assert_eq!(duplicates, 0);
+    app.shutdown().await.expect("shutdown");
+}

@@ -4,30 +4,7 @@
 use millrace::{ConnectionOptions, Supervisor};
 use millrace_testkit::RedisCluster;
 
-use crate::common::{all_handled, connect, recording, stream_on, wait_running, Seen};
-
-async fn one_entry_is_handled(cluster: &RedisCluster, builder: millrace::SupervisorBuilder) {
-    let stream = stream_on(cluster, cluster.masters()[1], "orders");
-    let mut con = connect(cluster).await;
-    let seen = Seen::default();
-    let app = builder
-        .consumer(recording(&stream, "c", &seen))
-        .start()
-        .await
-        .expect("start");
-    wait_running(&app).await;
-    let id: String = redis::cmd("XADD")
-        .arg(&stream)
-        .arg("*")
-        .arg("n")
-        .arg(1)
-        .query_async(&mut con)
-        .await
-        .expect("XADD");
-    let duplicates = all_handled(&con, &stream, &seen, &[id.parse().expect("an id")]).await;
-    assert_eq!(duplicates, 0);
-    app.shutdown().await.expect("shutdown");
-}
+use crate::common::one_entry_is_handled;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_least_privilege_acl_user_consumes_on_a_cluster() {

@@ -1,6 +1,8 @@
 //! Where consumers read on a cluster: each from the master that serves its stream.
 
-use crate::common::{all_handled, cluster, connect, recording, stream_on, wait_running, Seen};
+use crate::common::{
+    all_handled, cluster, connect, one_entry_is_handled, recording, stream_on, wait_running, Seen,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_on_two_masters_are_consumed_by_one_supervisor() {
@@ -93,30 +95,14 @@ async fn a_stop_wakes_the_blocked_read_on_the_streams_master() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_that_is_down_at_start_is_skipped() {
     let cluster = cluster();
-    let stream = stream_on(&cluster, cluster.masters()[0], "orders");
     // Nothing listens on port 1: the first seed is down, the others answer.
     let mut seeds = vec!["redis://127.0.0.1:1".to_owned()];
     seeds.extend(cluster.seed_urls());
-    let mut con = connect(&cluster).await;
-    let seen = Seen::default();
-    let app = millrace::Supervisor::builder()
-        .redis_cluster(seeds)
-        .consumer(recording(&stream, "c", &seen))
-        .start()
-        .await
-        .expect("start with one seed down");
-    wait_running(&app).await;
-    let id: String = redis::cmd("XADD")
-        .arg(&stream)
-        .arg("*")
-        .arg("n")
-        .arg(1)
-        .query_async(&mut con)
-        .await
-        .expect("XADD");
-    let duplicates = all_handled(&con, &stream, &seen, &[id.parse().expect("an id")]).await;
-    assert_eq!(duplicates, 0);
-    app.shutdown().await.expect("shutdown");
+    one_entry_is_handled(
+        &cluster,
+        millrace::Supervisor::builder().redis_cluster(seeds),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,33 +10,11 @@ use std::time::Duration;
 use millrace_testkit::{wait_until, RedisCluster};
 use redis::cluster::ClusterConnection;
 use redis::Value;
-use serde_json::Value as Json;
+
+mod support;
+use support::Run;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A finished run of the binary.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Json {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
-    }
-}
-
-impl std::fmt::Debug for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
 
 /// `millrace` with nothing inherited from the environment's Redis variables.
 fn millrace() -> Command {
