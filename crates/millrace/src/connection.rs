@@ -635,6 +635,17 @@ impl Control {
     ) -> redis::RedisResult<i64> {
         let mut cmd = redis::cmd("CLIENT");
         cmd.arg("UNBLOCK").arg(client_id);
+        self.query_on(node, cmd).await
+    }
+
+    /// Runs `cmd` on the server, or on a cluster on the node `node` (for commands that are per
+    /// node: `CLIENT UNBLOCK`, `SCAN`). On a cluster without a node it fails: such a command has
+    /// no key to route it by.
+    pub(crate) async fn query_on<T: redis::FromRedisValue>(
+        &mut self,
+        node: Option<&NodeAddress>,
+        cmd: redis::Cmd,
+    ) -> redis::RedisResult<T> {
         match (self, node) {
             (Control::Single(c), _) => cmd.query_async(c).await,
             (Control::Cluster(c), Some(node)) => {
@@ -647,7 +658,7 @@ impl Control {
             }
             (Control::Cluster(_), None) => Err(redis::RedisError::from((
                 redis::ErrorKind::InvalidClientConfig,
-                "no node to send CLIENT UNBLOCK to",
+                "no cluster node named to send the command to",
             ))),
         }
     }

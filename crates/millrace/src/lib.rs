@@ -56,6 +56,7 @@ mod connection;
 mod consumer;
 pub mod dead_letter;
 pub mod decode;
+mod discovery;
 mod entry;
 mod error;
 mod handler;
