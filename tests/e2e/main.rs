@@ -10,6 +10,7 @@
 mod common;
 
 mod acks;
+mod batch_size;
 mod config;
 mod dead_letters;
 mod faults;

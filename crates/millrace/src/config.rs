@@ -8,6 +8,8 @@ use crate::entry::EntryId;
 use crate::error::{Error, Result};
 use crate::id::ConsumerId;
 
+mod read_size;
+
 /// Where a newly created consumer group starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StartId {
@@ -80,19 +82,36 @@ pub enum OnGroupLost {
 /// ```
 /// use std::time::Duration;
 /// let opts: millrace::ConsumerOptions = toml::from_str(r#"
-///     count = 100
 ///     block = "2s"
 ///     claim_min_idle = "5m"
 /// "#).unwrap();
 /// assert_eq!(opts.block, Duration::from_secs(2));
 /// assert_eq!(opts.claim_interval, Duration::from_secs(30)); // default
+/// assert_eq!(opts.count, None); // default: the read size adapts…
+/// assert_eq!(opts.batch_target, Duration::from_millis(100)); // …so a batch takes about this
+///
+/// let fixed: millrace::ConsumerOptions = toml::from_str("count = 100").unwrap();
+/// assert_eq!(fixed.count, Some(100));
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ConsumerOptions {
-    /// Maximum entries per read (`XREADGROUP COUNT`). Default 10. `0` is refused (Redis reads it as "no limit").
-    pub count: usize,
+    /// Entries per read (`XREADGROUP COUNT`), fixed. Default: unset, so the read size adapts
+    /// between `min_count` and `max_count` to make a batch take the handler about `batch_target`
+    /// (`"adaptive"` in a file or the environment unsets it). 1 to 100,000; `0` is refused (Redis
+    /// reads it as "no limit").
+    #[serde(with = "read_size::count")]
+    pub count: Option<usize>,
+    /// Adaptive read size (`count` unset): how long one batch should take the handler. The
+    /// consumer also fetches ahead only as much as fits this time (one batch when a batch takes
+    /// longer). Default 100ms; 1ms to 1m.
+    #[serde(with = "duration")]
+    pub batch_target: Duration,
+    /// Adaptive read size: the smallest `COUNT`. Default 1.
+    pub min_count: usize,
+    /// Adaptive read size: the largest `COUNT`. Default 1000; at most 100,000.
+    pub max_count: usize,
     /// How long one read waits for new entries (`BLOCK`). Default 5s; must be between 1ms and 5min.
     /// It bounds how long a stop can wait for a blocked read when `CLIENT UNBLOCK` is not permitted.
     #[serde(with = "duration")]
@@ -148,7 +167,10 @@ pub struct ConsumerOptions {
 impl Default for ConsumerOptions {
     fn default() -> Self {
         ConsumerOptions {
-            count: 10,
+            count: None,
+            batch_target: Duration::from_millis(100),
+            min_count: 1,
+            max_count: 1000,
             block: Duration::from_secs(5),
             read_timeout: None,
             claim_interval: Duration::from_secs(30),
@@ -179,17 +201,16 @@ impl ConsumerOptions {
             .unwrap_or(self.block + READ_TIMEOUT_MARGIN)
     }
 
+    /// The largest batch a read can return: `count`, or `max_count` when the size adapts.
+    pub(crate) fn largest_count(&self) -> usize {
+        self.count.unwrap_or(self.max_count)
+    }
+
     /// Checks every value; the error names the field and what is accepted.
     pub fn validate(&self, consumer: Option<&ConsumerId>) -> Result<()> {
         let err = |field: &str, reason: &str| Err(Error::config(consumer, field, reason));
-        if self.count == 0 {
-            return err(
-                "count",
-                "must be at least 1 (Redis reads COUNT 0 as \"no limit\")",
-            );
-        }
-        if self.count > 100_000 {
-            return err("count", "must be at most 100000");
+        if let Err((field, reason)) = read_size::check(self) {
+            return err(field, &reason);
         }
         if self.block < Duration::from_millis(1) {
             return err(
@@ -394,7 +415,7 @@ mod tests {
     #[test]
     fn defaults_match_the_elixir_consumer() {
         let o = ConsumerOptions::default();
-        assert_eq!(o.count, 10);
+        assert_eq!(o.count, None, "the read size adapts by default");
         assert_eq!(o.block, Duration::from_secs(5));
         assert_eq!(o.claim_interval, Duration::from_secs(30));
         assert_eq!(o.claim_min_idle, Duration::from_secs(60));

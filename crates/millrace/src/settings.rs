@@ -238,7 +238,7 @@ struct FileConfig {
 /// let specs = settings.consumers("orders", |_b: Batch<RawEntry>| async { HandlerResult::Ok });
 /// assert_eq!(specs.len(), 2);
 /// assert_eq!(&*specs[1].id().consumer, "billing-1");
-/// assert_eq!(specs[0].options().count, 50);
+/// assert_eq!(specs[0].options().count, Some(50));
 /// let builder = settings.supervisor()?.consumers(specs); // then .start().await
 /// # let _ = builder; Ok(()) }
 /// ```
@@ -539,7 +539,7 @@ mod tests {
         let specs = s.consumers("orders", handler);
         assert_eq!(specs.len(), 2);
         let o = specs[0].options();
-        assert_eq!((o.count, o.block), (50, Duration::from_secs(1)));
+        assert_eq!((o.count, o.block), (Some(50), Duration::from_secs(1)));
         assert_eq!(&*specs[1].id().consumer, "w-1");
         assert!(s.consumers("other", handler).is_empty());
         assert_eq!(s.restart.max_restarts, 3);
@@ -559,9 +559,34 @@ mod tests {
         )
         .unwrap();
         let o = s.declarations()[0].options.clone();
-        assert_eq!((o.count, o.block), (7, Duration::from_secs(3)));
+        assert_eq!((o.count, o.block), (Some(7), Duration::from_secs(3)));
         assert_eq!(s.restart.window, Duration::from_secs(30));
         assert!(s.connection.wait_for_redis);
+    }
+
+    #[test]
+    fn the_environment_makes_a_fixed_count_adaptive_and_sets_its_bounds() {
+        let s = Settings::parse(
+            FILE,
+            env(&[
+                ("MILLRACE_DEFAULTS__COUNT", "adaptive"),
+                ("MILLRACE_DEFAULTS__BATCH_TARGET", "250ms"),
+                ("MILLRACE_DEFAULTS__MAX_COUNT", "400"),
+            ]),
+        )
+        .unwrap();
+        let o = s.declarations()[0].options.clone();
+        assert_eq!(o.count, None);
+        assert_eq!(o.batch_target, Duration::from_millis(250));
+        assert_eq!((o.min_count, o.max_count), (1, 400));
+        let err = Settings::parse(FILE, env(&[("MILLRACE_DEFAULTS__MAX_COUNT", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("consumers[0].options.min_count"), "{err}");
+        let err = Settings::parse(FILE, env(&[("MILLRACE_DEFAULTS__COUNT", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("adaptive"), "{err}");
     }
 
     #[test]

@@ -82,8 +82,16 @@ impl ConsumerSpec {
     }
 
     setters! {
-        /// Maximum entries per read. See [`ConsumerOptions::count`].
-        count: usize => count;
+        /// A fixed number of entries per read, instead of the adaptive read size. See
+        /// [`ConsumerOptions::count`].
+        count: usize => count(Some);
+        /// How long a batch should take the handler (adaptive read size). See
+        /// [`ConsumerOptions::batch_target`].
+        batch_target: Duration => batch_target;
+        /// The smallest adaptive read size. See [`ConsumerOptions::min_count`].
+        min_count: usize => min_count;
+        /// The largest adaptive read size. See [`ConsumerOptions::max_count`].
+        max_count: usize => max_count;
         /// How long a read blocks. See [`ConsumerOptions::block`].
         block: Duration => block;
         /// Read connection response timeout. See [`ConsumerOptions::read_timeout`].

@@ -23,6 +23,8 @@ pub(crate) struct Handled {
     pub(crate) ack: Vec<EntryId>,
     /// How long the handler ran, when it ran.
     pub(crate) handler_took: Option<Duration>,
+    /// Entries handed to the handler.
+    pub(crate) handed: usize,
 }
 
 impl Consumer {
@@ -79,7 +81,9 @@ impl Consumer {
         let plan = outcome::plan(report, |id| {
             ids.iter().position(|x| *x == id).and_then(|i| counts[i])
         });
-        self.apply(plan, took).await
+        let mut handled = self.apply(plan, took).await?;
+        handled.handed = ids.len();
+        Ok(handled)
     }
 
     /// Tombstones (pending ids whose entry was deleted or trimmed) are acknowledged at once.
@@ -224,6 +228,7 @@ impl Consumer {
         Ok(Handled {
             ack: plan.ack,
             handler_took: plan.handler_ran.then_some(took),
+            handed: 0,
         })
     }
 

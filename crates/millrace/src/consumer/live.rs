@@ -13,58 +13,8 @@ use crate::health::ConsumerState;
 use crate::reader::{Reader, ReaderConfig};
 use crate::streams::ReadItem;
 
-/// Clean reads after which a shrunk COUNT doubles again.
-const CLEAN_READS_TO_GROW: u32 = 8;
-
-/// COUNT in effect: 1 after a read fails mid-reply (a reply too large for the client output
-/// buffer closes the connection after the entries went to the pending list), grown back after
-/// clean reads.
-#[derive(Debug)]
-pub(crate) struct ReadSize {
-    configured: usize,
-    current: usize,
-    clean_reads: u32,
-}
-
-impl ReadSize {
-    pub(crate) fn new(count: usize) -> Self {
-        ReadSize {
-            configured: count,
-            current: count,
-            clean_reads: 0,
-        }
-    }
-
-    pub(crate) fn count(&self) -> usize {
-        self.current
-    }
-
-    /// Drops COUNT to 1 after a read failed mid-reply: if the reply was too large for the
-    /// server's output buffer, single entries get through, and every entry of the cut-off reply
-    /// but the oversized one is delivered once more, not once per halving (each cut-off read
-    /// counts a delivery for all of its entries).
-    pub(crate) fn shrink(&mut self) {
-        if self.current != 1 {
-            warn!("a read failed mid-reply; reading one entry at a time for a while");
-            self.current = 1;
-        }
-        self.clean_reads = 0;
-    }
-
-    /// After enough clean reads, grows COUNT back towards the configured value.
-    pub(crate) fn succeeded(&mut self) {
-        if self.current < self.configured {
-            self.clean_reads += 1;
-            if self.clean_reads >= CLEAN_READS_TO_GROW {
-                self.clean_reads = 0;
-                self.current = (self.current * 2).min(self.configured);
-            }
-        }
-    }
-}
-
 impl Consumer {
-    /// A read succeeded: health, backoff and COUNT learn of it.
+    /// A read succeeded: health, backoff and the read size learn of it.
     pub(super) fn read_succeeded(&mut self) {
         self.stats.read_ok();
         if self.retry_attempt > 0 {
@@ -74,7 +24,7 @@ impl Consumer {
             );
         }
         self.retry_attempt = 0;
-        self.read_size.succeeded();
+        self.batch_size.read_ok();
     }
 
     /// Reads new entries through the reader, which keeps reads in flight while batches are
@@ -82,7 +32,7 @@ impl Consumer {
     pub(super) async fn live(&mut self, node: &Node) -> Result<()> {
         let config = ReaderConfig {
             id: self.id.clone(),
-            count: self.read_size.count(),
+            count: self.batch_size.count(),
             block: self.opts.block,
             read_timeout: self.opts.effective_read_timeout(),
             command_timeout: self.backend.command_timeout(),
@@ -93,6 +43,7 @@ impl Consumer {
             _ = self.cancel.cancelled() => return Ok(()),
             r = Reader::start(&self.backend, node, config) => r?,
         };
+        reader.set_pace(self.batch_size.pace());
         self.stats.set_state(ConsumerState::Running);
         loop {
             if Instant::now() >= self.reclaimer.next_tick() {
@@ -114,20 +65,21 @@ impl Consumer {
                 _ = tokio::time::sleep_until(timers.into()) => continue,
             };
             self.read_succeeded();
-            reader.set_count(self.read_size.count());
             if items.is_empty() {
                 continue;
             }
             if self.cancel.is_cancelled() {
                 return self.stop_reading(reader, items).await;
             }
+            let read = items.len();
             let handled = self
                 .handle(items, Source::New, Some(reader.sent_after()))
                 .await?;
-            // Only batches the handler ran tell the reader how fast it is: a batch whose entries
-            // were all skipped says nothing, and must not widen the read-ahead after slow ones.
+            // Only batches the handler ran tell how fast it is: a batch whose entries were all
+            // skipped says nothing, and must not widen the read-ahead after slow ones.
             if let Some(took) = handled.handler_took {
-                reader.handled_in(took);
+                let pace = self.batch_size.handled(read, handled.handed, took);
+                reader.set_pace(pace);
             }
             self.acker.ack_behind(handled.ack).await?;
             if self.cancel.is_cancelled() {

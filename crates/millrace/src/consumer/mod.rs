@@ -1,9 +1,11 @@
 //! The consume loop of one consumer, in rooms: the `session` (group and permissions), the own-PEL
 //! `replay`, the `live` loop, `handling` of one batch, the `acker`, the `reclaimer` (claims and
-//! ownership), the `gauges`, and the pure `outcome` decisions. The loop runs as a task owned by
-//! the consumer actor; this file holds what ties the rooms together: the retry around sessions.
+//! ownership), the `gauges`, and the pure decisions: `outcome` and the `batch_size`. The loop runs
+//! as a task owned by the consumer actor; this file holds what ties the rooms together: the retry
+//! around sessions.
 
 mod acker;
+mod batch_size;
 mod client;
 mod failures;
 mod gauges;
@@ -32,10 +34,10 @@ use crate::id::ConsumerId;
 use crate::spec::ConsumerSpec;
 
 use acker::Acker;
+use batch_size::BatchSize;
 use client::ConsumerClient;
 use failures::{FailureLog, WarnLimiter};
 use gauges::Gauges;
-use live::ReadSize;
 use reclaimer::Reclaimer;
 use session::SessionState;
 pub(crate) use stats::Stats;
@@ -58,7 +60,7 @@ pub(crate) struct Consumer {
     reclaimer: Reclaimer,
     gauges: Gauges,
     session: SessionState,
-    read_size: ReadSize,
+    batch_size: BatchSize,
     failures: FailureLog,
     failure_warnings: WarnLimiter,
     /// Reconnects since the last successful read (for the backoff).
@@ -91,11 +93,11 @@ impl Consumer {
             dead_letter_in_steps,
             meta: id.meta(),
             dlq,
-            acker: Acker::new(client.clone(), stats.clone(), opts.count),
+            acker: Acker::new(client.clone(), stats.clone(), opts.largest_count()),
             reclaimer: Reclaimer::new(client.clone(), stats.clone(), &opts),
             gauges: Gauges::new(client.clone(), stats.clone(), opts.gauge_interval),
             session: SessionState::new(opts.start_id.as_arg()),
-            read_size: ReadSize::new(opts.count),
+            batch_size: BatchSize::new(&opts),
             failures: FailureLog::default(),
             failure_warnings: WarnLimiter::default(),
             retry_attempt: 0,
@@ -189,7 +191,7 @@ impl Consumer {
             ..
         } = err
         {
-            self.read_size.shrink();
+            self.batch_size.cut_off();
         }
         let delay = backoff_with_jitter(
             FIRST_RECONNECT_PAUSE,

@@ -43,7 +43,7 @@ impl Consumer {
                 &self.id.stream,
                 &self.id.group,
                 &self.id.consumer,
-                self.read_size.count(),
+                self.batch_size.count(),
                 None,
                 &cursor.to_string(),
             );
@@ -52,7 +52,7 @@ impl Consumer {
                 Err(e) if e.code() == Some("NOGROUP") && !self.opts.create_group => {
                     return Err(self.group_missing(e.to_string()))
                 }
-                Err(e) if cut_off(&e) && self.read_size.count() == 1 => {
+                Err(e) if cut_off(&e) && self.batch_size.count() == 1 => {
                     *own = None;
                     if self.dead_letter_oversized(cursor).await? {
                         continue;

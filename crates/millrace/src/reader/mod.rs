@@ -52,10 +52,15 @@ fn depth_after(entries: usize, count: usize) -> usize {
 /// Batches fetched ahead of the handler: the reads in flight plus one reply waiting, so the next
 /// read can be written before the waiting reply is taken.
 pub(crate) const FETCHED_AHEAD: usize = READS_IN_FLIGHT + 1;
-/// A batch that takes the handler at least this long makes the reader fetch only one batch ahead:
-/// against a slow handler more read-ahead buys nothing and hoards entries other consumers of the
-/// group could be handling.
-pub(crate) const SLOW_BATCH: Duration = Duration::from_millis(50);
+
+/// How a reader reads from now on: `COUNT` of the reads it writes and how many batches it may fetch
+/// ahead of the handler (1 to [`FETCHED_AHEAD`]). The consumer decides it
+/// (`consumer::batch_size`) after every batch its handler ran; every reader kind takes it as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReadPace {
+    pub(crate) count: usize,
+    pub(crate) ahead: usize,
+}
 /// How long a stop waits for a woken read's reply before it sends `CLIENT UNBLOCK` again (in case
 /// the unblock reached the server before the read blocked).
 const UNBLOCK_EVERY: Duration = Duration::from_millis(20);
@@ -101,8 +106,8 @@ struct State {
     stop: bool,
     /// COUNT of the next read written.
     count: usize,
-    /// Batches the reader may fetch ahead of the handler: [`FETCHED_AHEAD`], or 1 while the
-    /// handler is slow.
+    /// Batches the reader may fetch ahead of the handler: 1 to [`FETCHED_AHEAD`] (see
+    /// [`ReadPace`]).
     ahead: usize,
 }
 
@@ -321,18 +326,14 @@ impl Reader {
             .map_err(|e| Error::from_redis(&self.id, "XREADGROUP", &self.id.stream, e))
     }
 
-    /// Sets COUNT for the reads written from now on.
-    pub(crate) fn set_count(&self, count: usize) {
-        self.shared.lock().count = count;
-    }
-
-    /// Tells the reader how long the handler took for the last batch: after a slow one it fetches
-    /// only one batch ahead, after a quick one [`FETCHED_AHEAD`] again.
-    pub(crate) fn handled_in(&self, took: Duration) {
-        let ahead = if took >= SLOW_BATCH { 1 } else { FETCHED_AHEAD };
+    /// Sets COUNT and the read-ahead for the reads written from now on (a wider read-ahead may
+    /// write a read at once).
+    pub(crate) fn set_pace(&self, pace: ReadPace) {
+        let ahead = pace.ahead.clamp(1, FETCHED_AHEAD);
         let more = {
             let mut s = self.shared.lock();
             let more = ahead > s.ahead;
+            s.count = pace.count.max(1);
             s.ahead = ahead;
             more
         };
