@@ -338,8 +338,13 @@ pub(crate) struct TailArgs {
 /// Arguments of `top`.
 #[derive(Debug, Args)]
 pub(crate) struct TopArgs {
-    /// Only streams matching this glob pattern.
+    /// Only streams matching this glob pattern (as a pattern consumer matches them); keys matching
+    /// it that are not streams are named and counted in a header line.
     pub(crate) pattern: Option<String>,
+    /// Only this consumer group's rows; a stream without it shows one row with `-`, so the streams
+    /// a pattern consumer of the group reads and the ones it has not picked up show side by side.
+    #[arg(long, value_parser = parse_key)]
+    pub(crate) group: Option<Key>,
     /// Time between refreshes (and between the two samples of --once), at least 100ms, e.g. `1s`,
     /// `500ms`.
     #[arg(long, default_value = "1s", value_parser = parse_top_interval, value_name = "DURATION")]

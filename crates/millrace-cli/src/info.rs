@@ -76,10 +76,24 @@ pub(crate) async fn scan_streams(
     redis: &mut Redis,
     pattern: Option<&str>,
 ) -> Result<Vec<FoundStream>> {
+    scan(redis, pattern, Some("stream")).await
+}
+
+/// Every key matching `pattern`, of any type, sorted (`SCAN cursor MATCH pattern COUNT n`); on a
+/// cluster, on every master. [`FoundStream`] names them, though some may not be streams.
+pub(crate) async fn scan_matching(redis: &mut Redis, pattern: &str) -> Result<Vec<FoundStream>> {
+    scan(redis, Some(pattern), None).await
+}
+
+async fn scan(
+    redis: &mut Redis,
+    pattern: Option<&str>,
+    type_filter: Option<&str>,
+) -> Result<Vec<FoundStream>> {
     let mut found = BTreeSet::new();
     if redis.is_cluster() {
         for master in redis.masters().await? {
-            for key in scan_node(redis, Some(&master), pattern).await? {
+            for key in scan_node(redis, Some(&master), pattern, type_filter).await? {
                 found.insert(FoundStream {
                     key,
                     master: Some(master.clone()),
@@ -87,18 +101,20 @@ pub(crate) async fn scan_streams(
             }
         }
     } else {
-        for key in scan_node(redis, None, pattern).await? {
+        for key in scan_node(redis, None, pattern, type_filter).await? {
             found.insert(FoundStream { key, master: None });
         }
     }
     Ok(found.into_iter().collect())
 }
 
-/// The stream keys matching `pattern` on one node (`None`: the server).
+/// The keys matching `pattern` (and of type `type_filter`, if given) on one node (`None`: the
+/// server).
 async fn scan_node(
     redis: &mut Redis,
     node: Option<&str>,
     pattern: Option<&str>,
+    type_filter: Option<&str>,
 ) -> Result<BTreeSet<Vec<u8>>> {
     let mut keys = BTreeSet::new();
     let mut cursor = b"0".to_vec();
@@ -108,7 +124,10 @@ async fn scan_node(
         if let Some(p) = pattern {
             cmd.arg("MATCH").arg(p);
         }
-        cmd.arg("COUNT").arg(SCAN_COUNT).arg("TYPE").arg("stream");
+        cmd.arg("COUNT").arg(SCAN_COUNT);
+        if let Some(t) = type_filter {
+            cmd.arg("TYPE").arg(t);
+        }
         let reply: Value = redis.query_on(node, &cmd).await?;
         let mut parts = value::list(reply).into_iter();
         let next = parts

@@ -1057,6 +1057,60 @@ fn top_once_prints_streams_groups_and_rates() {
     );
 }
 
+#[test]
+fn top_with_a_pattern_names_keys_of_other_types_and_shows_one_group() {
+    let (server, mut con) = start();
+    for stream in ["tenant:1:events", "tenant:2:events", "tenant:3:events"] {
+        xadd_n(&mut con, stream, 1);
+    }
+    group(&mut con, "tenant:1:events", "billing", "0");
+    group(&mut con, "tenant:2:events", "billing", "0");
+    group(&mut con, "tenant:2:events", "audit", "0");
+    let _: () = q(&mut con, &["HSET", "tenant:h:events", "f", "v"]);
+    xadd_n(&mut con, "orders", 1);
+
+    let args = [
+        "--json",
+        "top",
+        "tenant:*:events",
+        "--group",
+        "billing",
+        "--once",
+        "--interval",
+        "100ms",
+    ];
+    let j = ok(&server, &args).json();
+    assert_eq!(j["pattern"]["pattern"], "tenant:*:events", "{j}");
+    assert_eq!(j["pattern"]["streams"], 3, "{j}");
+    assert_eq!(j["pattern"]["group"], "billing", "{j}");
+    assert_eq!(j["pattern"]["streams_with_group"], 2, "{j}");
+    assert_eq!(j["pattern"]["skipped"][0]["key"], "tenant:h:events", "{j}");
+    assert_eq!(j["pattern"]["skipped"][0]["type"], "hash", "{j}");
+    let streams = j["streams"].as_array().unwrap();
+    let groups_of = |i: usize| -> Vec<String> {
+        let groups = streams[i]["groups"].as_array().unwrap();
+        groups
+            .iter()
+            .map(|g| g["group"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(streams.len(), 3, "{j}");
+    assert_eq!(groups_of(1), ["billing"], "audit is left out: {j}");
+    assert!(groups_of(2).is_empty(), "{j}");
+
+    let r = ok(&server, &args[1..]);
+    assert!(
+        r.stdout.contains(
+            "`tenant:*:events`: 3 streams, 2 with group `billing`; 1 key of another type skipped: tenant:h:events (hash)"
+        ),
+        "{r:?}"
+    );
+    // Without a pattern nothing but streams is looked at, and there is no header.
+    let j = ok(&server, &["--json", "top", "--once", "--interval", "100ms"]).json();
+    assert!(j.get("pattern").is_none(), "{j}");
+    assert_eq!(j["streams"].as_array().unwrap().len(), 4, "{j}");
+}
+
 /// Sends SIGINT, as Ctrl-C does.
 fn interrupt(child: &Child) {
     let status = Command::new("kill")

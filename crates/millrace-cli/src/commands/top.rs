@@ -6,6 +6,11 @@
 //! stream the length of its dead-letter stream `<stream>:dlq`. `--once` takes two samples one
 //! interval apart and prints one snapshot.
 //!
+//! With a pattern every matching key is looked at, so the keys that are not streams are named and
+//! counted in a header line (they are skipped, as a pattern consumer skips them); `--group` shows
+//! that group's rows only, and a matching stream without the group a row with `-`, so the streams a
+//! pattern consumer reads and the ones it has not picked up show side by side ([`pattern`]).
+//!
 //! On a cluster the streams of every master are shown together, each with the master that holds
 //! it (a `MASTER` column, `master` in JSON); every other call goes to the stream's master.
 //!
@@ -29,6 +34,9 @@ use crate::connect::Redis;
 use crate::error::{CliError, Result};
 use crate::info::{self, GroupInfo, StreamInfo};
 use crate::render::{self, escape, opt, Align, JsonBytes, Table};
+
+mod pattern;
+use pattern::{PatternSummary, SkippedKey};
 
 /// The table's columns, in order, with the sort key each stands for.
 const COLUMNS: [(&str, Align, SortBy); 10] = [
@@ -61,6 +69,8 @@ const SORT_KEYS: [SortBy; 9] = [
 struct Sample {
     at: Instant,
     streams: Vec<StreamSample>,
+    /// With a pattern: the matching keys that are not streams.
+    skipped: Vec<SkippedKey>,
 }
 
 #[derive(Debug)]
@@ -76,6 +86,9 @@ struct StreamSample {
 #[derive(Debug, Serialize)]
 struct Snapshot {
     interval_ms: u64,
+    /// With a pattern: how many keys match, and which are skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pattern: Option<PatternSummary>,
     streams: Vec<StreamRow>,
 }
 
@@ -114,24 +127,18 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &TopArgs) -> Result
     if interactive {
         return run_on_screen(redis, args).await;
     }
-    let pattern = args.pattern.as_deref();
     let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
-    let mut prev = sample(redis, pattern).await?;
+    let mut prev = sample(redis, args).await?;
     if !args.once {
-        print(redis, json, args, &snapshot(None, &prev, args.interval))?;
+        print(redis, json, args, &snapshot(None, &prev, args))?;
     }
     loop {
         tokio::select! {
             _ = tokio::time::sleep(args.interval) => {}
             _ = &mut ctrl_c => return Err(CliError::interrupted()),
         }
-        let cur = sample(redis, pattern).await?;
-        print(
-            redis,
-            json,
-            args,
-            &snapshot(Some(&prev), &cur, args.interval),
-        )?;
+        let cur = sample(redis, args).await?;
+        print(redis, json, args, &snapshot(Some(&prev), &cur, args))?;
         if args.once {
             return Ok(());
         }
@@ -232,21 +239,20 @@ fn key_action(key: &KeyEvent) -> KeyAction {
 }
 
 async fn run_on_screen(redis: &mut Redis, args: &TopArgs) -> Result<()> {
-    let pattern = args.pattern.as_deref();
     let mut sort = args.sort;
-    let mut prev = sample(redis, pattern).await?;
+    let mut prev = sample(redis, args).await?;
     // Ctrl-C arrives as a key in raw mode; a SIGINT from elsewhere must restore the screen too.
     let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
     let (screen, mut keys) = Screen::enter()?;
-    let mut snap = snapshot(None, &prev, args.interval);
+    let mut snap = snapshot(None, &prev, args);
     let mut next = Instant::now() + args.interval;
     loop {
         screen.draw(&screen_text(redis, args, sort, &snap))?;
         tokio::select! {
             _ = tokio::time::sleep_until(next.into()) => {
                 next = Instant::now() + args.interval;
-                let cur = sample(redis, pattern).await?;
-                snap = snapshot(Some(&prev), &cur, args.interval);
+                let cur = sample(redis, args).await?;
+                snap = snapshot(Some(&prev), &cur, args);
                 prev = cur;
             }
             _ = &mut ctrl_c => return Err(CliError::interrupted()),
@@ -260,17 +266,35 @@ async fn run_on_screen(redis: &mut Redis, args: &TopArgs) -> Result<()> {
     }
 }
 
-async fn sample(redis: &mut Redis, pattern: Option<&str>) -> Result<Sample> {
+async fn sample(redis: &mut Redis, args: &TopArgs) -> Result<Sample> {
     let mut streams = Vec::new();
-    for found in info::scan_streams(redis, pattern).await? {
+    let mut skipped = Vec::new();
+    // With a pattern, keys of every type: those that are not streams are counted below.
+    let found = match &args.pattern {
+        Some(pattern) => info::scan_matching(redis, pattern).await?,
+        None => info::scan_streams(redis, None).await?,
+    };
+    for found in found {
         let key = found.key;
         let Some(stream) = info::stream(redis, &key).await? else {
+            if args.pattern.is_some() {
+                let kind = redis.key_type(&key).await?;
+                // Deleted since the scan (or a stream made since): not a skipped key.
+                if kind != "none" && kind != "stream" {
+                    skipped.push(SkippedKey {
+                        key: JsonBytes(key),
+                        kind,
+                    });
+                }
+            }
             continue;
         };
         let mut groups = Vec::new();
         for g in info::groups_if_stream(redis, &key)
             .await?
             .unwrap_or_default()
+            .into_iter()
+            .filter(|g| pattern::shows_group(args.group.as_ref(), &g.name))
         {
             let idle = if g.pending > 0 {
                 info::oldest_pending_idle(redis, &key, &g.name).await?
@@ -293,6 +317,7 @@ async fn sample(redis: &mut Redis, pattern: Option<&str>) -> Result<Sample> {
     Ok(Sample {
         at: Instant::now(),
         streams,
+        skipped,
     })
 }
 
@@ -304,7 +329,7 @@ fn rate(before: Option<u64>, after: Option<u64>, secs: f64) -> Option<f64> {
     Some(((a - b) as f64 / secs * 10.0).round() / 10.0)
 }
 
-fn snapshot(prev: Option<&Sample>, cur: &Sample, interval: Duration) -> Snapshot {
+fn snapshot(prev: Option<&Sample>, cur: &Sample, args: &TopArgs) -> Snapshot {
     let secs = prev.map_or(0.0, |p| cur.at.duration_since(p.at).as_secs_f64());
     let before: HashMap<&[u8], &StreamSample> = prev
         .map(|p| p.streams.iter().map(|s| (s.key.as_slice(), s)).collect())
@@ -343,8 +368,22 @@ fn snapshot(prev: Option<&Sample>, cur: &Sample, interval: Duration) -> Snapshot
             }
         })
         .collect();
+    let pattern = args.pattern.as_ref().map(|pattern| PatternSummary {
+        pattern: pattern.clone(),
+        streams: cur.streams.len(),
+        group: args
+            .group
+            .as_ref()
+            .map(|g| JsonBytes(g.as_bytes().to_vec())),
+        streams_with_group: args
+            .group
+            .as_ref()
+            .map(|_| cur.streams.iter().filter(|s| !s.groups.is_empty()).count()),
+        skipped: cur.skipped.clone(),
+    });
     Snapshot {
-        interval_ms: render::ms(interval),
+        interval_ms: render::ms(args.interval),
+        pattern,
         streams,
     }
 }
@@ -467,6 +506,9 @@ fn screen_text(redis: &Redis, args: &TopArgs, sort: SortBy, snap: &Snapshot) -> 
         redis.target,
         render::duration(args.interval),
     );
+    if let Some(pattern) = &snap.pattern {
+        text.push_str(&format!("{}\n\n", pattern.line()));
+    }
     if snap.streams.is_empty() {
         text.push_str("no streams\n");
     } else {
@@ -489,6 +531,9 @@ fn print(redis: &Redis, json: bool, args: &TopArgs, snap: &Snapshot) -> Result<(
         render::duration(args.interval),
         if args.once { "" } else { "  (Ctrl-C to quit)" }
     );
+    if let Some(pattern) = &snap.pattern {
+        text.push_str(&format!("{}\n\n", pattern.line()));
+    }
     if snap.streams.is_empty() {
         text.push_str("no streams\n");
     } else {
@@ -537,6 +582,7 @@ mod tests {
     fn rows_sort_by_the_chosen_column_largest_first() {
         let snap = Snapshot {
             interval_ms: 1000,
+            pattern: None,
             streams: vec![
                 stream("a", 5, vec![group("g1", 1, Some(10)), group("g2", 7, None)]),
                 stream("b", 9, vec![group("g", 3, Some(500))]),
