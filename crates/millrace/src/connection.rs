@@ -22,6 +22,7 @@ use redis::{
 
 use crate::cluster::NodeAddress;
 use crate::error::{Error, Result};
+use crate::reader::SharedReaders;
 
 /// Connection settings shared by every consumer of a supervisor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +128,8 @@ pub(crate) struct Backend {
     /// `host:port/db` without credentials (the given cluster nodes, on a cluster), for logs and the
     /// duplicate-consumer check.
     display: String,
+    /// The reads shared by the streams of multi-stream consumers.
+    shared_readers: SharedReaders,
 }
 
 impl fmt::Debug for Backend {
@@ -140,6 +143,7 @@ impl fmt::Debug for Backend {
 
 /// One node a consumer opens a connection of its own to (its read socket, its replay
 /// connection): the address, the handshake settings, and how to speak TLS to it.
+#[derive(Clone)]
 pub(crate) struct Node {
     pub(crate) info: ConnectionInfo,
     #[cfg(feature = "tls")]
@@ -252,6 +256,7 @@ impl Backend {
                 conn: tokio::sync::Mutex::new(None),
             }))),
             display,
+            shared_readers: SharedReaders::default(),
         })
     }
 
@@ -287,6 +292,7 @@ impl Backend {
             options,
             control: Control::Single(control),
             display,
+            shared_readers: SharedReaders::default(),
         })
     }
 
@@ -364,6 +370,13 @@ impl Backend {
     /// The shared control connection (a cheap clone of one multiplexed, self-reconnecting connection).
     pub(crate) fn control(&self) -> Control {
         self.control.clone()
+    }
+
+    /// The reads shared by the streams of multi-stream consumers (one per server or cluster
+    /// slot, group and consumer name).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn shared_readers(&self) -> &SharedReaders {
+        &self.shared_readers
     }
 
     /// Timeout of one connection attempt.

@@ -28,7 +28,7 @@ mod parse;
 mod proptests;
 
 pub(crate) use frame::FrameBuf;
-pub(crate) use parse::{parse_read_reply, parse_value};
+pub(crate) use parse::{parse_read_reply, parse_stream_entries, parse_value, split_read_reply};
 
 /// Deepest nesting accepted in a reply; a stream reply has four levels.
 pub(crate) const MAX_DEPTH: usize = 32;

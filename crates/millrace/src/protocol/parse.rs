@@ -1,6 +1,7 @@
 //! Parsing: one complete RESP2 reply, held in memory, into stream entries or a `redis::Value`.
 
 use std::io;
+use std::ops::Range;
 
 use redis::{RedisResult, Value};
 
@@ -57,16 +58,8 @@ impl Parser<'_> {
 
     /// The `len` bytes of a bulk string and its CRLF.
     fn body(&mut self, len: usize) -> io::Result<Vec<u8>> {
-        let end = self.pos.checked_add(len).ok_or_else(truncated)?;
-        let Some(crlf) = self.buf.get(end..end + 2) else {
-            return Err(truncated());
-        };
-        if crlf != b"\r\n" {
-            return Err(bad_bulk_end(len as i64));
-        }
-        let out = self.buf[self.pos..end].to_vec();
-        self.pos = end + 2;
-        Ok(out)
+        let range = self.bulk_range(len)?;
+        Ok(self.buf[range].to_vec())
     }
 
     /// A bulk string's bytes, or `None` (after consuming it) for anything else.
@@ -118,15 +111,7 @@ impl Parser<'_> {
                 Header::Array(2) => {
                     let h = self.header()?;
                     self.finish(h, 2)?; // the stream name
-                    match self.header()? {
-                        Header::Array(n) if n >= 0 => {
-                            out.reserve((n as usize).min(MAX_RESERVE));
-                            for _ in 0..n {
-                                out.push(self.entry()?);
-                            }
-                        }
-                        h => out.extend(reply::parse_entries(self.finish(h, 2)?)),
-                    }
+                    self.entry_list(&mut out)?;
                 }
                 h => {
                     let v = self.finish(h, 1)?;
@@ -135,6 +120,87 @@ impl Parser<'_> {
             }
         }
         Ok(out)
+    }
+
+    /// One stream's entry list, `[[id, [f, v, …]], …]`, appended to `out`.
+    fn entry_list(&mut self, out: &mut Vec<ReadItem>) -> io::Result<()> {
+        match self.header()? {
+            Header::Array(n) if n >= 0 => {
+                out.reserve((n as usize).min(MAX_RESERVE));
+                for _ in 0..n {
+                    out.push(self.entry()?);
+                }
+            }
+            h => out.extend(reply::parse_entries(self.finish(h, 2)?)),
+        }
+        Ok(())
+    }
+
+    /// Skips one value whose header was read, allocating nothing for bulk payloads.
+    fn skip(&mut self, header: Header, depth: usize) -> io::Result<()> {
+        if depth > MAX_DEPTH {
+            return Err(invalid("reply nested too deeply"));
+        }
+        match header {
+            Header::Array(n) => {
+                for _ in 0..n.max(0) {
+                    let h = self.header()?;
+                    self.skip(h, depth + 1)?;
+                }
+            }
+            Header::Bulk(n) if n >= 0 => {
+                self.bulk_range(n as usize)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Where the `len` bytes of a bulk string lie; moves past them and their CRLF.
+    fn bulk_range(&mut self, len: usize) -> io::Result<Range<usize>> {
+        let end = self.pos.checked_add(len).ok_or_else(truncated)?;
+        let Some(crlf) = self.buf.get(end..end + 2) else {
+            return Err(truncated());
+        };
+        if crlf != b"\r\n" {
+            return Err(bad_bulk_end(len as i64));
+        }
+        let range = self.pos..end;
+        self.pos = end + 2;
+        Ok(range)
+    }
+
+    /// A multi-stream reply's parts: headers read and payloads skipped, nothing copied.
+    fn split(&mut self) -> RedisResult<Vec<StreamPart>> {
+        let streams = match self.header()? {
+            Header::Array(n) if n >= 0 => n,
+            Header::Array(_) => return Ok(Vec::new()),
+            Header::Bulk(n) if n < 0 => return Ok(Vec::new()),
+            Header::Error(line) => match server_error(&line) {
+                Value::ServerError(e) => return Err(e.into()),
+                _ => return Err(unexpected_shape().into()),
+            },
+            _ => return Err(unexpected_shape().into()),
+        };
+        let mut parts = Vec::with_capacity((streams as usize).min(MAX_RESERVE));
+        for _ in 0..streams {
+            let (Header::Array(2), Header::Bulk(len)) = (self.header()?, self.header()?) else {
+                return Err(unexpected_shape().into());
+            };
+            let key = self.bulk_range(usize::try_from(len).map_err(|_| unexpected_shape())?)?;
+            let entries_at = self.pos;
+            let entries = match self.header()? {
+                Header::Array(n) => n,
+                _ => return Err(unexpected_shape().into()),
+            };
+            self.skip(Header::Array(entries), 2)?;
+            parts.push(StreamPart {
+                key,
+                entries_at,
+                entries: usize::try_from(entries).unwrap_or(0),
+            });
+        }
+        Ok(parts)
     }
 
     /// One `[id, [f, v, …]]` element, always read to its end.
@@ -208,6 +274,43 @@ pub(crate) fn parse_read_reply(frame: &[u8]) -> RedisResult<Vec<ReadItem>> {
     Parser { buf: frame, pos: 0 }.read_items()
 }
 
+/// One stream's part of a multi-stream `XREADGROUP` reply, found by [`split_read_reply`]: where
+/// the stream's name lies in the reply, where its entry list begins (for
+/// [`parse_stream_entries`]), and how many entries the list holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StreamPart {
+    /// The stream's name, as a range of the reply's bytes.
+    pub(crate) key: Range<usize>,
+    /// Offset of the entry list's header in the reply.
+    pub(crate) entries_at: usize,
+    /// Entries in the list, from its header.
+    pub(crate) entries: usize,
+}
+
+fn unexpected_shape() -> io::Error {
+    invalid("an XREADGROUP reply of an unexpected shape (expected [[stream, [entries…]], …])")
+}
+
+/// Splits a complete multi-stream `XREADGROUP` reply into its streams' parts, reading headers
+/// only: payloads are skipped by length and nothing is copied, so the reply can be shared and
+/// each stream's part parsed where it is consumed. A nil reply (BLOCK ran out) has no parts; an
+/// error reply is an error.
+pub(crate) fn split_read_reply(frame: &[u8]) -> RedisResult<Vec<StreamPart>> {
+    Parser { buf: frame, pos: 0 }.split()
+}
+
+/// Parses the entry list of one stream's part of a reply (`at` from [`StreamPart::entries_at`])
+/// into entries, as [`parse_read_reply`] does for a one-stream reply.
+pub(crate) fn parse_stream_entries(frame: &[u8], at: usize) -> RedisResult<Vec<ReadItem>> {
+    let mut out = Vec::new();
+    Parser {
+        buf: frame,
+        pos: at,
+    }
+    .entry_list(&mut out)?;
+    Ok(out)
+}
+
 /// Parses a complete reply into a `redis::Value`; an error reply is an error.
 pub(crate) fn parse_value(frame: &[u8]) -> RedisResult<Value> {
     let mut p = Parser { buf: frame, pos: 0 };
@@ -279,6 +382,48 @@ mod tests {
                 "step {step}"
             );
         }
+    }
+
+    #[test]
+    fn a_multi_stream_reply_splits_by_headers_into_its_streams() {
+        // `s` (the three items of REPLY), then `t` with one entry, then `u` with none.
+        let mut reply = b"*3\r\n".to_vec();
+        reply.extend_from_slice(&REPLY[4..]);
+        reply.extend_from_slice(
+            b"*2\r\n$1\r\nt\r\n*1\r\n*2\r\n$3\r\n9-9\r\n*2\r\n$1\r\nk\r\n$1\r\nv\r\n",
+        );
+        reply.extend_from_slice(b"*2\r\n$1\r\nu\r\n*0\r\n");
+        let f = frames(&reply, 3).expect("frames");
+        assert_eq!(f, vec![reply.clone()]);
+        let parts = split_read_reply(&reply).expect("splits");
+        let names: Vec<&[u8]> = parts.iter().map(|p| &reply[p.key.clone()]).collect();
+        assert_eq!(names, [b"s".as_slice(), b"t", b"u"]);
+        assert_eq!(
+            parts.iter().map(|p| p.entries).collect::<Vec<_>>(),
+            [3, 1, 0]
+        );
+        let s = parse_stream_entries(&reply, parts[0].entries_at).expect("s");
+        assert_eq!(s, read(REPLY, 100).expect("the one-stream reply"));
+        let t = parse_stream_entries(&reply, parts[1].entries_at).expect("t");
+        assert_eq!(
+            t.iter().filter_map(ReadItem::id).collect::<Vec<_>>(),
+            [EntryId::new(9, 9)]
+        );
+        assert!(parse_stream_entries(&reply, parts[2].entries_at)
+            .expect("u")
+            .is_empty());
+        assert_eq!(split_read_reply(b"*-1\r\n").expect("nil"), vec![]);
+        let err = split_read_reply(b"-NOGROUP No such key 'k' or consumer group 'g'\r\n")
+            .expect_err("an error reply");
+        assert_eq!(err.code(), Some("NOGROUP"));
+        assert!(
+            split_read_reply(b"*1\r\n:1\r\n").is_err(),
+            "not [stream, entries]"
+        );
+        assert!(
+            split_read_reply(&reply[..reply.len() - 3]).is_err(),
+            "cut short"
+        );
     }
 
     #[test]

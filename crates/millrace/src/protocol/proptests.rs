@@ -8,6 +8,9 @@
 //!   [`parse_read_reply`] the same items as redis-rs's value through the tolerant
 //!   `streams::reply` parser (an error reply: the same server error). A reply redis-rs refuses
 //!   must not frame: an error, or still waiting for bytes.
+//! - **Split**: a multi-stream reply splits ([`split_read_reply`]) into its streams' names in
+//!   order, and its parts parsed one by one ([`parse_stream_entries`]) give exactly the items of
+//!   the whole reply; any reply the splitter accepts agrees with the whole-reply parser.
 //! - **Corruption**: random bytes, and valid replies with bytes flipped, inserted or cut, never
 //!   panic, never grow the buffer past twice what was fed, and end in a frame, an `InvalidData`
 //!   error, or "need more bytes". A valid reply cut short always waits for more.
@@ -21,8 +24,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
 use redis::Value;
 
-use super::{parse_read_reply, parse_value, FrameBuf};
-use crate::streams::reply;
+use super::{parse_read_reply, parse_stream_entries, parse_value, split_read_reply, FrameBuf};
+use crate::streams::{reply, ReadItem};
 
 fn config() -> Config {
     let cases = std::env::var("MILLRACE_PROPTEST_CASES")
@@ -171,6 +174,32 @@ fn xreadgroup_reply() -> impl Strategy<Value = Resp> {
         1 => text().prop_map(|t| Resp::Error(format!("NOGROUP {t}"))),
         1 => any_value(),
     ]
+}
+
+/// `[[stream, [entries…]], …]` for several streams, as a shared read gets them, with the names.
+fn multi_stream_reply() -> impl Strategy<Value = (Vec<Vec<u8>>, Resp)> {
+    prop::collection::vec((blob(), prop::collection::vec(entry(), 0..6)), 0..5).prop_map(
+        |streams| {
+            let names = streams.iter().map(|(n, _)| n.clone()).collect();
+            let reply = streams
+                .into_iter()
+                .map(|(n, e)| Resp::Array(vec![Resp::Bulk(n), Resp::Array(e)]))
+                .collect();
+            (names, Resp::Array(reply))
+        },
+    )
+}
+
+/// The items of every part of `bytes`, in order.
+fn joined_parts(bytes: &[u8]) -> redis::RedisResult<Option<Vec<ReadItem>>> {
+    let Ok(parts) = split_read_reply(bytes) else {
+        return Ok(None);
+    };
+    let mut joined = Vec::new();
+    for part in &parts {
+        joined.extend(parse_stream_entries(bytes, part.entries_at)?);
+    }
+    Ok(Some(joined))
 }
 
 /// `[cursor, [entries…], [deleted ids…]]`.
@@ -371,6 +400,26 @@ proptest! {
     #[test]
     fn the_fast_path_agrees_with_redis_rs(reply in reply(), chunks in chunks()) {
         differential(&reply.bytes(), &chunks)?;
+    }
+
+    #[test]
+    fn a_multi_stream_reply_splits_into_its_streams((names, reply) in multi_stream_reply()) {
+        let bytes = reply.bytes();
+        let parts = split_read_reply(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let found: Vec<Vec<u8>> = parts.iter().map(|p| bytes[p.key.clone()].to_vec()).collect();
+        prop_assert_eq!(found, names);
+        let whole = parse_read_reply(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let joined = joined_parts(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(joined, Some(whole));
+    }
+
+    #[test]
+    fn a_split_reply_parses_as_the_whole_one(reply in reply()) {
+        let bytes = reply.bytes();
+        if let Ok(Some(joined)) = joined_parts(&bytes) {
+            let whole = parse_read_reply(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(joined, whole);
+        }
     }
 
     #[test]

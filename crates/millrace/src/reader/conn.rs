@@ -67,7 +67,16 @@ impl Conn {
         node: &Node,
         command_timeout: Duration,
     ) -> RedisResult<(Conn, Option<i64>)> {
-        let io = tokio::time::timeout(backend.connect_timeout(), socket(node))
+        Conn::connect(node, backend.connect_timeout(), command_timeout).await
+    }
+
+    /// [`Conn::open`] with the connect timeout given.
+    pub(super) async fn connect(
+        node: &Node,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> RedisResult<(Conn, Option<i64>)> {
+        let io = tokio::time::timeout(connect_timeout, socket(node))
             .await
             .map_err(|_| timed_out("connecting"))??;
         let mut conn = Conn {

@@ -54,6 +54,35 @@ pub fn xreadgroup_cmd(
     cmd
 }
 
+/// Builds `XREADGROUP GROUP g c COUNT n [BLOCK ms] STREAMS s1 … sk > … >`: new entries of several
+/// streams in one call (at most `count` from each). On a Redis Cluster the streams must share a
+/// slot.
+pub(crate) fn xreadgroup_streams_cmd<S: AsRef<str>>(
+    streams: &[S],
+    group: &str,
+    consumer: &str,
+    count: usize,
+    block: Option<Duration>,
+) -> Cmd {
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count);
+    if let Some(block) = block {
+        cmd.arg("BLOCK").arg(millis(block).max(1));
+    }
+    cmd.arg("STREAMS");
+    for stream in streams {
+        cmd.arg(stream.as_ref());
+    }
+    for _ in streams {
+        cmd.arg(">");
+    }
+    cmd
+}
+
 /// Runs a read command and parses its reply tolerantly.
 pub async fn read<C: ConnectionLike + Send>(conn: &mut C, cmd: &Cmd) -> RedisResult<Vec<ReadItem>> {
     let v = conn.req_packed_command(cmd).await?;

@@ -1,0 +1,284 @@
+//! The shared reader: one `XREADGROUP GROUP g c COUNT n BLOCK b STREAMS s1 … sk > … >` read for
+//! the streams of one (server, group, consumer name), on a Redis Cluster per (master, group,
+//! consumer, slot), whose reply is routed to each stream's consumer.
+//!
+//! A multi-stream consumer is a set of single-stream consumers (one supervised actor per stream)
+//! that share this read instead of owning a [`Reader`](super::Reader) each. Each joins with
+//! [`SharedReaders::subscribe`] and gets a [`Subscription`], with the single reader's contract:
+//! `next`, `sent_after`, `set_pace`, `stop`. The first subscriber starts the read
+//! (a task with a socket of its own, [`read_loop`]); the last one leaving ends it and closes the
+//! socket. What is shared per stream, and decided without I/O, is in [`state`].
+//!
+//! - **Credits per stream.** Each stream has the single reader's credits: its read-ahead, 1 to
+//!   [`FETCHED_AHEAD`](super::FETCHED_AHEAD), set with its consumer's
+//!   [`ReadPace`](super::ReadPace). A read includes only the streams with a usable credit, so a
+//!   slow stream never hoards entries; a stream that got nothing in a reply gets its credit back at once. A
+//!   read goes out when some stream may be read; two are kept in flight while a reply had a
+//!   stream's full COUNT, as the single reader does.
+//! - **COUNT** of a read is the largest of its streams' counts, scaled down so that COUNT times
+//!   the streams that had entries in the last reply stays within [`state::REPLY_BUDGET`].
+//! - **Routing without copies.** The read task frames each reply and splits it into its streams'
+//!   parts by headers alone ([`crate::protocol::split_read_reply`]); each subscriber parses its own
+//!   part of the shared reply ([`crate::protocol::parse_stream_entries`]) on its own task.
+//! - **`sent_after`** of a stream's batch is when the read that fetched it was written, so its
+//!   entries have been pending at most since then (the ownership rule's freshness).
+//! - **Errors.** `NOGROUP … key 'k' …` goes to stream `k` alone, which is then left out of the
+//!   read until it subscribes again; `WRONGTYPE` to the streams that `TYPE` finds are not streams;
+//!   `UNBLOCKED` (a key deleted while the read blocked) and a `NOGROUP` naming no key (a group
+//!   destroyed while it blocked) are read again, and the next read names the key. A lost
+//!   connection is every subscriber's transient error; the next subscribe connects again.
+//! - **Membership.** Subscribing and leaving work at any time. A stream that may be read but is
+//!   in no read on the wire (it just joined, or its credit came back) wakes a blocked read with
+//!   `CLIENT UNBLOCK` through the control connection. Entries that arrive for a stream nobody
+//!   subscribes to any more are released (idle time one day, so the next `XAUTOCLAIM` takes
+//!   them), as are the untaken parts of a dropped subscription: never lost.
+//! - **Replays.** Each stream's own-PEL replay opens a connection of its own; [`SharedReaders::replay_permit`]
+//!   bounds how many run at once per (group, consumer), so a thousand streams starting together
+//!   open a few connections, not a thousand.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::ReaderConfig;
+use crate::cluster::NodeAddress;
+use crate::connection::{Backend, Control, Node};
+use crate::entry::EntryId;
+use crate::error::{Error, Result};
+use crate::id::ConsumerId;
+use crate::streams;
+
+mod read_loop;
+mod state;
+mod subscription;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use subscription::Subscription;
+
+use state::ReadState;
+
+/// Own-PEL replays of one (group, consumer) that may run at once, each on a connection of its own.
+pub(crate) const REPLAYS_AT_ONCE: usize = 4;
+/// Idle time given to entries released to the group (so the next `XAUTOCLAIM` anywhere takes
+/// them), as a consumer's own release does.
+const RELEASE_IDLE: Duration = Duration::from_secs(24 * 3600);
+
+/// Which read a stream joins: the server (or master node) it is read from, the group and
+/// consumer name, and on a cluster the stream's slot (a multi-key read stays in one slot).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ReadKey {
+    node: String,
+    group: Arc<str>,
+    consumer: Arc<str>,
+    slot: Option<u16>,
+}
+
+type Reads = Mutex<HashMap<ReadKey, Arc<SharedRead>>>;
+/// The replay semaphore of each (group, consumer).
+type Replays = Mutex<HashMap<(Arc<str>, Arc<str>), Arc<Semaphore>>>;
+
+/// The shared reads of one backend, and the replay permits of each (group, consumer).
+#[derive(Debug, Default)]
+pub(crate) struct SharedReaders {
+    reads: Arc<Reads>,
+    replays: Replays,
+}
+
+/// Leave to run one own-PEL replay (see [`SharedReaders::replay_permit`]); dropping it lets the
+/// next replay start.
+#[derive(Debug)]
+pub(crate) struct ReplayPermit(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+
+/// How far a read's connection has got.
+#[derive(Debug, Clone)]
+enum Connecting {
+    Pending,
+    Connected,
+    Failed(redis::RedisError),
+}
+
+/// One shared read: what its task and its subscriptions share.
+struct SharedRead {
+    key: ReadKey,
+    state: Mutex<ReadState>,
+    /// Wakes the read task (membership, credits, stop).
+    notify: Notify,
+    connecting: watch::Sender<Connecting>,
+    /// The connection's `CLIENT ID` (for `CLIENT UNBLOCK`), once connected.
+    client_id: Mutex<Option<i64>>,
+    /// The node to send `CLIENT UNBLOCK` to, on a cluster.
+    node: Option<NodeAddress>,
+    /// Cancelled when the task has ended and its connection is closed.
+    finished: CancellationToken,
+    task: Mutex<Option<tokio::task::AbortHandle>>,
+    control: Control,
+    registry: Weak<Reads>,
+}
+
+impl std::fmt::Debug for SharedRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedRead")
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (plain numbers and maps
+/// updated in single steps).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl SharedRead {
+    fn state(&self) -> MutexGuard<'_, ReadState> {
+        lock(&self.state)
+    }
+
+    fn client_id(&self) -> Option<i64> {
+        *lock(&self.client_id)
+    }
+
+    /// Forgets this read in the registry (if it is still the one there), so the next subscriber
+    /// starts a new one.
+    fn unregister(self: &Arc<Self>) {
+        if let Some(reads) = self.registry.upgrade() {
+            let mut reads = lock(&reads);
+            if reads.get(&self.key).is_some_and(|r| Arc::ptr_eq(r, self)) {
+                reads.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl SharedReaders {
+    /// Joins (or starts) the shared read for `config.id`'s (group, consumer) on `node`, and waits
+    /// until its connection is up. Fails with the connection error.
+    pub(crate) async fn subscribe(
+        &self,
+        backend: &Backend,
+        node: &Node,
+        config: ReaderConfig,
+    ) -> Result<Subscription> {
+        let id = config.id.clone();
+        let key = ReadKey {
+            node: node.address(),
+            group: id.group.clone(),
+            consumer: id.consumer.clone(),
+            slot: backend
+                .is_cluster()
+                .then(|| crate::cluster::key_slot(id.stream.as_bytes())),
+        };
+        let (read, token, rx) = {
+            let mut reads = lock(&self.reads);
+            let read = match reads.get(&key) {
+                Some(read) if read.state().open() => read.clone(),
+                _ => {
+                    let read = self.start(backend, node, &config, key.clone());
+                    reads.insert(key, read.clone());
+                    read
+                }
+            };
+            let (token, rx) = read.state().join(id.clone(), config.count);
+            (read, token, rx)
+        };
+        read.notify.notify_one();
+        let subscription = Subscription::new(read.clone(), token, rx, id.clone());
+        let mut connecting = read.connecting.subscribe();
+        let outcome = connecting
+            .wait_for(|c| !matches!(c, Connecting::Pending))
+            .await
+            .map(|c| c.clone());
+        match outcome {
+            Ok(Connecting::Failed(e)) => Err(Error::from_redis(&id, "CONNECT", &id.stream, e)),
+            Ok(_) => Ok(subscription),
+            Err(_) => Err(ended(&id)),
+        }
+    }
+
+    /// Starts a read's task, which connects to `node` and reads.
+    fn start(
+        &self,
+        backend: &Backend,
+        node: &Node,
+        config: &ReaderConfig,
+        key: ReadKey,
+    ) -> Arc<SharedRead> {
+        let (connecting, _) = watch::channel(Connecting::Pending);
+        let read = Arc::new(SharedRead {
+            key,
+            state: Mutex::new(ReadState::default()),
+            notify: Notify::new(),
+            connecting,
+            client_id: Mutex::new(None),
+            node: node.cluster_address(),
+            finished: CancellationToken::new(),
+            task: Mutex::new(None),
+            control: backend.control(),
+            registry: Arc::downgrade(&self.reads),
+        });
+        let settings = read_loop::Settings {
+            node: node.clone(),
+            connect_timeout: backend.connect_timeout(),
+            command_timeout: config.command_timeout,
+            block: config.block,
+            read_timeout: config.read_timeout,
+        };
+        let task = tokio::spawn(read_loop::run(read.clone(), settings));
+        *lock(&read.task) = Some(task.abort_handle());
+        read
+    }
+
+    /// A permit to replay the own pending entries of `group`'s `consumer` on a connection of
+    /// the replay's own: at most [`REPLAYS_AT_ONCE`] replays of one (group, consumer) run at once.
+    /// Hold the permit while the replay's connection is open.
+    pub(crate) async fn replay_permit(&self, group: &str, consumer: &str) -> ReplayPermit {
+        let semaphore = lock(&self.replays)
+            .entry((Arc::from(group), Arc::from(consumer)))
+            .or_insert_with(|| Arc::new(Semaphore::new(REPLAYS_AT_ONCE)))
+            .clone();
+        // The semaphore is never closed, so acquiring does not fail.
+        ReplayPermit(semaphore.acquire_owned().await.ok())
+    }
+
+    /// Shared reads running now, for tests.
+    #[cfg(test)]
+    fn running(&self) -> usize {
+        lock(&self.reads).len()
+    }
+}
+
+/// The error of a subscription whose read has ended: transient, so the consumer's session
+/// subscribes again (and reconnects).
+fn ended(id: &ConsumerId) -> Error {
+    Error::from_redis(
+        id,
+        "XREADGROUP",
+        &id.stream,
+        std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "the shared read of this stream ended",
+        )
+        .into(),
+    )
+}
+
+/// Releases entries fetched for `id` that nobody will handle now: still this consumer's, they
+/// get a high idle time, so the next `XAUTOCLAIM` anywhere takes them. Best effort: what cannot
+/// be released comes back after `claim_min_idle` (or in the consumer's next replay).
+async fn release(control: &mut Control, id: &ConsumerId, ids: &[EntryId]) {
+    if ids.is_empty() {
+        return;
+    }
+    let (stream, group, consumer) = (&*id.stream, &*id.group, &*id.consumer);
+    match streams::set_idle_if_owned(control, stream, group, consumer, ids, RELEASE_IDLE).await {
+        Ok(owned) => debug!(%stream, released = owned.len(), "released entries nobody reads now"),
+        Err(e) => {
+            tracing::warn!(%stream, error = %e, entries = ids.len(), "could not release entries nobody reads now; they stay pending and come back after claim_min_idle")
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! The shared read's task: connects, writes reads as the streams' credits allow, frames each
+//! reply and routes its parts ([`route`]), wakes its own blocked read when a stream waits to be
+//! read, and ends on a stop (closing its socket) or a lost connection (every subscriber told).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::RedisResult;
+
+use super::state::{Delivery, Planned};
+use super::{lock, Connecting, SharedRead};
+use crate::connection::Node;
+use crate::error::Error;
+use crate::reader::conn::Conn;
+use crate::reader::{READS_IN_FLIGHT, UNBLOCK_EVERY};
+use crate::streams;
+
+mod route;
+
+/// A read on the wire this long without a reply is taken to be blocked: a stream waiting to be
+/// read then wakes it with `CLIENT UNBLOCK`. (A read that is not blocked replies well within it,
+/// so busy reads are not woken for nothing.)
+const WAKE_AFTER: Duration = Duration::from_millis(5);
+
+/// What a read's task is started with.
+pub(super) struct Settings {
+    pub(super) node: Node,
+    pub(super) connect_timeout: Duration,
+    pub(super) command_timeout: Duration,
+    pub(super) block: Duration,
+    pub(super) read_timeout: Duration,
+}
+
+/// Connects and reads until stopped or the connection is lost.
+pub(super) async fn run(read: Arc<SharedRead>, settings: Settings) {
+    let _end = EndGuard(read.clone());
+    let connected = Conn::connect(
+        &settings.node,
+        settings.connect_timeout,
+        settings.command_timeout,
+    )
+    .await;
+    let (conn, client_id) = match connected {
+        Ok(c) => c,
+        Err(e) => {
+            read.connecting.send_replace(Connecting::Failed(e.clone()));
+            fail_all(&read, &e);
+            return;
+        }
+    };
+    *lock(&read.client_id) = client_id;
+    read.connecting.send_replace(Connecting::Connected);
+    tracing::debug!(server = %settings.node.address(), ?client_id, "shared read connection open");
+    let mut task = Task {
+        conn,
+        read: read.clone(),
+        client_id,
+        settings,
+        in_flight: VecDeque::new(),
+        depth: READS_IN_FLIGHT,
+        packed: None,
+        unattributed: 0,
+    };
+    match task.run().await {
+        Ok(()) => task.conn.close().await,
+        Err(e) => fail_all(&read, &e),
+    }
+}
+
+/// Marks the read ended however its task ends (returned, or aborted by the last subscriber's
+/// drop): new subscribers start a new read, and waiters learn of it.
+struct EndGuard(Arc<SharedRead>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        self.0.state().ended = true;
+        self.0.unregister();
+        self.0.connecting.send_if_modified(|c| {
+            let pending = matches!(c, Connecting::Pending);
+            if pending {
+                *c = Connecting::Failed(
+                    std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "the shared read ended while connecting",
+                    )
+                    .into(),
+                );
+            }
+            pending
+        });
+        self.0.finished.cancel();
+    }
+}
+
+/// Ends the read with `e` for every subscriber (each gets the error, classified for its own
+/// stream), in one step with marking it ended, so no one joins it after.
+fn fail_all(read: &Arc<SharedRead>, e: &redis::RedisError) {
+    let lanes = {
+        let mut state = read.state();
+        state.ended = true;
+        std::mem::take(&mut state.lanes)
+    };
+    read.unregister();
+    if !lanes.is_empty() {
+        tracing::warn!(error = %e, streams = lanes.len(), "the shared read failed; every stream in it reconnects");
+    }
+    for lane in lanes.into_values() {
+        let error = Error::from_redis(&lane.id, "XREADGROUP", &lane.id.stream, e.clone());
+        let _ = lane.tx.send(Delivery::Failed(error));
+    }
+}
+
+/// The read task's own state.
+struct Task {
+    conn: Conn,
+    read: Arc<SharedRead>,
+    /// `None` without the permission to learn it: blocked reads then return when BLOCK runs out.
+    client_id: Option<i64>,
+    settings: Settings,
+    /// Reads on the wire, in the order written (replies come in that order).
+    in_flight: VecDeque<Planned>,
+    /// Reads to keep on the wire: two while a reply had a stream's full COUNT, else one.
+    depth: usize,
+    /// The last read's streams and COUNT, and its command, written again while they stay.
+    packed: Option<(Planned, Vec<u8>)>,
+    /// Error replies in a row not traced to a stream.
+    unattributed: u32,
+}
+
+impl Task {
+    async fn run(&mut self) -> RedisResult<()> {
+        loop {
+            self.write_reads(self.depth).await?;
+            if self.in_flight.is_empty() {
+                if self.read.state().stop {
+                    return Ok(());
+                }
+                // Nothing may be read: wait for a credit, a subscriber, or the stop.
+                self.read.notify.notified().await;
+                continue;
+            }
+            self.await_reply().await?;
+            // The reply has begun. For a large one (a backlog) the next read goes on the wire
+            // before this one is framed, as the single reader does.
+            if !self.conn.buf.small_reply_buffered() {
+                self.depth = READS_IN_FLIGHT;
+                self.write_reads(READS_IN_FLIGHT + 1).await?;
+            }
+            let frame = self.conn.frame(self.settings.read_timeout).await?;
+            let Some(read) = self.in_flight.pop_front() else {
+                continue;
+            };
+            self.route(read, frame).await?;
+        }
+    }
+
+    /// Writes reads while fewer than `limit` are on the wire and some stream may be read.
+    async fn write_reads(&mut self, limit: usize) -> RedisResult<()> {
+        while self.in_flight.len() < limit {
+            let Some(plan) = self.read.state().plan(Instant::now()) else {
+                return Ok(());
+            };
+            self.send(plan).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, plan: Planned) -> RedisResult<()> {
+        let same = self
+            .packed
+            .as_ref()
+            .is_some_and(|(last, _)| last.count == plan.count && last.streams == plan.streams);
+        if !same {
+            let names: Vec<&str> = plan.streams.iter().map(|(n, _)| &**n).collect();
+            let key = &self.read.key;
+            let cmd = streams::xreadgroup_streams_cmd(
+                &names,
+                &key.group,
+                &key.consumer,
+                plan.count,
+                Some(self.settings.block),
+            );
+            self.packed = Some((plan.clone(), cmd.get_packed_command()));
+        }
+        if let Some((_, packed)) = &self.packed {
+            self.conn.send(packed).await?;
+        }
+        self.in_flight.push_back(plan);
+        Ok(())
+    }
+
+    /// Waits until a reply begins to arrive (within `read_timeout`). Meanwhile, when a stream may
+    /// be read that no read on the wire includes, wakes the read at the head once it has been on
+    /// the wire [`WAKE_AFTER`] (and again every [`UNBLOCK_EVERY`], in case the unblock reached
+    /// the server before the read blocked).
+    async fn await_reply(&mut self) -> RedisResult<()> {
+        if !self.conn.buf.is_empty() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.settings.read_timeout;
+        let mut next_unblock = None;
+        loop {
+            let wake_at = self.wake_at(next_unblock);
+            let unblock = tokio::select! {
+                r = self.conn.fill(deadline.saturating_duration_since(Instant::now())) => return r,
+                _ = self.read.notify.notified() => false,
+                _ = sleep_until(wake_at), if wake_at.is_some() => true,
+            };
+            if unblock {
+                self.unblock().await;
+                next_unblock = Some(Instant::now() + UNBLOCK_EVERY);
+            }
+        }
+    }
+
+    /// When to send `CLIENT UNBLOCK` next, if a stream waits to be read.
+    fn wake_at(&self, next_unblock: Option<Instant>) -> Option<Instant> {
+        if self.client_id.is_none() || !self.read.state().wake {
+            return None;
+        }
+        let head = self.in_flight.front()?;
+        Some(next_unblock.unwrap_or(head.sent + WAKE_AFTER))
+    }
+
+    async fn unblock(&mut self) {
+        let Some(id) = self.client_id else {
+            return;
+        };
+        let mut control = self.read.control.clone();
+        match control.unblock(self.read.node.as_ref(), id).await {
+            Ok(_) => {}
+            // Refused (no permission): reads return when BLOCK runs out from now on.
+            Err(e) if !(e.is_io_error() || e.is_timeout() || e.is_connection_dropped()) => {
+                tracing::debug!(error = %e, "CLIENT UNBLOCK not possible; streams that join wait for BLOCK to run out");
+                self.client_id = None;
+            }
+            Err(e) => tracing::debug!(error = %e, "CLIENT UNBLOCK failed; trying again"),
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}

@@ -1,0 +1,183 @@
+//! Routing one reply of a shared read: each stream's part to its subscriber, credits back to the
+//! streams that got nothing, entries for streams nobody subscribes to released, and an error
+//! reply traced to the stream it concerns.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use redis::{RedisError, RedisResult};
+use tracing::debug;
+
+use super::Task;
+use crate::entry::EntryId;
+use crate::error::Error;
+use crate::id::ConsumerId;
+use crate::protocol;
+use crate::reader::shared::state::{Delivery, Planned};
+use crate::reader::shared::{release, SharedRead};
+use crate::reader::READS_IN_FLIGHT;
+use crate::streams::ReadItem;
+
+/// Error replies in a row that may be read again before the read gives up (every stream then
+/// gets the error): an error that names no stream is followed by one that does.
+const UNATTRIBUTED_AT_MOST: u32 = 3;
+
+/// The key a `NOGROUP` reply names: `No such key 'k' or consumer group 'g' in XREADGROUP …`.
+/// `None` for the reply to a read blocked on a group destroyed meanwhile, which names none.
+pub(super) fn nogroup_key(message: &str) -> Option<&str> {
+    const BEFORE: &str = "No such key '";
+    const AFTER: &str = "' or consumer group '";
+    let start = message.find(BEFORE)? + BEFORE.len();
+    let end = message.rfind(AFTER)?;
+    message.get(start..end)
+}
+
+impl Task {
+    /// Routes the reply to `read`.
+    pub(super) async fn route(&mut self, read: Planned, frame: Vec<u8>) -> RedisResult<()> {
+        if frame.first() == Some(&b'-') {
+            self.read.state().settle(&read, |_| false);
+            return match protocol::parse_value(&frame) {
+                Err(e) if e.code().is_some() => self.on_error(&read, e).await,
+                Err(e) => Err(e),
+                Ok(_) => Ok(()),
+            };
+        }
+        let parts = protocol::split_read_reply(&frame)?;
+        self.unattributed = 0;
+        let frame = Arc::new(frame);
+        let names: Vec<Option<&str>> = parts
+            .iter()
+            .map(|p| std::str::from_utf8(&frame[p.key.clone()]).ok())
+            .collect();
+        let tokens: HashMap<&str, u64> = read.streams.iter().map(|(n, t)| (&**n, *t)).collect();
+        let mut orphans = Vec::new();
+        {
+            let mut state = self.read.state();
+            for (part, name) in parts.iter().zip(&names) {
+                let lane = name
+                    .and_then(|n| Some((n, *tokens.get(n)?)))
+                    .and_then(|(n, t)| state.lane(n, t))
+                    .filter(|lane| !lane.excluded);
+                let delivery = Delivery::Part {
+                    frame: frame.clone(),
+                    at: part.entries_at,
+                    sent: read.sent,
+                };
+                if lane.is_none_or(|lane| lane.tx.send(delivery).is_err()) {
+                    orphans.push((*name, part.entries_at));
+                }
+            }
+            let got: HashSet<&str> = names.iter().flatten().copied().collect();
+            state.settle(&read, |n| got.contains(n));
+            state.had_data_last = parts.len();
+        }
+        let full = parts.iter().any(|p| p.entries >= read.count);
+        self.depth = if full { READS_IN_FLIGHT } else { 1 };
+        for (name, at) in orphans {
+            release_orphan(&self.read, name, &frame, at).await;
+        }
+        Ok(())
+    }
+}
+
+/// Releases the entries of a part nobody takes (its stream left the read meanwhile).
+async fn release_orphan(read: &SharedRead, name: Option<&str>, frame: &[u8], at: usize) {
+    let key = &read.key;
+    let Some(stream) = name else {
+        debug!("entries of a stream whose name is not UTF-8; they stay pending");
+        return;
+    };
+    let id = ConsumerId::new(stream, &*key.group, &*key.consumer);
+    let ids: Vec<EntryId> = protocol::parse_stream_entries(frame, at)
+        .map(|items| items.iter().filter_map(ReadItem::id).collect())
+        .unwrap_or_default();
+    release(&mut read.control.clone(), &id, &ids).await;
+}
+
+impl Task {
+    /// An error reply: traced to its stream when it names one (which alone gets it and is left
+    /// out of the read), read again when it names none. Any other error ends the read.
+    async fn on_error(&mut self, read: &Planned, e: RedisError) -> RedisResult<()> {
+        let culprits = match e.code() {
+            Some("NOGROUP") => nogroup_key(&e.to_string()).map(|k| vec![k.to_owned()]),
+            Some("WRONGTYPE") => Some(wrong_types(&self.read, read).await),
+            // A key deleted while the read blocked; the next read names it (NOGROUP).
+            Some("UNBLOCKED") => None,
+            _ => return Err(e),
+        };
+        let culprits = culprits.unwrap_or_default();
+        let mut routed = false;
+        for stream in &culprits {
+            routed |= self.fail_stream(stream, &e);
+        }
+        if routed {
+            self.unattributed = 0;
+            return Ok(());
+        }
+        self.unattributed += 1;
+        debug!(error = %e, "a shared read's error names no stream it reads; reading again");
+        if self.unattributed > UNATTRIBUTED_AT_MOST {
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Gives `stream`'s subscriber the error and leaves the stream out of reads until it
+    /// subscribes again. Returns whether the stream has a subscriber here.
+    fn fail_stream(&self, stream: &str, e: &RedisError) -> bool {
+        let mut state = self.read.state();
+        let Some(lane) = state.lanes.get_mut(stream) else {
+            return false;
+        };
+        if !lane.excluded {
+            lane.excluded = true;
+            let error = Error::from_redis(&lane.id, "XREADGROUP", stream, e.clone());
+            let _ = lane.tx.send(Delivery::Failed(error));
+        }
+        true
+    }
+}
+
+/// The streams of `read` whose keys hold another type (`TYPE`, one pipeline).
+async fn wrong_types(shared: &SharedRead, read: &Planned) -> Vec<String> {
+    let mut pipe = redis::pipe();
+    for (name, _) in &read.streams {
+        pipe.cmd("TYPE").arg(&**name);
+    }
+    let mut control = shared.control.clone();
+    let types: Vec<String> = match pipe.query_async(&mut control).await {
+        Ok(t) => t,
+        Err(e) => {
+            debug!(error = %e, "TYPE failed; the WRONGTYPE stays untraced");
+            return Vec::new();
+        }
+    };
+    read.streams
+        .iter()
+        .zip(types)
+        .filter(|(_, t)| t != "stream" && t != "none")
+        .map(|((name, _), _)| name.to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nogroup_key;
+
+    #[test]
+    fn nogroup_names_its_key() {
+        assert_eq!(
+            nogroup_key("NOGROUP: No such key 'tenant:1' or consumer group 'g' in XREADGROUP with GROUP option"),
+            Some("tenant:1")
+        );
+        assert_eq!(
+            nogroup_key("No such key 'it's' or consumer group 'g' in XREADGROUP with GROUP option"),
+            Some("it's")
+        );
+        assert_eq!(
+            nogroup_key("NOGROUP: the consumer group this client was blocked on no longer exists"),
+            None
+        );
+    }
+}

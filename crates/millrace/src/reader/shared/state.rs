@@ -1,0 +1,287 @@
+//! What a shared read and its subscribers share: one lane per stream (its credits, read-ahead,
+//! COUNT and the channel its parts go to), and the decisions without I/O: which streams go into
+//! the next read, with what COUNT, and what a reply gives back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use crate::error::Error;
+use crate::id::ConsumerId;
+use crate::reader::{ReadPace, FETCHED_AHEAD};
+
+/// Most entries one shared read asks for across its streams: COUNT is scaled down so that COUNT
+/// times the streams that had entries in the last reply stays under it (bounded reply memory).
+pub(super) const REPLY_BUDGET: usize = 4096;
+
+/// What the read task hands a subscriber.
+#[derive(Debug)]
+pub(super) enum Delivery {
+    /// The stream's part of a reply: the whole reply, shared, and where the stream's entry list
+    /// begins in it. `sent` is when the read was written.
+    Part {
+        frame: Arc<Vec<u8>>,
+        at: usize,
+        sent: Instant,
+    },
+    /// An error for this stream (its group or key is gone, the connection was lost).
+    Failed(Error),
+}
+
+/// One stream's place in the shared read.
+#[derive(Debug)]
+pub(super) struct Lane {
+    /// Tells this subscription from an earlier one of the same stream.
+    pub(super) token: u64,
+    pub(super) id: ConsumerId,
+    pub(super) tx: mpsc::UnboundedSender<Delivery>,
+    /// Reads that may still include this stream; one comes back per part taken, or at once when a
+    /// reply had nothing for it.
+    pub(super) credits: usize,
+    /// Parts it may have fetched ahead of its handler: 1 to [`FETCHED_AHEAD`] (its [`ReadPace`]).
+    pub(super) ahead: usize,
+    pub(super) count: usize,
+    /// Reads on the wire that include it.
+    pub(super) in_flight: usize,
+    /// Left out of reads after an error was routed to it, until its subscription goes.
+    pub(super) excluded: bool,
+}
+
+impl Lane {
+    fn new(token: u64, id: ConsumerId, count: usize, tx: mpsc::UnboundedSender<Delivery>) -> Lane {
+        Lane {
+            token,
+            id,
+            tx,
+            credits: FETCHED_AHEAD,
+            ahead: FETCHED_AHEAD,
+            count: count.max(1),
+            in_flight: 0,
+            excluded: false,
+        }
+    }
+
+    /// Credits usable now (as the single reader's).
+    pub(super) fn usable(&self) -> usize {
+        if self.excluded {
+            return 0;
+        }
+        self.credits
+            .saturating_sub(FETCHED_AHEAD.saturating_sub(self.ahead))
+    }
+
+    /// Whether the stream may be read but is in no read on the wire: a blocked read should be
+    /// woken for it.
+    fn waiting(&self) -> bool {
+        self.in_flight == 0 && self.usable() > 0
+    }
+}
+
+/// One read written: which streams (and which subscription of each) it includes, its COUNT, and
+/// when it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Planned {
+    pub(super) streams: Vec<(Arc<str>, u64)>,
+    pub(super) count: usize,
+    pub(super) sent: Instant,
+}
+
+/// The lanes and the read's own flags, behind one lock.
+#[derive(Debug, Default)]
+pub(super) struct ReadState {
+    pub(super) lanes: HashMap<Arc<str>, Lane>,
+    /// No more reads: the last subscriber stopped.
+    pub(super) stop: bool,
+    /// The read task has ended (connection lost, or stopped); new subscribers start a new read.
+    pub(super) ended: bool,
+    /// A stream may be read that no read on the wire includes (it joined, or got a credit back).
+    pub(super) wake: bool,
+    /// Streams with entries in the last reply: the divisor of [`REPLY_BUDGET`].
+    pub(super) had_data_last: usize,
+    next_token: u64,
+}
+
+impl ReadState {
+    /// Adds a lane for `id.stream` (replacing an earlier subscription of the stream, whose
+    /// channel then closes); returns its token and its channel's receiving end.
+    pub(super) fn join(
+        &mut self,
+        id: ConsumerId,
+        count: usize,
+    ) -> (u64, mpsc::UnboundedReceiver<Delivery>) {
+        self.next_token += 1;
+        let token = self.next_token;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let lane = Lane::new(token, id.clone(), count, tx);
+        self.lanes.insert(id.stream, lane);
+        self.wake = true;
+        (token, rx)
+    }
+
+    /// Removes the lane of `stream` if it is still subscription `token`'s. Returns whether no
+    /// lane is left.
+    pub(super) fn leave(&mut self, stream: &str, token: u64) -> bool {
+        if self.lanes.get(stream).is_some_and(|l| l.token == token) {
+            self.lanes.remove(stream);
+        }
+        self.lanes.is_empty()
+    }
+
+    /// Whether new subscribers may join: not stopping, not ended.
+    pub(super) fn open(&self) -> bool {
+        !self.stop && !self.ended
+    }
+
+    /// The lane of subscription `token` of `stream`, if it is still there.
+    pub(super) fn lane(&mut self, stream: &str, token: u64) -> Option<&mut Lane> {
+        self.lanes.get_mut(stream).filter(|l| l.token == token)
+    }
+
+    /// Gives a credit back to a lane after its subscriber took a part; says whether the task
+    /// should be woken (the lane may now be read and no read on the wire includes it).
+    pub(super) fn taken(&mut self, stream: &str, token: u64) -> bool {
+        let Some(lane) = self.lane(stream, token) else {
+            return false;
+        };
+        lane.credits = (lane.credits + 1).min(FETCHED_AHEAD);
+        let waiting = lane.waiting();
+        self.wake |= waiting;
+        waiting
+    }
+
+    /// Sets a lane's COUNT and read-ahead; says whether the task should be woken (a wider
+    /// read-ahead may let the stream be read now).
+    pub(super) fn set_pace(&mut self, stream: &str, token: u64, pace: ReadPace) -> bool {
+        let Some(lane) = self.lane(stream, token) else {
+            return false;
+        };
+        let before = lane.usable();
+        lane.count = pace.count.max(1);
+        lane.ahead = pace.ahead.clamp(1, FETCHED_AHEAD);
+        let waiting = lane.usable() > before && lane.waiting();
+        self.wake |= waiting;
+        waiting
+    }
+
+    /// The next read: every stream with a usable credit, one credit taken from each, and the
+    /// COUNT of [`read_count`]. `None` when stopped or no stream may be read.
+    pub(super) fn plan(&mut self, sent: Instant) -> Option<Planned> {
+        if self.stop {
+            return None;
+        }
+        let mut streams = Vec::new();
+        let mut count = 0;
+        for (name, lane) in &mut self.lanes {
+            if lane.usable() > 0 {
+                lane.credits -= 1;
+                lane.in_flight += 1;
+                count = count.max(lane.count);
+                streams.push((name.clone(), lane.token));
+            }
+        }
+        self.wake = false;
+        if streams.is_empty() {
+            return None;
+        }
+        Some(Planned {
+            streams,
+            count: read_count(count, self.had_data_last),
+            sent,
+        })
+    }
+
+    /// Settles a read whose reply came: its lanes are no longer on the wire with it, and those
+    /// `got` says had no part get their credit back at once.
+    pub(super) fn settle(&mut self, read: &Planned, mut got: impl FnMut(&str) -> bool) {
+        for (name, token) in &read.streams {
+            if let Some(lane) = self.lane(name, *token) {
+                lane.in_flight = lane.in_flight.saturating_sub(1);
+                if !got(name) {
+                    lane.credits = (lane.credits + 1).min(FETCHED_AHEAD);
+                }
+                self.wake |= self.lanes.get(&**name).is_some_and(Lane::waiting);
+            }
+        }
+    }
+}
+
+/// COUNT of a read: the largest of its streams' counts, scaled down so that COUNT times the
+/// streams that had entries last time stays within [`REPLY_BUDGET`]; at least 1.
+pub(super) fn read_count(largest: usize, had_data_last: usize) -> usize {
+    largest.min(REPLY_BUDGET / had_data_last.max(1)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(stream: &str) -> ConsumerId {
+        ConsumerId::new(stream, "g", "c")
+    }
+
+    fn names(p: &Planned) -> Vec<&str> {
+        let mut v: Vec<&str> = p.streams.iter().map(|(n, _)| &**n).collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn a_stream_without_credit_is_left_out_of_the_read() {
+        let mut s = ReadState::default();
+        let (a, _ra) = s.join(id("a"), 10);
+        let (_b, _rb) = s.join(id("b"), 10);
+        let now = Instant::now();
+        // Three reads each take one credit of both streams; `a`'s parts are never taken.
+        for _ in 0..FETCHED_AHEAD {
+            let p = s.plan(now).expect("a read");
+            assert_eq!(names(&p), ["a", "b"]);
+            s.settle(&p, |n| n == "a");
+        }
+        let p = s.plan(now).expect("b still has credit");
+        assert_eq!(names(&p), ["b"]);
+        s.settle(&p, |_| false);
+        assert!(s.taken("a", a), "a taken part wakes the read for `a`");
+        assert_eq!(names(&s.plan(now).expect("a read")), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_slow_stream_fetches_one_batch_ahead() {
+        let mut s = ReadState::default();
+        let (a, _ra) = s.join(id("a"), 10);
+        assert!(!s.set_pace(
+            "a",
+            a,
+            ReadPace {
+                count: 10,
+                ahead: 1
+            }
+        ));
+        let now = Instant::now();
+        let p = s.plan(now).expect("one read");
+        s.settle(&p, |_| true);
+        assert!(s.plan(now).is_none(), "one part ahead only");
+        assert!(s.taken("a", a));
+        assert!(s.plan(now).is_some());
+    }
+
+    #[test]
+    fn count_is_scaled_to_the_reply_budget() {
+        assert_eq!(read_count(500, 0), 500);
+        assert_eq!(read_count(500, 1000), REPLY_BUDGET / 1000);
+        assert_eq!(read_count(10, 100_000), 1);
+        assert_eq!(read_count(10, 2), 10);
+    }
+
+    #[test]
+    fn a_replaced_subscription_no_longer_counts() {
+        let mut s = ReadState::default();
+        let (old, _r1) = s.join(id("a"), 10);
+        let (new, _r2) = s.join(id("a"), 10);
+        assert!(!s.taken("a", old));
+        assert!(!s.leave("a", old), "the new lane stays");
+        assert!(s.leave("a", new));
+        assert!(s.plan(Instant::now()).is_none());
+    }
+}

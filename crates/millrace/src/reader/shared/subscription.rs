@@ -1,0 +1,203 @@
+//! One stream's place in a shared read, with the single reader's contract: its parts in the order
+//! the reads were written, its credits returned as it takes them, its pace set by its consumer, and a stop that returns what it
+//! fetched and did not take.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::state::Delivery;
+use super::{ended, release, SharedRead};
+use crate::connection::Control;
+use crate::entry::EntryId;
+use crate::error::{Error, Result};
+use crate::id::ConsumerId;
+use crate::protocol;
+use crate::reader::{ReadPace, UNBLOCK_EVERY};
+use crate::streams::ReadItem;
+
+/// One stream's place in a shared read (see the [module docs](super)). Dropping it without
+/// [`Subscription::stop`] (a failed session, a panicking handler) leaves the read at once; parts
+/// it had not taken are released to the group, and if it was the last subscriber the read's
+/// socket closes at once, as a dropped [`Reader`](crate::reader::Reader)'s does.
+pub(crate) struct Subscription {
+    read: Arc<SharedRead>,
+    token: u64,
+    rx: mpsc::UnboundedReceiver<Delivery>,
+    id: ConsumerId,
+    sent_after: Instant,
+    /// Set once the subscription has left the read.
+    left: bool,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("consumer", &self.id)
+            .field("read", &self.read.key)
+            .finish()
+    }
+}
+
+impl Subscription {
+    pub(super) fn new(
+        read: Arc<SharedRead>,
+        token: u64,
+        rx: mpsc::UnboundedReceiver<Delivery>,
+        id: ConsumerId,
+    ) -> Subscription {
+        Subscription {
+            read,
+            token,
+            rx,
+            id,
+            sent_after: Instant::now(),
+            left: false,
+        }
+    }
+
+    /// This stream's next batch, in the order the reads were written. Unlike the single reader,
+    /// a read that brought nothing for this stream returns nothing here: it waits for entries.
+    pub(crate) async fn next(&mut self) -> Result<Vec<ReadItem>> {
+        match self.rx.recv().await {
+            Some(Delivery::Part { frame, at, sent }) => {
+                self.sent_after = sent;
+                if self.read.state().taken(&self.id.stream, self.token) {
+                    self.read.notify.notify_one();
+                }
+                self.parse(&frame, at)
+            }
+            Some(Delivery::Failed(e)) => Err(e),
+            None => Err(ended(&self.id)),
+        }
+    }
+
+    fn parse(&self, frame: &[u8], at: usize) -> Result<Vec<ReadItem>> {
+        protocol::parse_stream_entries(frame, at)
+            .map_err(|e| Error::from_redis(&self.id, "XREADGROUP", &self.id.stream, e))
+    }
+
+    /// When the read of the batch last returned by [`Subscription::next`] was written: its
+    /// entries have been pending at most since then.
+    pub(crate) fn sent_after(&self) -> Instant {
+        self.sent_after
+    }
+
+    /// Sets this stream's COUNT and read-ahead for the reads written from now on (a read's COUNT
+    /// is the largest of its streams', within the reply budget; a wider read-ahead may wake the
+    /// read for this stream).
+    pub(crate) fn set_pace(&self, pace: ReadPace) {
+        if self
+            .read
+            .state()
+            .set_pace(&self.id.stream, self.token, pace)
+        {
+            self.read.notify.notify_one();
+        }
+    }
+
+    /// Leaves the read and returns the entries fetched for this stream and not taken, for the
+    /// caller to release. The last subscriber to leave also stops the read: its blocked read is
+    /// woken with `CLIENT UNBLOCK` (when permitted) and this waits until the read's connection is
+    /// closed. Entries a read still on the wire brings for this stream are released by the read.
+    pub(crate) async fn stop(mut self, control: &mut Control) -> Vec<ReadItem> {
+        let last = self.leave();
+        let mut fetched = Vec::new();
+        while let Ok(delivery) = self.rx.try_recv() {
+            if let Delivery::Part { frame, at, .. } = delivery {
+                match self.parse(&frame, at) {
+                    Ok(items) => fetched.extend(items),
+                    Err(e) => {
+                        debug!(error = %e, "a part could not be parsed; its entries stay pending")
+                    }
+                }
+            }
+        }
+        if last {
+            self.wait_ended(control).await;
+        }
+        fetched
+    }
+
+    /// The `CLIENT ID` of the read's connection, for tests.
+    #[cfg(test)]
+    pub(super) fn client_id(&self) -> Option<i64> {
+        self.read.client_id()
+    }
+
+    /// Wakes the read's blocked reads until its task has ended.
+    async fn wait_ended(&self, control: &mut Control) {
+        let mut client_id = self.read.client_id();
+        loop {
+            if let Some(id) = client_id {
+                if control.unblock(self.read.node.as_ref(), id).await.is_err() {
+                    client_id = None;
+                }
+            }
+            tokio::select! {
+                _ = self.read.finished.cancelled() => return,
+                _ = tokio::time::sleep(UNBLOCK_EVERY), if client_id.is_some() => {}
+            }
+        }
+    }
+
+    /// Removes this stream's lane; the last one out stops the read. Returns whether it was last.
+    fn leave(&mut self) -> bool {
+        if self.left {
+            return false;
+        }
+        self.left = true;
+        let last = {
+            let mut state = self.read.state();
+            let last = state.leave(&self.id.stream, self.token);
+            if last {
+                state.stop = true;
+            }
+            last
+        };
+        if last {
+            self.read.unregister();
+        }
+        self.read.notify.notify_one();
+        last
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if self.left {
+            return;
+        }
+        let last = self.leave();
+        if last {
+            // As a dropped single reader: the socket closes at once, so the server drops the
+            // blocked read instead of delivering entries to a read nobody listens to.
+            if let Some(task) = super::lock(&self.read.task).take() {
+                task.abort();
+            }
+        }
+        let mut ids: Vec<EntryId> = Vec::new();
+        while let Ok(delivery) = self.rx.try_recv() {
+            if let Delivery::Part { frame, at, .. } = delivery {
+                if let Ok(items) = self.parse(&frame, at) {
+                    ids.extend(items.iter().filter_map(ReadItem::id));
+                }
+            }
+        }
+        if ids.is_empty() {
+            return;
+        }
+        let (mut control, id) = (self.read.control.clone(), self.id.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { release(&mut control, &id, &ids).await });
+            }
+            Err(_) => debug!(
+                entries = ids.len(),
+                "no runtime to release untaken entries; they stay pending for the consumer"
+            ),
+        }
+    }
+}

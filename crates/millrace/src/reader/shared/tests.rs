@@ -1,0 +1,357 @@
+//! The shared reader against a real redis-server from the testkit: routing, credits, one
+//! stream's errors kept to it, membership while a read blocks, untaken entries released, a lost
+//! connection told to everyone. Each test asserts Redis's own state (pending ids, idle times).
+
+use std::time::Duration;
+
+use millrace_testkit::{eventually, RedisServer};
+use redis::aio::MultiplexedConnection;
+use redis::AsyncCommands;
+
+use super::Subscription;
+use crate::connection::{Backend, ConnectionOptions};
+use crate::error::Error;
+use crate::id::ConsumerId;
+use crate::reader::{ReaderConfig, FETCHED_AHEAD};
+use crate::streams::ReadItem;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Fixture {
+    _server: RedisServer,
+    backend: Backend,
+    admin: MultiplexedConnection,
+}
+
+/// A server with group `g` (from the start) on each of `streams`.
+async fn fixture(streams: &[&str]) -> Fixture {
+    let server = RedisServer::start();
+    let backend = Backend::open(&server.url(), ConnectionOptions::default()).expect("backend");
+    let mut admin = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("admin connection");
+    for stream in streams {
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg("g")
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut admin)
+            .await
+            .expect("XGROUP CREATE");
+    }
+    Fixture {
+        _server: server,
+        backend,
+        admin,
+    }
+}
+
+impl Fixture {
+    /// Subscribes `stream` for consumer `c` of group `g`, with BLOCK `block`.
+    async fn subscribe_with(&self, stream: &str, count: usize, block: Duration) -> Subscription {
+        let node = self.backend.node_for(stream).await.expect("node");
+        let config = ReaderConfig {
+            id: ConsumerId::new(stream, "g", "c"),
+            count,
+            block,
+            read_timeout: block + Duration::from_secs(5),
+            command_timeout: Duration::from_secs(5),
+        };
+        self.backend
+            .shared_readers()
+            .subscribe(&self.backend, &node, config)
+            .await
+            .expect("subscribe")
+    }
+
+    async fn subscribe(&self, stream: &str, count: usize) -> Subscription {
+        self.subscribe_with(stream, count, Duration::from_secs(2))
+            .await
+    }
+
+    /// Adds `n` entries to `stream`; returns their ids.
+    async fn add(&mut self, stream: &str, n: usize) -> Vec<String> {
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            let id: String = self
+                .admin
+                .xadd(stream, "*", &[("n", i)])
+                .await
+                .expect("XADD");
+            ids.push(id);
+        }
+        ids
+    }
+}
+
+/// Ids pending for consumer `c` on `stream`, idle at least `min_idle`.
+async fn pending_ids(
+    mut admin: MultiplexedConnection,
+    stream: &str,
+    min_idle: Duration,
+) -> Vec<String> {
+    let rows: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("g")
+        .arg("IDLE")
+        .arg(min_idle.as_millis() as u64)
+        .arg("-")
+        .arg("+")
+        .arg(1000)
+        .arg("c")
+        .query_async(&mut admin)
+        .await
+        .expect("XPENDING");
+    rows.into_iter().map(|r| r.0).collect()
+}
+
+async fn pending_count(mut admin: MultiplexedConnection, stream: &str) -> usize {
+    let summary: (usize, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("g")
+        .query_async(&mut admin)
+        .await
+        .expect("XPENDING");
+    summary.0
+}
+
+/// Whether the server has a client blocked (the shared read, in these tests).
+async fn a_read_blocks(mut admin: MultiplexedConnection) -> bool {
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(&mut admin)
+        .await
+        .expect("INFO clients");
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("blocked_clients:"))
+        .and_then(|n| n.parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
+}
+
+/// The ids of the server's client connections.
+async fn client_ids(mut admin: MultiplexedConnection) -> Vec<i64> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut admin)
+        .await
+        .expect("CLIENT LIST");
+    list.lines()
+        .filter_map(|l| l.strip_prefix("id=")?.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+fn ids(items: &[ReadItem]) -> Vec<String> {
+    items
+        .iter()
+        .filter_map(ReadItem::id)
+        .map(|id| id.to_string())
+        .collect()
+}
+
+/// Takes batches until `n` entries came; fails after [`WAIT`].
+async fn take(sub: &mut Subscription, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let batch = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .expect("a batch in time")
+            .expect("a batch");
+        got.extend(ids(&batch));
+    }
+    got
+}
+
+/// The next outcome of `sub`, which must come within [`WAIT`].
+async fn next_outcome(sub: &mut Subscription) -> crate::error::Result<Vec<ReadItem>> {
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("an outcome in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_of_three_streams_go_to_their_subscribers() {
+    let mut f = fixture(&["a", "b", "c"]).await;
+    let added = [
+        f.add("a", 7).await,
+        f.add("b", 3).await,
+        f.add("c", 12).await,
+    ];
+    let mut subs = Vec::new();
+    for stream in ["a", "b", "c"] {
+        subs.push(f.subscribe(stream, 4).await);
+    }
+    assert_eq!(
+        f.backend.shared_readers().running(),
+        1,
+        "one read for all three"
+    );
+    for (sub, added) in subs.iter_mut().zip(&added) {
+        assert_eq!(&take(sub, added.len()).await, added);
+    }
+    // Entries added later are routed as well.
+    let later = f.add("b", 2).await;
+    assert_eq!(take(&mut subs[1], 2).await, later);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_credit_is_left_out_of_the_read() {
+    let mut f = fixture(&["slow", "fast"]).await;
+    f.add("slow", 100).await;
+    let _slow = f.subscribe("slow", 2).await;
+    let mut fast = f.subscribe("fast", 2).await;
+    let ahead = FETCHED_AHEAD * 2;
+    eventually(WAIT, "the slow stream's read-ahead fetched", || async {
+        pending_count(f.admin.clone(), "slow").await == ahead
+    })
+    .await;
+    // Many more reads go out for the fast stream; none takes more of the slow one.
+    let added = f.add("fast", 40).await;
+    assert_eq!(take(&mut fast, 40).await, added);
+    assert_eq!(pending_count(f.admin.clone(), "slow").await, ahead);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destroyed_group_fails_its_stream_only() {
+    let mut f = fixture(&["a", "b"]).await;
+    let mut a = f.subscribe("a", 10).await;
+    let mut b = f.subscribe("b", 10).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg("a")
+        .arg("g")
+        .query_async(&mut f.admin)
+        .await
+        .expect("XGROUP DESTROY");
+    let err = next_outcome(&mut a).await.expect_err("a's group is gone");
+    assert!(matches!(err, Error::GroupLost { .. }), "{err}");
+    assert!(err.to_string().contains("`a`"), "{err}");
+    let added = f.add("b", 3).await;
+    assert_eq!(take(&mut b, 3).await, added);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_key_fails_its_stream_only() {
+    let mut f = fixture(&["a", "b"]).await;
+    let mut a = f.subscribe("a", 10).await;
+    let mut b = f.subscribe("b", 10).await;
+    eventually(WAIT, "the read to block", || a_read_blocks(f.admin.clone())).await;
+    let _: () = f.admin.del("a").await.expect("DEL");
+    let err = next_outcome(&mut a).await.expect_err("a's key is gone");
+    assert!(matches!(err, Error::GroupLost { .. }), "{err}");
+    let added = f.add("b", 3).await;
+    assert_eq!(take(&mut b, 3).await, added);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_another_type_fails_its_stream_only() {
+    let mut f = fixture(&["a", "b"]).await;
+    let mut a = f.subscribe("a", 10).await;
+    let mut b = f.subscribe("b", 10).await;
+    let _: () = redis::pipe()
+        .atomic()
+        .del("b")
+        .set("b", "not a stream")
+        .query_async(&mut f.admin)
+        .await
+        .expect("DEL and SET");
+    let err = next_outcome(&mut b).await.expect_err("b is not a stream");
+    assert!(err.to_string().contains("WRONGTYPE"), "{err}");
+    assert!(err.to_string().contains("`b`"), "{err}");
+    let added = f.add("a", 3).await;
+    assert_eq!(take(&mut a, 3).await, added);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_joining_a_blocked_read_is_read_at_once() {
+    let mut f = fixture(&["a", "b"]).await;
+    // BLOCK far beyond the wait below: only a wake gets `b` read in time.
+    let block = Duration::from_secs(600);
+    let _a = f.subscribe_with("a", 10, block).await;
+    eventually(WAIT, "the read of `a` to block", || {
+        a_read_blocks(f.admin.clone())
+    })
+    .await;
+    let added = f.add("b", 2).await;
+    let mut b = f.subscribe_with("b", 10, block).await;
+    assert_eq!(take(&mut b, 2).await, added);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_subscription_leaves_its_entries_pending_and_released() {
+    let mut f = fixture(&["a", "b"]).await;
+    let added = f.add("a", 20).await;
+    let a = f.subscribe("a", 2).await;
+    let _b = f.subscribe("b", 2).await;
+    let ahead = FETCHED_AHEAD * 2;
+    eventually(WAIT, "a's read-ahead fetched", || async {
+        pending_count(f.admin.clone(), "a").await == ahead
+    })
+    .await;
+    drop(a);
+    let day = Duration::from_secs(23 * 3600);
+    let fetched = added[..ahead].to_vec();
+    eventually(WAIT, "a's fetched entries released", || async {
+        pending_ids(f.admin.clone(), "a", day).await == fetched
+    })
+    .await;
+    // Nothing lost: all fetched entries are pending, the rest were never read.
+    assert_eq!(
+        pending_ids(f.admin.clone(), "a", Duration::ZERO).await,
+        fetched
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_stop_returns_untaken_entries_and_closes_the_read() {
+    let mut f = fixture(&["a"]).await;
+    let added = f.add("a", 20).await;
+    let mut a = f.subscribe("a", 2).await;
+    let first = take(&mut a, 2).await;
+    let ahead = 2 + FETCHED_AHEAD * 2;
+    eventually(WAIT, "a's read-ahead fetched", || async {
+        pending_count(f.admin.clone(), "a").await == ahead
+    })
+    .await;
+    let read_client = a.client_id().expect("CLIENT ID");
+    let mut control = f.backend.control();
+    let untaken = ids(&a.stop(&mut control).await);
+    assert_eq!(f.backend.shared_readers().running(), 0);
+    assert!(
+        !client_ids(f.admin.clone()).await.contains(&read_client),
+        "the read's socket is closed"
+    );
+    // What stop returned and what the read released are exactly the fetched, untaken entries.
+    let mut released = pending_ids(f.admin.clone(), "a", Duration::from_secs(23 * 3600)).await;
+    released.extend(untaken);
+    released.sort();
+    assert_eq!(first, added[..2]);
+    assert_eq!(released, added[2..ahead]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_connection_is_every_subscribers_transient_error() {
+    let mut f = fixture(&["a", "b"]).await;
+    let mut a = f.subscribe("a", 10).await;
+    let mut b = f.subscribe("b", 10).await;
+    let client_id = a.client_id().expect("CLIENT ID");
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(client_id)
+        .query_async(&mut f.admin)
+        .await
+        .expect("CLIENT KILL");
+    for sub in [&mut a, &mut b] {
+        let err = next_outcome(sub).await.expect_err("connection lost");
+        assert!(err.is_retryable(), "{err}");
+    }
+    drop((a, b));
+    // The next subscribe starts a new read.
+    let added = f.add("a", 2).await;
+    let mut again = f.subscribe("a", 10).await;
+    assert_eq!(take(&mut again, 2).await, added);
+}
