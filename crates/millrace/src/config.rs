@@ -140,7 +140,9 @@ pub struct ConsumerOptions {
     /// An entry delivered more often than this is moved to the dead-letter stream instead of being
     /// handled again. Counted by Redis's own delivery counter. Default 5.
     pub max_deliveries: u64,
-    /// The dead-letter stream. Default `<stream>:dlq` (which keeps the source's hash tag).
+    /// The dead-letter stream. Default `<stream>:dlq` (which keeps the source's hash tag). Every
+    /// `{stream}` in it stands for the consumed stream's name (`dead:{stream}`); a multi-stream
+    /// consumer requires it, so each stream keeps its own dead-letter stream.
     pub dead_letter_stream: Option<String>,
     /// A batch whose handler runs longer than this counts as failed (nothing acked). Default: none.
     #[serde(with = "opt_duration")]

@@ -62,6 +62,7 @@ mod error;
 mod handler;
 mod health;
 mod id;
+mod multi_spec;
 mod protocol;
 mod reader;
 mod settings;
@@ -80,6 +81,7 @@ pub use error::{Error, Result};
 pub use handler::{for_each_entry, EachEntry, Handler, HandlerError, HandlerResult};
 pub use health::{ConsumerCounters, ConsumerHealth, ConsumerState, GroupGauges};
 pub use id::ConsumerId;
+pub use multi_spec::MultiStreamSpec;
 pub use settings::{stable_name, ConsumerDecl, Settings};
 pub use spec::ConsumerSpec;
 pub use supervisor::{Supervisor, SupervisorBuilder};
@@ -189,6 +191,8 @@ mod doc_examples {
     struct DocsMigrating;
     #[doc = include_str!("../../../docs/cluster.md")]
     struct DocsCluster;
+    #[doc = include_str!("../../../docs/many-streams.md")]
+    struct DocsManyStreams;
     #[doc = include_str!("../../../docs/redis-behaviour.md")]
     struct DocsRedisBehaviour;
     #[doc = include_str!("../../../docs/decisions/0001-consume-loop-in-a-task.md")]

@@ -11,7 +11,7 @@ use crate::handler::{BatchRunner, Handler, TypedRunner};
 use crate::id::ConsumerId;
 
 /// Longest stream, group or consumer name accepted, in bytes.
-const MAX_NAME_LEN: usize = 4096;
+pub(crate) const MAX_NAME_LEN: usize = 4096;
 
 /// One consumer to supervise: its id, options and handler.
 ///
@@ -33,6 +33,12 @@ pub struct ConsumerSpec {
     pub(crate) id: ConsumerId,
     pub(crate) options: ConsumerOptions,
     pub(crate) runner: Option<Arc<dyn BatchRunner>>,
+    /// A member of a multi-stream consumer ([`MultiStreamSpec::for_stream`]): it reads through
+    /// the read its (group, consumer) shares, spreads its timers over the group's members, and is
+    /// dropped when its stream's key is deleted.
+    ///
+    /// [`MultiStreamSpec::for_stream`]: crate::MultiStreamSpec::for_stream
+    pub(crate) shared_read: bool,
 }
 
 impl fmt::Debug for ConsumerSpec {
@@ -41,7 +47,19 @@ impl fmt::Debug for ConsumerSpec {
             .field("id", &self.id)
             .field("options", &self.options)
             .field("handler", &self.runner.as_ref().map(|r| r.type_name()))
+            .field("shared_read", &self.shared_read)
             .finish()
+    }
+}
+
+/// Where `{stream}` stands for the stream's name in [`ConsumerOptions::dead_letter_stream`].
+pub(crate) const STREAM_PLACEHOLDER: &str = "{stream}";
+
+/// The dead-letter stream of `stream` under the setting `configured`.
+pub(crate) fn dead_letter_stream_of(stream: &str, configured: Option<&str>) -> String {
+    match configured {
+        Some(name) => name.replace(STREAM_PLACEHOLDER, stream),
+        None => format!("{stream}:dlq"),
     }
 }
 
@@ -54,6 +72,59 @@ macro_rules! setters {
     };
 }
 
+/// The option setters of [`ConsumerSpec`], shared with [`MultiStreamSpec`](crate::MultiStreamSpec)
+/// (both keep their options in a field named `options`).
+macro_rules! option_setters {
+    () => {
+        $crate::spec::setters! {
+            /// A fixed number of entries per read, instead of the adaptive read size. See
+            /// [`ConsumerOptions::count`].
+            count: usize => count(Some);
+            /// How long a batch should take the handler (adaptive read size). See
+            /// [`ConsumerOptions::batch_target`].
+            batch_target: Duration => batch_target;
+            /// The smallest adaptive read size. See [`ConsumerOptions::min_count`].
+            min_count: usize => min_count;
+            /// The largest adaptive read size. See [`ConsumerOptions::max_count`].
+            max_count: usize => max_count;
+            /// How long a read blocks. See [`ConsumerOptions::block`].
+            block: Duration => block;
+            /// Read connection response timeout. See [`ConsumerOptions::read_timeout`].
+            read_timeout: Duration => read_timeout(Some);
+            /// How often to claim idle entries. See [`ConsumerOptions::claim_interval`].
+            claim_interval: Duration => claim_interval;
+            /// Idle time before an entry is claimed. See [`ConsumerOptions::claim_min_idle`].
+            claim_min_idle: Duration => claim_min_idle;
+            /// Entries per XAUTOCLAIM call. See [`ConsumerOptions::claim_count`].
+            claim_count: usize => claim_count;
+            /// XAUTOCLAIM calls per claim tick. See [`ConsumerOptions::claim_calls_per_tick`].
+            claim_calls_per_tick: usize => claim_calls_per_tick;
+            /// Longest reconnect backoff. See [`ConsumerOptions::reconnect_backoff_max`].
+            reconnect_backoff_max: Duration => reconnect_backoff_max;
+            /// Opt-in reaper of idle, empty consumers. See [`ConsumerOptions::reap_idle_consumers_after`].
+            reap_idle_consumers_after: Duration => reap_idle_consumers_after(Some);
+            /// Where a new group starts. See [`ConsumerOptions::start_id`].
+            start_id: StartId => start_id;
+            /// Whether to create a missing group. See [`ConsumerOptions::create_group`].
+            create_group: bool => create_group;
+            /// What to do when the group vanishes. See [`ConsumerOptions::on_group_lost`].
+            on_group_lost: OnGroupLost => on_group_lost;
+            /// Deliveries before dead-lettering. See [`ConsumerOptions::max_deliveries`].
+            max_deliveries: u64 => max_deliveries;
+            /// The dead-letter stream. See [`ConsumerOptions::dead_letter_stream`].
+            dead_letter_stream: String => dead_letter_stream(Some);
+            /// Per-batch handler timeout. See [`ConsumerOptions::handler_timeout`].
+            handler_timeout: Duration => handler_timeout(Some);
+            /// Gauge refresh interval. See [`ConsumerOptions::gauge_interval`].
+            gauge_interval: Duration => gauge_interval;
+            /// Graceful stop deadline. See [`ConsumerOptions::shutdown_timeout`].
+            shutdown_timeout: Duration => shutdown_timeout;
+        }
+    };
+}
+pub(crate) use option_setters;
+pub(crate) use setters;
+
 impl ConsumerSpec {
     /// A consumer of `stream` in `group`, named `consumer`, with default options and no handler yet.
     pub fn new(
@@ -65,6 +136,7 @@ impl ConsumerSpec {
             id: ConsumerId::new(stream, group, consumer),
             options: ConsumerOptions::default(),
             runner: None,
+            shared_read: false,
         }
     }
 
@@ -81,50 +153,7 @@ impl ConsumerSpec {
         self
     }
 
-    setters! {
-        /// A fixed number of entries per read, instead of the adaptive read size. See
-        /// [`ConsumerOptions::count`].
-        count: usize => count(Some);
-        /// How long a batch should take the handler (adaptive read size). See
-        /// [`ConsumerOptions::batch_target`].
-        batch_target: Duration => batch_target;
-        /// The smallest adaptive read size. See [`ConsumerOptions::min_count`].
-        min_count: usize => min_count;
-        /// The largest adaptive read size. See [`ConsumerOptions::max_count`].
-        max_count: usize => max_count;
-        /// How long a read blocks. See [`ConsumerOptions::block`].
-        block: Duration => block;
-        /// Read connection response timeout. See [`ConsumerOptions::read_timeout`].
-        read_timeout: Duration => read_timeout(Some);
-        /// How often to claim idle entries. See [`ConsumerOptions::claim_interval`].
-        claim_interval: Duration => claim_interval;
-        /// Idle time before an entry is claimed. See [`ConsumerOptions::claim_min_idle`].
-        claim_min_idle: Duration => claim_min_idle;
-        /// Entries per XAUTOCLAIM call. See [`ConsumerOptions::claim_count`].
-        claim_count: usize => claim_count;
-        /// XAUTOCLAIM calls per claim tick. See [`ConsumerOptions::claim_calls_per_tick`].
-        claim_calls_per_tick: usize => claim_calls_per_tick;
-        /// Longest reconnect backoff. See [`ConsumerOptions::reconnect_backoff_max`].
-        reconnect_backoff_max: Duration => reconnect_backoff_max;
-        /// Opt-in reaper of idle, empty consumers. See [`ConsumerOptions::reap_idle_consumers_after`].
-        reap_idle_consumers_after: Duration => reap_idle_consumers_after(Some);
-        /// Where a new group starts. See [`ConsumerOptions::start_id`].
-        start_id: StartId => start_id;
-        /// Whether to create a missing group. See [`ConsumerOptions::create_group`].
-        create_group: bool => create_group;
-        /// What to do when the group vanishes. See [`ConsumerOptions::on_group_lost`].
-        on_group_lost: OnGroupLost => on_group_lost;
-        /// Deliveries before dead-lettering. See [`ConsumerOptions::max_deliveries`].
-        max_deliveries: u64 => max_deliveries;
-        /// The dead-letter stream. See [`ConsumerOptions::dead_letter_stream`].
-        dead_letter_stream: String => dead_letter_stream(Some);
-        /// Per-batch handler timeout. See [`ConsumerOptions::handler_timeout`].
-        handler_timeout: Duration => handler_timeout(Some);
-        /// Gauge refresh interval. See [`ConsumerOptions::gauge_interval`].
-        gauge_interval: Duration => gauge_interval;
-        /// Graceful stop deadline. See [`ConsumerOptions::shutdown_timeout`].
-        shutdown_timeout: Duration => shutdown_timeout;
-    }
+    option_setters!();
 
     /// The same spec for another group and consumer name on the same stream.
     pub fn with_id(mut self, group: impl Into<String>, consumer: impl Into<String>) -> Self {
@@ -166,12 +195,18 @@ impl ConsumerSpec {
         &self.options
     }
 
-    /// The dead-letter stream in effect.
+    /// The dead-letter stream in effect: [`ConsumerOptions::dead_letter_stream`] with every
+    /// `{stream}` replaced by the stream's name, or `<stream>:dlq` when unset.
+    ///
+    /// ```
+    /// use millrace::ConsumerSpec;
+    /// let spec = ConsumerSpec::new("tenant:7", "g", "c");
+    /// assert_eq!(spec.dead_letter_stream_name(), "tenant:7:dlq");
+    /// let spec = spec.dead_letter_stream("dead:{stream}".to_owned());
+    /// assert_eq!(spec.dead_letter_stream_name(), "dead:tenant:7");
+    /// ```
     pub fn dead_letter_stream_name(&self) -> String {
-        self.options
-            .dead_letter_stream
-            .clone()
-            .unwrap_or_else(|| format!("{}:dlq", self.id.stream))
+        dead_letter_stream_of(&self.id.stream, self.options.dead_letter_stream.as_deref())
     }
 
     /// The least-privilege Redis ACL rules this consumer needs, for `ACL SETUSER <user> on >password <rules>`.

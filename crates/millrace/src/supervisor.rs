@@ -18,7 +18,10 @@ use crate::connection::{Backend, ConnectionOptions};
 use crate::error::{Error, Result};
 use crate::health::{ConsumerHealth, ConsumerState};
 use crate::id::ConsumerId;
+use crate::multi_spec::MultiStreamSpec;
 use crate::spec::ConsumerSpec;
+
+mod multi;
 
 enum RedisSource {
     Url(String),
@@ -52,6 +55,7 @@ pub struct SupervisorBuilder {
     connection: ConnectionOptions,
     restart: RestartPolicy,
     consumers: Vec<ConsumerSpec>,
+    multis: Vec<MultiStreamSpec>,
 }
 
 impl fmt::Debug for SupervisorBuilder {
@@ -69,6 +73,7 @@ impl fmt::Debug for SupervisorBuilder {
             .field("connection", &self.connection)
             .field("restart", &self.restart)
             .field("consumers", &self.consumers)
+            .field("multi_stream", &self.multis)
             .finish()
     }
 }
@@ -140,6 +145,32 @@ impl SupervisorBuilder {
         self
     }
 
+    /// Adds a consumer over many streams (one read for all of them) to start with the supervisor.
+    /// Each stream becomes a consumer of its own in [`Supervisor::health`]; see [`MultiStreamSpec`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> millrace::Result<()> {
+    /// use millrace::{Batch, HandlerResult, MultiStreamSpec, RawEntry, Supervisor};
+    ///
+    /// let app = Supervisor::builder()
+    ///     .redis("redis://127.0.0.1:6379")
+    ///     .multi_stream(
+    ///         MultiStreamSpec::new(["tenant:1:events", "tenant:2:events"], "billing", "billing-1")
+    ///             .handler(|batch: Batch<RawEntry>| async move {
+    ///                 println!("{} entries from {}", batch.len(), batch.meta.stream);
+    ///                 HandlerResult::Ok
+    ///             }),
+    ///     )
+    ///     .start()
+    ///     .await?;
+    /// assert_eq!(app.streams_of("billing", "billing-1"), ["tenant:1:events", "tenant:2:events"]);
+    /// # Ok(()) }
+    /// ```
+    pub fn multi_stream(mut self, spec: MultiStreamSpec) -> Self {
+        self.multis.push(spec);
+        self
+    }
+
     /// Whether [`start`](Self::start) waits for Redis instead of failing when it cannot reach it or
     /// is refused at start (see [`ConnectionOptions::wait_for_redis`]). Default `false`.
     pub fn wait_for_redis(mut self, wait: bool) -> Self {
@@ -175,8 +206,13 @@ impl SupervisorBuilder {
             Some(RedisSource::Client(client)) => Backend::from_client(*client, self.connection)?,
             Some(RedisSource::Cluster(seeds)) => Backend::open_cluster(&seeds, self.connection)?,
         };
+        let registry = multi::registry(&self.multis)?;
+        let mut consumers = self.consumers;
+        for spec in &self.multis {
+            consumers.extend(spec.streams().iter().map(|s| spec.for_stream(s)));
+        }
         let mut seen = HashSet::new();
-        for spec in &self.consumers {
+        for spec in &consumers {
             spec.validate()?;
             if !seen.insert(spec.id.clone()) {
                 return Err(Error::DuplicateConsumer {
@@ -187,8 +223,8 @@ impl SupervisorBuilder {
         if !backend.waits_for_redis() {
             backend.check_reachable().await?;
         }
-        let mut initial = Vec::with_capacity(self.consumers.len());
-        for spec in self.consumers {
+        let mut initial = Vec::with_capacity(consumers.len());
+        for spec in consumers {
             let claim = NameLease::take(backend.server(), &spec.id)?;
             initial.push((spec, claim));
         }
@@ -208,6 +244,7 @@ impl SupervisorBuilder {
             failure: Mutex::new(None),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            multi: Mutex::new(registry),
         });
         let args = SupArgs {
             shared: shared.clone(),
@@ -258,6 +295,7 @@ impl Supervisor {
             connection: ConnectionOptions::default(),
             restart: RestartPolicy::default(),
             consumers: Vec::new(),
+            multis: Vec::new(),
         }
     }
 

@@ -14,9 +14,10 @@ use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use crate::connection::Backend;
-use crate::consumer::{Consumer, Stats};
+use crate::consumer::{Cohort, Consumer, Ended, Stats};
 use crate::error::Error;
 use crate::health::ConsumerState;
+use crate::id::ConsumerId;
 use crate::spec::ConsumerSpec;
 
 pub(crate) struct ConsumerActor;
@@ -29,12 +30,20 @@ pub(crate) struct ConsumerArgs {
     pub(crate) cancel: CancellationToken,
     /// Where the consume loop is spawned, so the supervisor can wait for it.
     pub(crate) tasks: TaskTracker,
+    /// For a stream of a multi-stream consumer: what its streams share.
+    pub(crate) cohort: Option<Arc<Cohort>>,
 }
+
+/// How a consumer actor fails when its stream's key was deleted and it is one stream of a
+/// multi-stream consumer: the supervisor drops the stream instead of restarting it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: the stream's key was deleted; the stream is dropped from its multi-stream consumer")]
+pub(crate) struct StreamGone(pub(crate) ConsumerId);
 
 #[derive(Debug)]
 pub(crate) enum ConsumerMsg {
     /// The loop task ended.
-    Exited(Result<(), Error>),
+    Exited(Result<Ended, Error>),
 }
 
 /// Cancels and aborts the loop task if the actor goes away without a graceful stop (kill, panic).
@@ -89,6 +98,7 @@ impl Actor for ConsumerActor {
             a.backend.clone(),
             a.stats.clone(),
             state.guard.cancel.clone(),
+            a.cohort.clone(),
         )?;
         let id = a.spec.id.clone();
         let task = a.tasks.spawn(async move {
@@ -113,10 +123,14 @@ impl Actor for ConsumerActor {
         state: &mut ActorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ConsumerMsg::Exited(Ok(())) => {
+            ConsumerMsg::Exited(Ok(Ended::Stopped)) => {
                 state.guard.task = None;
                 myself.stop(Some("consume loop finished".to_owned()));
                 Ok(())
+            }
+            ConsumerMsg::Exited(Ok(Ended::StreamGone)) => {
+                state.guard.task = None;
+                Err(Box::new(StreamGone(state.args.spec.id.clone())))
             }
             ConsumerMsg::Exited(Err(e)) => {
                 state.guard.task = None;

@@ -2,7 +2,7 @@
 //! limit, escalates past it, and stops children gracefully on shutdown.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -10,14 +10,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::actors::consumer_actor::{ConsumerActor, ConsumerArgs, ConsumerMsg};
+use crate::actors::consumer_actor::{ConsumerActor, ConsumerArgs, ConsumerMsg, StreamGone};
 use crate::config::RestartPolicy;
 use crate::connection::Backend;
-use crate::consumer::Stats;
+use crate::consumer::{Cohort, Stats};
 use crate::error::{Error, Result};
 use crate::health::{ConsumerState, HealthCell};
 use crate::id::ConsumerId;
 use crate::spec::ConsumerSpec;
+
+mod multi;
+
+pub(crate) use multi::{MultiMsg, MultiRegistry};
 
 /// Consumers running anywhere in this process, by server and id: two live consumers with one name
 /// would share one pending list.
@@ -61,6 +65,14 @@ pub(crate) struct SupervisorShared {
     pub(crate) cancel: CancellationToken,
     /// Every consume loop the supervisor started, so a shutdown can wait for all of them.
     pub(crate) tasks: TaskTracker,
+    /// The streams of each multi-stream consumer.
+    pub(crate) multi: Mutex<MultiRegistry>,
+}
+
+impl SupervisorShared {
+    pub(crate) fn multi(&self) -> MutexGuard<'_, MultiRegistry> {
+        self.multi.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 pub(crate) struct SupervisorActor;
@@ -77,6 +89,7 @@ pub(crate) enum SupMsg {
     Remove(ConsumerId, RpcReplyPort<Result<()>>),
     Restart(ConsumerId, u64),
     Shutdown(RpcReplyPort<()>),
+    Multi(MultiMsg),
 }
 
 struct Child {
@@ -85,6 +98,8 @@ struct Child {
     actor: Option<ActorRef<ConsumerMsg>>,
     restarts: VecDeque<Instant>,
     generation: u64,
+    /// For a stream of a multi-stream consumer: what its streams share.
+    cohort: Option<Arc<Cohort>>,
     _claim: NameLease,
 }
 
@@ -109,6 +124,7 @@ impl SupState {
             .or_insert_with(|| Arc::new(HealthCell::new(id.clone())))
             .clone();
         health.set_state(ConsumerState::Starting);
+        let cohort = spec.shared_read.then(|| self.shared.multi().join(&id));
         self.children.insert(
             id.clone(),
             Child {
@@ -117,6 +133,7 @@ impl SupState {
                 actor: None,
                 restarts: VecDeque::new(),
                 generation: 0,
+                cohort,
                 _claim: claim,
             },
         );
@@ -137,6 +154,7 @@ impl SupState {
             stats: child.stats.clone(),
             cancel: self.shared.cancel.child_token(),
             tasks: self.shared.tasks.clone(),
+            cohort: child.cohort.clone(),
         };
         match Actor::spawn_linked(None, ConsumerActor, args, myself.get_cell()).await {
             Ok((actor, _join)) => {
@@ -216,6 +234,23 @@ impl SupState {
         warn!(consumer = %id, %cause, restart_in = ?delay, restarts_in_window = child.restarts.len(), "consumer failed; restarting");
         let (id, generation) = (id.clone(), child.generation);
         myself.send_after(delay, move || SupMsg::Restart(id, generation));
+        Ok(())
+    }
+
+    /// Stops a child gracefully (its in-flight batch finishes) and forgets it.
+    async fn remove_child(&mut self, id: &ConsumerId) -> Result<()> {
+        let Some(mut child) = self.children.remove(id) else {
+            return Err(Error::UnknownConsumer {
+                consumer: id.clone(),
+            });
+        };
+        if let Some(actor) = child.actor.take() {
+            self.by_actor.remove(&actor.get_id());
+            stop_child(actor, &child.spec, "removed").await;
+        }
+        child.stats.set_state(ConsumerState::Stopped);
+        self.forget(id);
+        info!(consumer = %id, "consumer removed");
         Ok(())
     }
 
@@ -305,25 +340,7 @@ impl Actor for SupervisorActor {
                 let _ = reply.send(result);
             }
             SupMsg::Remove(id, reply) => {
-                let result = match state.children.remove(&id) {
-                    None => Err(Error::UnknownConsumer { consumer: id }),
-                    Some(mut child) => {
-                        if let Some(actor) = child.actor.take() {
-                            state.by_actor.remove(&actor.get_id());
-                            stop_child(actor, &child.spec, "removed").await;
-                        }
-                        child.stats.set_state(ConsumerState::Stopped);
-                        state
-                            .shared
-                            .health
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&id);
-                        info!(consumer = %id, "consumer removed");
-                        Ok(())
-                    }
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(state.remove_child(&id).await);
             }
             SupMsg::Restart(id, generation) => {
                 let due = state
@@ -341,6 +358,7 @@ impl Actor for SupervisorActor {
                 let _ = reply.send(());
                 myself.stop(Some("shutdown".to_owned()));
             }
+            SupMsg::Multi(msg) => state.handle_multi(&myself, msg).await?,
         }
         Ok(())
     }
@@ -357,6 +375,10 @@ impl Actor for SupervisorActor {
                 let Some(id) = state.by_actor.remove(&cell.get_id()) else {
                     return Ok(());
                 };
+                if err.is::<StreamGone>() {
+                    state.drop_gone_stream(&id);
+                    return Ok(());
+                }
                 let cause = match err.downcast::<Error>() {
                     Ok(e) => *e,
                     Err(other) => Error::Internal {

@@ -8,6 +8,7 @@ use redis::AsyncCommands;
 use tracing::info;
 
 use super::client::ConsumerClient;
+use super::cohort::Cadence;
 use super::stats::Stats;
 use crate::entry::EntryId;
 use crate::health::GroupGauges;
@@ -20,18 +21,18 @@ type PendingSummary = (u64, redis::Value, redis::Value, Vec<(String, String)>);
 pub(crate) struct Gauges {
     client: ConsumerClient,
     stats: Stats,
-    interval: Duration,
+    cadence: Cadence,
     next: Instant,
     xinfo_allowed: bool,
 }
 
 impl Gauges {
-    pub(crate) fn new(client: ConsumerClient, stats: Stats, interval: Duration) -> Self {
+    pub(crate) fn new(client: ConsumerClient, stats: Stats, cadence: Cadence) -> Self {
         Gauges {
             client,
             stats,
-            interval,
-            next: Instant::now(),
+            next: cadence.first(Instant::now()),
+            cadence,
             xinfo_allowed: true,
         }
     }
@@ -42,7 +43,7 @@ impl Gauges {
     }
 
     pub(crate) async fn refresh(&mut self) {
-        self.next = Instant::now() + self.interval;
+        self.next = self.cadence.next();
         let id = self.client.id().clone();
         let (stream, group) = (&*id.stream, &*id.group);
         let summary: redis::RedisResult<PendingSummary> = redis::cmd("XPENDING")

@@ -5,12 +5,13 @@ use std::time::Instant;
 
 use tracing::warn;
 
+use super::feed::Feed;
 use super::Consumer;
 use crate::connection::Node;
 use crate::entry::{EntryId, Source};
 use crate::error::Result;
 use crate::health::ConsumerState;
-use crate::reader::{Reader, ReaderConfig};
+use crate::reader::ReaderConfig;
 use crate::streams::ReadItem;
 
 impl Consumer {
@@ -41,7 +42,7 @@ impl Consumer {
         let mut reader = tokio::select! {
             biased;
             _ = self.cancel.cancelled() => return Ok(()),
-            r = Reader::start(&self.backend, node, config) => r?,
+            r = Feed::start(&self.backend, node, config) => r?,
         };
         reader.set_pace(self.batch_size.pace());
         self.stats.set_state(ConsumerState::Running);
@@ -91,7 +92,7 @@ impl Consumer {
     /// Flushes the acks, stops the reader (waking its blocked reads with `CLIENT UNBLOCK` when
     /// permitted), and releases the entries fetched but not handled (`unhandled` plus what the
     /// last reads returned) to the other consumers.
-    async fn stop_reading(&mut self, reader: Reader, mut unhandled: Vec<ReadItem>) -> Result<()> {
+    async fn stop_reading(&mut self, reader: Feed, mut unhandled: Vec<ReadItem>) -> Result<()> {
         self.acker.flush().await?;
         self.stats.set_state(ConsumerState::Stopping);
         unhandled.extend(reader.stop(self.client.conn()).await);

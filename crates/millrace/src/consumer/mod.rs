@@ -8,10 +8,12 @@ mod acker;
 mod batch_size;
 mod client;
 mod failures;
+mod feed;
 mod gauges;
 mod handling;
 mod live;
 mod outcome;
+mod cohort;
 mod reclaimer;
 mod replay;
 mod session;
@@ -38,12 +40,30 @@ use batch_size::BatchSize;
 use client::ConsumerClient;
 use failures::{FailureLog, WarnLimiter};
 use gauges::Gauges;
+use cohort::Cadence;
+pub(crate) use cohort::Cohort;
 use reclaimer::Reclaimer;
 use session::SessionState;
 pub(crate) use stats::Stats;
 
 /// First pause before reconnecting; it doubles up to `reconnect_backoff_max`.
 const FIRST_RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+
+/// How a consume loop ended without failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// Cancelled: the consumer was stopped.
+    Stopped,
+    /// The stream's key was deleted, and this stream of a multi-stream consumer is to be dropped.
+    StreamGone,
+}
+
+/// What to do after a failed session.
+enum Next {
+    Retry,
+    Stop,
+    DropStream,
+}
 
 /// One consumer's consume loop and everything it keeps between sessions.
 pub(crate) struct Consumer {
@@ -70,6 +90,9 @@ pub(crate) struct Consumer {
     /// Dead letters move in two steps (add, then acknowledge): the stream and its dead-letter
     /// stream are in different slots of a cluster.
     dead_letter_in_steps: bool,
+    /// One stream of a multi-stream consumer: what its streams share, `None` for a consumer of
+    /// its own.
+    cohort: Option<Arc<Cohort>>,
 }
 
 impl Consumer {
@@ -78,6 +101,7 @@ impl Consumer {
         backend: Arc<Backend>,
         stats: Stats,
         cancel: CancellationToken,
+        cohort: Option<Arc<Cohort>>,
     ) -> Result<Consumer> {
         let runner = spec
             .runner
@@ -89,19 +113,33 @@ impl Consumer {
         let dlq = spec.dead_letter_stream_name();
         let dead_letter_in_steps = backend.is_cluster()
             && !Colocation::of(id.stream.as_bytes(), dlq.as_bytes()).is_same_slot();
+        let cadence = |every, per_second| match &cohort {
+            Some(cohort) => Cadence::shared(every, &id.stream, cohort.clone(), per_second),
+            None => Cadence::own(every),
+        };
         Ok(Consumer {
             dead_letter_in_steps,
             meta: id.meta(),
             dlq,
             acker: Acker::new(client.clone(), stats.clone(), opts.largest_count()),
-            reclaimer: Reclaimer::new(client.clone(), stats.clone(), &opts),
-            gauges: Gauges::new(client.clone(), stats.clone(), opts.gauge_interval),
+            reclaimer: Reclaimer::new(
+                client.clone(),
+                stats.clone(),
+                &opts,
+                cadence(opts.claim_interval, cohort::CLAIM_TICKS_PER_SECOND),
+            ),
+            gauges: Gauges::new(
+                client.clone(),
+                stats.clone(),
+                cadence(opts.gauge_interval, cohort::GAUGE_REFRESHES_PER_SECOND),
+            ),
             session: SessionState::new(opts.start_id.as_arg()),
             batch_size: BatchSize::new(&opts),
             failures: FailureLog::default(),
             failure_warnings: WarnLimiter::default(),
             retry_attempt: 0,
             owner: None,
+            cohort,
             id,
             opts,
             runner,
@@ -112,22 +150,24 @@ impl Consumer {
         })
     }
 
-    /// Runs until cancelled (Ok) or until an error the consumer cannot handle itself (Err: the
-    /// actor fails and the supervisor decides).
-    pub(crate) async fn run(mut self) -> Result<()> {
+    /// Runs until cancelled or its stream is gone (Ok), or until an error the consumer cannot
+    /// handle itself (Err: the actor fails and the supervisor decides).
+    pub(crate) async fn run(mut self) -> Result<Ended> {
         let span = tracing::info_span!(parent: None, "consumer", stream = %self.id.stream, group = %self.id.group, consumer = %self.id.consumer);
         async move {
             self.log_dead_letter_path();
             loop {
                 if self.cancel.is_cancelled() {
-                    return Ok(());
+                    return Ok(Ended::Stopped);
                 }
                 let err = match self.session().await {
-                    Ok(()) => return Ok(()),
+                    Ok(()) => return Ok(Ended::Stopped),
                     Err(e) => e,
                 };
-                if !self.recover(err).await? {
-                    return Ok(());
+                match self.recover(err).await? {
+                    Next::Retry => {}
+                    Next::Stop => return Ok(Ended::Stopped),
+                    Next::DropStream => return Ok(Ended::StreamGone),
                 }
             }
         }
@@ -178,9 +218,10 @@ impl Consumer {
         Ok(node)
     }
 
-    /// After a failed session: decides by the error's class whether to reconnect (true), stop
-    /// (false: cancelled while waiting) or fail the consumer (Err).
-    async fn recover(&mut self, err: Error) -> Result<bool> {
+    /// After a failed session: decides by the error's class whether to reconnect, stop (cancelled
+    /// while waiting), drop the stream (its key is gone, in a multi-stream consumer) or fail the
+    /// consumer (Err).
+    async fn recover(&mut self, err: Error) -> Result<Next> {
         // Best effort: an ack that cannot land means its entries come back through the replay.
         if let Err(e) = self.acker.flush().await {
             tracing::debug!(error = %e, "last ack of the session failed");
@@ -228,6 +269,10 @@ impl Consumer {
                 self.stats.reconnecting();
             }
             Class::GroupLost => {
+                if self.cohort.is_some() && self.stream_is_gone().await {
+                    warn!(error = %err, "the stream's key was deleted; dropping the stream from its multi-stream consumer (the other streams go on)");
+                    return Ok(Next::DropStream);
+                }
                 if !self.opts.create_group {
                     return Err(self.group_missing(err.to_string()));
                 }
@@ -242,7 +287,30 @@ impl Consumer {
             Class::Fatal => return Err(err),
         }
         self.retry_attempt = self.retry_attempt.saturating_add(1);
-        Ok(self.pause(delay).await)
+        Ok(if self.pause(delay).await {
+            Next::Retry
+        } else {
+            Next::Stop
+        })
+    }
+
+    /// Whether the stream's key no longer exists (`EXISTS`; on a cluster asked of the slot's owner
+    /// now, so a key that migrated is not taken for a deleted one). False when it cannot tell.
+    async fn stream_is_gone(&mut self) -> bool {
+        let stream = self.id.stream.clone();
+        let exists = self
+            .client
+            .retry("EXISTS", &stream, |mut c| {
+                let stream = &stream;
+                async move {
+                    redis::cmd("EXISTS")
+                        .arg(&**stream)
+                        .query_async::<u64>(&mut c)
+                        .await
+                }
+            })
+            .await;
+        matches!(exists, Ok(0))
     }
 
     /// Sleeps unless cancelled; false when cancelled.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use super::client::ConsumerClient;
+use super::cohort::Cadence;
 use super::stats::Stats;
 use crate::config::ConsumerOptions;
 use crate::entry::EntryId;
@@ -33,7 +34,7 @@ pub(crate) struct Reclaimer {
     client: ConsumerClient,
     stats: Stats,
     min_idle: Duration,
-    interval: Duration,
+    cadence: Cadence,
     count: usize,
     calls_per_tick: usize,
     reap_after: Option<Duration>,
@@ -42,19 +43,25 @@ pub(crate) struct Reclaimer {
 }
 
 impl Reclaimer {
-    pub(crate) fn new(client: ConsumerClient, stats: Stats, opts: &ConsumerOptions) -> Self {
+    pub(crate) fn new(
+        client: ConsumerClient,
+        stats: Stats,
+        opts: &ConsumerOptions,
+        cadence: Cadence,
+    ) -> Self {
+        // Spread the first tick over one interval: hundreds of consumers starting together
+        // would otherwise all scan the pending list at once.
+        let own_first = Instant::now() + opts.claim_interval.mul_f64(rand::random::<f64>());
         Reclaimer {
             client,
             stats,
             min_idle: opts.claim_min_idle,
-            interval: opts.claim_interval,
+            next_tick: cadence.first(own_first),
+            cadence,
             count: opts.claim_count,
             calls_per_tick: opts.claim_calls_per_tick,
             reap_after: opts.reap_idle_consumers_after,
             cursor: EntryId::MIN,
-            // Spread the first tick over one interval: hundreds of consumers starting together
-            // would otherwise all scan the pending list at once.
-            next_tick: Instant::now() + opts.claim_interval.mul_f64(rand::random::<f64>()),
         }
     }
 
@@ -70,7 +77,7 @@ impl Reclaimer {
 
     /// Starts a tick: schedules the next one, and reaps idle consumers when configured.
     pub(crate) async fn begin_tick(&mut self) -> Result<()> {
-        self.next_tick = Instant::now() + self.interval;
+        self.next_tick = self.cadence.next();
         let Some(after) = self.reap_after else {
             return Ok(());
         };

@@ -16,6 +16,16 @@ use crate::streams::{self, ReadItem};
 
 impl Consumer {
     pub(super) async fn replay_own_pending(&mut self, node: &Node) -> Result<()> {
+        // The streams of a multi-stream consumer take turns, so a reconnect of a thousand
+        // streams does not open a thousand replay connections at once.
+        let cohort = self.cohort.clone();
+        let _turn = match &cohort {
+            Some(cohort) => tokio::select! {
+                _ = self.cancel.cancelled() => return Ok(()),
+                turn = cohort.replay_turn() => turn,
+            },
+            None => None,
+        };
         let mut own: Option<PendingReader> = None;
         let result = self.replay_over(node, &mut own).await;
         if let Some(conn) = own {

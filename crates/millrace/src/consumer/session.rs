@@ -8,7 +8,7 @@ use tracing::info;
 use super::Consumer;
 use crate::dead_letter;
 use crate::entry::EntryId;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::streams;
 
 /// What survives from one session to the next.
@@ -20,6 +20,8 @@ pub(crate) struct SessionState {
     preflight_done: bool,
     /// Start id when (re)creating the group: the configured one first, `0` after the group vanished.
     create_from: String,
+    /// The group vanished at least once.
+    lost: bool,
 }
 
 impl SessionState {
@@ -28,6 +30,7 @@ impl SessionState {
             group_ready: false,
             preflight_done: false,
             create_from: start_id,
+            lost: false,
         }
     }
 
@@ -36,6 +39,7 @@ impl SessionState {
     pub(crate) fn group_lost(&mut self) {
         self.group_ready = false;
         self.create_from = "0".to_owned();
+        self.lost = true;
     }
 }
 
@@ -57,10 +61,24 @@ impl Consumer {
         if self.opts.create_group {
             let id = self.id.clone();
             let start = self.session.create_from.clone();
+            // A stream of a multi-stream consumer heals a lost group on its key, and never creates
+            // a deleted key again: that stream is dropped instead.
+            let mkstream = self.cohort.is_none() || !self.session.lost;
             let created =
-                streams::xgroup_create(self.client.conn(), &id.stream, &id.group, &start, true)
+                streams::xgroup_create(self.client.conn(), &id.stream, &id.group, &start, mkstream)
                     .await
-                    .map_err(|e| self.client.error("XGROUP CREATE", &id.stream, e))?;
+                    .map_err(|e| {
+                        if e.to_string().contains("requires the key to exist") {
+                            let detail = e.to_string();
+                            Error::GroupLost {
+                                consumer: id.clone(),
+                                command: "XGROUP CREATE",
+                                detail,
+                            }
+                        } else {
+                            self.client.error("XGROUP CREATE", &id.stream, e)
+                        }
+                    })?;
             if created && start == "$" {
                 info!(start = %start, "created consumer group at the end of the stream: entries added before now are not delivered (set start_id = \"0\" to read them)");
             } else if created {

@@ -1,0 +1,246 @@
+//! Multi-stream consumers in the supervisor: which streams each (group, consumer) reads, the spec
+//! a stream added later is made from, and the adding, removing and dropping of streams. Each
+//! stream is an ordinary child; this file only keeps the sets.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::{info, warn};
+
+use super::{NameLease, SupMsg, SupState};
+use crate::consumer::Cohort;
+use crate::error::{Error, Result};
+use crate::health::ConsumerState;
+use crate::id::ConsumerId;
+use crate::multi_spec::MultiStreamSpec;
+use crate::spec::ConsumerSpec;
+
+/// The supervisor's requests about multi-stream consumers.
+#[derive(Debug)]
+pub(crate) enum MultiMsg {
+    /// `add_multi_stream`: a new multi-stream consumer and its streams.
+    Add(Box<MultiStreamSpec>, RpcReplyPort<Result<()>>),
+    /// `add_stream`: one more stream for a running multi-stream consumer.
+    AddStream(ConsumerId, RpcReplyPort<Result<()>>),
+    /// `remove_stream`: stop reading one stream.
+    RemoveStream(ConsumerId, RpcReplyPort<Result<()>>),
+}
+
+/// The streams of one multi-stream consumer.
+#[derive(Debug)]
+struct Members {
+    /// What a stream added later is made from (`None` for streams added one by one with
+    /// `add_consumer(spec.for_stream(..))`).
+    template: Option<MultiStreamSpec>,
+    streams: BTreeSet<Arc<str>>,
+    cohort: Arc<Cohort>,
+}
+
+/// Every multi-stream consumer of one supervisor, by (group, consumer).
+#[derive(Debug, Default)]
+pub(crate) struct MultiRegistry(BTreeMap<(String, String), Members>);
+
+impl MultiRegistry {
+    fn members(&mut self, group: &str, consumer: &str) -> &mut Members {
+        self.0
+            .entry((group.to_owned(), consumer.to_owned()))
+            .or_insert_with(|| Members {
+                template: None,
+                streams: BTreeSet::new(),
+                cohort: Cohort::new(),
+            })
+    }
+
+    /// Records a new multi-stream consumer; refuses a second one with the same names.
+    pub(crate) fn register(&mut self, spec: &MultiStreamSpec) -> Result<()> {
+        let members = self.members(spec.group(), spec.consumer());
+        if members.template.is_some() {
+            return Err(Error::config(
+                None,
+                "consumer",
+                format!(
+                    "a multi-stream consumer with group `{}`, consumer `{}` is already supervised here: add streams to it with `Supervisor::add_stream`, or give this one another consumer name",
+                    spec.group(),
+                    spec.consumer()
+                ),
+            ));
+        }
+        members.template = Some(spec.clone());
+        Ok(())
+    }
+
+    /// A stream joins its (group, consumer): returns what the streams share.
+    pub(crate) fn join(&mut self, id: &ConsumerId) -> Arc<Cohort> {
+        let members = self.members(&id.group, &id.consumer);
+        members.streams.insert(id.stream.clone());
+        members.cohort.set_members(members.streams.len());
+        members.cohort.clone()
+    }
+
+    /// A stream leaves its (group, consumer).
+    pub(crate) fn leave(&mut self, id: &ConsumerId) {
+        let key = (id.group.to_string(), id.consumer.to_string());
+        let Some(members) = self.0.get_mut(&key) else {
+            return;
+        };
+        members.streams.remove(&id.stream);
+        members.cohort.set_members(members.streams.len());
+        if members.streams.is_empty() && members.template.is_none() {
+            self.0.remove(&key);
+        }
+    }
+
+    /// The streams `consumer` of `group` reads now, sorted.
+    pub(crate) fn streams_of(&self, group: &str, consumer: &str) -> Vec<String> {
+        self.0
+            .get(&(group.to_owned(), consumer.to_owned()))
+            .map(|m| m.streams.iter().map(|s| s.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The spec of stream `id.stream` of a running multi-stream consumer, checked against the
+    /// streams it reads already.
+    fn spec_for(&self, id: &ConsumerId) -> Result<ConsumerSpec> {
+        let key = (id.group.to_string(), id.consumer.to_string());
+        let Some((members, template)) = self
+            .0
+            .get(&key)
+            .and_then(|m| m.template.as_ref().map(|t| (m, t)))
+        else {
+            return Err(Error::UnknownConsumer {
+                consumer: id.clone(),
+            });
+        };
+        let spec = template.for_stream(&id.stream);
+        spec.validate()?;
+        let dlq = template.dead_letter_stream_of(&id.stream);
+        let clash = members.streams.iter().find_map(|s| {
+            if **s == *dlq {
+                Some(format!(
+                    "its dead-letter stream `{dlq}` is one of the streams read"
+                ))
+            } else if template.dead_letter_stream_of(s) == *id.stream {
+                Some(format!(
+                    "it is the dead-letter stream of `{s}`, which is read"
+                ))
+            } else {
+                None
+            }
+        });
+        match clash {
+            Some(why) => Err(Error::config(
+                Some(id),
+                "stream",
+                format!("is not added: {why}; a stream's consumer would read dead letters"),
+            )),
+            None => Ok(spec),
+        }
+    }
+}
+
+impl SupState {
+    /// Handles one [`MultiMsg`]; `Err` only when the supervisor gives up (as for `SupMsg::Add`).
+    pub(super) async fn handle_multi(
+        &mut self,
+        myself: &ActorRef<SupMsg>,
+        msg: MultiMsg,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        match msg {
+            MultiMsg::Add(spec, reply) => {
+                let result = match self.admit_multi(&spec) {
+                    Ok(children) => {
+                        for (child, lease) in children {
+                            let id = self.insert(child, lease);
+                            self.spawn_child(myself, &id).await?;
+                        }
+                        info!(
+                            group = spec.group(),
+                            consumer = spec.consumer(),
+                            streams = spec.streams().len(),
+                            "multi-stream consumer added"
+                        );
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result);
+            }
+            MultiMsg::AddStream(id, reply) => {
+                let result = match self.admit_stream(&id) {
+                    Ok((child, lease)) => {
+                        let id = self.insert(child, lease);
+                        self.spawn_child(myself, &id).await?;
+                        info!(consumer = %id, "stream added to its multi-stream consumer");
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result);
+            }
+            MultiMsg::RemoveStream(id, reply) => {
+                let member = self.children.get(&id).is_some_and(|c| c.spec.shared_read);
+                let result = if member {
+                    self.remove_child(&id).await
+                } else {
+                    Err(Error::UnknownConsumer { consumer: id })
+                };
+                let _ = reply.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates a new multi-stream consumer and takes its streams' names; registers it.
+    fn admit_multi(&mut self, spec: &MultiStreamSpec) -> Result<Vec<(ConsumerSpec, NameLease)>> {
+        if self.shutting_down {
+            return Err(Error::Supervisor("shutting down".to_owned()));
+        }
+        spec.validate()?;
+        let children = leases(self.shared.backend.server(), spec)?;
+        self.shared.multi().register(spec)?;
+        Ok(children)
+    }
+
+    fn admit_stream(&mut self, id: &ConsumerId) -> Result<(ConsumerSpec, NameLease)> {
+        if self.shutting_down {
+            return Err(Error::Supervisor("shutting down".to_owned()));
+        }
+        let spec = self.shared.multi().spec_for(id)?;
+        let lease = NameLease::take(self.shared.backend.server(), &spec.id)?;
+        Ok((spec, lease))
+    }
+
+    /// A stream's key was deleted: its child has stopped; forget it, its health entry and its
+    /// place in the multi-stream consumer. Nothing is restarted.
+    pub(super) fn drop_gone_stream(&mut self, id: &ConsumerId) {
+        let Some(child) = self.children.remove(id) else {
+            return;
+        };
+        child.stats.set_state(ConsumerState::Stopped);
+        self.forget(id);
+        warn!(consumer = %id, stream = %id.stream, "the stream's key was deleted: dropped it from its multi-stream consumer; the other streams go on");
+    }
+
+    /// Removes a child's health entry and its place in a multi-stream consumer.
+    pub(super) fn forget(&mut self, id: &ConsumerId) {
+        self.shared
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.shared.multi().leave(id);
+    }
+}
+
+/// The child specs of `spec`'s streams, each with its name taken in this process.
+fn leases(server: &str, spec: &MultiStreamSpec) -> Result<Vec<(ConsumerSpec, NameLease)>> {
+    spec.streams()
+        .iter()
+        .map(|stream| {
+            let child = spec.for_stream(stream);
+            let lease = NameLease::take(server, &child.id)?;
+            Ok((child, lease))
+        })
+        .collect()
+}
