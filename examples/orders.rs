@@ -6,7 +6,9 @@
 //!     cargo run -p millrace-examples --example orders -- work --consumer w2 --fail-rate 0.1 &
 //!     cargo run -p millrace-examples --example orders -- report
 //! `--redis URL` overrides REDIS_URL; `--redis-cluster URL[,URL…]` runs all three on a Redis
-//! Cluster instead (the URLs of some of its nodes). `work` runs until SIGINT or SIGTERM, then drains and exits 0.
+//! Cluster instead (the URLs of some of its nodes). `--streams N` (on all three) spreads the orders
+//! over N streams, `orders:new:0` … `orders:new:{N-1}`, and `work` reads them all as one
+//! multi-stream consumer. `work` runs until SIGINT or SIGTERM, then drains and exits 0.
 //! `report` prints one JSON object: produced, processed, duplicates, dead_lettered, pending, lost.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -14,7 +16,10 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use millrace::{Batch, ConsumerSpec, HandlerResult, RestartPolicy, StartId, Supervisor};
+use millrace::{
+    Batch, ConsumerSpec, Handler, HandlerResult, MultiStreamSpec, RestartPolicy, StartId,
+    Supervisor,
+};
 use rand::Rng;
 
 #[derive(Parser)]
@@ -28,9 +33,13 @@ struct Cli {
         hide_env_values = true
     )]
     redis: String,
-    /// A Redis Cluster's seed node URLs, separated by commas (used instead of `--redis`).
+    /// A Redis Cluster's node URLs, separated by commas (used instead of `--redis`).
     #[arg(long, value_delimiter = ',')]
     redis_cluster: Vec<String>,
+    /// Spread the orders over this many streams, `<stream>:0` … `<stream>:{N-1}` (1: `<stream>`
+    /// alone); `work` reads them all as one multi-stream consumer.
+    #[arg(long, default_value_t = 1, global = true)]
+    streams: usize,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -196,6 +205,14 @@ fn produced_key(stream: &str) -> String {
     format!("{stream}:produced")
 }
 
+/// The streams the orders are spread over: `stream` itself, or `stream:0` … `stream:{n-1}`.
+fn stream_names(stream: &str, n: usize) -> Vec<String> {
+    if n <= 1 {
+        return vec![stream.to_owned()];
+    }
+    (0..n).map(|i| format!("{stream}:{i}")).collect()
+}
+
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
@@ -216,7 +233,13 @@ async fn main() {
             poison_rate,
             pipeline,
             rate,
-        } => produce(&target, &stream, count, poison_rate, pipeline, rate).await,
+        } => {
+            let shape = Shape {
+                counter: produced_key(&stream),
+                streams: stream_names(&stream, cli.streams),
+            };
+            produce(&target, &shape, count, poison_rate, pipeline, rate).await
+        }
         Cmd::Work {
             consumer,
             group,
@@ -231,16 +254,29 @@ async fn main() {
             max_deliveries,
             max_restarts,
         } => {
-            let spec = ConsumerSpec::new(stream, group, consumer)
-                .start_id(StartId::Beginning)
-                .count(count)
-                .block(block.into())
-                .claim_interval(claim_interval.into())
-                .claim_min_idle(claim_min_idle.into())
-                .max_deliveries(max_deliveries);
-            work(&target, spec, fail_rate, panic_rate, work_ms, max_restarts).await
+            let mut options = millrace::ConsumerOptions::default();
+            options.start_id = StartId::Beginning;
+            options.count = count;
+            options.block = block.into();
+            options.claim_interval = claim_interval.into();
+            options.claim_min_idle = claim_min_idle.into();
+            options.max_deliveries = max_deliveries;
+            let handling = Handling {
+                fail_rate,
+                panic_rate,
+                work_ms,
+                max_restarts,
+            };
+            let streams = stream_names(&stream, cli.streams);
+            work(&target, streams, &group, &consumer, options, handling).await
         }
-        Cmd::Report { group, stream } => report(&target, &stream, &group).await,
+        Cmd::Report { group, stream } => {
+            let shape = Shape {
+                counter: produced_key(&stream),
+                streams: stream_names(&stream, cli.streams),
+            };
+            report(&target, &shape, &group).await
+        }
     };
     if let Err(e) = result {
         eprintln!("orders: {e}");
@@ -253,9 +289,15 @@ type AnyResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 /// An XRANGE reply: ids with their field/value pairs.
 type Entries = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
 
+/// Where the orders go: the streams, and the key counting the orders produced.
+struct Shape {
+    counter: String,
+    streams: Vec<String>,
+}
+
 async fn produce(
     target: &Target,
-    stream: &str,
+    shape: &Shape,
     count: u64,
     poison_rate: f64,
     pipeline: u64,
@@ -263,7 +305,7 @@ async fn produce(
 ) -> AnyResult {
     let mut con = target.connect(Some(Duration::from_secs(10))).await?;
     let start: u64 = redis::cmd("INCRBY")
-        .arg(produced_key(stream))
+        .arg(&shape.counter)
         .arg(0)
         .query_async(&mut con)
         .await?;
@@ -280,6 +322,7 @@ async fn produce(
             } else {
                 rng.random_range(1..10u32).to_string()
             };
+            let stream = &shape.streams[(id % shape.streams.len() as u64) as usize];
             pipe.cmd("XADD")
                 .arg(stream)
                 .arg("*")
@@ -296,8 +339,8 @@ async fn produce(
                 .ignore();
         }
         let mut counted = redis::cmd("INCRBY");
-        counted.arg(produced_key(stream)).arg(end - next);
-        if target.is_cluster() {
+        counted.arg(&shape.counter).arg(end - next);
+        if target.is_cluster() || shape.streams.len() > 1 {
             // The counter and the stream live in different slots: one pipeline per key.
             pipe.query_async::<()>(&mut con).await?;
             counted.query_async::<()>(&mut con).await?;
@@ -314,58 +357,89 @@ async fn produce(
         }
     }
     println!(
-        "produced {count} orders to {stream} (ids {start}..{})",
+        "produced {count} orders to {} (ids {start}..{})",
+        shape.streams.join(", "),
         start + count
     );
     Ok(())
 }
 
-async fn work(
-    target: &Target,
-    spec: ConsumerSpec,
+/// How `work`'s handler misbehaves, and how often the worker may restart a consumer.
+struct Handling {
     fail_rate: f64,
     panic_rate: f64,
     work_ms: u64,
     max_restarts: usize,
-) -> AnyResult {
-    let recorder = target.connect(Some(Duration::from_secs(5))).await?;
-    let spec = spec.handler(move |batch: Batch<Order>| {
-        let mut con = recorder.clone();
+}
+
+/// Records each order it handles (`HINCRBY orders:processed <order_id> 1`), after `work_ms`,
+/// unless the roll says to fail or panic.
+struct Orders {
+    recorder: Conn,
+    fail_rate: f64,
+    panic_rate: f64,
+    work_ms: u64,
+}
+
+impl Handler<Order> for Orders {
+    async fn handle(&self, batch: Batch<Order>) -> HandlerResult {
         let roll: f64 = rand::random();
-        async move {
-            if work_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(work_ms)).await;
-            }
-            if roll < panic_rate {
-                panic!("simulated crash while handling {} orders", batch.len());
-            }
-            if roll < panic_rate + fail_rate {
-                return HandlerResult::err("simulated failure");
-            }
-            let mut pipe = redis::pipe();
-            for entry in &batch {
-                pipe.cmd("HINCRBY")
-                    .arg(PROCESSED)
-                    .arg(entry.message.order_id)
-                    .arg(1)
-                    .ignore();
-            }
-            match pipe.query_async::<()>(&mut con).await {
-                Ok(()) => HandlerResult::Ok,
-                Err(e) => HandlerResult::err(format!("recording failed: {e}")),
-            }
+        if self.work_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.work_ms)).await;
         }
-    });
+        if roll < self.panic_rate {
+            panic!("simulated crash while handling {} orders", batch.len());
+        }
+        if roll < self.panic_rate + self.fail_rate {
+            return HandlerResult::err("simulated failure");
+        }
+        let mut pipe = redis::pipe();
+        for entry in &batch {
+            pipe.cmd("HINCRBY")
+                .arg(PROCESSED)
+                .arg(entry.message.order_id)
+                .arg(1)
+                .ignore();
+        }
+        match pipe.query_async::<()>(&mut self.recorder.clone()).await {
+            Ok(()) => HandlerResult::Ok,
+            Err(e) => HandlerResult::err(format!("recording failed: {e}")),
+        }
+    }
+}
+
+async fn work(
+    target: &Target,
+    streams: Vec<String>,
+    group: &str,
+    consumer: &str,
+    options: millrace::ConsumerOptions,
+    handling: Handling,
+) -> AnyResult {
+    let handler = Orders {
+        recorder: target.connect(Some(Duration::from_secs(5))).await?,
+        fail_rate: handling.fail_rate,
+        panic_rate: handling.panic_rate,
+        work_ms: handling.work_ms,
+    };
     let mut policy = RestartPolicy::default();
-    policy.max_restarts = max_restarts;
+    policy.max_restarts = handling.max_restarts;
     policy.backoff_initial = Duration::from_millis(10);
     policy.backoff_max = Duration::from_millis(250);
-    let app = target
-        .supervisor()
-        .restart_policy(policy)
-        .consumer(spec)
-        .start()
-        .await?;
+    let builder = target.supervisor().restart_policy(policy);
+    let builder = match streams.as_slice() {
+        [one] => builder.consumer(
+            ConsumerSpec::new(one, group, consumer)
+                .with_options(options)
+                .handler(handler),
+        ),
+        _ => builder.multi_stream(
+            MultiStreamSpec::new(streams, group, consumer)
+                .with_options(options)
+                .handler(handler),
+        ),
+    };
+    let app = builder.start().await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut ready = tokio::time::interval(Duration::from_millis(20));
     let mut announced = false;
@@ -387,12 +461,12 @@ async fn work(
     Ok(())
 }
 
-async fn report(target: &Target, stream: &str, group: &str) -> AnyResult {
+async fn report(target: &Target, shape: &Shape, group: &str) -> AnyResult {
     // A long response timeout: HGETALL of a million processed orders takes longer than the
     // default 500 ms.
     let mut con = target.connect(Some(Duration::from_secs(600))).await?;
     let produced: u64 = redis::cmd("GET")
-        .arg(produced_key(stream))
+        .arg(&shape.counter)
         .query_async::<Option<u64>>(&mut con)
         .await?
         .unwrap_or(0);
@@ -402,35 +476,13 @@ async fn report(target: &Target, stream: &str, group: &str) -> AnyResult {
         .await?;
     let processed_ids: HashSet<u64> = processed.iter().map(|(id, _)| *id).collect();
     let duplicates: u64 = processed.iter().map(|(_, n)| n.saturating_sub(1)).sum();
-    let dlq = format!("{stream}:dlq");
-    let dead: Entries = redis::cmd("XRANGE")
-        .arg(&dlq)
-        .arg("-")
-        .arg("+")
-        .query_async(&mut con)
-        .await?;
-    let mut dead_ids = HashSet::new();
-    for (id, fields) in &dead {
-        let entry = millrace::RawEntry::new(id.parse()?, fields.clone());
-        if let Some(order) = millrace::dead_letter::DeadLetter::parse(&entry) {
-            let raw = millrace::RawEntry::new(entry.id, order.fields);
-            if let Some(order_id) = raw.get_str("order_id").and_then(|s| s.parse::<u64>().ok()) {
-                dead_ids.insert(order_id);
-            }
-        }
+    let (mut dead_lettered, mut dead_ids, mut pending) = (0, HashSet::new(), 0);
+    for stream in &shape.streams {
+        let (letters, ids) = dead_order_ids(&mut con, &format!("{stream}:dlq")).await?;
+        dead_lettered += letters;
+        dead_ids.extend(ids);
+        pending += group_pending(&mut con, stream, group).await;
     }
-    let pending: u64 = match redis::cmd("XPENDING")
-        .arg(stream)
-        .arg(group)
-        .query_async::<redis::Value>(&mut con)
-        .await
-    {
-        Ok(redis::Value::Array(parts)) => match parts.first() {
-            Some(redis::Value::Int(n)) => *n as u64,
-            _ => 0,
-        },
-        _ => 0,
-    };
     let lost = (0..produced)
         .filter(|id| !processed_ids.contains(id) && !dead_ids.contains(id))
         .count();
@@ -438,10 +490,47 @@ async fn report(target: &Target, stream: &str, group: &str) -> AnyResult {
         "produced": produced,
         "processed": processed_ids.len(),
         "duplicates": duplicates,
-        "dead_lettered": dead.len(),
+        "dead_lettered": dead_lettered,
         "pending": pending,
         "lost": lost,
     });
     println!("{json}");
     Ok(())
+}
+
+/// The number of entries in a dead-letter stream, and the order ids they hold.
+async fn dead_order_ids(con: &mut Conn, dlq: &str) -> AnyResult<(usize, Vec<u64>)> {
+    let dead: Entries = redis::cmd("XRANGE")
+        .arg(dlq)
+        .arg("-")
+        .arg("+")
+        .query_async(con)
+        .await?;
+    let mut ids = Vec::with_capacity(dead.len());
+    for (id, fields) in &dead {
+        let entry = millrace::RawEntry::new(id.parse()?, fields.clone());
+        if let Some(order) = millrace::dead_letter::DeadLetter::parse(&entry) {
+            let raw = millrace::RawEntry::new(entry.id, order.fields);
+            if let Some(order_id) = raw.get_str("order_id").and_then(|s| s.parse::<u64>().ok()) {
+                ids.push(order_id);
+            }
+        }
+    }
+    Ok((dead.len(), ids))
+}
+
+/// Entries pending in `group` on `stream` (0 when the group does not exist).
+async fn group_pending(con: &mut Conn, stream: &str, group: &str) -> u64 {
+    match redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async::<redis::Value>(con)
+        .await
+    {
+        Ok(redis::Value::Array(parts)) => match parts.first() {
+            Some(redis::Value::Int(n)) => *n as u64,
+            _ => 0,
+        },
+        _ => 0,
+    }
 }

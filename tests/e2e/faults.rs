@@ -74,7 +74,7 @@ fn args(a: &[&str]) -> Vec<String> {
 }
 
 /// The `orders` example binary next to this test binary, built first if it is missing.
-fn orders_bin() -> &'static Path {
+pub(crate) fn orders_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().expect("current_exe");

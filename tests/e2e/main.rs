@@ -14,6 +14,7 @@ mod batch_size;
 mod config;
 mod dead_letters;
 mod faults;
+mod many_streams;
 mod ownership;
 mod readme;
 mod recovery;
