@@ -256,7 +256,7 @@ async fn main() {
         } => {
             let mut options = millrace::ConsumerOptions::default();
             options.start_id = StartId::Beginning;
-            options.count = count;
+            options.count = Some(count);
             options.block = block.into();
             options.claim_interval = claim_interval.into();
             options.claim_min_idle = claim_min_idle.into();

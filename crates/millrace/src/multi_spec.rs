@@ -423,7 +423,7 @@ mod tests {
             .on_group_lost(OnGroupLost::Fail);
         let b = s.for_stream("b");
         assert!(b.shared_read);
-        assert_eq!(b.options().count, 7);
+        assert_eq!(b.options().count, Some(7));
         assert_eq!(b.options().start_id, StartId::Beginning);
         assert!(!crate::ConsumerSpec::new("b", "g", "c").shared_read);
     }
