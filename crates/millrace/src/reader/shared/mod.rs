@@ -173,18 +173,25 @@ impl SharedReaders {
                 .is_cluster()
                 .then(|| crate::cluster::key_slot(id.stream.as_bytes())),
         };
-        let (read, token, rx) = {
+        let (read, (token, rx)) = {
             let mut reads = lock(&self.reads);
-            let read = match reads.get(&key) {
-                Some(read) if read.state().open() => read.clone(),
-                _ => {
+            // Joined under the read's own lock with the check that it is open, so a read that
+            // fails meanwhile (and tells its lanes, under that lock) cannot take a lane after.
+            let joined = reads.get(&key).and_then(|read| {
+                let mut state = read.state();
+                state
+                    .open()
+                    .then(|| (read.clone(), state.join(id.clone(), config.count)))
+            });
+            match joined {
+                Some(joined) => joined,
+                None => {
                     let read = self.start(backend, node, &config, key.clone());
                     reads.insert(key, read.clone());
-                    read
+                    let lane = read.state().join(id.clone(), config.count);
+                    (read, lane)
                 }
-            };
-            let (token, rx) = read.state().join(id.clone(), config.count);
-            (read, token, rx)
+            }
         };
         read.notify.notify_one();
         let subscription = Subscription::new(read.clone(), token, rx, id.clone());
@@ -211,7 +218,7 @@ impl SharedReaders {
         let (connecting, _) = watch::channel(Connecting::Pending);
         let read = Arc::new(SharedRead {
             key,
-            state: Mutex::new(ReadState::default()),
+            state: Mutex::new(ReadState::new(config.block)),
             notify: Notify::new(),
             connecting,
             client_id: Mutex::new(None),

@@ -74,7 +74,13 @@ struct EndGuard(Arc<SharedRead>);
 
 impl Drop for EndGuard {
     fn drop(&mut self) {
-        self.0.state().ended = true;
+        // Lanes still here (the task panicked) learn that the read ended: their channels close.
+        let lanes = {
+            let mut state = self.0.state();
+            state.ended = true;
+            std::mem::take(&mut state.lanes)
+        };
+        drop(lanes);
         self.0.unregister();
         self.0.connecting.send_if_modified(|c| {
             let pending = matches!(c, Connecting::Pending);

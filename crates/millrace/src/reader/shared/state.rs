@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -26,6 +26,9 @@ pub(super) enum Delivery {
         at: usize,
         sent: Instant,
     },
+    /// Nothing for this stream for a BLOCK's time, though the reads went well: an empty batch,
+    /// as a single reader's BLOCK timeout gives (so its consumer's health shows the reads).
+    Quiet,
     /// An error for this stream (its group or key is gone, the connection was lost).
     Failed(Error),
 }
@@ -47,6 +50,8 @@ pub(super) struct Lane {
     pub(super) in_flight: usize,
     /// Left out of reads after an error was routed to it, until its subscription goes.
     pub(super) excluded: bool,
+    /// When it was last handed anything (a part, or [`Delivery::Quiet`]).
+    pub(super) told: Instant,
 }
 
 impl Lane {
@@ -60,6 +65,7 @@ impl Lane {
             count: count.max(1),
             in_flight: 0,
             excluded: false,
+            told: Instant::now(),
         }
     }
 
@@ -100,10 +106,21 @@ pub(super) struct ReadState {
     pub(super) wake: bool,
     /// Streams with entries in the last reply: the divisor of [`REPLY_BUDGET`].
     pub(super) had_data_last: usize,
+    /// How long a stream goes without a part before it is handed [`Delivery::Quiet`]: the BLOCK
+    /// of the reads.
+    pub(super) quiet_after: Duration,
     next_token: u64,
 }
 
 impl ReadState {
+    /// No lanes yet; streams are handed [`Delivery::Quiet`] after `quiet_after` without entries.
+    pub(super) fn new(quiet_after: Duration) -> ReadState {
+        ReadState {
+            quiet_after,
+            ..ReadState::default()
+        }
+    }
+
     /// Adds a lane for `id.stream` (replacing an earlier subscription of the stream, whose
     /// channel then closes); returns its token and its channel's receiving end.
     pub(super) fn join(
@@ -192,14 +209,28 @@ impl ReadState {
         })
     }
 
-    /// Settles a read whose reply came: its lanes are no longer on the wire with it, and those
-    /// `got` says had no part get their credit back at once.
-    pub(super) fn settle(&mut self, read: &Planned, mut got: impl FnMut(&str) -> bool) {
+    /// Settles a read whose reply came (at `now`, fine if `ok`): its lanes are no longer on the
+    /// wire with it, those `got` says had no part get their credit back at once, and those told
+    /// nothing for [`ReadState::quiet_after`] are handed [`Delivery::Quiet`].
+    pub(super) fn settle(
+        &mut self,
+        read: &Planned,
+        now: Instant,
+        ok: bool,
+        mut got: impl FnMut(&str) -> bool,
+    ) {
+        let quiet_after = self.quiet_after;
         for (name, token) in &read.streams {
             if let Some(lane) = self.lane(name, *token) {
                 lane.in_flight = lane.in_flight.saturating_sub(1);
-                if !got(name) {
+                if got(name) {
+                    lane.told = now;
+                } else {
                     lane.credits = (lane.credits + 1).min(FETCHED_AHEAD);
+                    if ok && !lane.excluded && now.duration_since(lane.told) >= quiet_after {
+                        lane.told = now;
+                        let _ = lane.tx.send(Delivery::Quiet);
+                    }
                 }
                 self.wake |= self.lanes.get(&**name).is_some_and(Lane::waiting);
             }
@@ -237,11 +268,11 @@ mod tests {
         for _ in 0..FETCHED_AHEAD {
             let p = s.plan(now).expect("a read");
             assert_eq!(names(&p), ["a", "b"]);
-            s.settle(&p, |n| n == "a");
+            s.settle(&p, now, true, |n| n == "a");
         }
         let p = s.plan(now).expect("b still has credit");
         assert_eq!(names(&p), ["b"]);
-        s.settle(&p, |_| false);
+        s.settle(&p, now, true, |_| false);
         assert!(s.taken("a", a), "a taken part wakes the read for `a`");
         assert_eq!(names(&s.plan(now).expect("a read")), ["a", "b"]);
     }
@@ -260,10 +291,26 @@ mod tests {
         ));
         let now = Instant::now();
         let p = s.plan(now).expect("one read");
-        s.settle(&p, |_| true);
+        s.settle(&p, now, true, |_| true);
         assert!(s.plan(now).is_none(), "one part ahead only");
         assert!(s.taken("a", a));
         assert!(s.plan(now).is_some());
+    }
+
+    #[test]
+    fn a_stream_without_entries_hears_once_per_block() {
+        let mut s = ReadState::new(Duration::from_secs(5));
+        let (_a, mut rx) = s.join(id("a"), 10);
+        let start = Instant::now();
+        let p = s.plan(start).expect("a read");
+        s.settle(&p, start + Duration::from_secs(1), true, |_| false);
+        assert!(rx.try_recv().is_err(), "too early");
+        let p = s.plan(start).expect("a read");
+        s.settle(&p, start + Duration::from_secs(6), true, |_| false);
+        assert!(matches!(rx.try_recv(), Ok(Delivery::Quiet)));
+        let p = s.plan(start).expect("a read");
+        s.settle(&p, start + Duration::from_secs(7), true, |_| false);
+        assert!(rx.try_recv().is_err(), "once per BLOCK");
     }
 
     #[test]

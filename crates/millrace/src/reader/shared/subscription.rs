@@ -58,8 +58,9 @@ impl Subscription {
         }
     }
 
-    /// This stream's next batch, in the order the reads were written. Unlike the single reader,
-    /// a read that brought nothing for this stream returns nothing here: it waits for entries.
+    /// This stream's next batch, in the order the reads were written. A read that brought nothing
+    /// for this stream returns nothing here, except that after a BLOCK's time without entries an
+    /// empty batch says the reads go well (as a single reader's BLOCK timeout does).
     pub(crate) async fn next(&mut self) -> Result<Vec<ReadItem>> {
         match self.rx.recv().await {
             Some(Delivery::Part { frame, at, sent }) => {
@@ -69,6 +70,7 @@ impl Subscription {
                 }
                 self.parse(&frame, at)
             }
+            Some(Delivery::Quiet) => Ok(Vec::new()),
             Some(Delivery::Failed(e)) => Err(e),
             None => Err(ended(&self.id)),
         }

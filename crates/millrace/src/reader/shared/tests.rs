@@ -355,3 +355,140 @@ async fn a_killed_connection_is_every_subscribers_transient_error() {
     let mut again = f.subscribe("a", 10).await;
     assert_eq!(take(&mut again, 2).await, added);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_returns_untaken_entries_while_the_others_read_on() {
+    let mut f = fixture(&["a", "b"]).await;
+    let added = f.add("a", 20).await;
+    let a = f.subscribe("a", 2).await;
+    let mut b = f.subscribe("b", 2).await;
+    let ahead = FETCHED_AHEAD * 2;
+    eventually(WAIT, "a's read-ahead fetched", || async {
+        pending_count(f.admin.clone(), "a").await == ahead
+    })
+    .await;
+    let untaken = ids(&a.stop(&mut f.backend.control()).await);
+    assert_eq!(f.backend.shared_readers().running(), 1, "b still reads");
+    // What stop returned, and what the read released of a read still on the wire, are exactly
+    // the fetched entries.
+    let day = Duration::from_secs(23 * 3600);
+    eventually(WAIT, "every fetched entry returned or released", || async {
+        let mut all = pending_ids(f.admin.clone(), "a", day).await;
+        all.extend(untaken.iter().cloned());
+        all.sort();
+        all == added[..ahead]
+    })
+    .await;
+    let later = f.add("b", 3).await;
+    assert_eq!(take(&mut b, 3).await, later);
+    assert_eq!(
+        pending_count(f.admin.clone(), "a").await,
+        ahead,
+        "a is no longer read"
+    );
+}
+
+#[test]
+fn a_subscription_can_move_between_threads() {
+    fn send<T: Send>(_: &T) {}
+    fn subscription_next(sub: &mut Subscription) {
+        send(&sub.next());
+    }
+    let _ = subscription_next;
+}
+
+#[tokio::test]
+async fn replays_of_one_consumer_run_a_few_at_once() {
+    let readers = super::SharedReaders::default();
+    let mut held = Vec::new();
+    for _ in 0..super::REPLAYS_AT_ONCE {
+        held.push(readers.replay_permit("g", "c").await);
+    }
+    let other = tokio::time::timeout(WAIT, readers.replay_permit("g", "other")).await;
+    assert!(other.is_ok(), "another consumer is not held up");
+    let mut next = Box::pin(readers.replay_permit("g", "c"));
+    assert!(futures::poll!(&mut next).is_pending(), "one too many");
+    held.pop();
+    let next = tokio::time::timeout(WAIT, next).await;
+    assert!(next.is_ok(), "a permit once one is returned");
+}
+
+/// On a cluster, streams that share a slot share a read; one in another slot gets its own, and a
+/// stream joining a blocked read wakes it through the node the read is connected to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_read_is_shared_per_slot() {
+    let cluster = tokio::task::block_in_place(|| {
+        millrace_testkit::RedisCluster::builder()
+            .replicas_per_master(0)
+            .start()
+    });
+    let backend =
+        Backend::open_cluster(&cluster.seed_urls(), ConnectionOptions::default()).expect("backend");
+    let mut admin = cluster
+        .client()
+        .get_async_connection()
+        .await
+        .expect("cluster connection");
+    let (a, b) = ("{t}a", "{t}b");
+    let other = (0..)
+        .map(|i| format!("o{i}"))
+        .find(|k| cluster.keyslot(k) != cluster.keyslot(a))
+        .expect("a key in another slot");
+    for stream in [a, b, other.as_str()] {
+        let _: () = redis::cmd("XGROUP")
+            .arg(&["CREATE", stream, "g", "0", "MKSTREAM"])
+            .query_async(&mut admin)
+            .await
+            .expect("XGROUP CREATE");
+    }
+    let subscribe = |stream: String| {
+        let backend = &backend;
+        async move {
+            let node = backend.node_for(&stream).await.expect("owner");
+            let block = Duration::from_secs(600);
+            let config = ReaderConfig {
+                id: ConsumerId::new(stream, "g", "c"),
+                count: 10,
+                block,
+                read_timeout: block + Duration::from_secs(5),
+                command_timeout: Duration::from_secs(5),
+            };
+            backend
+                .shared_readers()
+                .subscribe(backend, &node, config)
+                .await
+                .expect("subscribe")
+        }
+    };
+    let _sub_a = subscribe(a.to_owned()).await;
+    let owner = cluster.owner_of_key(a);
+    let node = cluster.node(owner).client();
+    eventually(WAIT, "the read of `a` to block on its master", || async {
+        let conn = node.get_multiplexed_async_connection().await;
+        a_read_blocks(conn.expect("node connection")).await
+    })
+    .await;
+    let add = |stream: &'static str| {
+        let mut admin = admin.clone();
+        async move {
+            let id: String = admin.xadd(stream, "*", &[("f", "v")]).await.expect("XADD");
+            vec![id]
+        }
+    };
+    let added_b = add(b).await;
+    let mut sub_b = subscribe(b.to_owned()).await;
+    assert_eq!(take(&mut sub_b, 1).await, added_b, "woken on its node");
+    assert_eq!(
+        backend.shared_readers().running(),
+        1,
+        "one read for the slot"
+    );
+    let mut sub_other = subscribe(other.clone()).await;
+    assert_eq!(
+        backend.shared_readers().running(),
+        2,
+        "another slot, another read"
+    );
+    let id: String = admin.xadd(&other, "*", &[("f", "v")]).await.expect("XADD");
+    assert_eq!(take(&mut sub_other, 1).await, vec![id]);
+}

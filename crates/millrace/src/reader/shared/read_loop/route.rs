@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use redis::{RedisError, RedisResult};
 use tracing::debug;
@@ -36,7 +37,9 @@ impl Task {
     /// Routes the reply to `read`.
     pub(super) async fn route(&mut self, read: Planned, frame: Vec<u8>) -> RedisResult<()> {
         if frame.first() == Some(&b'-') {
-            self.read.state().settle(&read, |_| false);
+            self.read
+                .state()
+                .settle(&read, Instant::now(), false, |_| false);
             return match protocol::parse_value(&frame) {
                 Err(e) if e.code().is_some() => self.on_error(&read, e).await,
                 Err(e) => Err(e),
@@ -69,7 +72,7 @@ impl Task {
                 }
             }
             let got: HashSet<&str> = names.iter().flatten().copied().collect();
-            state.settle(&read, |n| got.contains(n));
+            state.settle(&read, Instant::now(), true, |n| got.contains(n));
             state.had_data_last = parts.len();
         }
         let full = parts.iter().any(|p| p.entries >= read.count);
