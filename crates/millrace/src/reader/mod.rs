@@ -38,7 +38,7 @@ mod shared;
 
 pub(crate) use pending::PendingReader;
 #[allow(unused_imports)]
-pub(crate) use shared::{ReplayPermit, SharedReaders, Subscription, REPLAYS_AT_ONCE};
+pub(crate) use shared::{SharedReaders, Subscription};
 
 /// Reads on the wire at once while there is a backlog (the last reply was full). Two suffice to
 /// keep the server busy: one executing, one queued. A consumer that has caught up keeps one: a

@@ -32,15 +32,12 @@
 //!   `CLIENT UNBLOCK` through the control connection. Entries that arrive for a stream nobody
 //!   subscribes to any more are released (idle time one day, so the next `XAUTOCLAIM` takes
 //!   them), as are the untaken parts of a dropped subscription: never lost.
-//! - **Replays.** Each stream's own-PEL replay opens a connection of its own; [`SharedReaders::replay_permit`]
-//!   bounds how many run at once per (group, consumer), so a thousand streams starting together
-//!   open a few connections, not a thousand.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -62,8 +59,6 @@ pub(crate) use subscription::Subscription;
 
 use state::ReadState;
 
-/// Own-PEL replays of one (group, consumer) that may run at once, each on a connection of its own.
-pub(crate) const REPLAYS_AT_ONCE: usize = 4;
 /// Idle time given to entries released to the group (so the next `XAUTOCLAIM` anywhere takes
 /// them), as a consumer's own release does.
 const RELEASE_IDLE: Duration = Duration::from_secs(24 * 3600);
@@ -79,20 +74,12 @@ struct ReadKey {
 }
 
 type Reads = Mutex<HashMap<ReadKey, Arc<SharedRead>>>;
-/// The replay semaphore of each (group, consumer).
-type Replays = Mutex<HashMap<(Arc<str>, Arc<str>), Arc<Semaphore>>>;
 
-/// The shared reads of one backend, and the replay permits of each (group, consumer).
+/// The shared reads of one backend.
 #[derive(Debug, Default)]
 pub(crate) struct SharedReaders {
     reads: Arc<Reads>,
-    replays: Replays,
 }
-
-/// Leave to run one own-PEL replay (see [`SharedReaders::replay_permit`]); dropping it lets the
-/// next replay start.
-#[derive(Debug)]
-pub(crate) struct ReplayPermit(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
 
 /// How far a read's connection has got.
 #[derive(Debug, Clone)]
@@ -238,18 +225,6 @@ impl SharedReaders {
         let task = tokio::spawn(read_loop::run(read.clone(), settings));
         *lock(&read.task) = Some(task.abort_handle());
         read
-    }
-
-    /// A permit to replay the own pending entries of `group`'s `consumer` on a connection of
-    /// the replay's own: at most [`REPLAYS_AT_ONCE`] replays of one (group, consumer) run at once.
-    /// Hold the permit while the replay's connection is open.
-    pub(crate) async fn replay_permit(&self, group: &str, consumer: &str) -> ReplayPermit {
-        let semaphore = lock(&self.replays)
-            .entry((Arc::from(group), Arc::from(consumer)))
-            .or_insert_with(|| Arc::new(Semaphore::new(REPLAYS_AT_ONCE)))
-            .clone();
-        // The semaphore is never closed, so acquiring does not fail.
-        ReplayPermit(semaphore.acquire_owned().await.ok())
     }
 
     /// Shared reads running now, for tests.

@@ -397,22 +397,6 @@ fn a_subscription_can_move_between_threads() {
     let _ = subscription_next;
 }
 
-#[tokio::test]
-async fn replays_of_one_consumer_run_a_few_at_once() {
-    let readers = super::SharedReaders::default();
-    let mut held = Vec::new();
-    for _ in 0..super::REPLAYS_AT_ONCE {
-        held.push(readers.replay_permit("g", "c").await);
-    }
-    let other = tokio::time::timeout(WAIT, readers.replay_permit("g", "other")).await;
-    assert!(other.is_ok(), "another consumer is not held up");
-    let mut next = Box::pin(readers.replay_permit("g", "c"));
-    assert!(futures::poll!(&mut next).is_pending(), "one too many");
-    held.pop();
-    let next = tokio::time::timeout(WAIT, next).await;
-    assert!(next.is_ok(), "a permit once one is returned");
-}
-
 /// On a cluster, streams that share a slot share a read; one in another slot gets its own, and a
 /// stream joining a blocked read wakes it through the node the read is connected to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
