@@ -476,3 +476,30 @@ async fn on_a_cluster_a_read_is_shared_per_slot() {
     let id: String = admin.xadd(&other, "*", &[("f", "v")]).await.expect("XADD");
     assert_eq!(take(&mut sub_other, 1).await, vec![id]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_streams_share_one_read_and_each_gets_its_own_entries() {
+    let names: Vec<String> = (0..200).map(|i| format!("tenant:{i}:events")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut f = fixture(&refs).await;
+    let mut pipe = redis::pipe();
+    for name in &names {
+        for n in 0..30 {
+            pipe.xadd(name, "*", &[("n", n)]);
+        }
+    }
+    let added: Vec<String> = pipe.query_async(&mut f.admin).await.expect("XADD");
+    let mut tasks = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut sub = f.subscribe(name, 50).await;
+        let expected = added[i * 30..(i + 1) * 30].to_vec();
+        tasks.push(tokio::spawn(async move {
+            assert_eq!(take(&mut sub, 30).await, expected);
+            sub
+        }));
+    }
+    assert_eq!(f.backend.shared_readers().running(), 1);
+    for task in tasks {
+        task.await.expect("every stream got its entries, in order");
+    }
+}
