@@ -28,8 +28,9 @@
 //!   destroyed while it blocked) are read again, and the next read names the key. A lost
 //!   connection is every subscriber's transient error; the next subscribe connects again.
 //! - **Membership.** Subscribing and leaving work at any time. A stream that may be read but is
-//!   in no read on the wire (it just joined, or its credit came back) wakes a blocked read with
-//!   `CLIENT UNBLOCK` through the control connection. Entries that arrive for a stream nobody
+//!   not in the read at the head of the wire (it just joined, or its credit came back while the
+//!   read blocked on other streams) wakes that read with `CLIENT UNBLOCK` through the control
+//!   connection. Entries that arrive for a stream nobody
 //!   subscribes to any more are released (idle time one day, so the next `XAUTOCLAIM` takes
 //!   them), as are the untaken parts of a dropped subscription: never lost.
 

@@ -2,7 +2,7 @@
 //! reply and routes its parts ([`route`]), wakes its own blocked read when a stream waits to be
 //! read, and ends on a stop (closing its socket) or a lost connection (every subscriber told).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,6 +61,7 @@ pub(super) async fn run(read: Arc<SharedRead>, settings: Settings) {
         depth: READS_IN_FLIGHT,
         packed: None,
         unattributed: 0,
+        tail_outside_head: false,
     };
     match task.run().await {
         Ok(()) => task.conn.close().await,
@@ -132,6 +133,9 @@ struct Task {
     packed: Option<(Planned, Vec<u8>)>,
     /// Error replies in a row not traced to a stream.
     unattributed: u32,
+    /// A read queued behind the head one includes a stream the head does not: if the head
+    /// blocks, that stream waits behind it, so the head is woken.
+    tail_outside_head: bool,
 }
 
 impl Task {
@@ -157,6 +161,7 @@ impl Task {
             let Some(read) = self.in_flight.pop_front() else {
                 continue;
             };
+            self.refresh_tail();
             self.route(read, frame).await?;
         }
     }
@@ -193,11 +198,29 @@ impl Task {
             self.conn.send(packed).await?;
         }
         self.in_flight.push_back(plan);
+        self.refresh_tail();
         Ok(())
     }
 
+    /// Whether a read behind the head includes a stream the head does not.
+    fn refresh_tail(&mut self) {
+        let mut reads = self.in_flight.iter();
+        let Some(head) = reads.next() else {
+            self.tail_outside_head = false;
+            return;
+        };
+        let behind: Vec<&Planned> = reads.filter(|r| r.streams != head.streams).collect();
+        self.tail_outside_head = !behind.is_empty() && {
+            let in_head: HashSet<u64> = head.streams.iter().map(|(_, t)| *t).collect();
+            behind
+                .iter()
+                .any(|r| r.streams.iter().any(|(_, t)| !in_head.contains(t)))
+        };
+    }
+
     /// Waits until a reply begins to arrive (within `read_timeout`). Meanwhile, when a stream may
-    /// be read that no read on the wire includes, wakes the read at the head once it has been on
+    /// be read that the read at the head does not include (a stream in no read on the wire, or in
+    /// one queued behind the head, which waits if the head blocks), wakes the head once it has been on
     /// the wire [`WAKE_AFTER`] (and again every [`UNBLOCK_EVERY`], in case the unblock reached
     /// the server before the read blocked).
     async fn await_reply(&mut self) -> RedisResult<()> {
@@ -220,9 +243,10 @@ impl Task {
         }
     }
 
-    /// When to send `CLIENT UNBLOCK` next, if a stream waits to be read.
+    /// When to send `CLIENT UNBLOCK` next, if a stream waits to be read: one in no read on the
+    /// wire, or one in a read queued behind the head.
     fn wake_at(&self, next_unblock: Option<Instant>) -> Option<Instant> {
-        if self.client_id.is_none() || !self.read.state().wake {
+        if self.client_id.is_none() || !(self.tail_outside_head || self.read.state().wake) {
             return None;
         }
         let head = self.in_flight.front()?;

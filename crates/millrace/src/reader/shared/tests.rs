@@ -503,3 +503,21 @@ async fn two_hundred_streams_share_one_read_and_each_gets_its_own_entries() {
         task.await.expect("every stream got its entries, in order");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credit_returned_while_the_read_blocks_wakes_it() {
+    let mut f = fixture(&["slow", "idle"]).await;
+    let added = f.add("slow", 6).await;
+    // BLOCK far beyond the waits below: only a wake gets `slow` read again in time.
+    let block = Duration::from_secs(600);
+    let mut slow = f.subscribe_with("slow", 2, block).await;
+    slow.set_pace(crate::reader::ReadPace { count: 2, ahead: 1 });
+    let _idle = f.subscribe_with("idle", 2, block).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        // One batch ahead: `slow` is left out of the read that blocks on `idle`, until this
+        // batch is taken and its credit comes back.
+        got.extend(take(&mut slow, 2).await);
+    }
+    assert_eq!(got, added);
+}
