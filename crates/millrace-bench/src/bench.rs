@@ -294,7 +294,7 @@ pub(crate) async fn run_once(env: &mut Env, cfg: &Config, variant: Variant) -> R
                 stream: stream.clone(),
                 group: group.clone(),
                 consumers: cfg.consumers,
-                count: cfg.count,
+                count: Some(cfg.count),
                 block: BLOCK,
                 handler: if cfg.typed {
                     MrHandler::Typed

@@ -173,7 +173,7 @@ pub(crate) async fn run(
                 stream: stream.clone(),
                 group: group.clone(),
                 consumers: 1,
-                count,
+                count: Some(count),
                 block: BLOCK,
                 handler: MrHandler::Latency(samples.clone()),
                 tls: env.tls.clone(),

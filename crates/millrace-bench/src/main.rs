@@ -12,6 +12,7 @@
 //! See `--help` and `docs/benchmarks.md`.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod adaptive;
 mod baseline;
 mod bench;
 mod cluster;
@@ -41,7 +42,7 @@ pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 /// The latency section alternates the variants over this many rounds and pools the samples.
 const LATENCY_ROUNDS: usize = 2;
 
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "main",
     "typed",
     "count",
@@ -51,6 +52,7 @@ const SECTIONS: [&str; 9] = [
     "latency",
     "micro",
     "cluster",
+    "adaptive",
 ];
 
 /// Benchmark millrace against hand-written redis-rs consumer-group loops.
@@ -80,7 +82,9 @@ struct Args {
     /// `parsers` drains the stream with millrace's RESP parser and with `redis-protocol`'s in one
     /// loop. `cluster` (not in the default list: it starts a 6-node Redis Cluster and adds 1–2
     /// minutes) compares the read-ahead loop (b), one per master, with millrace on
-    /// `redis_cluster(seeds)`, for three masters at once and for one master alone.
+    /// `redis_cluster(seeds)`, for three masters at once and for one master alone. `adaptive`
+    /// (not in the default list, about a minute) compares millrace's default read size with fixed
+    /// counts: one consumer draining `--messages`, and 4 consumers with a 5 ms-per-entry handler.
     #[arg(
         long,
         value_delimiter = ',',
@@ -538,6 +542,16 @@ async fn run(mut args: Args) -> Res<bool> {
         println!("\n{cluster_table}");
     }
 
+    let mut adaptive_table = String::new();
+    if args.sections.iter().any(|s| s == "adaptive") {
+        println!(
+            "## Adaptive batch size ({} entries per backlog run, {} rounds)",
+            args.messages, args.rounds
+        );
+        adaptive_table = adaptive::run(&mut env, args.messages, args.rounds).await?;
+        println!("\n{adaptive_table}");
+    }
+
     let mut lat = Vec::new();
     if args.sections.iter().any(|s| s == "latency") {
         let rounds = LATENCY_ROUNDS;
@@ -624,6 +638,9 @@ async fn run(mut args: Args) -> Res<bool> {
         }
         if !cluster_table.is_empty() {
             let _ = writeln!(doc, "{cluster_table}");
+        }
+        if !adaptive_table.is_empty() {
+            let _ = writeln!(doc, "{adaptive_table}");
         }
         if !lat.is_empty() {
             let _ = writeln!(doc, "{}", report::latency_table(args.latency_rate, &lat));

@@ -17,6 +17,8 @@ pub(crate) enum MrHandler {
     Noop,
     Typed,
     Latency(Arc<Samples>),
+    /// Sleeps this long per entry of the batch (a handler that waits on I/O).
+    SleepPerEntry(Duration),
 }
 
 /// One millrace run's settings.
@@ -26,7 +28,8 @@ pub(crate) struct MrRun {
     pub(crate) stream: String,
     pub(crate) group: String,
     pub(crate) consumers: usize,
-    pub(crate) count: usize,
+    /// `COUNT`, or `None` for millrace's default, the adaptive read size.
+    pub(crate) count: Option<usize>,
     pub(crate) block: Duration,
     pub(crate) handler: MrHandler,
     /// The CA to trust for a `rediss://` URL.
@@ -60,11 +63,13 @@ fn options() -> ConsumerOptions {
 }
 
 fn spec(run: &MrRun, i: usize, progress: &Arc<Progress>) -> ConsumerSpec {
-    let spec = ConsumerSpec::new(&run.stream, &run.group, format!("c{i}"))
+    let mut spec = ConsumerSpec::new(&run.stream, &run.group, format!("c{i}"))
         .with_options(options())
-        .count(run.count)
         .block(run.block)
         .start_id(StartId::Beginning);
+    if let Some(count) = run.count {
+        spec = spec.count(count);
+    }
     let progress = progress.clone();
     match &run.handler {
         MrHandler::Noop => spec.handler(move |batch: Batch<RawEntry>| {
@@ -88,6 +93,17 @@ fn spec(run: &MrRun, i: usize, progress: &Arc<Progress>) -> ConsumerSpec {
                 HandlerResult::Ok
             }
         }),
+        MrHandler::SleepPerEntry(each) => {
+            let each = *each;
+            spec.handler(move |batch: Batch<RawEntry>| {
+                let progress = progress.clone();
+                async move {
+                    tokio::time::sleep(each * batch.len() as u32).await;
+                    progress.add(batch.len());
+                    HandlerResult::Ok
+                }
+            })
+        }
         MrHandler::Latency(samples) => {
             let samples = samples.clone();
             spec.handler(move |batch: Batch<RawEntry>| {
@@ -148,7 +164,7 @@ pub(crate) async fn start_cluster(
             stream: stream.clone(),
             group: group.clone(),
             consumers: 1,
-            count,
+            count: Some(count),
             block,
             handler: MrHandler::Noop,
             tls: None,

@@ -103,7 +103,7 @@ pub(crate) async fn run(
         stream: stream.clone(),
         group: group.clone(),
         consumers,
-        count,
+        count: Some(count),
         block: BLOCK,
         handler: MrHandler::Noop,
         tls: env.tls.clone(),
