@@ -374,7 +374,6 @@ impl Backend {
 
     /// The reads shared by the streams of multi-stream consumers (one per server or cluster
     /// slot, group and consumer name).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn shared_readers(&self) -> &SharedReaders {
         &self.shared_readers
     }

@@ -211,7 +211,8 @@ impl ConsumerSpec {
 
     /// The least-privilege Redis ACL rules this consumer needs, for `ACL SETUSER <user> on >password <rules>`.
     /// `+client|id +client|unblock` are optional (they make a stop instant); `+xinfo|groups` is
-    /// optional (the lag gauge); everything else is required.
+    /// optional (the lag gauge); a stream of a multi-stream consumer adds `+type`, optional (it tells
+    /// a deleted stream from a lost group at once); everything else is required.
     ///
     /// ```
     /// let spec = millrace::ConsumerSpec::new("orders", "g", "c");
@@ -219,10 +220,11 @@ impl ConsumerSpec {
     /// ```
     pub fn acl_rules(&self) -> String {
         format!(
-            "~{} ~{} resetchannels -@all {}",
+            "~{} ~{} resetchannels -@all {}{}",
             self.id.stream,
             self.dead_letter_stream_name(),
-            "+xreadgroup +xack +xautoclaim +xclaim +xpending +xgroup|create +xadd +xrange +evalsha +eval +xinfo|groups +client|id +client|unblock"
+            "+xreadgroup +xack +xautoclaim +xclaim +xpending +xgroup|create +xadd +xrange +evalsha +eval +xinfo|groups +client|id +client|unblock",
+            if self.shared_read { " +type" } else { "" }
         )
     }
 

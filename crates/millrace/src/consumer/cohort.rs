@@ -16,9 +16,10 @@ pub(crate) const CLAIM_TICKS_PER_SECOND: u32 = 50;
 /// is three commands). With the default `gauge_interval` of 10s, up to 200 streams refresh at
 /// their own interval.
 pub(crate) const GAUGE_REFRESHES_PER_SECOND: u32 = 20;
-/// Own-pending replays of one multi-stream consumer that run at once (each on a connection of its
-/// own): after a reconnect every stream replays, and they take turns.
-pub(crate) const REPLAYS_AT_ONCE: usize = 2;
+/// Own-pending replays of one multi-stream consumer that run at once, each on a connection of its
+/// own: after a start or a reconnect every stream replays, and they take turns, so a thousand
+/// streams open a few connections, not a thousand.
+pub(crate) const REPLAYS_AT_ONCE: usize = 4;
 
 /// The streams of one multi-stream consumer, as their consumers see each other: how many there
 /// are, and whose turn it is to replay.
@@ -41,16 +42,16 @@ impl Cohort {
         self.members.store(n, Ordering::Relaxed);
     }
 
-    /// `configured`, or longer so the members together do at most `per_second` a second.
-    fn stretched(&self, configured: Duration, per_second: u32) -> Duration {
-        let members = u32::try_from(self.members.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
-        configured.max(Duration::from_secs(1) * members / per_second.max(1))
-    }
-
     /// A turn to replay own pending entries; held for the replay.
     pub(crate) async fn replay_turn(&self) -> Option<SemaphorePermit<'_>> {
         // The semaphore is never closed.
         self.replays.acquire().await.ok()
+    }
+
+    /// `configured`, or longer so the members together do at most `per_second` a second.
+    fn stretched(&self, configured: Duration, per_second: u32) -> Duration {
+        let members = u32::try_from(self.members.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+        configured.max(Duration::from_secs(1) * members / per_second.max(1))
     }
 }
 

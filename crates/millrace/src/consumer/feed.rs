@@ -1,12 +1,12 @@
 //! Where the live loop's new entries come from: the consumer's own [`Reader`], with a socket of
-//! its own. (A stream of a multi-stream consumer will take its place in the read its (group,
-//! consumer) shares; until then it reads on its own socket too.)
+//! its own, or, for a stream of a multi-stream consumer, its [`Subscription`] to the read its
+//! (group, consumer) shares on the stream's server (on a cluster: master and slot).
 
 use std::time::Instant;
 
 use crate::connection::{Backend, Control, Node};
 use crate::error::Result;
-use crate::reader::{ReadPace, Reader, ReaderConfig};
+use crate::reader::{ReadPace, Reader, ReaderConfig, Subscription};
 use crate::streams::ReadItem;
 
 /// The live loop's source of new entries; every method keeps [`Reader`]'s contract.
@@ -14,22 +14,34 @@ use crate::streams::ReadItem;
 pub(crate) enum Feed {
     /// A reader with a connection of its own.
     Own(Reader),
+    /// This stream's place in a shared read.
+    Shared(Subscription),
 }
 
 impl Feed {
-    /// Starts reading for `config.id` on `node`.
+    /// Starts reading for `config.id` on `node`: through the shared read of its (group,
+    /// consumer) when `shared`, else on a connection of its own.
     pub(crate) async fn start(
         backend: &Backend,
         node: &Node,
         config: ReaderConfig,
+        shared: bool,
     ) -> Result<Feed> {
+        if shared {
+            let readers = backend.shared_readers();
+            return readers
+                .subscribe(backend, node, config)
+                .await
+                .map(Feed::Shared);
+        }
         Reader::start(backend, node, config).await.map(Feed::Own)
     }
 
-    /// The next batch of this stream (empty after a BLOCK timeout).
+    /// The next batch of this stream (from its own reader, empty after a BLOCK timeout).
     pub(crate) async fn next(&mut self) -> Result<Vec<ReadItem>> {
         match self {
             Feed::Own(reader) => reader.next().await,
+            Feed::Shared(subscription) => subscription.next().await,
         }
     }
 
@@ -37,6 +49,7 @@ impl Feed {
     pub(crate) fn sent_after(&self) -> Instant {
         match self {
             Feed::Own(reader) => reader.sent_after(),
+            Feed::Shared(subscription) => subscription.sent_after(),
         }
     }
 
@@ -44,6 +57,7 @@ impl Feed {
     pub(crate) fn set_pace(&self, pace: ReadPace) {
         match self {
             Feed::Own(reader) => reader.set_pace(pace),
+            Feed::Shared(subscription) => subscription.set_pace(pace),
         }
     }
 
@@ -51,6 +65,7 @@ impl Feed {
     pub(crate) async fn stop(self, control: &mut Control) -> Vec<ReadItem> {
         match self {
             Feed::Own(reader) => reader.stop(control).await,
+            Feed::Shared(subscription) => subscription.stop(control).await,
         }
     }
 }

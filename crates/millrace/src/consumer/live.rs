@@ -42,7 +42,7 @@ impl Consumer {
         let mut reader = tokio::select! {
             biased;
             _ = self.cancel.cancelled() => return Ok(()),
-            r = Feed::start(&self.backend, node, config) => r?,
+            r = Feed::start(&self.backend, node, config, self.cohort.is_some()) => r?,
         };
         reader.set_pace(self.batch_size.pace());
         self.stats.set_state(ConsumerState::Running);

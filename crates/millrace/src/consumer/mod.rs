@@ -11,6 +11,7 @@ mod cohort;
 mod failures;
 mod feed;
 mod gauges;
+mod gone;
 mod handling;
 mod live;
 mod outcome;
@@ -268,11 +269,11 @@ impl Consumer {
                 }
                 self.stats.reconnecting();
             }
+            Class::GroupLost | Class::Fatal if self.stream_is_gone(&err).await => {
+                warn!(error = %err, "the stream's key was deleted or no longer holds a stream; dropping the stream from its multi-stream consumer (the other streams go on)");
+                return Ok(Next::DropStream);
+            }
             Class::GroupLost => {
-                if self.cohort.is_some() && self.stream_is_gone().await {
-                    warn!(error = %err, "the stream's key was deleted; dropping the stream from its multi-stream consumer (the other streams go on)");
-                    return Ok(Next::DropStream);
-                }
                 if !self.opts.create_group {
                     return Err(self.group_missing(err.to_string()));
                 }
@@ -292,25 +293,6 @@ impl Consumer {
         } else {
             Next::Stop
         })
-    }
-
-    /// Whether the stream's key no longer exists (`EXISTS`; on a cluster asked of the slot's owner
-    /// now, so a key that migrated is not taken for a deleted one). False when it cannot tell.
-    async fn stream_is_gone(&mut self) -> bool {
-        let stream = self.id.stream.clone();
-        let exists = self
-            .client
-            .retry("EXISTS", &stream, |mut c| {
-                let stream = &stream;
-                async move {
-                    redis::cmd("EXISTS")
-                        .arg(&**stream)
-                        .query_async::<u64>(&mut c)
-                        .await
-                }
-            })
-            .await;
-        matches!(exists, Ok(0))
     }
 
     /// Sleeps unless cancelled; false when cancelled.

@@ -32,12 +32,9 @@ use crate::streams::{self, ReadItem};
 mod conn;
 mod pending;
 mod read_loop;
-// Until the multi-stream consumer subscribes (issue #12), only the tests use the shared reader.
-#[allow(dead_code)]
 mod shared;
 
 pub(crate) use pending::PendingReader;
-#[allow(unused_imports)]
 pub(crate) use shared::{SharedReaders, Subscription};
 
 /// Reads on the wire at once while there is a backlog (the last reply was full). Two suffice to
