@@ -521,3 +521,21 @@ async fn a_credit_returned_while_the_read_blocks_wakes_it() {
     }
     assert_eq!(got, added);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_a_blocked_read_brings_for_a_stream_that_left_are_released() {
+    let mut f = fixture(&["a", "b"]).await;
+    let a = f.subscribe_with("a", 10, Duration::from_secs(600)).await;
+    let _b = f.subscribe_with("b", 10, Duration::from_secs(600)).await;
+    eventually(WAIT, "the read of both to block", || {
+        a_read_blocks(f.admin.clone())
+    })
+    .await;
+    drop(a);
+    // The blocked read still names `a`: the server delivers this entry to it.
+    let added = f.add("a", 1).await;
+    eventually(WAIT, "the entry released to the group", || async {
+        pending_ids(f.admin.clone(), "a", Duration::from_secs(23 * 3600)).await == added
+    })
+    .await;
+}
