@@ -12,9 +12,9 @@
 //! - **Credits per stream.** Each stream has the single reader's credits: its read-ahead, 1 to
 //!   [`FETCHED_AHEAD`](super::FETCHED_AHEAD), set with its consumer's
 //!   [`ReadPace`](super::ReadPace). A read includes only the streams with a usable credit, so a
-//!   slow stream never hoards entries; a stream that got nothing in a reply gets its credit back at once. A
-//!   read goes out when some stream may be read; two are kept in flight while a reply had a
-//!   stream's full COUNT, as the single reader does.
+//!   slow stream never hoards entries; a stream that got nothing in a reply gets its credit back
+//!   at once. A read goes out when some stream may be read; two are kept in flight while a reply
+//!   had a stream's full COUNT, as the single reader does.
 //! - **COUNT** of a read is the largest of its streams' counts, scaled down so that COUNT times
 //!   the streams that had entries in the last reply stays within [`state::REPLY_BUDGET`].
 //! - **Routing without copies.** The read task frames each reply and splits it into its streams'
@@ -30,9 +30,11 @@
 //! - **Membership.** Subscribing and leaving work at any time. A stream that may be read but is
 //!   not in the read at the head of the wire (it just joined, or its credit came back while the
 //!   read blocked on other streams) wakes that read with `CLIENT UNBLOCK` through the control
-//!   connection. Entries that arrive for a stream nobody
-//!   subscribes to any more are released (idle time one day, so the next `XAUTOCLAIM` takes
-//!   them), as are the untaken parts of a dropped subscription: never lost.
+//!   connection. Entries that arrive for a stream nobody subscribes to any more are released
+//!   (idle time one day, so the next `XAUTOCLAIM` takes them), as are the untaken parts of a
+//!   dropped subscription: never lost.
+//! - **Quiet streams.** A stream without entries for a BLOCK's time is handed an empty batch, as
+//!   a single reader's BLOCK timeout gives, so its consumer's health shows that reads go well.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
