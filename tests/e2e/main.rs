@@ -13,6 +13,7 @@ mod acks;
 mod batch_size;
 mod config;
 mod dead_letters;
+mod discovery;
 mod faults;
 mod many_streams;
 mod ownership;

@@ -80,6 +80,37 @@ pub struct GroupGauges {
     pub at: SystemTime,
 }
 
+/// One multi-stream consumer's streams, as [`Supervisor::stream_sets`](crate::Supervisor::stream_sets)
+/// shows them: the streams it reads now and, for a consumer made with
+/// [`MultiStreamSpec::pattern`](crate::MultiStreamSpec::pattern), what the last sweep of the keyspace
+/// found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamSet {
+    /// The consumer group.
+    pub group: String,
+    /// The consumer name.
+    pub consumer: String,
+    /// The key pattern; `None` for named streams.
+    pub pattern: Option<String>,
+    /// The streams read now, sorted (as [`Supervisor::streams_of`](crate::Supervisor::streams_of)).
+    pub streams: Vec<String>,
+    /// Keys matching the pattern that are not streams (skipped), at the last complete sweep.
+    pub other_type_keys: usize,
+    /// Up to ten of them, sorted.
+    pub other_type_examples: Vec<String>,
+    /// Matching streams that are dead-letter streams of streams found or read (skipped, so no
+    /// consumer reads dead letters).
+    pub dead_letter_streams: usize,
+    /// When the last sweep completed; `None` before the first, and for named streams.
+    pub last_sweep: Option<SystemTime>,
+    /// Complete sweeps so far.
+    pub sweeps: u64,
+    /// Why the last sweep failed, or why a stream it found could not be added; cleared by the
+    /// next sweep that applies cleanly.
+    pub last_error: Option<String>,
+}
+
 /// A snapshot of one consumer's health.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -79,7 +79,7 @@ pub use decode::{Decode, DecodeError};
 pub use entry::{Batch, BatchMeta, Entry, EntryId, ParseEntryIdError, RawEntry, Source};
 pub use error::{Error, Result};
 pub use handler::{for_each_entry, EachEntry, Handler, HandlerError, HandlerResult};
-pub use health::{ConsumerCounters, ConsumerHealth, ConsumerState, GroupGauges};
+pub use health::{ConsumerCounters, ConsumerHealth, ConsumerState, GroupGauges, StreamSet};
 pub use id::ConsumerId;
 pub use multi_spec::MultiStreamSpec;
 pub use settings::{stable_name, ConsumerDecl, Settings};

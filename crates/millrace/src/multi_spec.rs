@@ -217,6 +217,7 @@ impl MultiStreamSpec {
             options: self.options.clone(),
             runner: self.runner.clone(),
             shared_read: true,
+            found_by_pattern: self.key_pattern().is_some(),
         }
     }
 

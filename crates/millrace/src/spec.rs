@@ -39,6 +39,12 @@ pub struct ConsumerSpec {
     ///
     /// [`MultiStreamSpec::for_stream`]: crate::MultiStreamSpec::for_stream
     pub(crate) shared_read: bool,
+    /// Found by a pattern ([`MultiStreamSpec::pattern`]): the group is created on an existing key
+    /// only (no `MKSTREAM`), so a key deleted after the sweep that found it is dropped, not made
+    /// again.
+    ///
+    /// [`MultiStreamSpec::pattern`]: crate::MultiStreamSpec::pattern
+    pub(crate) found_by_pattern: bool,
 }
 
 impl fmt::Debug for ConsumerSpec {
@@ -48,6 +54,7 @@ impl fmt::Debug for ConsumerSpec {
             .field("options", &self.options)
             .field("handler", &self.runner.as_ref().map(|r| r.type_name()))
             .field("shared_read", &self.shared_read)
+            .field("found_by_pattern", &self.found_by_pattern)
             .finish()
     }
 }
@@ -137,6 +144,7 @@ impl ConsumerSpec {
             options: ConsumerOptions::default(),
             runner: None,
             shared_read: false,
+            found_by_pattern: false,
         }
     }
 

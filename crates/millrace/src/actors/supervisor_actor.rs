@@ -14,6 +14,7 @@ use crate::actors::consumer_actor::{ConsumerActor, ConsumerArgs, ConsumerMsg, St
 use crate::config::RestartPolicy;
 use crate::connection::Backend;
 use crate::consumer::{Cohort, Stats};
+use crate::discovery::DiscoveredSets;
 use crate::error::{Error, Result};
 use crate::health::{ConsumerState, HealthCell};
 use crate::id::ConsumerId;
@@ -67,11 +68,19 @@ pub(crate) struct SupervisorShared {
     pub(crate) tasks: TaskTracker,
     /// The streams of each multi-stream consumer.
     pub(crate) multi: Mutex<MultiRegistry>,
+    /// What discovery found last for each pattern consumer.
+    pub(crate) discovered: DiscoveredSets,
 }
 
 impl SupervisorShared {
     pub(crate) fn multi(&self) -> MutexGuard<'_, MultiRegistry> {
         self.multi.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn discovered(
+        &self,
+    ) -> MutexGuard<'_, BTreeMap<(String, String), crate::discovery::Discovered>> {
+        self.discovered.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -308,6 +317,10 @@ impl Actor for SupervisorActor {
         for (spec, claim) in std::mem::take(&mut state.initial) {
             let id = state.insert(spec, claim);
             state.spawn_child(&myself, &id).await?;
+        }
+        let patterns = state.shared.multi().patterns();
+        for spec in patterns {
+            crate::discovery::watch(spec, &state.shared, &myself);
         }
         info!(
             consumers = state.children.len(),

@@ -22,15 +22,18 @@ pub(crate) struct SessionState {
     create_from: String,
     /// The group vanished at least once.
     lost: bool,
+    /// The stream was found by a pattern: its key is never made (`MKSTREAM`).
+    found_by_pattern: bool,
 }
 
 impl SessionState {
-    pub(crate) fn new(start_id: String) -> Self {
+    pub(crate) fn new(start_id: String, found_by_pattern: bool) -> Self {
         SessionState {
             group_ready: false,
             preflight_done: false,
             create_from: start_id,
             lost: false,
+            found_by_pattern,
         }
     }
 
@@ -62,8 +65,10 @@ impl Consumer {
             let id = self.id.clone();
             let start = self.session.create_from.clone();
             // A stream of a multi-stream consumer heals a lost group on its key, and never creates
-            // a deleted key again: that stream is dropped instead.
-            let mkstream = self.cohort.is_none() || !self.session.lost;
+            // a deleted key again: that stream is dropped instead. A stream found by a pattern
+            // never creates its key: the sweep that found it may be older than its deletion.
+            let mkstream =
+                !self.session.found_by_pattern && (self.cohort.is_none() || !self.session.lost);
             let created =
                 streams::xgroup_create(self.client.conn(), &id.stream, &id.group, &start, mkstream)
                     .await

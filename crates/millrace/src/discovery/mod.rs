@@ -17,22 +17,39 @@
 //! the set: `SCAN` returns every key that exists for the whole sweep, so a key it missed was deleted
 //! or moved between masters during the sweep (a slot migration), and only the first leaves.
 
-// Wired into the supervisor by the pattern consumer (`MultiStreamSpec::pattern`); until then only
-// the tests use it.
-#![allow(dead_code)]
-
+mod plan;
 mod scan;
 mod sweep;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use ractor::ActorRef;
 
 use redis::RedisResult;
 
+use crate::actors::supervisor_actor::{SupMsg, SupervisorShared};
 use crate::connection::Backend;
+use crate::multi_spec::MultiStreamSpec;
 use sweep::Sweep;
 pub(crate) use sweep::SweepResult;
+pub(crate) use watch::{Discovered, DiscoveredSets, Watch};
+
+/// Starts the discovery task of `spec` if it has a pattern: it runs until the supervisor's
+/// cancellation, on the supervisor's task tracker.
+pub(crate) fn watch(
+    spec: MultiStreamSpec,
+    shared: &Arc<SupervisorShared>,
+    actor: &ActorRef<SupMsg>,
+) {
+    if let Some(watch) = Watch::new(spec, shared.clone(), actor.clone()) {
+        let cancel = shared.cancel.child_token();
+        shared.tasks.spawn(watch.run(cancel));
+    }
+}
 
 /// Keys each `SCAN` call looks at (its `COUNT`).
 pub(crate) const SCAN_COUNT: usize = 1_000;
@@ -66,6 +83,7 @@ impl PatternSweep {
     }
 
     /// Another `COUNT` per call and bound of calls per node and tick (both at least 1).
+    #[cfg(test)]
     pub(crate) fn with_budget(mut self, scan_count: usize, calls_per_tick: usize) -> PatternSweep {
         self.scan_count = scan_count.max(1);
         self.calls_per_tick = calls_per_tick.max(1);

@@ -4,6 +4,7 @@
 use super::{SupMsg, Supervisor};
 use crate::actors::supervisor_actor::{MultiMsg, MultiRegistry};
 use crate::error::Result;
+use crate::health::StreamSet;
 use crate::id::ConsumerId;
 use crate::multi_spec::MultiStreamSpec;
 
@@ -82,6 +83,41 @@ impl Supervisor {
         let id = ConsumerId::new(stream, group, consumer);
         self.ask_multi(|reply| MultiMsg::RemoveStream(id, reply))
             .await
+    }
+
+    /// Every multi-stream consumer's streams, by group and consumer name: those read now, and for
+    /// a [pattern](MultiStreamSpec::pattern) consumer what the last sweep found (the keys of
+    /// other types it skipped, when it ran, its last error).
+    ///
+    /// ```no_run
+    /// # async fn demo(app: millrace::Supervisor) {
+    /// for set in app.stream_sets() {
+    ///     println!(
+    ///         "{}/{} reads {} streams; {} keys matching {:?} are not streams",
+    ///         set.group,
+    ///         set.consumer,
+    ///         set.streams.len(),
+    ///         set.other_type_keys,
+    ///         set.pattern
+    ///     );
+    /// }
+    /// # }
+    /// ```
+    pub fn stream_sets(&self) -> Vec<StreamSet> {
+        let mut sets = self.shared.multi().sets();
+        let discovered = self.shared.discovered();
+        for set in &mut sets {
+            let key = (set.group.clone(), set.consumer.clone());
+            if let Some(found) = discovered.get(&key).cloned() {
+                set.other_type_keys = found.other_type_keys;
+                set.other_type_examples = found.other_type_examples;
+                set.dead_letter_streams = found.dead_letter_streams;
+                set.last_sweep = found.last_sweep;
+                set.sweeps = found.sweeps;
+                set.last_error = found.last_error;
+            }
+        }
+        sets
     }
 
     /// The streams the multi-stream consumer `consumer` of `group` reads now, sorted (empty when

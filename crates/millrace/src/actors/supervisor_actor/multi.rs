@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use super::{NameLease, SupMsg, SupState};
 use crate::consumer::Cohort;
 use crate::error::{Error, Result};
-use crate::health::ConsumerState;
+use crate::health::{ConsumerState, StreamSet};
 use crate::id::ConsumerId;
 use crate::multi_spec::MultiStreamSpec;
 use crate::spec::ConsumerSpec;
@@ -91,6 +91,39 @@ impl MultiRegistry {
         }
     }
 
+    /// The multi-stream consumers that find their streams by pattern.
+    pub(crate) fn patterns(&self) -> Vec<MultiStreamSpec> {
+        self.0
+            .values()
+            .filter_map(|m| m.template.clone())
+            .filter(|t| t.key_pattern().is_some())
+            .collect()
+    }
+
+    /// Every multi-stream consumer's streams read now, with its pattern if it has one (what
+    /// discovery found is filled in by `Supervisor::stream_sets`).
+    pub(crate) fn sets(&self) -> Vec<StreamSet> {
+        self.0
+            .iter()
+            .map(|((group, consumer), m)| StreamSet {
+                group: group.clone(),
+                consumer: consumer.clone(),
+                pattern: m
+                    .template
+                    .as_ref()
+                    .and_then(|t| t.key_pattern())
+                    .map(str::to_owned),
+                streams: m.streams.iter().map(|s| s.to_string()).collect(),
+                other_type_keys: 0,
+                other_type_examples: Vec::new(),
+                dead_letter_streams: 0,
+                last_sweep: None,
+                sweeps: 0,
+                last_error: None,
+            })
+            .collect()
+    }
+
     /// The streams `consumer` of `group` reads now, sorted.
     pub(crate) fn streams_of(&self, group: &str, consumer: &str) -> Vec<String> {
         self.0
@@ -154,6 +187,7 @@ impl SupState {
                             let id = self.insert(child, lease);
                             self.spawn_child(myself, &id).await?;
                         }
+                        crate::discovery::watch((*spec).clone(), &self.shared, myself);
                         info!(
                             group = spec.group(),
                             consumer = spec.consumer(),

@@ -23,8 +23,7 @@
 //! - **`sent_after`** of a stream's batch is when the read that fetched it was written, so its
 //!   entries have been pending at most since then (the ownership rule's freshness).
 //! - **Errors.** `NOGROUP … key 'k' …` goes to stream `k` alone, which is then left out of the
-//!   read until it subscribes again; `WRONGTYPE` to the streams that `TYPE` finds are not streams,
-//!   `NOPERM` to those a harmless read of each alone finds refused;
+//!   read until it subscribes again; `WRONGTYPE` to the streams that `TYPE` finds are not streams;
 //!   `UNBLOCKED` (a key deleted while the read blocked) and a `NOGROUP` naming no key (a group
 //!   destroyed while it blocked) are read again, and the next read names the key. A lost
 //!   connection is every subscriber's transient error; the next subscribe connects again.

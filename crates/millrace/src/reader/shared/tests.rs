@@ -548,36 +548,3 @@ async fn entries_a_blocked_read_brings_for_a_stream_that_left_are_released() {
     })
     .await;
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_the_user_may_no_longer_read_fails_alone() {
-    let mut f = fixture(&["a", "b"]).await;
-    let acl = |rules: &[&str]| {
-        let mut cmd = redis::cmd("ACL");
-        cmd.arg("SETUSER").arg("reader").arg(rules);
-        cmd
-    };
-    let _: () = acl(&["on", ">secret", "+@all", "~a", "~b"])
-        .query_async(&mut f.admin)
-        .await
-        .expect("ACL SETUSER");
-    let url = f
-        ._server
-        .url()
-        .replacen("redis://", "redis://reader:secret@", 1);
-    f.backend = Backend::open(&url, ConnectionOptions::default()).expect("backend");
-    let mut a = f.subscribe("a", 10).await;
-    let mut b = f.subscribe("b", 10).await;
-    let _: () = acl(&["resetkeys", "~a"])
-        .query_async(&mut f.admin)
-        .await
-        .expect("ACL SETUSER");
-    // The next read, after this entry, names `b` too and is refused.
-    let first = f.add("a", 1).await;
-    assert_eq!(take(&mut a, 1).await, first);
-    let err = next_error(&mut b).await;
-    assert!(err.is_fatal(), "{err}");
-    assert!(err.to_string().contains("`b`"), "{err}");
-    let later = f.add("a", 2).await;
-    assert_eq!(take(&mut a, 2).await, later);
-}

@@ -99,15 +99,12 @@ async fn release_orphan(read: &SharedRead, name: Option<&str>, frame: &[u8], at:
 }
 
 impl Task {
-    /// An error reply: traced to its stream when it names one or a probe finds it (which alone
-    /// gets it and is left out of the read), read again when none is found. Any other error ends
-    /// the read.
+    /// An error reply: traced to its stream when it names one (which alone gets it and is left
+    /// out of the read), read again when it names none. Any other error ends the read.
     async fn on_error(&mut self, read: &Planned, e: RedisError) -> RedisResult<()> {
         let culprits = match e.code() {
             Some("NOGROUP") => nogroup_key(&e.to_string()).map(|k| vec![k.to_owned()]),
             Some("WRONGTYPE") => Some(wrong_types(&self.read, read).await),
-            // Permissions changed while the read ran (a consumer's session checks them first).
-            Some("NOPERM") => Some(unreadable(&self.read, read).await),
             // A key deleted while the read blocked; the next read names it (NOGROUP).
             Some("UNBLOCKED") => None,
             _ => return Err(e),
@@ -163,43 +160,6 @@ async fn wrong_types(shared: &SharedRead, read: &Planned) -> Vec<String> {
         .iter()
         .zip(types)
         .filter(|(_, t)| t != "stream" && t != "none")
-        .map(|((name, _), _)| name.to_string())
-        .collect()
-}
-
-/// An entry id after every entry's but the last possible one: a read of the own pending entries
-/// after it returns nothing and changes nothing. (The last possible id itself reads new entries.)
-const AFTER_EVERY_ENTRY: &str = "18446744073709551615-18446744073709551614";
-
-/// The streams of `read` this user may not read: each read alone, for own pending entries after
-/// [`AFTER_EVERY_ENTRY`] (nothing, so no side effect), in one pipeline.
-async fn unreadable(shared: &SharedRead, read: &Planned) -> Vec<String> {
-    let key = &shared.key;
-    let mut pipe = redis::pipe();
-    for (name, _) in &read.streams {
-        let cmd = crate::streams::xreadgroup_cmd(
-            name,
-            &key.group,
-            &key.consumer,
-            1,
-            None,
-            AFTER_EVERY_ENTRY,
-        );
-        pipe.add_command(cmd);
-    }
-    let mut control = shared.control.clone();
-    let replies: Vec<RedisResult<redis::Value>> =
-        match pipe.ignore_errors().query_async(&mut control).await {
-            Ok(r) => r,
-            Err(e) => {
-                debug!(error = %e, "the permission probe failed; the NOPERM stays untraced");
-                return Vec::new();
-            }
-        };
-    read.streams
-        .iter()
-        .zip(replies)
-        .filter(|(_, r)| matches!(r, Err(e) if e.code() == Some("NOPERM")))
         .map(|((name, _), _)| name.to_string())
         .collect()
 }

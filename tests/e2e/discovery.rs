@@ -1,0 +1,215 @@
+//! Streams found by pattern (`MultiStreamSpec::pattern`): a stream created after start is picked
+//! up, a key of another type is skipped and counted, a dead-letter stream matching the pattern is
+//! not read, and a deleted stream is dropped without an error loop and comes back when recreated.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use millrace::{
+    Batch, EntryId, HandlerResult, MultiStreamSpec, RawEntry, StartId, StreamSet, Supervisor,
+};
+use millrace_testkit::{eventually, RedisServer};
+use redis::aio::MultiplexedConnection;
+
+use crate::common::*;
+
+/// A pattern consumer of group `g`, consumer `c`, sweeping every 100 ms.
+fn pattern(p: &str, handled: &Handled) -> MultiStreamSpec {
+    MultiStreamSpec::pattern(p, "g", "c")
+        .start_id(StartId::Beginning)
+        .block(Duration::from_millis(200))
+        .claim_min_idle(Duration::from_secs(600))
+        .discovery_interval(Duration::from_millis(100))
+        .handler(handled.handler())
+}
+
+/// What the handler saw: (stream, entry id) pairs.
+#[derive(Clone, Default)]
+struct Handled(Arc<Mutex<Vec<(String, EntryId)>>>);
+
+impl Handled {
+    fn handler(
+        &self,
+    ) -> impl Fn(Batch<RawEntry>) -> futures::future::Ready<HandlerResult> + Send + Sync + 'static
+    {
+        let seen = self.0.clone();
+        move |batch: Batch<RawEntry>| {
+            let mut seen = seen.lock().unwrap();
+            for entry in &batch {
+                seen.push((batch.meta.stream.to_string(), entry.id));
+            }
+            futures::future::ready(HandlerResult::Ok)
+        }
+    }
+
+    fn contains(&self, stream: &str, id: EntryId) -> bool {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(s, i)| s == stream && *i == id)
+    }
+
+    /// Waits until the handler has seen `id` of `stream`.
+    async fn wait_for(&self, stream: &str, id: EntryId) {
+        eventually(WAIT, &format!("{stream} {id} handled"), || {
+            let seen = self.contains(stream, id);
+            async move { seen }
+        })
+        .await;
+    }
+}
+
+async fn start(server: &RedisServer, spec: MultiStreamSpec) -> Supervisor {
+    Supervisor::builder()
+        .redis(server.url())
+        .multi_stream(spec)
+        .start()
+        .await
+        .unwrap()
+}
+
+/// The stream set of `g`/`c`.
+fn set_of(app: &Supervisor) -> StreamSet {
+    app.stream_sets()
+        .into_iter()
+        .find(|s| s.group == "g" && s.consumer == "c")
+        .expect("the pattern consumer's stream set")
+}
+
+/// Waits for `n` more complete sweeps than `app` has made so far.
+async fn sweeps(app: &Supervisor, n: u64) {
+    let target = set_of(app).sweeps + n;
+    eventually(WAIT, &format!("{n} more sweeps"), || {
+        let done = set_of(app).sweeps >= target;
+        async move { done }
+    })
+    .await;
+}
+
+async fn exists(con: &mut MultiplexedConnection, key: &str) -> bool {
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async::<u64>(con)
+        .await
+        .unwrap()
+        == 1
+}
+
+#[tokio::test]
+async fn a_pattern_consumer_picks_up_a_stream_created_after_start() {
+    let (server, mut con) = server().await;
+    let first = xadd(&mut con, "t:1:events", &[("n", "1")]).await;
+    let handled = Handled::default();
+    let app = start(&server, pattern("t:*:events", &handled)).await;
+    handled.wait_for("t:1:events", first).await;
+
+    // Created after start: found by a later sweep, its group created at the start position
+    // (`StartId::Beginning`), so the entry that created it is delivered too.
+    let second = xadd(&mut con, "t:2:events", &[("n", "2")]).await;
+    handled.wait_for("t:2:events", second).await;
+    assert_eq!(app.streams_of("g", "c"), ["t:1:events", "t:2:events"]);
+    let set = set_of(&app);
+    assert_eq!(set.pattern.as_deref(), Some("t:*:events"));
+    assert_eq!(set.streams, ["t:1:events", "t:2:events"]);
+    assert!(
+        set.last_sweep.is_some() && set.last_error.is_none(),
+        "{set:?}"
+    );
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_key_of_another_type_matching_the_pattern_is_skipped_and_counted() {
+    let (server, mut con) = server().await;
+    let _: () = redis::cmd("HSET")
+        .arg("t:h:events")
+        .arg("f")
+        .arg("v")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let first = xadd(&mut con, "t:1:events", &[("n", "1")]).await;
+    let handled = Handled::default();
+    let app = start(&server, pattern("t:*:events", &handled)).await;
+    handled.wait_for("t:1:events", first).await;
+    sweeps(&app, 2).await;
+
+    let set = set_of(&app);
+    assert_eq!(set.other_type_keys, 1, "{set:?}");
+    assert_eq!(set.other_type_examples, ["t:h:events"]);
+    assert_eq!(set.streams, ["t:1:events"]);
+    assert!(app.failure().is_none());
+    assert!(app.health().iter().all(|h| &*h.id.stream != "t:h:events"));
+    let kind: String = redis::cmd("TYPE")
+        .arg("t:h:events")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(kind, "hash", "the key is left as it was");
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn dead_letter_streams_matching_the_pattern_are_not_read() {
+    let (server, mut con) = server().await;
+    let first = xadd(&mut con, "t:1", &[("n", "1")]).await;
+    xadd(&mut con, "t:1:dlq", &[("n", "dead")]).await;
+    let handled = Handled::default();
+    let app = start(&server, pattern("t:*", &handled)).await;
+    handled.wait_for("t:1", first).await;
+    sweeps(&app, 2).await;
+
+    assert_eq!(app.streams_of("g", "c"), ["t:1"]);
+    assert_eq!(set_of(&app).dead_letter_streams, 1);
+    assert!(!handled
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(s, _)| s == "t:1:dlq"));
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_deleted_stream_is_dropped_without_an_error_loop_and_comes_back_when_recreated() {
+    let (server, mut con) = server().await;
+    let one = xadd(&mut con, "t:1:events", &[("n", "1")]).await;
+    let two = xadd(&mut con, "t:2:events", &[("n", "2")]).await;
+    let handled = Handled::default();
+    let app = start(&server, pattern("t:*:events", &handled)).await;
+    handled.wait_for("t:1:events", one).await;
+    handled.wait_for("t:2:events", two).await;
+
+    let _: () = redis::cmd("DEL")
+        .arg("t:2:events")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    eventually(WAIT, "the deleted stream dropped", || {
+        let streams = app.streams_of("g", "c");
+        async move { streams == ["t:1:events"] }
+    })
+    .await;
+
+    // Three more sweeps without it: nothing is created, added or retried meanwhile.
+    let creates = command_calls(&mut con, "xgroup|create").await;
+    sweeps(&app, 3).await;
+    assert_eq!(command_calls(&mut con, "xgroup|create").await, creates);
+    assert!(
+        !exists(&mut con, "t:2:events").await,
+        "the key is not created again"
+    );
+    assert_eq!(app.streams_of("g", "c"), ["t:1:events"]);
+    assert!(app.health().iter().all(|h| &*h.id.stream == "t:1:events"));
+    assert!(app.health().iter().all(|h| h.restarts_total == 0));
+    assert!(app.failure().is_none());
+
+    // The other stream kept flowing, and the deleted one comes back when it is recreated.
+    let more = xadd(&mut con, "t:1:events", &[("n", "3")]).await;
+    handled.wait_for("t:1:events", more).await;
+    let again = xadd(&mut con, "t:2:events", &[("n", "4")]).await;
+    handled.wait_for("t:2:events", again).await;
+    assert_eq!(app.streams_of("g", "c"), ["t:1:events", "t:2:events"]);
+    app.shutdown().await.unwrap();
+}
