@@ -17,6 +17,7 @@ mod baseline;
 mod bench;
 mod cluster;
 mod latency;
+mod many;
 mod measure;
 mod micro;
 mod mr;
@@ -42,7 +43,7 @@ pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 /// The latency section alternates the variants over this many rounds and pools the samples.
 const LATENCY_ROUNDS: usize = 2;
 
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "main",
     "typed",
     "count",
@@ -53,6 +54,7 @@ const SECTIONS: [&str; 10] = [
     "micro",
     "cluster",
     "adaptive",
+    "streams",
 ];
 
 /// Benchmark millrace against hand-written redis-rs consumer-group loops.
@@ -94,6 +96,25 @@ struct Args {
     /// Variants to run, comma-separated: a, a' (or a2), b, b' (or b2), c.
     #[arg(long, value_delimiter = ',', default_value = "a,a2,b,b2,c")]
     variants: Vec<String>,
+    /// Streams of the `streams` section (not in the default list): this many streams with
+    /// --streams-backlog entries each, drained (a) by one multi-stream consumer and (b) by one
+    /// consumer per stream, against (c) one stream with all the entries and one consumer; then
+    /// --streams-idle-secs without traffic. (b) needs about 2 file descriptors per stream
+    /// (`ulimit -n`).
+    #[arg(long, default_value_t = 1_000)]
+    streams_count: usize,
+    /// Backlog entries per stream in the `streams` section.
+    #[arg(long, default_value_t = 200)]
+    streams_backlog: usize,
+    /// Seconds of the idle window in the `streams` section's last round.
+    #[arg(long, default_value_t = 30)]
+    streams_idle_secs: u64,
+    /// Internal: run one `streams` form in this process (`multi`, `singles`, `one`).
+    #[arg(long, hide = true)]
+    streams_child: Option<String>,
+    /// Internal: the consumer group of a `--streams-child` run.
+    #[arg(long, hide = true, default_value = "many")]
+    streams_group: String,
     /// Entries per stream (one stream per master) and run in the `cluster` section.
     #[arg(long, default_value_t = 100_000)]
     cluster_messages: usize,
@@ -359,6 +380,23 @@ async fn run(mut args: Args) -> Res<bool> {
         return Err("--messages and --rounds must be at least 1".into());
     }
 
+    if let Some(form) = &args.streams_child {
+        let form = many::Form::parse(form).ok_or_else(|| format!("unknown form `{form}`"))?;
+        let url = args
+            .redis_url
+            .clone()
+            .ok_or("--streams-child needs --redis-url")?;
+        many::child::run(many::child::ChildArgs {
+            url,
+            form,
+            group: args.streams_group.clone(),
+            streams: args.streams_count,
+            backlog: args.streams_backlog,
+            idle_secs: args.streams_idle_secs,
+        })
+        .await?;
+        return Ok(true);
+    }
     mr::set_tuning(mr::Tuning {
         claim_count: args.mr_claim_count,
         claim_calls_per_tick: args.mr_claim_calls_per_tick,
@@ -550,6 +588,20 @@ async fn run(mut args: Args) -> Res<bool> {
         );
         adaptive_table = adaptive::run(&mut env, args.messages, args.rounds).await?;
         println!("\n{adaptive_table}");
+    }
+
+    if args.sections.iter().any(|s| s == "streams") {
+        println!(
+            "## {} streams × {} entries ({} rounds)",
+            args.streams_count, args.streams_backlog, args.rounds
+        );
+        let settings = many::Settings {
+            streams: args.streams_count,
+            backlog: args.streams_backlog,
+            rounds: args.rounds,
+            idle_secs: args.streams_idle_secs,
+        };
+        println!("\n{}", many::run(&mut env, &settings).await?);
     }
 
     let mut lat = Vec::new();
