@@ -8,5 +8,6 @@ mod common;
 mod connecting;
 mod dead_letters;
 mod faults;
+mod many_streams;
 mod orders;
 mod placement;

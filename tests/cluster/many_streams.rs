@@ -1,0 +1,93 @@
+//! A multi-stream consumer on a cluster: streams that share a slot share one read; streams in
+//! other slots are read apart, each from the master that serves it.
+
+use std::time::Duration;
+
+use millrace::{Batch, HandlerResult, MultiStreamSpec, RawEntry, StartId};
+use millrace_testkit::eventually;
+
+use crate::common::{cluster, connect, stream_on, wait_running, Seen, WAIT};
+
+/// Blocked or last-run `XREADGROUP` connections on node `index`.
+async fn readers_on(cluster: &millrace_testkit::RedisCluster, index: usize) -> usize {
+    let mut con = cluster
+        .node(index)
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a connection to the node");
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut con)
+        .await
+        .expect("CLIENT LIST");
+    list.matches("cmd=xreadgroup").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_in_one_slot_share_a_read_and_other_slots_are_read_apart() {
+    let cluster = cluster();
+    let masters = cluster.masters();
+    // Three streams with one hash tag (one slot, one master), and one stream on each other master.
+    let tagged: Vec<String> = (1..=3).map(|i| format!("{{tenants}}:{i}:events")).collect();
+    let home = cluster.owner_of_key(&tagged[0]);
+    let apart: Vec<String> = masters
+        .iter()
+        .filter(|m| **m != home)
+        .map(|m| stream_on(&cluster, *m, "tenant"))
+        .collect();
+    let streams: Vec<String> = tagged.iter().chain(&apart).cloned().collect();
+    let seen = Seen::default();
+    let recorder = seen.clone();
+    let app = millrace::Supervisor::builder()
+        .redis_cluster(cluster.seed_urls())
+        .multi_stream(
+            MultiStreamSpec::new(streams.clone(), "g", "c")
+                .start_id(StartId::Beginning)
+                .block(Duration::from_millis(500))
+                .handler(move |batch: Batch<RawEntry>| {
+                    recorder.record(&batch);
+                    futures::future::ready(HandlerResult::Ok)
+                }),
+        )
+        .start()
+        .await
+        .expect("start on the cluster");
+    wait_running(&app).await;
+    let mut con = connect(&cluster).await;
+    // Ids told apart across streams (`1-1`, `1-2`, …), so each stream's entry counts on its own.
+    let mut added = Vec::new();
+    for (i, stream) in streams.iter().enumerate() {
+        let id: String = redis::cmd("XADD")
+            .arg(stream)
+            .arg(format!("1-{}", i + 1))
+            .arg("n")
+            .arg(1)
+            .query_async(&mut con)
+            .await
+            .expect("XADD");
+        added.push(id.parse().expect("an id"));
+    }
+    eventually(WAIT, "an entry of every stream handled", || {
+        let counts = seen.counts();
+        let done = added.iter().all(|id| counts.contains_key(id));
+        async move { done }
+    })
+    .await;
+    // One read for the three tagged streams on their master, one for each other stream on its
+    // own (the replays' connections have closed).
+    eventually(WAIT, "one read per slot", || {
+        let cluster = &cluster;
+        let apart_masters: Vec<usize> = masters.iter().copied().filter(|m| *m != home).collect();
+        async move {
+            let mut ok = readers_on(cluster, home).await == 1;
+            for m in apart_masters {
+                ok &= readers_on(cluster, m).await == 1;
+            }
+            ok
+        }
+    })
+    .await;
+    assert_eq!(app.streams_of("g", "c").len(), 5);
+    app.shutdown().await.expect("shutdown");
+}
