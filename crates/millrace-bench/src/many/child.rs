@@ -33,11 +33,21 @@ pub(crate) struct ChildArgs {
 /// claim ticks of the start-up have run).
 const SETTLE: Duration = Duration::from_secs(5);
 
-/// Counts the entries, and notes when the first batch arrived.
-fn noop(progress: &Arc<Progress>, first: &Arc<OnceLock<Instant>>) -> impl Handler<RawEntry> {
-    let (progress, first) = (progress.clone(), first.clone());
+/// When the first batch arrived, and how many batches there were.
+#[derive(Debug, Default)]
+struct Batches {
+    first: OnceLock<Instant>,
+    count: AtomicUsize,
+}
+
+/// Counts the entries and the batches, and notes when the first batch arrived.
+fn noop(progress: &Arc<Progress>, batches: &Arc<Batches>) -> impl Handler<RawEntry> {
+    let (progress, batches) = (progress.clone(), batches.clone());
     move |batch: Batch<RawEntry>| {
-        first.get_or_init(Instant::now);
+        batches.first.get_or_init(Instant::now);
+        if !batch.is_empty() {
+            batches.count.fetch_add(1, Ordering::Relaxed);
+        }
         let progress = progress.clone();
         async move {
             progress.add(std::hint::black_box(&batch).len());
@@ -47,11 +57,7 @@ fn noop(progress: &Arc<Progress>, first: &Arc<OnceLock<Instant>>) -> impl Handle
 }
 
 /// The supervisor of one form, every stream's group created at `0`, default options otherwise.
-fn builder(
-    args: &ChildArgs,
-    progress: &Arc<Progress>,
-    first: &Arc<OnceLock<Instant>>,
-) -> SupervisorBuilder {
+fn builder(args: &ChildArgs, progress: &Arc<Progress>, first: &Arc<Batches>) -> SupervisorBuilder {
     let builder = Supervisor::builder().redis(args.url.clone());
     let names = super::stream_names(args.streams);
     match args.form {
@@ -111,14 +117,15 @@ pub(crate) async fn run(args: ChildArgs) -> Res<()> {
     let base = connected(&mut admin).await?;
     let total = (args.streams * args.backlog) as u64;
     let progress = Arc::new(Progress::new(total));
-    let first = Arc::new(OnceLock::new());
+    let batches = Arc::new(Batches::default());
     let stop = Arc::new(AtomicBool::new(false));
     let (max_conns, sampler) = sample_connections(sampler_conn, stop.clone());
 
     measure::reset_peak_rss();
+    measure::reset_commandstats(&mut admin).await?;
     let server0 = measure::server_cpu(&mut admin).await?;
     let (t0, cpu0) = (Instant::now(), measure::process_cpu());
-    let supervisor = builder(&args, &progress, &first).start().await?;
+    let supervisor = builder(&args, &progress, &batches).start().await?;
     let limit = Duration::from_secs(600);
     tokio::time::timeout(limit, progress.wait())
         .await
@@ -129,15 +136,21 @@ pub(crate) async fn run(args: ChildArgs) -> Res<()> {
     let wall = t0.elapsed();
     let client_cpu = measure::process_cpu().saturating_sub(cpu0).as_secs_f64();
     let server_cpu = measure::server_cpu(&mut admin).await? - server0;
+    let calls = measure::commandstats(&mut admin).await?;
+    let calls_of = |name: &str| calls.iter().find(|c| c.0 == name).map_or(0, |c| c.1);
     // One more sample at the end, for a drain shorter than the sampling period.
     max_conns.fetch_max(connected(&mut admin).await?, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.await;
     let mut m = Measured {
         wall_ms: wall.as_secs_f64() * 1e3,
-        first_ms: first
+        first_ms: batches
+            .first
             .get()
             .map_or(0.0, |f| f.saturating_duration_since(t0).as_secs_f64() * 1e3),
+        batches: batches.count.load(Ordering::Relaxed) as u64,
+        reads: calls_of("xreadgroup"),
+        acks: calls_of("xack"),
         handled: progress.handled(),
         client_cpu,
         server_cpu,

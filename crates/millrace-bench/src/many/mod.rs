@@ -69,6 +69,11 @@ pub(crate) struct Measured {
     /// From before `start()` until the first batch reached the handler.
     pub(crate) first_ms: f64,
     pub(crate) handled: u64,
+    /// Batches with entries the handlers got.
+    pub(crate) batches: u64,
+    /// `XREADGROUP` and `XACK` calls the server ran during the drain.
+    pub(crate) reads: u64,
+    pub(crate) acks: u64,
     pub(crate) client_cpu: f64,
     pub(crate) server_cpu: f64,
     pub(crate) peak_rss_kib: u64,
@@ -85,11 +90,14 @@ pub(crate) struct Measured {
 const RESULT_PREFIX: &str = "STREAMS-RESULT";
 
 impl Measured {
-    fn fields(&self) -> [(&'static str, f64); 11] {
+    fn fields(&self) -> [(&'static str, f64); 14] {
         [
             ("wall_ms", self.wall_ms),
             ("first_ms", self.first_ms),
             ("handled", self.handled as f64),
+            ("batches", self.batches as f64),
+            ("reads", self.reads as f64),
+            ("acks", self.acks as f64),
             ("client_cpu", self.client_cpu),
             ("server_cpu", self.server_cpu),
             ("peak_rss_kib", self.peak_rss_kib as f64),
@@ -119,6 +127,9 @@ impl Measured {
                 "wall_ms" => m.wall_ms = v,
                 "first_ms" => m.first_ms = v,
                 "handled" => m.handled = v as u64,
+                "batches" => m.batches = v as u64,
+                "reads" => m.reads = v as u64,
+                "acks" => m.acks = v as u64,
                 "client_cpu" => m.client_cpu = v,
                 "server_cpu" => m.server_cpu = v,
                 "peak_rss_kib" => m.peak_rss_kib = v as u64,
@@ -262,13 +273,16 @@ pub(crate) async fn run(env: &mut Env, s: &Settings) -> Res<String> {
             }
             verify_and_clean(env, s, form, &group).await?;
             println!(
-                "  round {}/{} {:<44} {:>9} msgs/s (drain {:>9}/s, first entry after {:>5.0} ms)  {:>4} conns  peak RSS {:>6.1} MiB{}",
+                "  round {}/{} {:<44} {:>9} msgs/s (drain {:>9}/s, first entry after {:>5.0} ms)  {:>6.1} entries/batch, {} XREADGROUP, {} XACK  {:>4} conns  peak RSS {:>6.1} MiB{}",
                 round + 1,
                 s.rounds,
                 form.label(s.streams),
                 thousands(m.rate()),
                 thousands(m.drain_rate()),
                 m.first_ms,
+                m.handled as f64 / m.batches.max(1) as f64,
+                m.reads,
+                m.acks,
                 m.max_conns,
                 m.peak_rss_kib as f64 / 1024.0,
                 if m.idle_secs > 0.0 {
@@ -307,6 +321,9 @@ mod tests {
             wall_ms: 812.5,
             first_ms: 120.0,
             handled: 200_000,
+            batches: 1_000,
+            reads: 250,
+            acks: 1_000,
             client_cpu: 0.75,
             server_cpu: 0.5,
             peak_rss_kib: 30_000,

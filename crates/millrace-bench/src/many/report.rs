@@ -15,6 +15,10 @@ struct Row {
     max: f64,
     drain: f64,
     first_ms: f64,
+    /// Entries per batch the handlers got.
+    batch: f64,
+    /// `XREADGROUP` and `XACK` calls of a run.
+    calls: (f64, f64),
     conns: usize,
     rss_mib: f64,
     client_us: f64,
@@ -37,6 +41,15 @@ fn row(form: Form, runs: &[(Form, Measured)]) -> Row {
         max: rates.iter().copied().fold(0.0, f64::max),
         drain: median(mine.iter().map(|m| m.drain_rate()).collect()),
         first_ms: median(mine.iter().map(|m| m.first_ms).collect()),
+        batch: median(
+            mine.iter()
+                .map(|m| m.handled as f64 / m.batches.max(1) as f64)
+                .collect(),
+        ),
+        calls: (
+            median(mine.iter().map(|m| m.reads as f64).collect()),
+            median(mine.iter().map(|m| m.acks as f64).collect()),
+        ),
         conns: mine.iter().map(|m| m.max_conns).max().unwrap_or(0),
         rss_mib: mine.iter().map(|m| m.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0,
         client_us: median(mine.iter().map(|m| per_msg(m.client_cpu, m)).collect()),
@@ -71,8 +84,11 @@ pub(super) fn report(s: &Settings, runs: &[(Form, Measured)], floor: f64) -> Str
         s.streams * s.backlog,
         s.rounds
     );
-    let _ = writeln!(out, "| form | msgs/s (median) | min–max | vs (c) | drain msgs/s after the first entry | first entry after | connections (max) | peak RSS | client CPU µs/msg | server CPU µs/msg | idle: client CPU | idle: server CPU | idle: connections |");
-    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(out, "| form | msgs/s (median) | min–max | vs (c) | drain msgs/s after the first entry | first entry after | entries per batch | XREADGROUP / XACK calls | connections (max) | peak RSS | client CPU µs/msg | server CPU µs/msg | idle: client CPU | idle: server CPU | idle: connections |");
+    let _ = writeln!(
+        out,
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    );
     for r in &rows {
         let idle = |cpu: fn(&Measured) -> f64| {
             r.idle.as_ref().map_or("-".to_owned(), |m| {
@@ -81,7 +97,7 @@ pub(super) fn report(s: &Settings, runs: &[(Form, Measured)], floor: f64) -> Str
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {}–{} | {:.2}× | {} | {:.0} ms | {} | {:.1} MiB | {:.2} | {:.2} | {} | {} | {} |",
+            "| {} | {} | {}–{} | {:.2}× | {} | {:.0} ms | {:.1} | {} / {} | {} | {:.1} MiB | {:.2} | {:.2} | {} | {} | {} |",
             r.form.label(s.streams),
             thousands(r.rate),
             thousands(r.min),
@@ -89,6 +105,9 @@ pub(super) fn report(s: &Settings, runs: &[(Form, Measured)], floor: f64) -> Str
             r.rate / one,
             thousands(r.drain),
             r.first_ms,
+            r.batch,
+            thousands(r.calls.0),
+            thousands(r.calls.1),
             r.conns,
             r.rss_mib,
             r.client_us,
