@@ -104,8 +104,22 @@ fn sample_connections(
     (max, task)
 }
 
-fn acked(supervisor: &Supervisor) -> u64 {
-    supervisor.health().iter().map(|h| h.counters.acked).sum()
+/// Sums of the consumers' counters: (acked, redelivered, reconnects).
+fn counters(supervisor: &Supervisor) -> (u64, u64, u64) {
+    supervisor.health().iter().fold((0, 0, 0), |(a, r, c), h| {
+        (
+            a + h.counters.acked,
+            r + h.counters.redelivered,
+            c + h.counters.reconnects,
+        )
+    })
+}
+
+/// Entries acknowledged, each once: acks of entries delivered again (after a reconnect's replay)
+/// are left out.
+fn acked_once(supervisor: &Supervisor) -> u64 {
+    let (acked, redelivered, _) = counters(supervisor);
+    acked.saturating_sub(redelivered)
 }
 
 /// Runs the child and prints its `STREAMS-RESULT` line.
@@ -130,10 +144,11 @@ pub(crate) async fn run(args: ChildArgs) -> Res<()> {
     tokio::time::timeout(limit, progress.wait())
         .await
         .map_err(|_| format!("handled {} of {total} within {limit:?}", progress.handled()))?;
-    while acked(&supervisor) < total {
+    while acked_once(&supervisor) < total {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let wall = t0.elapsed();
+    let (_, redelivered, reconnects) = counters(&supervisor);
     let client_cpu = measure::process_cpu().saturating_sub(cpu0).as_secs_f64();
     let server_cpu = measure::server_cpu(&mut admin).await? - server0;
     let calls = measure::commandstats(&mut admin).await?;
@@ -152,6 +167,8 @@ pub(crate) async fn run(args: ChildArgs) -> Res<()> {
         reads: calls_of("xreadgroup"),
         acks: calls_of("xack"),
         handled: progress.handled(),
+        redelivered,
+        reconnects,
         client_cpu,
         server_cpu,
         peak_rss_kib: measure::rss_kib().1,

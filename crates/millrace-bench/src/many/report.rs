@@ -20,13 +20,15 @@ struct Row {
     /// `XREADGROUP` and `XACK` calls of a run.
     calls: (f64, f64),
     conns: usize,
+    /// Entries handled twice over all runs (a reconnect's replay).
+    twice: u64,
     rss_mib: f64,
     client_us: f64,
     server_us: f64,
     idle: Option<Measured>,
 }
 
-fn row(form: Form, runs: &[(Form, Measured)]) -> Row {
+fn row(form: Form, runs: &[(Form, Measured)], total: u64) -> Row {
     let mine: Vec<&Measured> = runs
         .iter()
         .filter(|(f, _)| *f == form)
@@ -51,6 +53,7 @@ fn row(form: Form, runs: &[(Form, Measured)]) -> Row {
             median(mine.iter().map(|m| m.acks as f64).collect()),
         ),
         conns: mine.iter().map(|m| m.max_conns).max().unwrap_or(0),
+        twice: mine.iter().map(|m| m.handled - total).sum(),
         rss_mib: mine.iter().map(|m| m.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0,
         client_us: median(mine.iter().map(|m| per_msg(m.client_cpu, m)).collect()),
         server_us: median(mine.iter().map(|m| per_msg(m.server_cpu, m)).collect()),
@@ -70,7 +73,10 @@ fn verdict(met: bool) -> &'static str {
 }
 
 pub(super) fn report(s: &Settings, runs: &[(Form, Measured)], floor: f64) -> String {
-    let rows: Vec<Row> = Form::ALL.iter().map(|f| row(*f, runs)).collect();
+    let rows: Vec<Row> = Form::ALL
+        .iter()
+        .map(|f| row(*f, runs, (s.streams * s.backlog) as u64))
+        .collect();
     let one = rows
         .iter()
         .find(|r| r.form == Form::OneStream)
@@ -84,10 +90,10 @@ pub(super) fn report(s: &Settings, runs: &[(Form, Measured)], floor: f64) -> Str
         s.streams * s.backlog,
         s.rounds
     );
-    let _ = writeln!(out, "| form | msgs/s (median) | min–max | vs (c) | drain msgs/s after the first entry | first entry after | entries per batch | XREADGROUP / XACK calls | connections (max) | peak RSS | client CPU µs/msg | server CPU µs/msg | idle: client CPU | idle: server CPU | idle: connections |");
+    let _ = writeln!(out, "| form | msgs/s (median) | min–max | vs (c) | drain msgs/s after the first entry | first entry after | entries per batch | XREADGROUP / XACK calls | connections (max) | handled twice (all runs) | peak RSS | client CPU µs/msg | server CPU µs/msg | idle: client CPU | idle: server CPU | idle: connections |");
     let _ = writeln!(
         out,
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
     );
     for r in &rows {
         let idle = |cpu: fn(&Measured) -> f64| {
@@ -97,7 +103,7 @@ pub(super) fn report(s: &Settings, runs: &[(Form, Measured)], floor: f64) -> Str
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {}–{} | {:.2}× | {} | {:.0} ms | {:.1} | {} / {} | {} | {:.1} MiB | {:.2} | {:.2} | {} | {} | {} |",
+            "| {} | {} | {}–{} | {:.2}× | {} | {:.0} ms | {:.1} | {} / {} | {} | {} | {:.1} MiB | {:.2} | {:.2} | {} | {} | {} |",
             r.form.label(s.streams),
             thousands(r.rate),
             thousands(r.min),
@@ -109,6 +115,7 @@ pub(super) fn report(s: &Settings, runs: &[(Form, Measured)], floor: f64) -> Str
             thousands(r.calls.0),
             thousands(r.calls.1),
             r.conns,
+            r.twice,
             r.rss_mib,
             r.client_us,
             r.server_us,
