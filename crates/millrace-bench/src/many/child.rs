@@ -12,7 +12,7 @@ use millrace::{
 };
 use redis::aio::MultiplexedConnection;
 
-use super::{Form, Measured, ONE_STREAM};
+use super::{Form, Measured, IDLE_COMMANDS_PREFIX, ONE_STREAM};
 use crate::measure;
 use crate::workload::Progress;
 use crate::Res;
@@ -193,11 +193,26 @@ async fn idle(
     tokio::time::sleep(SETTLE).await;
     // The sampler's connection is gone by now.
     m.idle_conns = measure::client_count(admin).await?.saturating_sub(base - 1);
+    measure::reset_commandstats(admin).await?;
     let server0 = measure::server_cpu(admin).await?;
     let (t0, cpu0) = (Instant::now(), measure::process_cpu());
     tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
     m.idle_client_cpu = measure::process_cpu().saturating_sub(cpu0).as_secs_f64();
     m.idle_server_cpu = measure::server_cpu(admin).await? - server0;
     m.idle_secs = t0.elapsed().as_secs_f64();
+    // What the consumers asked of the server while idle, per second.
+    let calls = measure::commandstats(admin).await?;
+    let per_second: Vec<String> = calls
+        .iter()
+        .filter(|(name, ..)| name != "ping")
+        .map(|(name, n, usec)| {
+            format!(
+                "{name} {:.1}/s ({:.0} µs/s)",
+                *n as f64 / m.idle_secs,
+                *usec as f64 / m.idle_secs
+            )
+        })
+        .collect();
+    println!("{IDLE_COMMANDS_PREFIX} {}", per_second.join(", "));
     Ok(())
 }

@@ -94,6 +94,9 @@ pub(crate) struct Measured {
 
 const RESULT_PREFIX: &str = "STREAMS-RESULT";
 
+/// The child's line with the server commands per second of its idle window.
+pub(crate) const IDLE_COMMANDS_PREFIX: &str = "STREAMS-IDLE-COMMANDS";
+
 impl Measured {
     fn fields(&self) -> [(&'static str, f64); 16] {
         [
@@ -216,6 +219,12 @@ async fn run_child(env: &Env, s: &Settings, form: Form, group: &str, idle: bool)
         .output()
         .await?;
     let stdout = String::from_utf8_lossy(&out.stdout);
+    if let Some(idle) = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(IDLE_COMMANDS_PREFIX))
+    {
+        println!("  idle, {}: server commands{idle}", form.label(s.streams));
+    }
     stdout
         .lines()
         .find_map(Measured::parse)
