@@ -87,6 +87,9 @@ struct Args {
     /// `redis_cluster(seeds)`, for three masters at once and for one master alone. `adaptive`
     /// (not in the default list, about a minute) compares millrace's default read size with fixed
     /// counts: one consumer draining `--messages`, and 4 consumers with a 5 ms-per-entry handler.
+    /// `streams` (not in the default list, about 2 minutes) drains `--streams-count` streams of
+    /// `--streams-backlog` entries with one multi-stream consumer and with one consumer per
+    /// stream, against one stream with every entry; see `--streams-count`.
     #[arg(
         long,
         value_delimiter = ',',
