@@ -3,6 +3,7 @@
 //! is in flight at a time, and the ids of batches handled meanwhile wait for it and go together.
 
 use tokio::task::JoinHandle;
+use tracing::warn;
 
 use super::client::ConsumerClient;
 use super::stats::Stats;
@@ -10,13 +11,17 @@ use crate::entry::EntryId;
 use crate::error::{Error, Result};
 use crate::streams;
 
+/// An `XACK` sent in the background: it lands, or fails and hands its ids back.
+type AckTask = JoinHandle<std::result::Result<(), (Error, Vec<EntryId>)>>;
+
 #[derive(Debug)]
 pub(crate) struct Acker {
     client: ConsumerClient,
     stats: Stats,
     /// Most ids that wait for the `XACK` in flight (see [`Acker::ack_behind`]).
     hold_limit: usize,
-    in_flight: Option<JoinHandle<Result<()>>>,
+    /// The `XACK` in flight; on failure it hands its ids back, so they are not forgotten.
+    in_flight: Option<AckTask>,
     held: Vec<EntryId>,
 }
 
@@ -64,12 +69,18 @@ impl Acker {
         self.send_held().await
     }
 
-    /// Whether ids wait for an `XACK` in flight (then [`Acker::returned`] is worth awaiting).
-    pub(crate) fn is_holding(&self) -> bool {
-        self.in_flight.is_some() && !self.held.is_empty()
+    /// Whether an `XACK` is in flight: then [`Acker::returned`] is worth awaiting, to send the
+    /// ids held behind it, and to learn whether it landed. A consumer that goes quiet after its
+    /// last batch must still hear of a failed last `XACK` (its entries would otherwise sit
+    /// handled but pending until another consumer's `XAUTOCLAIM` takes them, and be handled
+    /// twice).
+    pub(crate) fn is_acking(&self) -> bool {
+        self.in_flight.is_some()
     }
 
-    /// Waits for the `XACK` in flight to return, then sends the ids held behind it.
+    /// Waits for the `XACK` in flight to return, then sends the ids held behind it. When it
+    /// failed, its ids are held again (the next [`Acker::flush`] retries them) and the error is
+    /// returned, which ends the session.
     pub(crate) async fn returned(&mut self) -> Result<()> {
         self.send_held().await
     }
@@ -91,27 +102,146 @@ impl Acker {
         self.in_flight = Some(tokio::spawn(async move {
             let id = client.id();
             let (stream, group) = (&*id.stream, &*id.group);
-            client
+            let acked = client
                 .retry("XACK", stream, |mut c| {
                     let ids = &ids;
                     async move { streams::xack(&mut c, stream, group, ids).await }
                 })
-                .await?;
-            stats.acked(ids.len());
-            Ok(())
+                .await;
+            match acked {
+                Ok(_) => {
+                    stats.acked(ids.len());
+                    Ok(())
+                }
+                Err(e) => Err((e, ids)),
+            }
         }));
         Ok(())
     }
 
     async fn wait_in_flight(&mut self) -> Result<()> {
-        match self.in_flight.take() {
-            None => Ok(()),
-            Some(task) => task.await.unwrap_or_else(|join| {
-                Err(Error::Internal {
-                    consumer: self.client.id().clone(),
-                    message: format!("ack task failed: {join}"),
-                })
+        let Some(task) = self.in_flight.take() else {
+            return Ok(());
+        };
+        match task.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err((e, ids))) => {
+                warn!(error = %e, entries = ids.len(), "an XACK failed; its entries stay pending until it is sent again");
+                self.held.extend(ids);
+                Err(e)
+            }
+            Err(join) => Err(Error::Internal {
+                consumer: self.client.id().clone(),
+                message: format!("ack task failed: {join}"),
             }),
         }
+    }
+
+    /// Forgets the held ids: after a failed session whose last acks could not land, the own-PEL
+    /// replay brings their entries back (they are still pending), so nothing is lost.
+    pub(crate) fn forget_held(&mut self) {
+        self.held.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The acker against a real redis-server: an `XACK` that fails in the background is reported
+    //! to the loop and its ids are kept for the retry, never forgotten.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use millrace_testkit::RedisServer;
+
+    use super::Acker;
+    use crate::connection::{Backend, ConnectionOptions};
+    use crate::consumer::client::ConsumerClient;
+    use crate::consumer::stats::Stats;
+    use crate::entry::EntryId;
+    use crate::health::HealthCell;
+    use crate::id::ConsumerId;
+
+    fn acker(backend: &Backend, stream: &str) -> Acker {
+        let id = ConsumerId::new(stream, "g", "c");
+        let client = ConsumerClient::new(id.clone(), backend.control(), Duration::from_millis(50));
+        let stats = Stats::new(&id, Arc::new(HealthCell::new(id.clone())));
+        Acker::new(client, stats, 10)
+    }
+
+    #[tokio::test]
+    async fn a_failed_last_xack_is_reported_and_its_ids_are_sent_again_by_the_flush() {
+        let server = RedisServer::start();
+        let backend = Backend::open(&server.url(), ConnectionOptions::default()).expect("backend");
+        let mut admin = server
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("admin connection");
+        // A string where the stream should be: XACK fails (WRONGTYPE) in the background.
+        let _: () = redis::cmd("SET")
+            .arg("s")
+            .arg("not a stream")
+            .query_async(&mut admin)
+            .await
+            .expect("SET");
+        let mut acker = acker(&backend, "s");
+        let ids = vec![EntryId::new(1, 0), EntryId::new(2, 0)];
+        acker
+            .ack_behind(ids.clone())
+            .await
+            .expect("sent in the background");
+        assert!(acker.is_acking(), "the loop must wait for the last XACK");
+        let err = acker
+            .returned()
+            .await
+            .expect_err("the failed XACK is reported");
+        assert!(err.to_string().contains("XACK"), "{err}");
+        assert_eq!(acker.held, ids, "the failed XACK's ids are kept");
+        assert!(!acker.is_acking());
+
+        // The stream is back (with its group and the entries pending): the flush acknowledges
+        // the kept ids.
+        let _: () = redis::cmd("DEL")
+            .arg("s")
+            .query_async(&mut admin)
+            .await
+            .expect("DEL");
+        for id in &ids {
+            let _: String = redis::cmd("XADD")
+                .arg("s")
+                .arg(id.to_string())
+                .arg("f")
+                .arg("v")
+                .query_async(&mut admin)
+                .await
+                .expect("XADD");
+        }
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg("s")
+            .arg("g")
+            .arg("0")
+            .query_async(&mut admin)
+            .await
+            .expect("XGROUP CREATE");
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("c")
+            .arg("STREAMS")
+            .arg("s")
+            .arg(">")
+            .query_async(&mut admin)
+            .await
+            .expect("XREADGROUP");
+        acker.flush().await.expect("flush");
+        let pending: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+            .arg("s")
+            .arg("g")
+            .query_async(&mut admin)
+            .await
+            .expect("XPENDING");
+        assert_eq!(pending.0, 0, "the kept ids were acknowledged");
     }
 }

@@ -58,8 +58,9 @@ impl Consumer {
                 biased;
                 _ = self.cancel.cancelled() => return self.stop_reading(reader, Vec::new()).await,
                 r = reader.next() => r?,
-                // The XACK in flight returned while ids wait: send them now, not with the next batch.
-                r = self.acker.returned(), if self.acker.is_holding() => {
+                // The XACK in flight returned: send the ids waiting behind it now, not with the next
+                // batch, and end the session if it failed (its ids are retried by the recovery).
+                r = self.acker.returned(), if self.acker.is_acking() => {
                     r?;
                     continue;
                 }

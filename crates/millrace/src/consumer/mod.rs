@@ -226,6 +226,7 @@ impl Consumer {
         // Best effort: an ack that cannot land means its entries come back through the replay.
         if let Err(e) = self.acker.flush().await {
             tracing::debug!(error = %e, "last ack of the session failed");
+            self.acker.forget_held();
         }
         self.stats.set_error(err.to_string());
         if let Error::Transient {
