@@ -119,11 +119,17 @@ impl Acker {
         Ok(())
     }
 
+    /// Cancel-safe: the live loop awaits [`Acker::returned`] in a `select!` and drops the wait
+    /// when a batch or a timer comes first, so the task is let go of only once it has returned.
+    /// (Taking it first lost it on such a drop: the ids held behind it then waited for the next
+    /// batch, and after a stream's last batch for `XAUTOCLAIM`, which handed them out again.)
     async fn wait_in_flight(&mut self) -> Result<()> {
-        let Some(task) = self.in_flight.take() else {
+        let Some(task) = self.in_flight.as_mut() else {
             return Ok(());
         };
-        match task.await {
+        let joined = task.await;
+        self.in_flight = None;
+        match joined {
             Ok(Ok(())) => Ok(()),
             Ok(Err((e, ids))) => {
                 warn!(error = %e, entries = ids.len(), "an XACK failed; its entries stay pending until it is sent again");
@@ -243,5 +249,85 @@ mod tests {
             .await
             .expect("XPENDING");
         assert_eq!(pending.0, 0, "the kept ids were acknowledged");
+    }
+
+    /// The live loop waits for [`Acker::returned`] in a `select!` and drops the wait when a batch
+    /// or a timer comes first: the `XACK` in flight must stay known, and the ids held behind it
+    /// must still be sent.
+    #[tokio::test]
+    async fn ids_held_behind_an_xack_are_sent_after_a_dropped_wait() {
+        let server = RedisServer::start();
+        let mut admin = server
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("admin connection");
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg("s")
+            .arg("g")
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut admin)
+            .await
+            .expect("XGROUP CREATE");
+        for id in ["1-0", "2-0"] {
+            let _: String = redis::cmd("XADD")
+                .arg("s")
+                .arg(id)
+                .arg("f")
+                .arg("v")
+                .query_async(&mut admin)
+                .await
+                .expect("XADD");
+        }
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("c")
+            .arg("STREAMS")
+            .arg("s")
+            .arg(">")
+            .query_async(&mut admin)
+            .await
+            .expect("XREADGROUP");
+        let backend = Backend::open(&server.url(), ConnectionOptions::default()).expect("backend");
+        let _: () = redis::cmd("PING")
+            .query_async(&mut backend.control())
+            .await
+            .expect("the control connection is up");
+        let mut acker = acker(&backend, "s");
+
+        // While the server answers nothing, the first XACK stays in flight and the second
+        // batch's id waits behind it.
+        server.freeze();
+        acker
+            .ack_behind(vec![EntryId::new(1, 0)])
+            .await
+            .expect("sent");
+        acker
+            .ack_behind(vec![EntryId::new(2, 0)])
+            .await
+            .expect("held");
+        let dropped = tokio::time::timeout(Duration::from_millis(50), acker.returned()).await;
+        assert!(
+            dropped.is_err(),
+            "the XACK cannot return from a frozen server"
+        );
+        assert!(
+            acker.is_acking(),
+            "the XACK in flight is still known after the wait was dropped"
+        );
+        assert_eq!(acker.held, vec![EntryId::new(2, 0)]);
+
+        server.thaw();
+        acker.flush().await.expect("every ack lands");
+        let pending: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+            .arg("s")
+            .arg("g")
+            .query_async(&mut admin)
+            .await
+            .expect("XPENDING");
+        assert_eq!(pending.0, 0, "both acknowledged");
     }
 }
