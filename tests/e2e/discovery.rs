@@ -213,3 +213,73 @@ async fn a_deleted_stream_is_dropped_without_an_error_loop_and_comes_back_when_r
     assert_eq!(app.streams_of("g", "c"), ["t:1:events", "t:2:events"]);
     app.shutdown().await.unwrap();
 }
+
+/// `MultiStreamSpec::acl_rules()` is enough for a pattern consumer: discovery, group creation,
+/// reads, acks and a dead letter run under it, and Redis denies nothing.
+#[tokio::test]
+async fn a_pattern_consumer_runs_under_its_own_least_privilege_acl() {
+    let (server, mut con) = server().await;
+    let first = xadd(&mut con, "t:1:events", &[("n", "1")]).await;
+    let poison = xadd(&mut con, "t:2:events", &[("n", "poison")]).await;
+    let spec = MultiStreamSpec::pattern("t:*:events", "g", "c")
+        .start_id(StartId::Beginning)
+        .block(Duration::from_millis(200))
+        .max_deliveries(1)
+        .claim_interval(Duration::from_millis(100))
+        .claim_min_idle(Duration::from_millis(200))
+        .discovery_interval(Duration::from_millis(100));
+    let mut acl = redis::cmd("ACL");
+    acl.arg("SETUSER")
+        .arg("worker")
+        .arg("reset")
+        .arg("on")
+        .arg(">pw");
+    for rule in spec.acl_rules().split_whitespace() {
+        acl.arg(rule);
+    }
+    let _: () = acl.query_async(&mut con).await.unwrap();
+    let handled = Handled::default();
+    let seen = handled.0.clone();
+    let app = Supervisor::builder()
+        .redis(format!("redis://worker:pw@127.0.0.1:{}", server.port()))
+        .multi_stream(spec.handler(move |batch: Batch<RawEntry>| {
+            let mut seen = seen.lock().unwrap();
+            let mut done = Vec::new();
+            for entry in &batch {
+                seen.push((batch.meta.stream.to_string(), entry.id));
+                if entry
+                    .message
+                    .fields
+                    .iter()
+                    .all(|(_, v)| v.as_slice() != b"poison")
+                {
+                    done.push(entry.id);
+                }
+            }
+            futures::future::ready(HandlerResult::Partial(done))
+        }))
+        .start()
+        .await
+        .unwrap();
+    handled.wait_for("t:1:events", first).await;
+    eventually(WAIT, "the poison entry dead-lettered", || {
+        let mut con = con.clone();
+        async move {
+            redis::cmd("XLEN")
+                .arg("t:2:events:dlq")
+                .query_async::<u64>(&mut con)
+                .await
+                .unwrap()
+                == 1
+        }
+    })
+    .await;
+    assert!(handled.contains("t:2:events", poison));
+    app.shutdown().await.unwrap();
+    let denied: Vec<redis::Value> = redis::cmd("ACL")
+        .arg("LOG")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(denied.is_empty(), "no command was denied: {denied:?}");
+}

@@ -415,7 +415,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_match_the_elixir_consumer() {
+    fn defaults_are_the_documented_ones() {
         let o = ConsumerOptions::default();
         assert_eq!(o.count, None, "the read size adapts by default");
         assert_eq!(o.block, Duration::from_secs(5));

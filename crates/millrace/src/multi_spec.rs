@@ -221,6 +221,32 @@ impl MultiStreamSpec {
         }
     }
 
+    /// The least-privilege Redis ACL rules this multi-stream consumer needs, for
+    /// `ACL SETUSER <user> on >password <rules>`: its streams and their dead-letter streams (for a
+    /// pattern, the pattern and its dead-letter pattern) and every command of
+    /// [`ConsumerSpec::acl_rules`], plus `+type` (tells a deleted stream from a lost group) and,
+    /// for a pattern, `+scan` (discovery). On a Redis Cluster add `+cluster|slots +cluster|shards`.
+    ///
+    /// ```
+    /// let named = millrace::MultiStreamSpec::new(["a", "b"], "g", "c");
+    /// assert!(named.acl_rules().starts_with("~a ~a:dlq ~b ~b:dlq resetchannels -@all +xreadgroup"));
+    /// let found = millrace::MultiStreamSpec::pattern("tenant:*:events", "g", "c");
+    /// let rules = found.acl_rules();
+    /// assert!(rules.starts_with("~tenant:*:events ~tenant:*:events:dlq resetchannels"));
+    /// assert!(rules.ends_with("+type +scan"));
+    /// ```
+    pub fn acl_rules(&self) -> String {
+        let (names, extra): (Vec<&str>, &str) = match &self.streams {
+            Streams::Named(streams) => (streams.iter().map(String::as_str).collect(), " +type"),
+            Streams::Pattern(pattern) => (vec![pattern.as_str()], " +type +scan"),
+        };
+        let keys: Vec<String> = names
+            .into_iter()
+            .flat_map(|name| [name.to_owned(), self.dead_letter_stream_of(name)])
+            .collect();
+        crate::spec::acl_line(&keys, extra)
+    }
+
     /// The dead-letter stream `stream`'s consumer moves poison to.
     pub(crate) fn dead_letter_stream_of(&self, stream: &str) -> String {
         dead_letter_stream_of(stream, self.options.dead_letter_stream.as_deref())

@@ -70,6 +70,18 @@ pub(crate) fn dead_letter_stream_of(stream: &str, configured: Option<&str>) -> S
     }
 }
 
+/// The commands every consumer runs (see [`ConsumerSpec::acl_rules`]).
+const CONSUMER_COMMANDS: &str = "+xreadgroup +xack +xautoclaim +xclaim +xpending +xgroup|create +xadd +xrange +evalsha +eval +xinfo|groups +client|id +client|unblock";
+
+/// One `ACL SETUSER` rule line: the key patterns, the consumer's commands and `extra` ones.
+pub(crate) fn acl_line(keys: &[String], extra: &str) -> String {
+    let keys: Vec<String> = keys.iter().map(|k| format!("~{k}")).collect();
+    format!(
+        "{} resetchannels -@all {CONSUMER_COMMANDS}{extra}",
+        keys.join(" ")
+    )
+}
+
 macro_rules! setters {
     ($($(#[$doc:meta])* $name:ident: $ty:ty => $field:ident $(($wrap:path))?;)*) => {
         $($(#[$doc])* pub fn $name(mut self, value: $ty) -> Self {
@@ -227,13 +239,13 @@ impl ConsumerSpec {
     /// assert!(spec.acl_rules().starts_with("~orders ~orders:dlq resetchannels -@all +xreadgroup"));
     /// ```
     pub fn acl_rules(&self) -> String {
-        format!(
-            "~{} ~{} resetchannels -@all {}{}",
-            self.id.stream,
-            self.dead_letter_stream_name(),
-            "+xreadgroup +xack +xautoclaim +xclaim +xpending +xgroup|create +xadd +xrange +evalsha +eval +xinfo|groups +client|id +client|unblock",
-            if self.shared_read { " +type" } else { "" }
-        )
+        let keys = [self.id.stream.to_string(), self.dead_letter_stream_name()];
+        let extra = match (self.shared_read, self.found_by_pattern) {
+            (_, true) => " +type +scan",
+            (true, false) => " +type",
+            (false, false) => "",
+        };
+        acl_line(&keys, extra)
     }
 
     /// Checks names, options and that a handler is set.
