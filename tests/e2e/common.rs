@@ -207,6 +207,74 @@ pub(crate) fn recording(
     }
 }
 
+/// What a multi-stream handler saw: (stream, entry id) pairs. Ids repeat across streams, so the
+/// stream is part of every check.
+#[derive(Clone, Default)]
+pub(crate) struct Handled(pub(crate) Arc<Mutex<Vec<(String, EntryId)>>>);
+
+impl Handled {
+    /// A handler that records every entry and acks it.
+    pub(crate) fn handler(
+        &self,
+    ) -> impl Fn(Batch<RawEntry>) -> futures::future::Ready<HandlerResult> + Send + Sync + 'static
+    {
+        let handled = self.clone();
+        move |batch: Batch<RawEntry>| {
+            handled.record(&batch);
+            futures::future::ready(HandlerResult::Ok)
+        }
+    }
+
+    pub(crate) fn record(&self, batch: &Batch<RawEntry>) {
+        let mut seen = self.0.lock().unwrap();
+        seen.extend(batch.iter().map(|e| (batch.meta.stream.to_string(), e.id)));
+    }
+
+    pub(crate) fn has(&self, stream: &str, id: EntryId) -> bool {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(s, i)| s == stream && *i == id)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// Waits until the handler has seen `id` of `stream`.
+    pub(crate) async fn wait_for(&self, stream: &str, id: EntryId) {
+        millrace_testkit::eventually(WAIT, &format!("{stream} {id} handled"), || {
+            let seen = self.has(stream, id);
+            async move { seen }
+        })
+        .await;
+    }
+}
+
+/// Starts a supervisor of the one multi-stream consumer `spec` on `server`.
+pub(crate) async fn start_multi(
+    server: &RedisServer,
+    spec: millrace::MultiStreamSpec,
+) -> millrace::Supervisor {
+    millrace::Supervisor::builder()
+        .redis(server.url())
+        .multi_stream(spec)
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Whether `key` exists.
+pub(crate) async fn exists(con: &mut MultiplexedConnection, key: &str) -> bool {
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async::<u64>(con)
+        .await
+        .unwrap()
+        == 1
+}
+
 /// Waits until every consumer of `app` is reading.
 pub(crate) async fn wait_running(app: &millrace::Supervisor) {
     millrace_testkit::eventually(WAIT, "every consumer running", || {

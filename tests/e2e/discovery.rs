@@ -2,14 +2,10 @@
 //! up, a key of another type is skipped and counted, a dead-letter stream matching the pattern is
 //! not read, and a deleted stream is dropped without an error loop and comes back when recreated.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use millrace::{
-    Batch, EntryId, HandlerResult, MultiStreamSpec, RawEntry, StartId, StreamSet, Supervisor,
-};
-use millrace_testkit::{eventually, RedisServer};
-use redis::aio::MultiplexedConnection;
+use millrace::{Batch, HandlerResult, MultiStreamSpec, RawEntry, StartId, StreamSet, Supervisor};
+use millrace_testkit::eventually;
 
 use crate::common::*;
 
@@ -21,52 +17,6 @@ fn pattern(p: &str, handled: &Handled) -> MultiStreamSpec {
         .claim_min_idle(Duration::from_secs(600))
         .discovery_interval(Duration::from_millis(100))
         .handler(handled.handler())
-}
-
-/// What the handler saw: (stream, entry id) pairs.
-#[derive(Clone, Default)]
-struct Handled(Arc<Mutex<Vec<(String, EntryId)>>>);
-
-impl Handled {
-    fn handler(
-        &self,
-    ) -> impl Fn(Batch<RawEntry>) -> futures::future::Ready<HandlerResult> + Send + Sync + 'static
-    {
-        let seen = self.0.clone();
-        move |batch: Batch<RawEntry>| {
-            let mut seen = seen.lock().unwrap();
-            for entry in &batch {
-                seen.push((batch.meta.stream.to_string(), entry.id));
-            }
-            futures::future::ready(HandlerResult::Ok)
-        }
-    }
-
-    fn contains(&self, stream: &str, id: EntryId) -> bool {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(s, i)| s == stream && *i == id)
-    }
-
-    /// Waits until the handler has seen `id` of `stream`.
-    async fn wait_for(&self, stream: &str, id: EntryId) {
-        eventually(WAIT, &format!("{stream} {id} handled"), || {
-            let seen = self.contains(stream, id);
-            async move { seen }
-        })
-        .await;
-    }
-}
-
-async fn start(server: &RedisServer, spec: MultiStreamSpec) -> Supervisor {
-    Supervisor::builder()
-        .redis(server.url())
-        .multi_stream(spec)
-        .start()
-        .await
-        .unwrap()
 }
 
 /// The stream set of `g`/`c`.
@@ -87,21 +37,12 @@ async fn sweeps(app: &Supervisor, n: u64) {
     .await;
 }
 
-async fn exists(con: &mut MultiplexedConnection, key: &str) -> bool {
-    redis::cmd("EXISTS")
-        .arg(key)
-        .query_async::<u64>(con)
-        .await
-        .unwrap()
-        == 1
-}
-
 #[tokio::test]
 async fn a_pattern_consumer_picks_up_a_stream_created_after_start() {
     let (server, mut con) = server().await;
     let first = xadd(&mut con, "t:1:events", &[("n", "1")]).await;
     let handled = Handled::default();
-    let app = start(&server, pattern("t:*:events", &handled)).await;
+    let app = start_multi(&server, pattern("t:*:events", &handled)).await;
     handled.wait_for("t:1:events", first).await;
 
     // Created after start: found by a later sweep, its group created at the start position
@@ -131,7 +72,7 @@ async fn a_key_of_another_type_matching_the_pattern_is_skipped_and_counted() {
         .unwrap();
     let first = xadd(&mut con, "t:1:events", &[("n", "1")]).await;
     let handled = Handled::default();
-    let app = start(&server, pattern("t:*:events", &handled)).await;
+    let app = start_multi(&server, pattern("t:*:events", &handled)).await;
     handled.wait_for("t:1:events", first).await;
     sweeps(&app, 2).await;
 
@@ -156,7 +97,7 @@ async fn dead_letter_streams_matching_the_pattern_are_not_read() {
     let first = xadd(&mut con, "t:1", &[("n", "1")]).await;
     xadd(&mut con, "t:1:dlq", &[("n", "dead")]).await;
     let handled = Handled::default();
-    let app = start(&server, pattern("t:*", &handled)).await;
+    let app = start_multi(&server, pattern("t:*", &handled)).await;
     handled.wait_for("t:1", first).await;
     sweeps(&app, 2).await;
 
@@ -177,7 +118,7 @@ async fn a_deleted_stream_is_dropped_without_an_error_loop_and_comes_back_when_r
     let one = xadd(&mut con, "t:1:events", &[("n", "1")]).await;
     let two = xadd(&mut con, "t:2:events", &[("n", "2")]).await;
     let handled = Handled::default();
-    let app = start(&server, pattern("t:*:events", &handled)).await;
+    let app = start_multi(&server, pattern("t:*:events", &handled)).await;
     handled.wait_for("t:1:events", one).await;
     handled.wait_for("t:2:events", two).await;
 
@@ -239,23 +180,21 @@ async fn a_pattern_consumer_runs_under_its_own_least_privilege_acl() {
     }
     let _: () = acl.query_async(&mut con).await.unwrap();
     let handled = Handled::default();
-    let seen = handled.0.clone();
+    let recorded = handled.clone();
     let app = Supervisor::builder()
         .redis(format!("redis://worker:pw@127.0.0.1:{}", server.port()))
         .multi_stream(spec.handler(move |batch: Batch<RawEntry>| {
-            let mut seen = seen.lock().unwrap();
-            let mut done = Vec::new();
-            for entry in &batch {
-                seen.push((batch.meta.stream.to_string(), entry.id));
-                if entry
-                    .message
-                    .fields
-                    .iter()
-                    .all(|(_, v)| v.as_slice() != b"poison")
-                {
-                    done.push(entry.id);
-                }
-            }
+            recorded.record(&batch);
+            let done = batch
+                .iter()
+                .filter(|e| {
+                    e.message
+                        .fields
+                        .iter()
+                        .all(|(_, v)| v.as_slice() != b"poison")
+                })
+                .map(|e| e.id)
+                .collect();
             futures::future::ready(HandlerResult::Partial(done))
         }))
         .start()
@@ -274,7 +213,7 @@ async fn a_pattern_consumer_runs_under_its_own_least_privilege_acl() {
         }
     })
     .await;
-    assert!(handled.contains("t:2:events", poison));
+    assert!(handled.has("t:2:events", poison));
     app.shutdown().await.unwrap();
     let denied: Vec<redis::Value> = redis::cmd("ACL")
         .arg("LOG")

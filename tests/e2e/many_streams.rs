@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use millrace::dead_letter::DeadLetterStream;
@@ -59,54 +59,26 @@ async fn pending_of(
         .collect()
 }
 
-async fn exists(con: &mut MultiplexedConnection, key: &str) -> bool {
-    redis::cmd("EXISTS")
-        .arg(key)
-        .query_async::<u64>(con)
-        .await
-        .unwrap()
-        == 1
-}
-
-/// What a handler saw: (stream, entry id) pairs. Ids repeat across streams, so the stream is part
-/// of every check.
-#[derive(Clone, Default)]
-struct Handled(Arc<Mutex<Vec<(String, EntryId)>>>);
-
-impl Handled {
-    fn handler(
-        &self,
-    ) -> impl Fn(Batch<RawEntry>) -> futures::future::Ready<HandlerResult> + Send + Sync + 'static
-    {
-        let handled = self.clone();
-        move |batch: Batch<RawEntry>| {
-            handled.record(&batch);
-            futures::future::ready(HandlerResult::Ok)
-        }
-    }
-
-    fn record(&self, batch: &Batch<RawEntry>) {
-        let mut seen = self.0.lock().unwrap();
-        seen.extend(batch.iter().map(|e| (batch.meta.stream.to_string(), e.id)));
-    }
-
-    fn has(&self, stream: &str, id: EntryId) -> bool {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(s, i)| s == stream && *i == id)
-    }
-
-    fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-}
-
 fn restarts(app: &Supervisor, stream: &str) -> u64 {
     app.consumer_health(&ConsumerId::new(stream, "g", "c"))
         .map(|h| h.restarts_total)
         .unwrap_or(u64::MAX)
+}
+
+/// A server and a running supervisor of `multi(streams)` whose handler records and acks all.
+async fn running(
+    streams: &[&str],
+) -> (
+    millrace_testkit::RedisServer,
+    MultiplexedConnection,
+    Handled,
+    Supervisor,
+) {
+    let (server, con) = server().await;
+    let seen = Handled::default();
+    let app = start_multi(&server, multi(streams).handler(seen.handler())).await;
+    wait_running(&app).await;
+    (server, con, seen, app)
 }
 
 #[tokio::test]
@@ -241,21 +213,9 @@ async fn a_dead_letter_stream_template_names_each_streams_own() {
 
 #[tokio::test]
 async fn a_deleted_stream_is_dropped_while_the_others_keep_flowing() {
-    let (server, mut con) = server().await;
-    let seen = Handled::default();
-    let app = Supervisor::builder()
-        .redis(server.url())
-        .multi_stream(multi(&["a", "b", "c"]).handler(seen.handler()))
-        .start()
-        .await
-        .unwrap();
-    wait_running(&app).await;
+    let (_server, mut con, seen, app) = running(&["a", "b", "c"]).await;
     let before = xadd(&mut con, "b", &[("n", "1")]).await;
-    eventually(WAIT, "b's entry handled", || {
-        let done = seen.has("b", before);
-        async move { done }
-    })
-    .await;
+    seen.wait_for("b", before).await;
     let _: () = redis::cmd("DEL")
         .arg("b")
         .query_async(&mut con)
@@ -273,11 +233,8 @@ async fn a_deleted_stream_is_dropped_while_the_others_keep_flowing() {
     .await;
     let a = xadd(&mut con, "a", &[("n", "2")]).await;
     let c = xadd(&mut con, "c", &[("n", "3")]).await;
-    eventually(WAIT, "a and c still handled", || {
-        let done = seen.has("a", a) && seen.has("c", c);
-        async move { done }
-    })
-    .await;
+    seen.wait_for("a", a).await;
+    seen.wait_for("c", c).await;
     assert!(
         !exists(&mut con, "b").await,
         "the deleted key was not created again"
@@ -289,15 +246,7 @@ async fn a_deleted_stream_is_dropped_while_the_others_keep_flowing() {
 
 #[tokio::test]
 async fn a_stream_replaced_by_a_key_of_another_type_is_dropped_without_failing_the_others() {
-    let (server, mut con) = server().await;
-    let seen = Handled::default();
-    let app = Supervisor::builder()
-        .redis(server.url())
-        .multi_stream(multi(&["a", "b"]).handler(seen.handler()))
-        .start()
-        .await
-        .unwrap();
-    wait_running(&app).await;
+    let (_server, mut con, seen, app) = running(&["a", "b"]).await;
     // One atomic step: the stream key becomes a string.
     let _: () = redis::cmd("SET")
         .arg("tmp")
@@ -317,11 +266,7 @@ async fn a_stream_replaced_by_a_key_of_another_type_is_dropped_without_failing_t
     })
     .await;
     let a = xadd(&mut con, "a", &[("n", "1")]).await;
-    eventually(WAIT, "a still handled", || {
-        let done = seen.has("a", a);
-        async move { done }
-    })
-    .await;
+    seen.wait_for("a", a).await;
     let kind: String = redis::cmd("TYPE")
         .arg("b")
         .query_async(&mut con)
@@ -335,17 +280,9 @@ async fn a_stream_replaced_by_a_key_of_another_type_is_dropped_without_failing_t
 
 #[tokio::test]
 async fn twenty_streams_are_read_on_one_connection() {
-    let (server, mut con) = server().await;
     let names: Vec<String> = (0..20).map(|i| format!("tenant:{i}:events")).collect();
     let streams: Vec<&str> = names.iter().map(String::as_str).collect();
-    let seen = Handled::default();
-    let app = Supervisor::builder()
-        .redis(server.url())
-        .multi_stream(multi(&streams).handler(seen.handler()))
-        .start()
-        .await
-        .unwrap();
-    wait_running(&app).await;
+    let (_server, mut con, seen, app) = running(&streams).await;
     let mut added = Vec::new();
     for stream in &streams {
         added.push((*stream, xadd(&mut con, stream, &[("n", "1")]).await));
@@ -380,15 +317,7 @@ async fn twenty_streams_are_read_on_one_connection() {
 
 #[tokio::test]
 async fn a_destroyed_group_heals_its_stream_alone() {
-    let (server, mut con) = server().await;
-    let seen = Handled::default();
-    let app = Supervisor::builder()
-        .redis(server.url())
-        .multi_stream(multi(&["a", "b"]).handler(seen.handler()))
-        .start()
-        .await
-        .unwrap();
-    wait_running(&app).await;
+    let (_server, mut con, seen, app) = running(&["a", "b"]).await;
     let _: () = redis::cmd("XGROUP")
         .arg("DESTROY")
         .arg("b")
@@ -407,11 +336,8 @@ async fn a_destroyed_group_heals_its_stream_alone() {
     .await;
     let b = xadd(&mut con, "b", &[("n", "1")]).await;
     let a = xadd(&mut con, "a", &[("n", "2")]).await;
-    eventually(WAIT, "both streams handled", || {
-        let done = seen.has("a", a) && seen.has("b", b);
-        async move { done }
-    })
-    .await;
+    seen.wait_for("a", a).await;
+    seen.wait_for("b", b).await;
     assert_eq!(app.streams_of("g", "c"), ["a", "b"]);
     assert_eq!(
         health("a").counters.group_recreated,
@@ -424,23 +350,11 @@ async fn a_destroyed_group_heals_its_stream_alone() {
 
 #[tokio::test]
 async fn streams_are_added_and_removed_while_running() {
-    let (server, mut con) = server().await;
-    let seen = Handled::default();
-    let app = Supervisor::builder()
-        .redis(server.url())
-        .multi_stream(multi(&["a"]).handler(seen.handler()))
-        .start()
-        .await
-        .unwrap();
-    wait_running(&app).await;
+    let (_server, mut con, seen, app) = running(&["a"]).await;
     app.add_stream("g", "c", "b").await.unwrap();
     assert_eq!(app.streams_of("g", "c"), ["a", "b"]);
     let b = xadd(&mut con, "b", &[("n", "1")]).await;
-    eventually(WAIT, "the added stream handled", || {
-        let done = seen.has("b", b);
-        async move { done }
-    })
-    .await;
+    seen.wait_for("b", b).await;
 
     let again = app.add_stream("g", "c", "b").await.unwrap_err();
     assert!(matches!(again, Error::DuplicateConsumer { .. }), "{again}");
@@ -462,11 +376,7 @@ async fn streams_are_added_and_removed_while_running() {
         .is_none());
     let a = xadd(&mut con, "a", &[("n", "2")]).await;
     let b2 = xadd(&mut con, "b", &[("n", "3")]).await;
-    eventually(WAIT, "b still handled", || {
-        let done = seen.has("b", b2);
-        async move { done }
-    })
-    .await;
+    seen.wait_for("b", b2).await;
     let gone = app.remove_stream("g", "c", "a").await.unwrap_err();
     assert!(matches!(gone, Error::UnknownConsumer { .. }), "{gone}");
     assert_eq!(restarts(&app, "b"), 0);
@@ -574,18 +484,11 @@ async fn a_handler_panic_restarts_only_its_streams_consumer() {
         .unwrap();
     wait_running(&app).await;
     let b = xadd(&mut con, "b", &[("n", "1")]).await;
-    eventually(WAIT, "b's entry handled after b's restart", || {
-        let done = seen.has("b", b);
-        async move { done }
-    })
-    .await;
+    seen.wait_for("b", b).await;
     let a = xadd(&mut con, "a", &[("n", "2")]).await;
     let c = xadd(&mut con, "c", &[("n", "3")]).await;
-    eventually(WAIT, "a and c handled", || {
-        let done = seen.has("a", a) && seen.has("c", c);
-        async move { done }
-    })
-    .await;
+    seen.wait_for("a", a).await;
+    seen.wait_for("c", c).await;
     assert_eq!(restarts(&app, "b"), 1);
     assert_eq!((restarts(&app, "a"), restarts(&app, "c")), (0, 0));
     app.shutdown().await.unwrap();
