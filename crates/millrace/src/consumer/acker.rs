@@ -175,15 +175,63 @@ mod tests {
         Acker::new(client, stats, 10)
     }
 
+    async fn admin(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+        server
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("admin connection")
+    }
+
+    /// Stream `s` with group `g` holding `ids`, all delivered to `c` and pending.
+    async fn pending_in_s(admin: &mut redis::aio::MultiplexedConnection, ids: &[EntryId]) {
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg("s")
+            .arg("g")
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(admin)
+            .await
+            .expect("XGROUP CREATE");
+        for id in ids {
+            let _: String = redis::cmd("XADD")
+                .arg("s")
+                .arg(id.to_string())
+                .arg("f")
+                .arg("v")
+                .query_async(admin)
+                .await
+                .expect("XADD");
+        }
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("c")
+            .arg("STREAMS")
+            .arg("s")
+            .arg(">")
+            .query_async(admin)
+            .await
+            .expect("XREADGROUP");
+    }
+
+    /// How many entries group `g` of `s` has pending.
+    async fn pending_count(admin: &mut redis::aio::MultiplexedConnection) -> u64 {
+        let pending: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+            .arg("s")
+            .arg("g")
+            .query_async(admin)
+            .await
+            .expect("XPENDING");
+        pending.0
+    }
+
     #[tokio::test]
     async fn a_failed_last_xack_is_reported_and_its_ids_are_sent_again_by_the_flush() {
         let server = RedisServer::start();
         let backend = Backend::open(&server.url(), ConnectionOptions::default()).expect("backend");
-        let mut admin = server
-            .client()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("admin connection");
+        let mut admin = admin(&server).await;
         // A string where the stream should be: XACK fails (WRONGTYPE) in the background.
         let _: () = redis::cmd("SET")
             .arg("s")
@@ -213,42 +261,13 @@ mod tests {
             .query_async(&mut admin)
             .await
             .expect("DEL");
-        for id in &ids {
-            let _: String = redis::cmd("XADD")
-                .arg("s")
-                .arg(id.to_string())
-                .arg("f")
-                .arg("v")
-                .query_async(&mut admin)
-                .await
-                .expect("XADD");
-        }
-        let _: () = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg("s")
-            .arg("g")
-            .arg("0")
-            .query_async(&mut admin)
-            .await
-            .expect("XGROUP CREATE");
-        let _: redis::Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("g")
-            .arg("c")
-            .arg("STREAMS")
-            .arg("s")
-            .arg(">")
-            .query_async(&mut admin)
-            .await
-            .expect("XREADGROUP");
+        pending_in_s(&mut admin, &ids).await;
         acker.flush().await.expect("flush");
-        let pending: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
-            .arg("s")
-            .arg("g")
-            .query_async(&mut admin)
-            .await
-            .expect("XPENDING");
-        assert_eq!(pending.0, 0, "the kept ids were acknowledged");
+        assert_eq!(
+            pending_count(&mut admin).await,
+            0,
+            "the kept ids were acknowledged"
+        );
     }
 
     /// The live loop waits for [`Acker::returned`] in a `select!` and drops the wait when a batch
@@ -257,40 +276,8 @@ mod tests {
     #[tokio::test]
     async fn ids_held_behind_an_xack_are_sent_after_a_dropped_wait() {
         let server = RedisServer::start();
-        let mut admin = server
-            .client()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("admin connection");
-        let _: () = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg("s")
-            .arg("g")
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut admin)
-            .await
-            .expect("XGROUP CREATE");
-        for id in ["1-0", "2-0"] {
-            let _: String = redis::cmd("XADD")
-                .arg("s")
-                .arg(id)
-                .arg("f")
-                .arg("v")
-                .query_async(&mut admin)
-                .await
-                .expect("XADD");
-        }
-        let _: redis::Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("g")
-            .arg("c")
-            .arg("STREAMS")
-            .arg("s")
-            .arg(">")
-            .query_async(&mut admin)
-            .await
-            .expect("XREADGROUP");
+        let mut admin = admin(&server).await;
+        pending_in_s(&mut admin, &[EntryId::new(1, 0), EntryId::new(2, 0)]).await;
         let backend = Backend::open(&server.url(), ConnectionOptions::default()).expect("backend");
         let _: () = redis::cmd("PING")
             .query_async(&mut backend.control())
@@ -322,12 +309,6 @@ mod tests {
 
         server.thaw();
         acker.flush().await.expect("every ack lands");
-        let pending: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
-            .arg("s")
-            .arg("g")
-            .query_async(&mut admin)
-            .await
-            .expect("XPENDING");
-        assert_eq!(pending.0, 0, "both acknowledged");
+        assert_eq!(pending_count(&mut admin).await, 0, "both acknowledged");
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 
 use millrace_testkit::{RedisCluster, RedisServer};
+use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
 
 use super::{PatternSweep, SweepResult};
@@ -24,6 +25,18 @@ async fn add_streams(con: &mut impl AsyncCommands, streams: &BTreeSet<String>) {
     }
 }
 
+/// A server, a connection to it and a backend on it.
+async fn single_server() -> (RedisServer, MultiplexedConnection, Backend) {
+    let server = RedisServer::start();
+    let con = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let backend = Backend::open(&server.url(), ConnectionOptions::default()).expect("backend");
+    (server, con, backend)
+}
+
 /// Ticks until the sweep is complete; fails after `limit` ticks.
 async fn sweep_to_end(
     sweep: &mut PatternSweep,
@@ -43,12 +56,7 @@ async fn sweep_to_end(
 
 #[tokio::test]
 async fn a_sweep_finds_the_matching_streams_and_counts_other_types() {
-    let server = RedisServer::start();
-    let mut con = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let (_server, mut con, backend) = single_server().await;
     let streams = tenants(0..30);
     add_streams(&mut con, &streams).await;
     add_streams(
@@ -60,7 +68,6 @@ async fn a_sweep_finds_the_matching_streams_and_counts_other_types() {
     let _: () = con.set("tenant:s:events", "v").await.expect("SET");
     let _: () = con.set("unrelated", "v").await.expect("SET");
 
-    let backend = Backend::open(&server.url(), ConnectionOptions::default()).expect("backend");
     let mut sweep = PatternSweep::new(PATTERN);
     let (ticks, result) = sweep_to_end(&mut sweep, &backend, 1).await;
     assert_eq!(ticks, 1, "a small keyspace is swept in one tick");
@@ -83,16 +90,10 @@ async fn a_sweep_finds_the_matching_streams_and_counts_other_types() {
 
 #[tokio::test]
 async fn a_bounded_sweep_spans_ticks_and_keeps_its_cursors() {
-    let server = RedisServer::start();
-    let mut con = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let (_server, mut con, backend) = single_server().await;
     let streams = tenants(0..200);
     add_streams(&mut con, &streams).await;
 
-    let backend = Backend::open(&server.url(), ConnectionOptions::default()).expect("backend");
     // `COUNT 10`, one call per tick: 200 keys cannot come back in one call.
     let mut sweep = PatternSweep::new(PATTERN).with_budget(10, 1);
     assert_eq!(sweep.tick(&backend).await.expect("a tick"), None);
@@ -106,15 +107,9 @@ async fn a_bounded_sweep_spans_ticks_and_keeps_its_cursors() {
 
 #[tokio::test]
 async fn the_next_sweep_drops_a_deleted_stream_and_finds_new_ones() {
-    let server = RedisServer::start();
-    let mut con = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let (_server, mut con, backend) = single_server().await;
     add_streams(&mut con, &tenants(0..3)).await;
     let _: () = con.hset("tenant:h:events", "f", "v").await.expect("HSET");
-    let backend = Backend::open(&server.url(), ConnectionOptions::default()).expect("backend");
     let mut sweep = PatternSweep::new(PATTERN);
     let (_, first) = sweep_to_end(&mut sweep, &backend, 1).await;
     assert_eq!(first.streams, tenants(0..3));
