@@ -22,7 +22,7 @@ use crate::spec::ConsumerSpec;
 
 mod multi;
 
-pub(crate) use multi::{MultiMsg, MultiRegistry};
+pub(crate) use multi::{ask_multi, MultiMsg, MultiRegistry};
 
 /// Consumers running anywhere in this process, by server and id: two live consumers with one name
 /// would share one pending list.

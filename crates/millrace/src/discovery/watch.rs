@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::plan::plan;
 use super::{PatternSweep, SweepResult};
-use crate::actors::supervisor_actor::{MultiMsg, SupMsg, SupervisorShared};
+use crate::actors::supervisor_actor::{ask_multi, MultiMsg, SupMsg, SupervisorShared};
 use crate::error::{Error, Result};
 use crate::id::ConsumerId;
 use crate::multi_spec::MultiStreamSpec;
@@ -184,13 +184,8 @@ impl Watch {
         &self,
         msg: impl FnOnce(ractor::RpcReplyPort<Result<()>>) -> MultiMsg,
     ) -> Result<()> {
-        match self
-            .actor
-            .call(|reply| SupMsg::Multi(msg(reply)), None)
+        ask_multi(&self.actor, msg)
             .await
-        {
-            Ok(ractor::rpc::CallResult::Success(r)) => r,
-            _ => Err(Error::Supervisor("it stopped".to_owned())),
-        }
+            .unwrap_or_else(|| Err(Error::Supervisor("it stopped".to_owned())))
     }
 }

@@ -32,15 +32,8 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Builds `XREADGROUP GROUP g c COUNT n [BLOCK ms] STREAMS key id`.
-pub fn xreadgroup_cmd(
-    stream: &str,
-    group: &str,
-    consumer: &str,
-    count: usize,
-    block: Option<Duration>,
-    id: &str,
-) -> Cmd {
+/// `XREADGROUP GROUP g c COUNT n [BLOCK ms] STREAMS`: what every read sends before its keys and ids.
+fn xreadgroup_head(group: &str, consumer: &str, count: usize, block: Option<Duration>) -> Cmd {
     let mut cmd = redis::cmd("XREADGROUP");
     cmd.arg("GROUP")
         .arg(group)
@@ -50,7 +43,21 @@ pub fn xreadgroup_cmd(
     if let Some(block) = block {
         cmd.arg("BLOCK").arg(millis(block).max(1));
     }
-    cmd.arg("STREAMS").arg(stream).arg(id);
+    cmd.arg("STREAMS");
+    cmd
+}
+
+/// Builds `XREADGROUP GROUP g c COUNT n [BLOCK ms] STREAMS key id`.
+pub fn xreadgroup_cmd(
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    count: usize,
+    block: Option<Duration>,
+    id: &str,
+) -> Cmd {
+    let mut cmd = xreadgroup_head(group, consumer, count, block);
+    cmd.arg(stream).arg(id);
     cmd
 }
 
@@ -64,16 +71,7 @@ pub(crate) fn xreadgroup_streams_cmd<S: AsRef<str>>(
     count: usize,
     block: Option<Duration>,
 ) -> Cmd {
-    let mut cmd = redis::cmd("XREADGROUP");
-    cmd.arg("GROUP")
-        .arg(group)
-        .arg(consumer)
-        .arg("COUNT")
-        .arg(count);
-    if let Some(block) = block {
-        cmd.arg("BLOCK").arg(millis(block).max(1));
-    }
-    cmd.arg("STREAMS");
+    let mut cmd = xreadgroup_head(group, consumer, count, block);
     for stream in streams {
         cmd.arg(stream.as_ref());
     }

@@ -1,8 +1,8 @@
 //! The [`Supervisor`]'s handle on multi-stream consumers: add one while running, add and remove
 //! its streams, and list the streams it reads.
 
-use super::{SupMsg, Supervisor};
-use crate::actors::supervisor_actor::{MultiMsg, MultiRegistry};
+use super::Supervisor;
+use crate::actors::supervisor_actor::{ask_multi, MultiMsg, MultiRegistry};
 use crate::error::Result;
 use crate::health::StreamSet;
 use crate::id::ConsumerId;
@@ -23,14 +23,9 @@ impl Supervisor {
         &self,
         msg: impl FnOnce(ractor::RpcReplyPort<Result<()>>) -> MultiMsg,
     ) -> Result<()> {
-        match self
-            .actor
-            .call(|reply| SupMsg::Multi(msg(reply)), None)
+        ask_multi(&self.actor, msg)
             .await
-        {
-            Ok(ractor::rpc::CallResult::Success(r)) => r,
-            _ => Err(self.not_running()),
-        }
+            .unwrap_or_else(|| Err(self.not_running()))
     }
 
     /// Adds and starts a consumer over many streams while running (see [`MultiStreamSpec`]).

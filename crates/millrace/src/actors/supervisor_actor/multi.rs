@@ -27,6 +27,18 @@ pub(crate) enum MultiMsg {
     RemoveStream(ConsumerId, RpcReplyPort<Result<()>>),
 }
 
+/// Sends the request `msg` makes to the supervisor actor and waits for the answer; `None` when the
+/// actor stopped before answering.
+pub(crate) async fn ask_multi(
+    actor: &ActorRef<SupMsg>,
+    msg: impl FnOnce(RpcReplyPort<Result<()>>) -> MultiMsg,
+) -> Option<Result<()>> {
+    match actor.call(|reply| SupMsg::Multi(msg(reply)), None).await {
+        Ok(ractor::rpc::CallResult::Success(r)) => Some(r),
+        _ => None,
+    }
+}
+
 /// The streams of one multi-stream consumer.
 #[derive(Debug)]
 struct Members {
