@@ -16,7 +16,10 @@
 //!   at once. A read goes out when some stream may be read; two are kept in flight while a reply
 //!   had a stream's full COUNT, as the single reader does.
 //! - **COUNT** of a read is the largest of its streams' counts, scaled down so that COUNT times
-//!   the streams that had entries in the last reply stays within [`state::REPLY_BUDGET`].
+//!   the read's streams that had entries in their last reply stays within
+//!   [`state::REPLY_BUDGET`]. Counted per read, not from the last reply as a whole: a reply of a
+//!   few streams (the others out of credit) must not let the next read, with all of them, ask
+//!   for a few streams' COUNT each.
 //! - **Routing without copies.** The read task frames each reply and splits it into its streams'
 //!   parts by headers alone ([`crate::protocol::split_read_reply`]); each subscriber parses its own
 //!   part of the shared reply ([`crate::protocol::parse_stream_entries`]) on its own task.

@@ -13,7 +13,8 @@ use crate::id::ConsumerId;
 use crate::reader::{ReadPace, FETCHED_AHEAD};
 
 /// Most entries one shared read asks for across its streams: COUNT is scaled down so that COUNT
-/// times the streams that had entries in the last reply stays under it (bounded reply memory).
+/// times the read's streams that had entries in their last reply stays under it (bounded reply
+/// memory).
 pub(super) const REPLY_BUDGET: usize = 4096;
 
 /// What the read task hands a subscriber.
@@ -52,6 +53,9 @@ pub(super) struct Lane {
     pub(super) excluded: bool,
     /// When it was last handed anything (a part, or [`Delivery::Quiet`]).
     pub(super) told: Instant,
+    /// Whether the last reply that included it had entries for it (taken to be so until a reply
+    /// shows otherwise): a read's COUNT is divided among the streams that have.
+    pub(super) had_data: bool,
 }
 
 impl Lane {
@@ -66,6 +70,7 @@ impl Lane {
             in_flight: 0,
             excluded: false,
             told: Instant::now(),
+            had_data: true,
         }
     }
 
@@ -104,8 +109,6 @@ pub(super) struct ReadState {
     pub(super) ended: bool,
     /// A stream may be read that no read on the wire includes (it joined, or got a credit back).
     pub(super) wake: bool,
-    /// Streams with entries in the last reply: the divisor of [`REPLY_BUDGET`].
-    pub(super) had_data_last: usize,
     /// How long a stream goes without a part before it is handed [`Delivery::Quiet`]: the BLOCK
     /// of the reads.
     pub(super) quiet_after: Duration,
@@ -183,18 +186,20 @@ impl ReadState {
     }
 
     /// The next read: every stream with a usable credit, one credit taken from each, and the
-    /// COUNT of [`read_count`]. `None` when stopped or no stream may be read.
+    /// COUNT of [`read_count`] for those of them that had entries in their last reply. `None`
+    /// when stopped or no stream may be read.
     pub(super) fn plan(&mut self, sent: Instant) -> Option<Planned> {
         if self.stop {
             return None;
         }
         let mut streams = Vec::new();
-        let mut count = 0;
+        let (mut count, mut with_data) = (0, 0);
         for (name, lane) in &mut self.lanes {
             if lane.usable() > 0 {
                 lane.credits -= 1;
                 lane.in_flight += 1;
                 count = count.max(lane.count);
+                with_data += usize::from(lane.had_data);
                 streams.push((name.clone(), lane.token));
             }
         }
@@ -204,14 +209,15 @@ impl ReadState {
         }
         Some(Planned {
             streams,
-            count: read_count(count, self.had_data_last),
+            count: read_count(count, with_data),
             sent,
         })
     }
 
     /// Settles a read whose reply came (at `now`, fine if `ok`): its lanes are no longer on the
-    /// wire with it, those `got` says had no part get their credit back at once, and those told
-    /// nothing for [`ReadState::quiet_after`] are handed [`Delivery::Quiet`].
+    /// wire with it, those `got` says had no part get their credit back at once (and, if `ok`,
+    /// count as without entries for the next COUNT), and those told nothing for
+    /// [`ReadState::quiet_after`] are handed [`Delivery::Quiet`].
     pub(super) fn settle(
         &mut self,
         read: &Planned,
@@ -225,8 +231,10 @@ impl ReadState {
                 lane.in_flight = lane.in_flight.saturating_sub(1);
                 if got(name) {
                     lane.told = now;
+                    lane.had_data = true;
                 } else {
                     lane.credits = (lane.credits + 1).min(FETCHED_AHEAD);
+                    lane.had_data &= !ok;
                     if ok && !lane.excluded && now.duration_since(lane.told) >= quiet_after {
                         lane.told = now;
                         let _ = lane.tx.send(Delivery::Quiet);
@@ -238,10 +246,10 @@ impl ReadState {
     }
 }
 
-/// COUNT of a read: the largest of its streams' counts, scaled down so that COUNT times the
-/// streams that had entries last time stays within [`REPLY_BUDGET`]; at least 1.
-pub(super) fn read_count(largest: usize, had_data_last: usize) -> usize {
-    largest.min(REPLY_BUDGET / had_data_last.max(1)).max(1)
+/// COUNT of a read: the largest of its streams' counts, scaled down so that COUNT times its
+/// streams that had entries last time (`with_data`) stays within [`REPLY_BUDGET`]; at least 1.
+pub(super) fn read_count(largest: usize, with_data: usize) -> usize {
+    largest.min(REPLY_BUDGET / with_data.max(1)).max(1)
 }
 
 #[cfg(test)]
@@ -319,6 +327,42 @@ mod tests {
         assert_eq!(read_count(500, 1000), REPLY_BUDGET / 1000);
         assert_eq!(read_count(10, 100_000), 1);
         assert_eq!(read_count(10, 2), 10);
+    }
+
+    #[test]
+    fn a_reply_of_few_streams_does_not_lift_the_count_of_a_read_of_many() {
+        let mut s = ReadState::default();
+        let streams: Vec<String> = (0..100).map(|i| format!("s{i}")).collect();
+        let tokens: Vec<u64> = streams.iter().map(|n| s.join(id(n), 1000).0).collect();
+        let now = Instant::now();
+        // Every stream has a backlog: each reply has all of them, until their credits run out.
+        for _ in 0..FETCHED_AHEAD {
+            let p = s.plan(now).expect("a read");
+            assert_eq!(p.streams.len(), 100);
+            assert!(
+                p.count * p.streams.len() <= REPLY_BUDGET,
+                "count {}",
+                p.count
+            );
+            s.settle(&p, now, true, |_| true);
+        }
+        // One stream's consumer takes a part: a read of it alone may ask for its full count.
+        assert!(s.taken("s0", tokens[0]));
+        let alone = s.plan(now).expect("a read of s0");
+        assert_eq!((names(&alone), alone.count), (vec!["s0"], 1000));
+        s.settle(&alone, now, true, |_| true);
+        // Then all of them take a part; they still have entries, so the next read, of all 100,
+        // shares the budget among them.
+        for (name, token) in streams.iter().zip(&tokens) {
+            s.taken(name, *token);
+        }
+        let all = s.plan(now).expect("a read of all");
+        assert_eq!(all.streams.len(), 100);
+        assert_eq!(all.count, REPLY_BUDGET / 100);
+        // Streams whose last reply had nothing leave the budget to those that had.
+        s.settle(&all, now, true, |n| n == "s1" || n == "s2");
+        let next = s.plan(now).expect("a read");
+        assert_eq!(next.count, 1000.min(REPLY_BUDGET / 2));
     }
 
     #[test]

@@ -73,7 +73,6 @@ impl Task {
             }
             let got: HashSet<&str> = names.iter().flatten().copied().collect();
             state.settle(&read, Instant::now(), true, |n| got.contains(n));
-            state.had_data_last = parts.len();
         }
         let full = parts.iter().any(|p| p.entries >= read.count);
         self.depth = if full { READS_IN_FLIGHT } else { 1 };
