@@ -12,29 +12,10 @@ use tokio::process::Command;
 
 use crate::common::{cluster, WAIT};
 
-/// The `orders` example binary next to this test binary, built first if it is missing.
+/// The `orders` example binary next to this test binary, brought up to date once per run.
 fn orders_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test binary lives in target/<profile>/deps");
-        let bin = profile_dir.join("examples").join("orders");
-        if !bin.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-            let status = std::process::Command::new(&cargo)
-                .args(["build", "-p", "millrace-examples", "--example", "orders"])
-                .arg("--target-dir")
-                .arg(profile_dir.parent().expect("target/<profile>"))
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("running cargo build");
-            assert!(status.success() && bin.exists(), "building orders failed");
-        }
-        bin
-    })
+    BIN.get_or_init(|| millrace_tests::example_bin("orders"))
 }
 
 fn orders(seeds: &str) -> Command {

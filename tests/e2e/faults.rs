@@ -73,44 +73,10 @@ fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| (*s).to_owned()).collect()
 }
 
-/// The `orders` example binary next to this test binary, built first if it is missing.
+/// The `orders` example binary next to this test binary, brought up to date once per run.
 pub(crate) fn orders_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current_exe");
-        // …/target/<profile>/deps/e2e-<hash>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test binary lives in target/<profile>/deps");
-        let bin = profile_dir.join("examples").join("orders");
-        if bin.exists() {
-            return bin;
-        }
-        let target_dir = profile_dir.parent().expect("target/<profile>");
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev".to_owned(),
-            Some(other) => other.to_owned(),
-        };
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        eprintln!("faults: {} is missing; building it", bin.display());
-        let status = std::process::Command::new(&cargo)
-            .args(["build", "-p", "millrace-examples", "--example", "orders"])
-            .arg("--profile")
-            .arg(&profile)
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap_or_else(|e| panic!("running `{cargo} build` failed: {e}"));
-        assert!(
-            status.success() && bin.exists(),
-            "`{cargo} build -p millrace-examples --example orders` failed ({status}) or did not produce {}; \
-             build it with `cargo build --workspace --examples`",
-            bin.display()
-        );
-        bin
-    })
+    BIN.get_or_init(|| millrace_tests::example_bin("orders"))
 }
 
 /// What `orders report` prints.

@@ -47,31 +47,18 @@ fn the_readme_shows_the_readme_example_verbatim() {
     }
 }
 
-/// The example binary that `cargo test --workspace` and `./dev.sh test` build beside this test.
+/// The README's example binary, brought up to date first.
 fn readme_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let debug = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let bin = debug
-        .join("examples")
-        .join(format!("readme{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p millrace-examples --example readme` \
-         (`cargo test --workspace` builds it)",
-        bin.display()
-    );
-    bin
+    millrace_tests::example_bin("readme")
 }
 
 #[tokio::test]
 async fn the_readme_app_with_a_wrong_password_exits_non_zero_saying_authentication_failed() {
     let server = RedisServer::builder().password("the-right-one").start();
     let url = format!("redis://:the-wrong-one@127.0.0.1:{}", server.port());
+    let bin = readme_bin();
     let started = Instant::now();
-    let child = tokio::process::Command::new(readme_bin())
+    let child = tokio::process::Command::new(bin)
         .env("REDIS_URL", &url)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
