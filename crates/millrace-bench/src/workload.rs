@@ -32,6 +32,21 @@ pub(crate) fn event(k: usize) -> (u64, &'static str, &'static str) {
     )
 }
 
+/// Queues `XADD <stream> * user_id … action … page …` of the `k`-th event on `pipe` (reply ignored).
+pub(crate) fn push_event(pipe: &mut redis::Pipeline, stream: &str, k: usize) {
+    let (user, action, page) = event(k);
+    pipe.cmd("XADD")
+        .arg(stream)
+        .arg("*")
+        .arg("user_id")
+        .arg(user)
+        .arg("action")
+        .arg(action)
+        .arg("page")
+        .arg(page)
+        .ignore();
+}
+
 /// A multiplexed connection whose commands may wait up to 30 s for their reply (the default 500 ms
 /// fails acks when 256 consumer threads keep the runtime's workers from running for a while).
 pub(crate) async fn connect(client: &redis::Client) -> redis::RedisResult<MultiplexedConnection> {
@@ -50,17 +65,7 @@ pub(crate) async fn preload(conn: &mut MultiplexedConnection, stream: &str, n: u
         let end = (k + 5_000).min(n);
         let mut pipe = redis::pipe();
         for i in k..end {
-            let (user, action, page) = event(i);
-            pipe.cmd("XADD")
-                .arg(stream)
-                .arg("*")
-                .arg("user_id")
-                .arg(user)
-                .arg("action")
-                .arg(action)
-                .arg("page")
-                .arg(page)
-                .ignore();
+            push_event(&mut pipe, stream, i);
         }
         pipe.query_async::<()>(conn).await?;
         k = end;

@@ -186,17 +186,7 @@ async fn preload_many(
         for stream in chunk {
             pipe.cmd("DEL").arg(stream).ignore();
             for i in 0..backlog {
-                let (user, action, page) = crate::workload::event(i);
-                pipe.cmd("XADD")
-                    .arg(stream)
-                    .arg("*")
-                    .arg("user_id")
-                    .arg(user)
-                    .arg("action")
-                    .arg(action)
-                    .arg("page")
-                    .arg(page)
-                    .ignore();
+                crate::workload::push_event(&mut pipe, stream, i);
             }
         }
         pipe.query_async::<()>(admin).await?;
