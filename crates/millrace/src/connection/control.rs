@@ -1,0 +1,143 @@
+//! [`Control`]: the shared control connection (one server's `ConnectionManager` or the cluster's
+//! `ClusterConnection`), and commands routed to one node.
+
+use std::fmt;
+use std::sync::Arc;
+
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::RedisFuture;
+
+use crate::cluster::NodeAddress;
+
+/// The control connection a consumer sends its commands through: one server's
+/// `ConnectionManager`, or the cluster's `ClusterConnection`, which routes each command to the
+/// master of its key and follows `MOVED` and `ASK` itself. Cheap to clone.
+#[derive(Clone)]
+pub(crate) enum Control {
+    /// One server.
+    Single(ConnectionManager),
+    /// A cluster, connected on first use.
+    Cluster(ClusterControl),
+}
+
+impl fmt::Debug for Control {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Control::Single(_) => "Control::Single",
+            Control::Cluster(_) => "Control::Cluster",
+        })
+    }
+}
+
+/// The cluster's control connection, made on first use (so `start` need not wait for it, and a
+/// cluster that is down at start is retried like a server that is down).
+#[derive(Clone)]
+pub(crate) struct ClusterControl(Arc<ClusterShared>);
+
+struct ClusterShared {
+    client: ClusterClient,
+    /// Made on first use; taken out by [`ClusterControl::close`].
+    conn: tokio::sync::Mutex<Option<ClusterConnection>>,
+}
+
+impl ClusterControl {
+    /// The control connection of the cluster `client`, connected on first use.
+    pub(super) fn new(client: ClusterClient) -> ClusterControl {
+        ClusterControl(Arc::new(ClusterShared {
+            client,
+            conn: tokio::sync::Mutex::new(None),
+        }))
+    }
+
+    async fn connection(&self) -> redis::RedisResult<ClusterConnection> {
+        let mut slot = self.0.conn.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let conn = self.0.client.get_async_connection().await?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Lets go of the cluster connection: once the last command in flight has its reply, its
+    /// connections to the masters close.
+    pub(super) async fn close(&self) {
+        self.0.conn.lock().await.take();
+    }
+}
+
+impl Control {
+    /// Wakes the blocked read of the connection `client_id` on `node` (`CLIENT UNBLOCK`): on a
+    /// cluster the command is routed to that node, since client ids are per node.
+    pub(crate) async fn unblock(
+        &mut self,
+        node: Option<&NodeAddress>,
+        client_id: i64,
+    ) -> redis::RedisResult<i64> {
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("UNBLOCK").arg(client_id);
+        self.query_on(node, cmd).await
+    }
+
+    /// Runs `cmd` on the server, or on a cluster on the node `node` (for commands that are per
+    /// node: `CLIENT UNBLOCK`, `SCAN`). On a cluster without a node it fails: such a command has
+    /// no key to route it by.
+    pub(crate) async fn query_on<T: redis::FromRedisValue>(
+        &mut self,
+        node: Option<&NodeAddress>,
+        cmd: redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        match (self, node) {
+            (Control::Single(c), _) => cmd.query_async(c).await,
+            (Control::Cluster(c), Some(node)) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: node.host.clone(),
+                    port: node.port,
+                });
+                let value = c.connection().await?.route_command(cmd, routing).await?;
+                Ok(redis::from_redis_value(value)?)
+            }
+            (Control::Cluster(_), None) => Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "no cluster node named to send the command to",
+            ))),
+        }
+    }
+}
+
+impl ConnectionLike for Control {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Control::Single(c) => c.req_packed_command(cmd),
+            Control::Cluster(c) => Box::pin(async move {
+                let mut conn = c.connection().await?;
+                conn.req_packed_command(cmd).await
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Control::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Control::Cluster(c) => Box::pin(async move {
+                let mut conn = c.connection().await?;
+                conn.req_packed_commands(cmd, offset, count).await
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Control::Single(c) => c.get_db(),
+            Control::Cluster(_) => 0,
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The shape of `millrace.toml`: the serde types its tables deserialize into (`[redis]`,
+//! `[connection]`, `[[consumers]]`).
+
+#[cfg(feature = "tls")]
+use std::path::Path;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{ConsumerOptions, RestartPolicy};
+use crate::connection::ConnectionOptions;
+use crate::error::{Error, Result};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileConnection {
+    #[serde(default, with = "crate::config::opt_duration")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, with = "crate::config::opt_duration")]
+    command_timeout: Option<Duration>,
+    wait_for_redis: Option<bool>,
+    /// PEM root certificates to trust instead of the Mozilla roots (`tls` feature).
+    tls_ca_cert: Option<PathBuf>,
+    /// PEM client certificate chain and key for mutual TLS (`tls` feature), both or neither.
+    tls_client_cert: Option<PathBuf>,
+    tls_client_key: Option<PathBuf>,
+}
+
+impl FileConnection {
+    /// The connection options this `[connection]` table sets, over the defaults.
+    pub(super) fn options(&self) -> Result<ConnectionOptions> {
+        let mut connection = ConnectionOptions::default();
+        if let Some(t) = self.connect_timeout {
+            connection.connect_timeout = t;
+        }
+        if let Some(t) = self.command_timeout {
+            connection.command_timeout = t;
+        }
+        if let Some(w) = self.wait_for_redis {
+            connection.wait_for_redis = w;
+        }
+        self.tls_into(connection)
+    }
+
+    /// Reads the TLS files named, if any, into `options`.
+    fn tls_into(&self, options: ConnectionOptions) -> Result<ConnectionOptions> {
+        let named = [
+            &self.tls_ca_cert,
+            &self.tls_client_cert,
+            &self.tls_client_key,
+        ];
+        if named.iter().all(|p| p.is_none()) {
+            return Ok(options);
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            Err(Error::config(
+                None,
+                "connection.tls_ca_cert",
+                "and the other `tls_…` settings need millrace's `tls` cargo feature",
+            ))
+        }
+        #[cfg(feature = "tls")]
+        {
+            let read = |field: &str, path: &Path| {
+                std::fs::read(path).map_err(|e| {
+                    Error::config(
+                        None,
+                        &format!("connection.{field}"),
+                        format!("cannot be read from {}: {e}", path.display()),
+                    )
+                })
+            };
+            let client_tls = match (&self.tls_client_cert, &self.tls_client_key) {
+                (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                    client_cert: read("tls_client_cert", cert)?,
+                    client_key: read("tls_client_key", key)?,
+                }),
+                (None, None) => None,
+                _ => {
+                    return Err(Error::config(
+                        None,
+                        "connection.tls_client_cert",
+                        "and `tls_client_key` go together: set both or neither",
+                    ))
+                }
+            };
+            let root_cert = match &self.tls_ca_cert {
+                Some(path) => Some(read("tls_ca_cert", path)?),
+                None => None,
+            };
+            Ok(options.tls_certificates(redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            }))
+        }
+    }
+}
+
+/// One `[[consumers]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ConsumerDecl {
+    /// Stream key.
+    pub stream: String,
+    /// Consumer group.
+    pub group: String,
+    /// Consumer name (with `replicas > 1`, the base of `{consumer}-{index}`).
+    pub consumer: Option<String>,
+    /// How many consumers to start with this declaration. Default 1.
+    #[serde(default = "one")]
+    pub replicas: usize,
+    /// Options: `defaults` overridden by this consumer's own table.
+    #[serde(default)]
+    pub options: ConsumerOptions,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// `redis = "url"`, or a `[redis]` table: `cluster = [urls]` (or one comma-separated string, as
+/// `MILLRACE_REDIS__CLUSTER` gives it).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum FileRedis {
+    Url(String),
+    Table(FileRedisTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileRedisTable {
+    cluster: SeedList,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum SeedList {
+    List(Vec<String>),
+    Text(String),
+}
+
+/// Where the supervisor connects.
+#[derive(Clone)]
+pub(super) enum RedisTarget {
+    Url(String),
+    Cluster(Vec<String>),
+}
+
+impl From<FileRedis> for RedisTarget {
+    fn from(redis: FileRedis) -> Self {
+        match redis {
+            FileRedis::Url(url) => RedisTarget::Url(url),
+            FileRedis::Table(FileRedisTable {
+                cluster: SeedList::List(urls),
+            }) => RedisTarget::Cluster(urls),
+            FileRedis::Table(FileRedisTable {
+                cluster: SeedList::Text(urls),
+            }) => RedisTarget::Cluster(
+                urls.split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileConfig {
+    pub(super) redis: Option<FileRedis>,
+    pub(super) service: Option<String>,
+    pub(super) connection: Option<FileConnection>,
+    #[serde(default)]
+    pub(super) restart: RestartPolicy,
+    #[serde(default)]
+    pub(super) consumers: Vec<ConsumerDecl>,
+}

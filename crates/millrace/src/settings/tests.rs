@@ -1,0 +1,183 @@
+//! Tests of `millrace.toml` parsing and environment overrides.
+
+use std::time::Duration;
+
+use super::*;
+use crate::{Batch, HandlerResult, RawEntry};
+
+const FILE: &str = r#"
+    redis = "redis://127.0.0.1:6379"
+    [restart]
+    max_restarts = 3
+    [defaults]
+    count = 50
+    block = "2s"
+    [[consumers]]
+    stream = "orders"
+    group = "g"
+    consumer = "w"
+    replicas = 2
+    [consumers.options]
+    block = "1s"
+"#;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn handler(_b: Batch<RawEntry>) -> futures::future::Ready<HandlerResult> {
+    futures::future::ready(HandlerResult::Ok)
+}
+
+#[test]
+fn defaults_merge_and_replicas_expand() {
+    let s = Settings::from_toml_str(FILE).unwrap();
+    let specs = s.consumers("orders", handler);
+    assert_eq!(specs.len(), 2);
+    let o = specs[0].options();
+    assert_eq!((o.count, o.block), (Some(50), Duration::from_secs(1)));
+    assert_eq!(&*specs[1].id().consumer, "w-1");
+    assert!(s.consumers("other", handler).is_empty());
+    assert_eq!(s.restart.max_restarts, 3);
+}
+
+#[test]
+fn environment_overrides_apply() {
+    let s = Settings::parse(
+        FILE,
+        env(&[
+            ("MILLRACE_DEFAULTS__COUNT", "7"),
+            ("MILLRACE_CONSUMERS__0__OPTIONS__BLOCK", "3s"),
+            ("MILLRACE_RESTART__WINDOW", "30s"),
+            ("MILLRACE_REDIS_SERVER", "/usr/bin/redis-server"),
+            ("MILLRACE_CONNECTION__WAIT_FOR_REDIS", "true"),
+        ]),
+    )
+    .unwrap();
+    let o = s.declarations()[0].options.clone();
+    assert_eq!((o.count, o.block), (Some(7), Duration::from_secs(3)));
+    assert_eq!(s.restart.window, Duration::from_secs(30));
+    assert!(s.connection.wait_for_redis);
+}
+
+#[test]
+fn the_environment_makes_a_fixed_count_adaptive_and_sets_its_bounds() {
+    let s = Settings::parse(
+        FILE,
+        env(&[
+            ("MILLRACE_DEFAULTS__COUNT", "adaptive"),
+            ("MILLRACE_DEFAULTS__BATCH_TARGET", "250ms"),
+            ("MILLRACE_DEFAULTS__MAX_COUNT", "400"),
+        ]),
+    )
+    .unwrap();
+    let o = s.declarations()[0].options.clone();
+    assert_eq!(o.count, None);
+    assert_eq!(o.batch_target, Duration::from_millis(250));
+    assert_eq!((o.min_count, o.max_count), (1, 400));
+    let err = Settings::parse(FILE, env(&[("MILLRACE_DEFAULTS__MAX_COUNT", "0")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("consumers[0].options.min_count"), "{err}");
+    let err = Settings::parse(FILE, env(&[("MILLRACE_DEFAULTS__COUNT", "many")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("adaptive"), "{err}");
+}
+
+#[test]
+fn tls_files_are_read_and_a_missing_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, "not checked until a connection is made").unwrap();
+    let file =
+        |extra: &str| format!("redis = \"rediss://127.0.0.1:6380\"\n[connection]\n{extra}\n");
+    let with_ca = Settings::from_toml_str(&file(&format!(
+        "tls_ca_cert = {:?}",
+        ca.display().to_string()
+    )));
+    let missing = Settings::from_toml_str(&file("tls_ca_cert = \"/nonexistent/ca.crt\""));
+    let half = Settings::from_toml_str(&file(&format!(
+        "tls_client_cert = {:?}",
+        ca.display().to_string()
+    )));
+    if cfg!(feature = "tls") {
+        assert!(with_ca.is_ok(), "{with_ca:?}");
+        let err = missing.unwrap_err().to_string();
+        assert!(
+            err.contains("connection.tls_ca_cert") && err.contains("/nonexistent/ca.crt"),
+            "{err}"
+        );
+        let err = half.unwrap_err().to_string();
+        assert!(err.contains("tls_client_key"), "{err}");
+    } else {
+        let err = with_ca.unwrap_err().to_string();
+        assert!(err.contains("`tls` cargo feature"), "{err}");
+    }
+}
+
+#[test]
+fn unknown_keys_and_bad_values_name_the_key() {
+    let err = Settings::parse(FILE, env(&[("MILLRACE_DEFAULTS__CONT", "7")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cont"), "{err}");
+    let err = Settings::from_toml_str(&FILE.replace("replicas = 2", "replicas = 2\nreplica = 1"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("replica"), "{err}");
+    let err = Settings::from_toml_str(&FILE.replace("block = \"1s\"", "block = \"1\""))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("block") && err.contains("no unit"), "{err}");
+    let err = Settings::from_toml_str(&FILE.replace("count = 50", "count = 0"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("consumers[0].options.count"), "{err}");
+    let err = Settings::parse(FILE, env(&[("MILLRACE_CONSUMERS__3__GROUP", "x")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("index 3"), "{err}");
+}
+
+#[test]
+fn a_cluster_is_named_by_its_seeds_in_the_file_or_the_environment() {
+    let file = FILE.replace(
+        r#"redis = "redis://127.0.0.1:6379""#,
+        "[redis]\ncluster = [\"redis://u:S3cret@127.0.0.1:7000\", \"redis://u:S3cret@127.0.0.1:7001\"]",
+    );
+    let s = Settings::from_toml_str(&file).unwrap();
+    assert!(matches!(&s.redis, Some(RedisTarget::Cluster(seeds)) if seeds.len() == 2));
+    assert!(!format!("{s:?}").contains("S3cret"));
+    let builder = format!("{:?}", s.supervisor().unwrap());
+    assert!(builder.contains("cluster of 2 seed urls"), "{builder}");
+    assert!(!builder.contains("S3cret"), "{builder}");
+
+    let s = Settings::parse(
+        FILE,
+        env(&[("MILLRACE_REDIS__CLUSTER", "redis://127.0.0.1:7000")]),
+    );
+    // `redis` is a URL in the file: the override of a key inside it is refused…
+    assert!(s.is_err());
+    let s = Settings::parse(
+        &FILE.replace(r#"redis = "redis://127.0.0.1:6379""#, ""),
+        env(&[(
+            "MILLRACE_REDIS__CLUSTER",
+            "redis://127.0.0.1:7000, redis://127.0.0.1:7001,redis://127.0.0.1:7002",
+        )]),
+    )
+    .unwrap();
+    // …and without one in the file, the environment names the cluster.
+    assert!(
+        matches!(&s.redis, Some(RedisTarget::Cluster(seeds)) if seeds.len() == 3 && seeds[1] == "redis://127.0.0.1:7001")
+    );
+}
+
+#[test]
+fn debug_hides_the_url() {
+    let s = Settings::from_toml_str(&FILE.replace("redis://127", "redis://u:S3cret@127")).unwrap();
+    assert!(!format!("{s:?}").contains("S3cret"));
+}
