@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::Action;
 use crate::id::ConsumerId;
 
 /// `Result` with millrace's [`Error`].
@@ -53,6 +54,10 @@ pub enum Error {
         reason: String,
         /// What to change.
         hint: String,
+        /// The server's error reply, when the error came from one (never a connection error,
+        /// whose text could hold a URL).
+        #[source]
+        source: Option<Arc<redis::RedisError>>,
     },
     /// The consumer group or the stream key disappeared (NOGROUP, `UNBLOCKED the stream key no longer exists`).
     #[error(
@@ -65,6 +70,9 @@ pub enum Error {
         command: &'static str,
         /// The server's message.
         detail: String,
+        /// The server's error reply, when the error came from one.
+        #[source]
+        source: Option<Arc<redis::RedisError>>,
     },
     /// The handler panicked; its batch was not acknowledged and will be handled again.
     #[error("{consumer}: handler panicked: {message}")]
@@ -208,27 +216,22 @@ impl Error {
         }
     }
 
-    /// Whether, on a Redis Cluster, this error says that the stream's owner changed (a failover's
-    /// `UNBLOCKED … instance state changed`, a migration's `UNBLOCKED the stream key no longer
-    /// exists`, `READONLY` from a demoted master) or that a shard has no master for now
-    /// (`MASTERDOWN`). On one server the first two mean the group is lost and the others are
-    /// fatal; on a cluster the consumer looks its stream's owner up again instead.
-    /// (`MOVED`, `ASK`, `CLUSTERDOWN`, `TRYAGAIN` and lost connections are transient anywhere.)
-    pub(crate) fn is_topology_change(&self) -> bool {
-        let text = match self {
-            Error::GroupLost { detail, .. } => detail,
-            Error::Fatal { reason, .. } => reason,
-            _ => return false,
-        };
-        [
-            "instance state changed",
-            "no longer exists",
-            "READONLY",
-            "read only replica",
-            "MASTERDOWN",
-        ]
-        .iter()
-        .any(|words| text.contains(words))
+    /// The server's error reply this error came from, if any.
+    pub(crate) fn redis_source(&self) -> Option<&redis::RedisError> {
+        match self {
+            Error::Transient { source, .. } => Some(source),
+            Error::GroupLost { source, .. } | Error::Fatal { source, .. } => source.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// What a consumer on a Redis Cluster does about this error ([`Action::for_error`] of the
+    /// server's reply): a failover's `UNBLOCKED … instance state changed`, a migration's
+    /// `UNBLOCKED the stream key no longer exists` and `READONLY` from a demoted master say the
+    /// stream's owner changed; on one server the first two mean the group is lost and `READONLY`
+    /// is fatal. `None` when the error is not about the cluster.
+    pub(crate) fn cluster_action(&self) -> Option<Action> {
+        self.redis_source().and_then(Action::for_error)
     }
 
     pub(crate) fn class(&self) -> Class {
@@ -271,11 +274,14 @@ pub(crate) fn classify(
 ) -> Error {
     use redis::{ErrorKind, ServerErrorKind};
     let code = err.code().map(str::to_owned);
+    // Only a server's reply is kept as the source: it never holds a URL.
+    let reply = err.code().is_some().then(|| Arc::new(err.clone()));
     let fatal = |hint: String| Error::Fatal {
         consumer: consumer.cloned(),
         command,
         reason: redact(&err.to_string()),
         hint,
+        source: reply.clone(),
     };
     if err.is_timeout()
         || err.is_io_error()
@@ -294,6 +300,7 @@ pub(crate) fn classify(
         reason: format!("authentication failed: the server refused the credentials ({server})"),
         hint: "check the username and password in the Redis URL, and that the ACL user is `on`"
             .into(),
+        source: None,
     };
     match err.kind() {
         ErrorKind::AuthenticationFailed => return authentication(redact(&err.to_string())),
@@ -309,7 +316,7 @@ pub(crate) fn classify(
     match code.as_deref() {
         Some("NOGROUP") | Some("UNBLOCKED") if !err.to_string().contains("client unblocked") => {
             if let Some(consumer) = consumer {
-                return Error::GroupLost { consumer: consumer.clone(), command, detail: err.to_string() };
+                return Error::GroupLost { consumer: consumer.clone(), command, detail: err.to_string(), source: reply };
             }
             fatal(format!("create the consumer group first: `XGROUP CREATE {key} <group> $ MKSTREAM`"))
         }
@@ -378,33 +385,75 @@ pub(crate) fn redact(message: &str) -> String {
 mod tests {
     use super::*;
 
-    fn group_lost(detail: &str) -> Error {
-        Error::GroupLost {
-            consumer: ConsumerId::new("s", "g", "c"),
-            command: "XREADGROUP",
-            detail: detail.to_owned(),
-        }
+    /// The error redis-rs makes of a server's error reply line (`-CODE detail`).
+    fn reply(line: &str) -> redis::RedisError {
+        redis::parse_redis_value(format!("{line}\r\n").as_bytes())
+            .expect("a reply")
+            .extract_error()
+            .expect_err("an error reply")
+    }
+
+    fn classified(line: &str) -> Error {
+        let consumer = ConsumerId::new("s", "g", "c");
+        classify(Some(&consumer), "XREADGROUP", "s", reply(line))
     }
 
     #[test]
     fn owner_changes_are_told_from_a_lost_group() {
-        for topology in [
-            group_lost("\"UNBLOCKED\": force unblock from blocking operation, instance state changed (master -> replica?)"),
-            group_lost("\"UNBLOCKED\": the stream key no longer exists"),
+        // On one server the class rules: a failover's and a migration's UNBLOCKED read as a lost
+        // group, READONLY as fatal. On a cluster the action says the owner changed.
+        for (line, class) in [
+            (
+                "-UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)",
+                Class::GroupLost,
+            ),
+            ("-UNBLOCKED the stream key no longer exists", Class::GroupLost),
+            ("-READONLY You can't write against a read only replica.", Class::Fatal),
         ] {
-            assert!(topology.is_topology_change(), "{topology}");
+            let err = classified(line);
+            assert_eq!(err.class(), class, "{err}");
+            assert_eq!(err.cluster_action(), Some(Action::FollowOwner), "{err}");
         }
-        let nogroup = group_lost(
-            "NOGROUP No such key 's' or consumer group 'g' in XREADGROUP with GROUP option",
+        for line in [
+            "-MOVED 3999 127.0.0.1:6381",
+            "-CLUSTERDOWN The cluster is down",
+            "-TRYAGAIN Multiple keys request during rehashing of slot",
+            "-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+        ] {
+            let err = classified(line);
+            assert_eq!(err.class(), Class::Transient, "{err}");
+            assert!(err.cluster_action().is_some(), "{err}");
+        }
+        let crossslot = classified("-CROSSSLOT Keys in request don't hash to the same slot");
+        assert_eq!(crossslot.class(), Class::Fatal);
+        assert_eq!(crossslot.cluster_action(), Some(Action::Fatal));
+        for line in [
+            "-NOGROUP No such key 's' or consumer group 'g' in XREADGROUP with GROUP option",
+            "-NOPERM this user has no permissions to access one of the keys used as arguments",
+            "-WRONGTYPE Operation against a key holding the wrong kind of value",
+        ] {
+            let err = classified(line);
+            assert_eq!(err.cluster_action(), None, "{err}");
+        }
+        let unblocked = classified("-UNBLOCKED client unblocked via CLIENT UNBLOCK");
+        assert_eq!(unblocked.cluster_action(), None, "{unblocked}");
+    }
+
+    #[test]
+    fn a_connection_error_is_never_kept_as_a_fatal_source() {
+        let err = classify(
+            None,
+            "CONNECT",
+            "s",
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "bad url",
+                "redis://u:secret@h:1".to_owned(),
+            )),
         );
-        assert!(!nogroup.is_topology_change());
-        let noperm = Error::Fatal {
-            consumer: None,
-            command: "XACK",
-            reason: "NOPERM this user has no permissions".into(),
-            hint: String::new(),
-        };
-        assert!(!noperm.is_topology_change());
+        assert!(err.is_fatal());
+        assert!(err.redis_source().is_none());
+        assert!(!format!("{err} {err:?}").contains("secret"));
     }
 
     #[test]

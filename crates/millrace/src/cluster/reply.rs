@@ -71,6 +71,7 @@ impl ClusterReply {
 
     /// The topology reply an error line (`MOVED 3999 127.0.0.1:6381`, with or without the
     /// leading `-`) is, if any.
+    #[cfg(test)]
     pub(crate) fn from_error_line(line: &str) -> Option<ClusterReply> {
         let line = line.strip_prefix('-').unwrap_or(line).trim_end();
         let (code, detail) = line.split_once(' ').unwrap_or((line, ""));
@@ -112,6 +113,7 @@ impl ClusterReply {
     }
 
     /// The node the reply names, for `MOVED` and `ASK`.
+    #[cfg(test)]
     pub(crate) fn node(&self) -> Option<&NodeAddress> {
         match self {
             ClusterReply::Moved { owner: node, .. } | ClusterReply::Ask { target: node, .. } => {

@@ -186,6 +186,7 @@ impl SlotMap {
     }
 
     /// The ranges, sorted by first slot.
+    #[cfg(test)]
     pub(crate) fn ranges(&self) -> &[SlotRange] {
         &self.ranges
     }

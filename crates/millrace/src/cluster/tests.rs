@@ -17,6 +17,13 @@ use crate::cluster::{
 
 const WAIT: Duration = Duration::from_secs(15);
 
+/// `err` as a consumer's read meets it: the crate's [`Error`](crate::Error), whose
+/// `cluster_action` the consumer asks.
+fn as_the_consumer_sees_it(stream: &str, err: redis::RedisError) -> crate::Error {
+    let consumer = crate::ConsumerId::new(stream, "g", "blocked");
+    crate::error::classify(Some(&consumer), "XREADGROUP", stream, err)
+}
+
 /// Runs a blocking testkit helper without stalling the runtime's other tasks.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
@@ -184,6 +191,10 @@ async fn topology_matches_a_real_cluster_and_control_commands_follow_it() {
         "{err}"
     );
     assert_eq!(Action::for_error(&err), Some(Action::FollowOwner));
+    assert_eq!(
+        as_the_consumer_sees_it(stream, err).cluster_action(),
+        Some(Action::FollowOwner)
+    );
 
     let mut stale = node_connection(&cluster, old).await;
     let err = stale.xlen::<_, usize>(stream).await.expect_err("MOVED");
@@ -239,6 +250,10 @@ async fn topology_matches_a_real_cluster_and_control_commands_follow_it() {
         "{err}"
     );
     assert_eq!(Action::for_error(&err), Some(Action::FollowOwner));
+    assert_eq!(
+        as_the_consumer_sees_it(stream, err).cluster_action(),
+        Some(Action::FollowOwner)
+    );
 
     let mut at_source = node_connection(&cluster, source).await;
     let err = at_source.xlen::<_, usize>(stream).await.expect_err("ASK");
@@ -290,4 +305,9 @@ async fn topology_matches_a_real_cluster_and_control_commands_follow_it() {
         .await
         .expect_err("CROSSSLOT");
     assert_eq!(Action::for_error(&err), Some(Action::Fatal), "{err}");
+    let seen = as_the_consumer_sees_it(&streams[2], err);
+    assert!(
+        seen.is_fatal() && seen.cluster_action() == Some(Action::Fatal),
+        "{seen}"
+    );
 }

@@ -49,6 +49,7 @@ impl Backend {
                                 self.display
                             ),
                             hint,
+                            source: None,
                         },
                         other => other,
                     },
@@ -98,6 +99,7 @@ impl Backend {
             command,
             reason,
             hint: hint.to_owned(),
+            source: None,
         };
         let check_credentials = "check the username and password in the Redis URL \
             (`redis://user:password@host:port`), and that the ACL user exists and is `on` \
@@ -160,5 +162,6 @@ fn unreachable_at(display: &str, what: String) -> Error {
                    `.wait_for_redis(true)`, millrace.toml: `[connection] wait_for_redis = true`) \
                    to start anyway and retry until Redis is there"
             .to_owned(),
+        source: None,
     }
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
-use crate::cluster::{hash_tag_hint, Colocation};
+use crate::cluster::{hash_tag_hint, Action, Colocation};
 use crate::config::{backoff_with_jitter, ConsumerOptions, OnGroupLost};
 use crate::connection::{Backend, Node};
 use crate::entry::BatchMeta;
@@ -245,7 +245,8 @@ impl Consumer {
         // looks the owner up again and replays the own pending entries there. Never a group
         // recreation, and never a failure of the consumer (so not a restart).
         let topology = self.backend.is_cluster()
-            && (err.is_topology_change() || err.class() == Class::Transient);
+            && (matches!(err.cluster_action(), Some(action) if action != Action::Fatal)
+                || err.class() == Class::Transient);
         let class = if topology {
             Class::Transient
         } else {

@@ -146,6 +146,7 @@ impl Consumer {
                 "create it (`XGROUP CREATE {} {} $ MKSTREAM`) or set create_group = true",
                 self.id.stream, self.id.group
             ),
+            source: None,
         }
     }
 }

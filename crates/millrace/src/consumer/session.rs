@@ -79,6 +79,7 @@ impl Consumer {
                                 consumer: id.clone(),
                                 command: "XGROUP CREATE",
                                 detail,
+                                source: Some(std::sync::Arc::new(e)),
                             }
                         } else {
                             self.client.error("XGROUP CREATE", &id.stream, e)
