@@ -102,6 +102,10 @@ pub struct StreamSet {
     /// Matching streams that are dead-letter streams of streams found or read (skipped, so no
     /// consumer reads dead letters).
     pub dead_letter_streams: usize,
+    /// Keys matching the pattern whose names are not UTF-8 or hold control characters (CR, LF,
+    /// NUL, any other C0, DEL), at the last complete sweep: skipped, since Redis writes such
+    /// names mangled in its replies. Rename the keys to have them read.
+    pub unusable_name_keys: usize,
     /// When the last sweep completed; `None` before the first, and for named streams.
     pub last_sweep: Option<SystemTime>,
     /// Complete sweeps so far.

@@ -10,7 +10,7 @@ use crate::config::{ConsumerOptions, OnGroupLost, StartId};
 use crate::decode::Decode;
 use crate::error::{Error, Result};
 use crate::handler::{BatchRunner, Handler, TypedRunner};
-use crate::id::ConsumerId;
+use crate::id::{control_char_reason, ConsumerId, Printable};
 use crate::spec::{dead_letter_stream_of, ConsumerSpec, MAX_NAME_LEN, STREAM_PLACEHOLDER};
 
 /// How often a pattern is matched against the keys when no interval is set.
@@ -289,7 +289,11 @@ impl MultiStreamSpec {
     }
 
     fn config_error(&self, stream: Option<&str>, field: &str, reason: String) -> Error {
-        let scope = format!("group `{}`, consumer `{}`", self.group, self.consumer);
+        let scope = format!(
+            "group `{}`, consumer `{}`",
+            Printable(&self.group),
+            Printable(&self.consumer)
+        );
         match stream {
             Some(s) => Error::config(Some(&self.id_of(s)), field, reason),
             None => Error::config(None, field, format!("{reason} ({scope})")),
@@ -303,6 +307,9 @@ impl MultiStreamSpec {
                     "must be 1 to {MAX_NAME_LEN} bytes long; give the multi-stream consumer a {field} name"
                 );
                 return Err(self.config_error(None, field, what));
+            }
+            if let Some(reason) = control_char_reason(value) {
+                return Err(self.config_error(None, field, reason));
             }
         }
         let Streams::Named(streams) = &self.streams else {
@@ -324,6 +331,10 @@ impl MultiStreamSpec {
                     stream.len()
                 );
                 return Err(self.config_error(None, "streams", what));
+            }
+            if let Some(reason) = control_char_reason(stream) {
+                let what = format!("names a stream that {reason}");
+                return Err(self.config_error(Some(stream), "streams", what));
             }
             if !seen.insert(stream.as_str()) {
                 let what = "names this stream twice: each stream is read once per consumer; remove the repeat";
@@ -361,6 +372,10 @@ impl MultiStreamSpec {
             let what = format!("must be 1 to {MAX_NAME_LEN} bytes long (a `SCAN … MATCH` glob such as `tenant:*:events`)");
             return Err(self.config_error(None, "pattern", what));
         }
+        if let Some(reason) = control_char_reason(pattern) {
+            let what = format!("`{}` {reason}", Printable(pattern));
+            return Err(self.config_error(None, "pattern", what));
+        }
         if self
             .discovery_interval
             .is_some_and(|e| e < MIN_DISCOVERY_INTERVAL)
@@ -384,6 +399,46 @@ mod tests {
 
     fn refused(spec: &MultiStreamSpec) -> String {
         spec.validate().expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn names_and_patterns_with_control_characters_are_refused() {
+        let err = refused(&spec(&["a", "b\r\nc"]));
+        assert!(
+            err.contains("stream `b\\r\\nc`, group `g`, consumer `c`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("`streams` names a stream that holds the control character `\\r`"),
+            "{err}"
+        );
+        let err = refused(
+            &MultiStreamSpec::new(["a"], "g\n", "c")
+                .handler(|_b: Batch<RawEntry>| async { HandlerResult::Ok }),
+        );
+        assert!(
+            err.contains("`group` holds the control character `\\n`"),
+            "{err}"
+        );
+        assert!(err.contains("group `g\\n`, consumer `c`"), "{err}");
+        let err = refused(
+            &MultiStreamSpec::new(["a"], "g", "c\0")
+                .handler(|_b: Batch<RawEntry>| async { HandlerResult::Ok }),
+        );
+        assert!(
+            err.contains("`consumer` holds the control character `\\u{0}`"),
+            "{err}"
+        );
+        let err = refused(
+            &MultiStreamSpec::pattern("tenant:*\n", "g", "c")
+                .handler(|_b: Batch<RawEntry>| async { HandlerResult::Ok }),
+        );
+        assert!(
+            err.contains("`pattern` `tenant:*\\n` holds the control character"),
+            "{err}"
+        );
+        assert!(err.contains("group `g`, consumer `c`"), "{err}");
+        assert!(!err.contains(['\r', '\n', '\0']), "{err:?}");
     }
 
     #[test]

@@ -266,6 +266,9 @@ impl ConsumerSpec {
                     format!("must be at most {MAX_NAME_LEN} bytes"),
                 ));
             }
+            if let Some(reason) = crate::id::control_char_reason(value) {
+                return Err(Error::config(Some(id), field, reason));
+            }
         }
         self.options.validate(Some(id))?;
         if self.dead_letter_stream_name() == *id.stream {
@@ -283,5 +286,56 @@ impl ConsumerSpec {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Batch, HandlerResult, RawEntry};
+
+    #[test]
+    fn names_with_control_characters_are_refused_naming_the_consumer() {
+        let spec = |stream: &str, group: &str, consumer: &str| {
+            ConsumerSpec::new(stream, group, consumer)
+                .handler(|_b: Batch<RawEntry>| async { HandlerResult::Ok })
+        };
+        assert!(spec("orders", "g", "c").validate().is_ok());
+        for (s, g, c, field, shown) in [
+            (
+                "orders\r\n",
+                "g",
+                "c",
+                "`stream`",
+                "stream `orders\\r\\n`, group `g`, consumer `c`",
+            ),
+            (
+                "orders",
+                "g\n",
+                "c",
+                "`group`",
+                "stream `orders`, group `g\\n`, consumer `c`",
+            ),
+            (
+                "orders",
+                "g",
+                "c\0",
+                "`consumer`",
+                "stream `orders`, group `g`, consumer `c\\u{0}`",
+            ),
+            ("or\x1bders", "g", "c", "`stream`", "stream `or\\u{1b}ders`"),
+        ] {
+            let err = spec(s, g, c).validate().expect_err("refused").to_string();
+            assert!(err.contains(shown), "{err}");
+            assert!(
+                err.contains(&format!("{field} holds the control character")),
+                "{err}"
+            );
+            assert!(
+                err.contains("use a name without control characters"),
+                "{err}"
+            );
+            assert!(!err.contains(['\r', '\n', '\0', '\x1b']), "{err:?}");
+        }
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use crate::cluster::NodeAddress;
+use crate::id::control_char_reason;
 
 /// What a complete sweep found: the streams matching the pattern, and the matching keys that were
 /// skipped.
@@ -16,6 +17,9 @@ pub(crate) struct SweepResult {
     pub(crate) other_type: BTreeSet<String>,
     /// Keys matching the pattern whose names are not UTF-8 (no stream name can hold them): skipped.
     pub(crate) not_utf8: usize,
+    /// Keys matching the pattern whose names hold control characters (see
+    /// `id::control_char_reason`): skipped.
+    pub(crate) control_chars: BTreeSet<String>,
     /// `SCAN` calls the sweep took, over all nodes.
     pub(crate) scan_calls: u64,
     /// `TYPE` calls the sweep took (keys not known as streams from the sweep before).
@@ -98,7 +102,7 @@ impl Sweep {
 
     /// Splits a page's keys: the names already known as streams (`known`, the sweep before, or
     /// this sweep) are streams at once; the rest must be asked with `TYPE`. Names that are not UTF-8
-    /// are counted and dropped.
+    /// or hold control characters are counted and dropped.
     pub(crate) fn take_page(
         &mut self,
         index: usize,
@@ -115,6 +119,9 @@ impl Sweep {
         for key in keys {
             match String::from_utf8(key) {
                 Err(_) => self.found.not_utf8 += 1,
+                Ok(name) if control_char_reason(&name).is_some() => {
+                    self.found.control_chars.insert(name);
+                }
                 Ok(name) if known.contains(&name) || self.found.streams.contains(&name) => {
                     self.found.streams.insert(name);
                 }
@@ -202,7 +209,7 @@ mod tests {
     fn known_streams_skip_type_and_the_rest_are_asked() {
         let mut sweep = Sweep::over(vec![None]);
         let known = names(&["t:1:e"]);
-        let mut page = keys(&["t:1:e", "t:2:e", "t:h:e"]);
+        let mut page = keys(&["t:1:e", "t:2:e", "t:h:e", "t:3\r\n:e", "t:4\0:e"]);
         page.push(vec![b't', 0xff, b'e']);
         let unknown = sweep.take_page(0, 5, page, &known);
         assert_eq!(unknown, vec!["t:2:e".to_owned(), "t:h:e".to_owned()]);
@@ -216,6 +223,7 @@ mod tests {
         assert_eq!(result.streams, names(&["t:1:e", "t:2:e"]));
         assert_eq!(result.other_type, names(&["t:h:e"]));
         assert_eq!(result.not_utf8, 1);
+        assert_eq!(result.control_chars, names(&["t:3\r\n:e", "t:4\0:e"]));
         assert_eq!((result.scan_calls, result.type_calls), (2, 2));
     }
 

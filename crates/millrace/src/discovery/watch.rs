@@ -16,7 +16,7 @@ use super::plan::plan;
 use super::{PatternSweep, SweepResult};
 use crate::actors::supervisor_actor::{ask_multi, MultiMsg, SupMsg, SupervisorShared};
 use crate::error::{Error, Result};
-use crate::id::ConsumerId;
+use crate::id::{ConsumerId, Printable};
 use crate::multi_spec::MultiStreamSpec;
 
 /// At most this many skipped keys are named in [`Discovered::other_type_examples`].
@@ -31,6 +31,8 @@ pub(crate) struct Discovered {
     pub(crate) other_type_examples: Vec<String>,
     /// Matching streams that are dead-letter streams of others, skipped.
     pub(crate) dead_letter_streams: usize,
+    /// Matching keys whose names are not UTF-8 or hold control characters, skipped.
+    pub(crate) unusable_name_keys: usize,
     /// When the last sweep completed.
     pub(crate) last_sweep: Option<SystemTime>,
     /// Complete sweeps so far.
@@ -52,6 +54,8 @@ pub(crate) struct Watch {
     added: BTreeSet<String>,
     /// Keys already warned about as another type, so each is logged once.
     warned: BTreeSet<String>,
+    /// Whether keys with unusable names were warned about (once per task).
+    warned_names: bool,
 }
 
 impl Watch {
@@ -69,6 +73,7 @@ impl Watch {
             actor,
             added: BTreeSet::new(),
             warned: BTreeSet::new(),
+            warned_names: false,
         })
     }
 
@@ -136,6 +141,7 @@ impl Watch {
             spec.dead_letter_stream_of(s)
         });
         self.warn_other_types(&found);
+        self.warn_unusable_names(&found);
         let mut last_error = None;
         for stream in &plan.add {
             let id = ConsumerId::new(stream.as_str(), group.as_str(), consumer.as_str());
@@ -164,6 +170,7 @@ impl Watch {
             d.other_type_keys = found.other_type.len();
             d.other_type_examples = found.other_type.iter().take(EXAMPLES).cloned().collect();
             d.dead_letter_streams = plan.dead_letter_streams.len();
+            d.unusable_name_keys = found.not_utf8 + found.control_chars.len();
             d.last_sweep = Some(SystemTime::now());
             d.sweeps += 1;
             d.last_error = last_error;
@@ -178,6 +185,22 @@ impl Watch {
                 warn!(key = %key, pattern = self.sweep.pattern(), group = self.spec.group(), consumer = self.spec.consumer(), "stream discovery: the key matches the pattern but is not a stream; skipped");
             }
         }
+    }
+
+    /// One warning, the first time a sweep finds keys whose names cannot be streams' names; the
+    /// count is in `StreamSet::unusable_name_keys`.
+    fn warn_unusable_names(&mut self, found: &SweepResult) {
+        let count = found.not_utf8 + found.control_chars.len();
+        if count == 0 || self.warned_names {
+            return;
+        }
+        self.warned_names = true;
+        let example = found
+            .control_chars
+            .first()
+            .map(|k| Printable(k).to_string())
+            .unwrap_or_else(|| "(not UTF-8)".to_owned());
+        warn!(keys = count, example = %example, pattern = %Printable(self.sweep.pattern()), group = %Printable(self.spec.group()), consumer = %Printable(self.spec.consumer()), "stream discovery: keys match the pattern but their names are not UTF-8 or hold control characters (CR, LF, NUL, …), which Redis writes mangled in its replies; skipped and counted in `StreamSet::unusable_name_keys` (logged once); rename them to be read");
     }
 
     async fn ask(

@@ -107,6 +107,7 @@ impl Supervisor {
                 set.other_type_keys = found.other_type_keys;
                 set.other_type_examples = found.other_type_examples;
                 set.dead_letter_streams = found.dead_letter_streams;
+                set.unusable_name_keys = found.unusable_name_keys;
                 set.last_sweep = found.last_sweep;
                 set.sweeps = found.sweeps;
                 set.last_error = found.last_error;

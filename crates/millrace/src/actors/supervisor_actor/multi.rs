@@ -129,6 +129,7 @@ impl MultiRegistry {
                 other_type_keys: 0,
                 other_type_examples: Vec::new(),
                 dead_letter_streams: 0,
+                unusable_name_keys: 0,
                 last_sweep: None,
                 sweeps: 0,
                 last_error: None,
