@@ -363,6 +363,13 @@ async fn streams_are_added_and_removed_while_running() {
         matches!(unknown, Error::UnknownConsumer { .. }),
         "{unknown}"
     );
+    let control = app.add_stream("g", "c", "b\nc").await.unwrap_err();
+    assert!(
+        control
+            .to_string()
+            .contains("holds the control character `\\n`"),
+        "{control}"
+    );
     let its_dlq = app.add_stream("g", "c", "b:dlq").await.unwrap_err();
     assert!(
         its_dlq.to_string().contains("dead-letter stream of `b`"),
@@ -435,6 +442,33 @@ async fn bad_multi_stream_specs_are_refused_at_start_with_what_to_do() {
     .await
     .unwrap_err();
     assert!(shared_dlq.to_string().contains("{stream}"), "{shared_dlq}");
+
+    // Control characters in a name: Redis would print them mangled in a NOGROUP, which then
+    // matches no stream of the shared read.
+    let control = start(MultiStreamSpec::new(["a", "b\r\n"], "g", "c").handler(handler))
+        .await
+        .unwrap_err();
+    assert!(control.is_fatal());
+    assert!(
+        control
+            .to_string()
+            .contains("stream `b\\r\\n`, group `g`, consumer `c`")
+            && control.to_string().contains("holds the control character"),
+        "{control}"
+    );
+    let control = Supervisor::builder()
+        .redis(server.url())
+        .consumer(ConsumerSpec::new("orders\0", "g", "c").handler(handler))
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        control.to_string().contains("stream `orders\\u{0}`")
+            && control
+                .to_string()
+                .contains("use a name without control characters"),
+        "{control}"
+    );
 
     // A stream also run by a consumer of its own with the same names.
     let clash = Supervisor::builder()
