@@ -4,6 +4,8 @@
 
 use std::collections::BTreeSet;
 
+use crate::multi_spec::DeadLetterRule;
+
 /// The changes one sweep asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Plan {
@@ -24,13 +26,12 @@ pub(crate) fn plan(
     added: &BTreeSet<String>,
     dead_letter_stream_of: impl Fn(&str) -> String,
 ) -> Plan {
-    let dead_letters: BTreeSet<String> = found
-        .iter()
-        .chain(in_use)
-        .map(|s| dead_letter_stream_of(s))
-        .collect();
+    let rule = DeadLetterRule::over(
+        found.iter().chain(in_use).map(String::as_str),
+        dead_letter_stream_of,
+    );
     let (dead_letter_streams, wanted): (Vec<&String>, Vec<&String>) =
-        found.iter().partition(|s| dead_letters.contains(*s));
+        found.iter().partition(|s| rule.is_dead_letter_stream(s));
     Plan {
         add: wanted
             .into_iter()

@@ -13,7 +13,7 @@ use crate::consumer::Cohort;
 use crate::error::{Error, Result};
 use crate::health::{ConsumerState, StreamSet};
 use crate::id::ConsumerId;
-use crate::multi_spec::MultiStreamSpec;
+use crate::multi_spec::{DeadLetterRule, MultiStreamSpec};
 use crate::spec::ConsumerSpec;
 
 /// The supervisor's requests about multi-stream consumers.
@@ -160,21 +160,10 @@ impl MultiRegistry {
         };
         let spec = template.for_stream(&id.stream);
         spec.validate()?;
-        let dlq = template.dead_letter_stream_of(&id.stream);
-        let clash = members.streams.iter().find_map(|s| {
-            if **s == *dlq {
-                Some(format!(
-                    "its dead-letter stream `{dlq}` is one of the streams read"
-                ))
-            } else if template.dead_letter_stream_of(s) == *id.stream {
-                Some(format!(
-                    "it is the dead-letter stream of `{s}`, which is read"
-                ))
-            } else {
-                None
-            }
+        let rule = DeadLetterRule::over(members.streams.iter().map(|s| &**s), |s| {
+            template.dead_letter_stream_of(s)
         });
-        match clash {
+        match rule.clash(&id.stream) {
             Some(why) => Err(Error::config(
                 Some(id),
                 "stream",
