@@ -653,3 +653,49 @@ async fn a_killed_multi_stream_worker_gets_its_entries_in_both_streams_back_unde
     again.start_kill().expect("SIGKILL");
     again.wait().await.expect("reaping the worker");
 }
+
+#[tokio::test]
+async fn multi_stream_consumers_declared_in_millrace_toml_and_the_environment_run() {
+    let (server, mut con) = server().await;
+    let text = format!(
+        r#"
+        redis = "{}"
+        [defaults]
+        start_id = "0"
+        block = "200ms"
+        [[multi_streams]]
+        streams = ["toml:a", "toml:b"]
+        group = "g"
+        consumer = "named"
+        "#,
+        server.url()
+    );
+    // The pattern consumer comes from the environment alone.
+    let vars = [
+        ("MILLRACE_MULTI_STREAMS__1__PATTERN", "found:*"),
+        ("MILLRACE_MULTI_STREAMS__1__GROUP", "g"),
+        ("MILLRACE_MULTI_STREAMS__1__CONSUMER", "by-pattern"),
+        ("MILLRACE_MULTI_STREAMS__1__DISCOVERY_INTERVAL", "50ms"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let settings = millrace::Settings::parse(&text, vars).unwrap();
+    let seen = Handled::default();
+    let specs = settings.multi_streams("g", seen.handler());
+    assert_eq!(specs.len(), 2);
+    let mut builder = settings.supervisor().unwrap();
+    for spec in specs {
+        builder = builder.multi_stream(spec);
+    }
+    let app = builder.start().await.unwrap();
+    wait_running(&app).await;
+    assert_eq!(app.streams_of("g", "named"), ["toml:a", "toml:b"]);
+
+    let a = xadd(&mut con, "toml:a", &[("n", "1")]).await;
+    let b = xadd(&mut con, "toml:b", &[("n", "2")]).await;
+    let found = xadd(&mut con, "found:1", &[("n", "3")]).await;
+    seen.wait_for("toml:a", a).await;
+    seen.wait_for("toml:b", b).await;
+    seen.wait_for("found:1", found).await;
+    assert_eq!(app.streams_of("g", "by-pattern"), ["found:1"]);
+    app.shutdown().await.unwrap();
+}

@@ -82,7 +82,7 @@ pub use handler::{for_each_entry, EachEntry, Handler, HandlerError, HandlerResul
 pub use health::{ConsumerCounters, ConsumerHealth, ConsumerState, GroupGauges, StreamSet};
 pub use id::ConsumerId;
 pub use multi_spec::MultiStreamSpec;
-pub use settings::{stable_name, ConsumerDecl, Settings};
+pub use settings::{stable_name, ConsumerDecl, MultiStreamDecl, Settings};
 pub use spec::ConsumerSpec;
 pub use supervisor::{Supervisor, SupervisorBuilder};
 

@@ -146,6 +146,12 @@ impl MultiStreamSpec {
         self
     }
 
+    /// This spec with the handler of `other` (for specs made from `Settings`).
+    pub(crate) fn with_handler_of(mut self, other: &MultiStreamSpec) -> Self {
+        self.runner = other.runner.clone();
+        self
+    }
+
     /// Replaces all options at once (for example from a config file). They apply to every stream.
     pub fn with_options(mut self, options: ConsumerOptions) -> Self {
         self.options = options;

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::config::{ConsumerOptions, RestartPolicy};
 use crate::connection::ConnectionOptions;
 use crate::error::{Error, Result};
+use crate::multi_spec::MultiStreamSpec;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,6 +122,80 @@ fn one() -> usize {
     1
 }
 
+/// One `[[multi_streams]]` entry: a consumer over many streams
+/// ([`MultiStreamSpec`](crate::MultiStreamSpec)), named or found by a key pattern.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct MultiStreamDecl {
+    /// The streams read, in order (a list, or one comma-separated string as an environment
+    /// variable gives it). Exactly one of `streams` and `pattern` is set.
+    #[serde(default, deserialize_with = "string_list")]
+    pub streams: Vec<String>,
+    /// The key pattern streams are found by (`SCAN … MATCH`, for example `tenant:*:events`).
+    pub pattern: Option<String>,
+    /// Consumer group.
+    pub group: String,
+    /// Consumer name (with `replicas > 1`, the base of `{consumer}-{index}`).
+    pub consumer: Option<String>,
+    /// How many consumers to start with this declaration, each reading every stream. Default 1.
+    #[serde(default = "one")]
+    pub replicas: usize,
+    /// How often the pattern is matched against the keys (a pattern only). Default 10s.
+    #[serde(default, with = "crate::config::opt_duration")]
+    pub discovery_interval: Option<Duration>,
+    /// Options: `defaults` overridden by this declaration's own table.
+    #[serde(default)]
+    pub options: ConsumerOptions,
+}
+
+impl MultiStreamDecl {
+    /// Checks that exactly one of `streams` and `pattern` is set, naming the declaration (`at`).
+    pub(super) fn check_source(&self, at: &str) -> Result<()> {
+        match (self.streams.is_empty(), &self.pattern) {
+            (false, Some(_)) => Err(Error::config(
+                None,
+                &format!("{at}.pattern"),
+                "and `streams` are both set: name the streams, or give a pattern to find them by, not both",
+            )),
+            (true, None) => Err(Error::config(
+                None,
+                &format!("{at}.streams"),
+                "is empty and there is no `pattern`: name the streams (`streams = [\"a\", \"b\"]`) or give a key pattern (`pattern = \"tenant:*:events\"`)",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The spec this declaration makes for the consumer `name`, without a handler.
+    pub(super) fn spec(&self, name: String) -> MultiStreamSpec {
+        let spec = match &self.pattern {
+            Some(pattern) => MultiStreamSpec::pattern(pattern, &self.group, name),
+            None => MultiStreamSpec::new(self.streams.iter().cloned(), &self.group, name),
+        };
+        let spec = spec.with_options(self.options.clone());
+        match self.discovery_interval {
+            Some(every) => spec.discovery_interval(every),
+            None => spec,
+        }
+    }
+}
+
+/// A list of names, or one comma-separated string of them.
+fn string_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    Ok(match SeedList::deserialize(d)? {
+        SeedList::List(names) => names,
+        SeedList::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
 /// `redis = "url"`, or a `[redis]` table: `cluster = [urls]` (or one comma-separated string, as
 /// `MILLRACE_REDIS__CLUSTER` gives it).
 #[derive(Deserialize)]
@@ -180,4 +255,6 @@ pub(super) struct FileConfig {
     pub(super) restart: RestartPolicy,
     #[serde(default)]
     pub(super) consumers: Vec<ConsumerDecl>,
+    #[serde(default)]
+    pub(super) multi_streams: Vec<MultiStreamDecl>,
 }

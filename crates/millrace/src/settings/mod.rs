@@ -26,10 +26,15 @@
 //! replicas = 4                          # billing-0 … billing-3
 //! [consumers.options]                   # overrides `defaults` for this consumer
 //! block = "2s"
+//!
+//! [[multi_streams]]                     # one consumer over many streams
+//! streams = ["orders:eu", "orders:us"]  # or: pattern = "tenant:*:events"
+//! group = "billing"
 //! ```
 //!
 //! Environment overrides use `__` between levels: `MILLRACE_DEFAULTS__COUNT=50`,
 //! `MILLRACE_RESTART__WINDOW=30s`, `MILLRACE_CONSUMERS__0__OPTIONS__BLOCK=1s`, `MILLRACE_REDIS=…`.
+//! The index after the last declared entry declares a new one (`MILLRACE_MULTI_STREAMS__0__GROUP=g`).
 //! Unknown keys, in the file or the environment, are refused with an error naming them.
 
 mod env;
@@ -45,10 +50,11 @@ use serde::Deserialize;
 use crate::config::{ConsumerOptions, RestartPolicy};
 use crate::connection::ConnectionOptions;
 use crate::error::{Error, Result};
+use crate::multi_spec::MultiStreamSpec;
 use crate::spec::ConsumerSpec;
 use crate::supervisor::{Supervisor, SupervisorBuilder};
-use env::{set_path, toml_message, ENV_PREFIX, TOP_LEVEL};
-pub use file::ConsumerDecl;
+use env::toml_message;
+pub use file::{ConsumerDecl, MultiStreamDecl};
 use file::{FileConfig, RedisTarget};
 
 /// A stable consumer name for fleets: `{service}-{host}`, where host is `HOSTNAME` or
@@ -101,6 +107,7 @@ pub struct Settings {
     connection: ConnectionOptions,
     restart: RestartPolicy,
     consumers: Vec<ConsumerDecl>,
+    multi_streams: Vec<MultiStreamDecl>,
 }
 
 impl fmt::Debug for Settings {
@@ -111,6 +118,7 @@ impl fmt::Debug for Settings {
             .field("connection", &self.connection)
             .field("restart", &self.restart)
             .field("consumers", &self.consumers)
+            .field("multi_streams", &self.multi_streams)
             .finish()
     }
 }
@@ -139,37 +147,28 @@ impl Settings {
     pub fn parse(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Settings> {
         let mut root: toml::Table = toml::from_str(text)
             .map_err(|e| Error::config(None, "millrace.toml", toml_message(&e)))?;
-        for (name, value) in env {
-            let Some(path) = name.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            // Only the file's own sections: other tools' MILLRACE_* variables are not ours.
-            let top = path
-                .split("__")
-                .next()
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            if !TOP_LEVEL.contains(&top.as_str()) {
-                continue;
-            }
-            set_path(&mut root, path, &value, &name)?;
-        }
+        env::apply(&mut root, env)?;
         let defaults = match root.remove("defaults") {
             Some(toml::Value::Table(t)) => t,
             Some(_) => return Err(Error::config(None, "defaults", "must be a table")),
             None => toml::Table::new(),
         };
-        if let Some(toml::Value::Array(consumers)) = root.get_mut("consumers") {
-            for decl in consumers.iter_mut() {
-                if let toml::Value::Table(decl) = decl {
-                    let mut merged = defaults.clone();
-                    if let Some(toml::Value::Table(own)) = decl.remove("options") {
-                        merged.extend(own);
+        let mut declared = false;
+        for section in ["consumers", "multi_streams"] {
+            if let Some(toml::Value::Array(decls)) = root.get_mut(section) {
+                declared = true;
+                for decl in decls.iter_mut() {
+                    if let toml::Value::Table(decl) = decl {
+                        let mut merged = defaults.clone();
+                        if let Some(toml::Value::Table(own)) = decl.remove("options") {
+                            merged.extend(own);
+                        }
+                        decl.insert("options".to_owned(), toml::Value::Table(merged));
                     }
-                    decl.insert("options".to_owned(), toml::Value::Table(merged));
                 }
             }
-        } else if !defaults.is_empty() {
+        }
+        if !declared && !defaults.is_empty() {
             // Still validate the defaults table.
             ConsumerOptions::deserialize(toml::Value::Table(defaults.clone()))
                 .map_err(|e| Error::config(None, "defaults", e.to_string()))?;
@@ -183,19 +182,12 @@ impl Settings {
         connection.validate()?;
         file.restart.validate()?;
         for (i, decl) in file.consumers.iter().enumerate() {
-            decl.options.validate(None).map_err(|e| match e {
-                Error::Config { field, reason, .. } => {
-                    Error::config(None, &format!("consumers[{i}].options.{field}"), reason)
-                }
-                other => other,
-            })?;
-            if decl.replicas == 0 {
-                return Err(Error::config(
-                    None,
-                    &format!("consumers[{i}].replicas"),
-                    "must be at least 1",
-                ));
-            }
+            check_declaration(&format!("consumers[{i}]"), &decl.options, decl.replicas)?;
+        }
+        for (i, decl) in file.multi_streams.iter().enumerate() {
+            let at = format!("multi_streams[{i}]");
+            check_declaration(&at, &decl.options, decl.replicas)?;
+            decl.check_source(&at)?;
         }
         Ok(Settings {
             redis: file.redis.map(RedisTarget::from),
@@ -203,7 +195,13 @@ impl Settings {
             connection,
             restart: file.restart,
             consumers: file.consumers,
+            multi_streams: file.multi_streams,
         })
+    }
+
+    /// The multi-stream consumer declarations (`[[multi_streams]]`).
+    pub fn multi_stream_declarations(&self) -> &[MultiStreamDecl] {
+        &self.multi_streams
     }
 
     /// The consumer declarations.
@@ -266,4 +264,84 @@ impl Settings {
             })
             .collect()
     }
+
+    /// Specs for every multi-stream consumer declared in `group` (`[[multi_streams]]`), replicas
+    /// expanded (`{consumer}-0` …, each reading every stream), all with `handler`. Start each with
+    /// [`SupervisorBuilder::multi_stream`].
+    ///
+    /// ```
+    /// # fn main() -> millrace::Result<()> {
+    /// use millrace::{Batch, HandlerResult, RawEntry, Settings};
+    ///
+    /// let settings = Settings::from_toml_str(r#"
+    ///     [[multi_streams]]
+    ///     streams = ["orders:eu", "orders:us"]
+    ///     group = "billing"
+    ///     consumer = "billing-1"
+    ///     [[multi_streams]]
+    ///     pattern = "tenant:*:events"
+    ///     group = "audit"
+    ///     consumer = "audit"
+    ///     discovery_interval = "5s"
+    /// "#)?;
+    /// let handler = |_b: Batch<RawEntry>| async { HandlerResult::Ok };
+    /// let billing = settings.multi_streams("billing", handler);
+    /// assert_eq!(billing[0].streams(), ["orders:eu", "orders:us"]);
+    /// let audit = settings.multi_streams("audit", handler);
+    /// assert_eq!(audit[0].key_pattern(), Some("tenant:*:events"));
+    /// let mut builder = millrace::Supervisor::builder().redis("redis://127.0.0.1:6379");
+    /// for spec in billing.into_iter().chain(audit) {
+    ///     builder = builder.multi_stream(spec); // then .start().await
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn multi_streams<M, H>(&self, group: &str, handler: H) -> Vec<MultiStreamSpec>
+    where
+        M: crate::Decode,
+        H: crate::Handler<M>,
+    {
+        let with_handler = MultiStreamSpec::new(Vec::<String>::new(), "", "").handler(handler);
+        let service = self.service.as_deref().unwrap_or("millrace");
+        self.multi_streams
+            .iter()
+            .filter(|d| d.group == group)
+            .flat_map(|decl| {
+                let base = decl
+                    .consumer
+                    .clone()
+                    .unwrap_or_else(|| stable_name(service));
+                replica_names(&base, decl.replicas)
+                    .into_iter()
+                    .map(|name| decl.spec(name).with_handler_of(&with_handler))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+/// `base` for one replica, `{base}-0` … `{base}-{n-1}` for more (as [`ConsumerSpec::replicas`]).
+fn replica_names(base: &str, n: usize) -> Vec<String> {
+    match n {
+        1 => vec![base.to_owned()],
+        n => (0..n).map(|i| format!("{base}-{i}")).collect(),
+    }
+}
+
+/// Checks what every declaration has: its options and its replica count, naming the declaration
+/// (`consumers[0]`) in the error.
+fn check_declaration(at: &str, options: &ConsumerOptions, replicas: usize) -> Result<()> {
+    options.validate(None).map_err(|e| match e {
+        Error::Config { field, reason, .. } => {
+            Error::config(None, &format!("{at}.options.{field}"), reason)
+        }
+        other => other,
+    })?;
+    if replicas == 0 {
+        return Err(Error::config(
+            None,
+            &format!("{at}.replicas"),
+            "must be at least 1",
+        ));
+    }
+    Ok(())
 }

@@ -181,3 +181,138 @@ fn debug_hides_the_url() {
     let s = Settings::from_toml_str(&FILE.replace("redis://127", "redis://u:S3cret@127")).unwrap();
     assert!(!format!("{s:?}").contains("S3cret"));
 }
+
+#[test]
+fn multi_stream_consumers_are_declared_by_streams_or_pattern() {
+    let s = Settings::from_toml_str(
+        r#"
+        service = "svc"
+        [defaults]
+        count = 50
+        block = "2s"
+        [[multi_streams]]
+        streams = ["orders:eu", "orders:us"]
+        group = "billing"
+        consumer = "b"
+        replicas = 2
+        [multi_streams.options]
+        block = "1s"
+        [[multi_streams]]
+        pattern = "tenant:*:events"
+        group = "audit"
+        discovery_interval = "5s"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(s.multi_stream_declarations().len(), 2);
+    let billing = s.multi_streams("billing", handler);
+    let names: Vec<&str> = billing.iter().map(|m| m.consumer()).collect();
+    assert_eq!(names, ["b-0", "b-1"]);
+    for spec in &billing {
+        assert_eq!(spec.streams(), ["orders:eu", "orders:us"]);
+        assert_eq!(spec.group(), "billing");
+        assert_eq!(spec.options().count, Some(50), "[defaults]");
+        assert_eq!(
+            spec.options().block,
+            Duration::from_secs(1),
+            "its own options"
+        );
+        spec.validate().expect("a complete spec, handler set");
+    }
+    let audit = s.multi_streams("audit", handler);
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].key_pattern(), Some("tenant:*:events"));
+    assert!(
+        audit[0].consumer().starts_with("svc-"),
+        "stable_name(service)"
+    );
+    assert_eq!(audit[0].options().block, Duration::from_secs(2));
+    audit[0].validate().expect("a complete pattern spec");
+    assert!(s.multi_streams("other", handler).is_empty());
+    // Single-stream declarations are separate.
+    assert!(s.consumers("orders:eu", handler).is_empty());
+}
+
+#[test]
+fn multi_stream_consumers_can_be_declared_in_the_environment_alone() {
+    // Given in any order; the indexes say which entry each variable belongs to.
+    let s = Settings::parse(
+        "redis = \"redis://127.0.0.1:6379\"",
+        env(&[
+            ("MILLRACE_MULTI_STREAMS__1__PATTERN", "tenant:*:events"),
+            ("MILLRACE_MULTI_STREAMS__1__GROUP", "audit"),
+            ("MILLRACE_MULTI_STREAMS__1__CONSUMER", "a"),
+            ("MILLRACE_MULTI_STREAMS__0__STREAMS", "orders:eu, orders:us"),
+            ("MILLRACE_MULTI_STREAMS__0__GROUP", "billing"),
+            ("MILLRACE_MULTI_STREAMS__0__CONSUMER", "b"),
+            ("MILLRACE_MULTI_STREAMS__0__OPTIONS__COUNT", "7"),
+            ("MILLRACE_MULTI_STREAMS__1__DISCOVERY_INTERVAL", "30s"),
+        ]),
+    )
+    .unwrap();
+    let billing = s.multi_streams("billing", handler);
+    assert_eq!(billing.len(), 1);
+    assert_eq!(billing[0].streams(), ["orders:eu", "orders:us"]);
+    assert_eq!(billing[0].consumer(), "b");
+    assert_eq!(billing[0].options().count, Some(7));
+    let audit = s.multi_streams("audit", handler);
+    assert_eq!(audit[0].key_pattern(), Some("tenant:*:events"));
+    assert_eq!(
+        s.multi_stream_declarations()[1].discovery_interval,
+        Some(Duration::from_secs(30))
+    );
+    // A TOML list works as well, and overrides a file's entry.
+    let s = Settings::parse(
+        "[[multi_streams]]\nstreams = [\"x\"]\ngroup = \"g\"",
+        env(&[("MILLRACE_MULTI_STREAMS__0__STREAMS", r#"["y", "z"]"#)]),
+    )
+    .unwrap();
+    assert_eq!(s.multi_streams("g", handler)[0].streams(), ["y", "z"]);
+}
+
+#[test]
+fn bad_multi_stream_declarations_name_the_entry() {
+    let refused = |text: &str, vars: &[(&str, &str)]| {
+        Settings::parse(text, env(vars))
+            .expect_err("refused")
+            .to_string()
+    };
+    let both = refused(
+        "[[multi_streams]]\nstreams = [\"a\"]\npattern = \"t:*\"\ngroup = \"g\"",
+        &[],
+    );
+    assert!(
+        both.contains("`multi_streams[0].pattern` and `streams` are both set"),
+        "{both}"
+    );
+    let neither = refused("[[multi_streams]]\ngroup = \"g\"", &[]);
+    assert!(
+        neither.contains("`multi_streams[0].streams` is empty and there is no `pattern`"),
+        "{neither}"
+    );
+    let replicas = refused(
+        "[[multi_streams]]\nstreams = \"a\"\ngroup = \"g\"\nreplicas = 0",
+        &[],
+    );
+    assert!(
+        replicas.contains("`multi_streams[0].replicas`"),
+        "{replicas}"
+    );
+    let option = refused(
+        "[[multi_streams]]\nstreams = \"a\"\ngroup = \"g\"\n[multi_streams.options]\ncount = 0",
+        &[],
+    );
+    assert!(
+        option.contains("multi_streams[0].options.count"),
+        "{option}"
+    );
+    let unknown = refused("[[multi_streams]]\nstream = \"a\"\ngroup = \"g\"", &[]);
+    assert!(unknown.contains("stream"), "{unknown}");
+    let gap = refused("", &[("MILLRACE_MULTI_STREAMS__1__GROUP", "g")]);
+    assert!(
+        gap.contains(
+            "index 1 is past the 0 declared entries: declare entries in order, from index 0"
+        ),
+        "{gap}"
+    );
+}
