@@ -1,16 +1,13 @@
-//! Connecting to Redis, redacting the URL for every message, and checking what a key holds.
+//! Connecting to Redis through the library's connection (`millrace::__cli`), with the URL redacted
+//! in every message, and checking what a key holds.
 
 use std::path::Path;
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use millrace::__cli::redact_url as redact;
+pub(crate) use millrace::__cli::Connection;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
-use redis::{
-    AsyncConnectionConfig, Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo, Pipeline,
-    RedisError, RedisFuture, Value,
-};
+use redis::{Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo, RedisError, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::{self, CliError, Result};
@@ -21,52 +18,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for a reply to a non-blocking command.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Replaces the password of a Redis URL (and a `pass=`/`password=` query value) with `***`.
-///
-/// A user-info part without a colon (`redis://secret@host`) may be a bare password, so it is
-/// replaced whole.
-pub(crate) fn redact(url: &str) -> String {
-    let (scheme, rest) = match url.split_once("://") {
-        Some(parts) => parts,
-        None => return "<unparsable Redis URL>".to_owned(),
-    };
-    // Everything before the last `@` is user info, even when it holds a `/` or `?`, so that no
-    // part of an unusual password leaks.
-    let (authority, tail) = match rest.rfind('@') {
-        Some(at) => {
-            let (userinfo, after) = (&rest[..at], &rest[at + 1..]);
-            let redacted = match userinfo.split_once(':') {
-                Some((user, _password)) => format!("{user}:***@"),
-                None => "***@".to_owned(),
-            };
-            let end = after.find(['/', '?', '#']).unwrap_or(after.len());
-            (format!("{redacted}{}", &after[..end]), &after[end..])
-        }
-        None => {
-            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            (rest[..end].to_owned(), &rest[end..])
-        }
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let query: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((k, _))
-                        if k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password") =>
-                    {
-                        format!("{k}=***")
-                    }
-                    _ => pair.to_owned(),
-                })
-                .collect();
-            format!("{path}?{}", query.join("&"))
-        }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}://{authority}{tail}")
-}
-
 /// Where the commands go: one server, or the given nodes of a Redis Cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Endpoint {
@@ -74,53 +25,6 @@ pub(crate) enum Endpoint {
     Server(String),
     /// Seed nodes of a cluster (`--redis-cluster`); any one that answers is enough.
     Cluster(Vec<String>),
-}
-
-/// A connection to one server or to a cluster; both run any command, a cluster's routed by key.
-#[derive(Clone)]
-pub(crate) enum Conn {
-    /// One server.
-    Server(MultiplexedConnection),
-    /// A Redis Cluster: redis-rs routes each command to the master of its key's slot and follows
-    /// `MOVED` and `ASK`.
-    Cluster(ClusterConnection),
-}
-
-impl std::fmt::Debug for Conn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Conn::Server(_) => "Conn::Server",
-            Conn::Cluster(_) => "Conn::Cluster",
-        })
-    }
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Server(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Server(c) => c.req_packed_commands(cmd, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Server(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
-    }
 }
 
 /// What opens connections: a server's client, or a cluster's seeds and CA certificate (a blocking
@@ -147,7 +51,7 @@ impl std::fmt::Debug for Opener {
 #[derive(Debug, Clone)]
 pub(crate) struct Redis {
     opener: Opener,
-    conn: Conn,
+    conn: Connection,
     /// The URL with its password replaced (on a cluster, `cluster` and the given nodes), for messages.
     pub(crate) target: String,
 }
@@ -167,10 +71,7 @@ impl Redis {
     pub(crate) async fn connect(url: &str, ca_cert: Option<&Path>) -> Result<Redis> {
         let target = redact(url);
         let client = open_client(url, ca_cert, &target)?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let connect = client.get_multiplexed_async_connection_with_config(&config);
+        let connect = Connection::server(client.clone(), CONNECT_TIMEOUT, RESPONSE_TIMEOUT);
         let conn = tokio::select! {
             connected = connect => match connected {
                 Ok(conn) => conn,
@@ -180,7 +81,7 @@ impl Redis {
         };
         Ok(Redis {
             opener: Opener::Server(client),
-            conn: Conn::Server(conn),
+            conn,
             target,
         })
     }
@@ -229,99 +130,69 @@ impl Redis {
         let conn = cluster_connection(&opener, RESPONSE_TIMEOUT, &target).await?;
         Ok(Redis {
             opener,
-            conn: Conn::Cluster(conn),
+            conn,
             target,
         })
     }
 
     /// Whether this is a Redis Cluster.
     pub(crate) fn is_cluster(&self) -> bool {
-        matches!(self.conn, Conn::Cluster(_))
+        self.conn.is_cluster()
     }
 
     /// The masters of the cluster (`host:port`, as the cluster names them, sorted); empty on one
     /// server.
     pub(crate) async fn masters(&mut self) -> Result<Vec<String>> {
-        let Conn::Cluster(conn) = &mut self.conn else {
-            return Ok(Vec::new());
-        };
-        let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
-        let reply = conn
-            .route_command(redis::cmd("PING"), routing)
+        let target = &self.target;
+        self.conn
+            .masters()
             .await
-            .map_err(|e| error::from_redis(&e, &self.target))?;
-        let mut masters: Vec<String> = match reply {
-            Value::Map(pairs) => pairs
-                .iter()
-                .filter_map(|(node, _)| crate::value::text(node))
-                .collect(),
-            _ => Vec::new(),
-        };
-        masters.sort();
-        Ok(masters)
+            .map_err(|e| error::from_redis(&e, target))
     }
 
-    /// Runs `cmd` on the node `node` (`host:port`, as [`masters`](Self::masters) names it) of a
-    /// cluster; on one server, on the server.
-    pub(crate) async fn query_on<T: FromRedisValue>(
+    /// One `SCAN` page on `node` (`host:port`, as [`masters`](Self::masters) names it; on one server,
+    /// the server): the next cursor (`0` after
+    /// the last page) and the keys matching `pattern` (and of type `type_filter`, if given).
+    pub(crate) async fn scan_page(
         &mut self,
         node: Option<&str>,
-        cmd: &Cmd,
-    ) -> Result<T> {
-        let (Conn::Cluster(conn), Some(node)) = (&mut self.conn, node) else {
-            return self.query(cmd).await;
-        };
-        let (host, port) = node
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-            .ok_or_else(|| CliError::runtime(format!("unreadable node address `{node}`")))?;
-        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+        cursor: u64,
+        pattern: Option<&str>,
+        count: usize,
+        type_filter: Option<&str>,
+    ) -> Result<(u64, Vec<Vec<u8>>)> {
         let target = &self.target;
-        let reply = conn
-            .route_command(cmd.clone(), routing)
+        self.conn
+            .scan_page(node, cursor, pattern, count, type_filter)
             .await
-            .map_err(|e| error::from_redis(&e, &format!("{node} of {target}")))?;
-        redis::from_redis_value(reply).map_err(|e| error::from_redis(&e.into(), node))
+            .map_err(|e| match node {
+                Some(node) => error::from_redis(&e, &format!("{node} of {target}")),
+                None => error::from_redis(&e, target),
+            })
     }
 
     /// Whether `a` and `b` can be used together in one script: always on one server, on a cluster
-    /// when they hash to one slot (`CLUSTER KEYSLOT`).
+    /// when they hash to one slot (computed here, as the server does).
     pub(crate) async fn same_slot(&mut self, a: &Key, b: &Key) -> Result<bool> {
-        if !self.is_cluster() {
-            return Ok(true);
-        }
-        let slot_a: i64 = self
-            .query(redis::cmd("CLUSTER").arg("KEYSLOT").arg(a))
-            .await?;
-        let slot_b: i64 = self
-            .query(redis::cmd("CLUSTER").arg("KEYSLOT").arg(b))
-            .await?;
-        Ok(slot_a == slot_b)
+        Ok(!self.is_cluster() || millrace::__cli::same_slot(a.as_bytes(), b.as_bytes()))
     }
 
     /// A second connection for blocking reads: its response timeout is `block` plus a margin.
-    pub(crate) async fn blocking_connection(&self, block: Duration) -> Result<Conn> {
+    pub(crate) async fn blocking_connection(&self, block: Duration) -> Result<Connection> {
         match &self.opener {
             Opener::Server(client) => {
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(block + RESPONSE_TIMEOUT));
-                client
-                    .get_multiplexed_async_connection_with_config(&config)
+                Connection::server(client.clone(), CONNECT_TIMEOUT, block + RESPONSE_TIMEOUT)
                     .await
-                    .map(Conn::Server)
                     .map_err(|e| connect_error(&e, &self.target))
             }
             Opener::Cluster { .. } => {
-                cluster_connection(&self.opener, block + RESPONSE_TIMEOUT, &self.target)
-                    .await
-                    .map(Conn::Cluster)
+                cluster_connection(&self.opener, block + RESPONSE_TIMEOUT, &self.target).await
             }
         }
     }
 
     /// The shared connection, for helpers that take a `ConnectionLike`.
-    pub(crate) fn conn(&mut self) -> &mut Conn {
+    pub(crate) fn conn(&mut self) -> &mut Connection {
         &mut self.conn
     }
 
@@ -437,13 +308,12 @@ async fn cluster_connection(
     opener: &Opener,
     response: Duration,
     target: &str,
-) -> Result<ClusterConnection> {
+) -> Result<Connection> {
     let Opener::Cluster { seeds, ca_cert } = opener else {
         return Err(CliError::runtime("not a cluster"));
     };
     let client = cluster_client(seeds, ca_cert.as_deref(), response, target)?;
-    client
-        .get_async_connection()
+    Connection::cluster(client)
         .await
         .map_err(|e| cluster_connect_error(&e, target))
 }
@@ -623,31 +493,4 @@ fn connect_error(e: &RedisError, target: &str) -> CliError {
         ));
     }
     error::from_redis(e, target)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_never_survive_redaction() {
-        let cases = [
-            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
-            ("redis://:s3cret@host:1/0", "redis://:***@host:1/0"),
-            ("rediss://alice:s3cret@host", "rediss://alice:***@host"),
-            ("redis://s3cret@host", "redis://***@host"),
-            ("redis://u:p%40ss:s3cret@h/2", "redis://u:***@h/2"),
-            (
-                "redis+unix:///tmp/r.sock?db=1&pass=s3cret",
-                "redis+unix:///tmp/r.sock?db=1&pass=***",
-            ),
-            ("redis://:pa/ss?s3cret@host/1", "redis://:***@host/1"),
-            ("not a url s3cret", "<unparsable Redis URL>"),
-        ];
-        for (url, want) in cases {
-            let got = redact(url);
-            assert_eq!(got, want);
-            assert!(!got.contains("s3cret"), "{got}");
-        }
-    }
 }

@@ -12,7 +12,7 @@ use crate::key::Key;
 use crate::value::{self, Fields};
 
 /// Keys scanned per SCAN call.
-const SCAN_COUNT: u64 = 1000;
+const SCAN_COUNT: usize = 1000;
 
 /// `XINFO STREAM` of one stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,29 +117,13 @@ async fn scan_node(
     type_filter: Option<&str>,
 ) -> Result<BTreeSet<Vec<u8>>> {
     let mut keys = BTreeSet::new();
-    let mut cursor = b"0".to_vec();
+    let mut cursor = 0;
     loop {
-        let mut cmd = redis::cmd("SCAN");
-        cmd.arg(&cursor);
-        if let Some(p) = pattern {
-            cmd.arg("MATCH").arg(p);
-        }
-        cmd.arg("COUNT").arg(SCAN_COUNT);
-        if let Some(t) = type_filter {
-            cmd.arg("TYPE").arg(t);
-        }
-        let reply: Value = redis.query_on(node, &cmd).await?;
-        let mut parts = value::list(reply).into_iter();
-        let next = parts
-            .next()
-            .and_then(|v| value::bytes(&v))
-            .unwrap_or_default();
-        for key in parts.next().map(value::list).unwrap_or_default() {
-            if let Some(k) = value::bytes(&key) {
-                keys.insert(k);
-            }
-        }
-        if next.is_empty() || next == b"0" {
+        let (next, page) = redis
+            .scan_page(node, cursor, pattern, SCAN_COUNT, type_filter)
+            .await?;
+        keys.extend(page);
+        if next == 0 {
             break;
         }
         cursor = next;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::cluster::Action;
 use crate::id::ConsumerId;
+pub(crate) use crate::redact::redact;
 
 /// `Result` with millrace's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -365,22 +366,6 @@ fn noperm_hint(message: &str, command: &str, key: &str) -> String {
     )
 }
 
-/// Removes anything that looks like `user:password@` from a message, in case a URL leaked into it.
-pub(crate) fn redact(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    for word in message.split_inclusive(char::is_whitespace) {
-        match (word.find("://"), word.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                out.push_str(&word[..scheme + 3]);
-                out.push_str("<redacted>");
-                out.push_str(&word[at..]);
-            }
-            _ => out.push_str(word),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,14 +439,5 @@ mod tests {
         assert!(err.is_fatal());
         assert!(err.redis_source().is_none());
         assert!(!format!("{err} {err:?}").contains("secret"));
-    }
-
-    #[test]
-    fn redact_hides_userinfo() {
-        assert_eq!(
-            redact("cannot reach redis://u:secret@h:1/0 now"),
-            "cannot reach redis://<redacted>@h:1/0 now"
-        );
-        assert_eq!(redact("plain"), "plain");
     }
 }

@@ -65,6 +65,7 @@ mod id;
 mod multi_spec;
 mod protocol;
 mod reader;
+mod redact;
 mod settings;
 mod spec;
 pub mod streams;
@@ -85,6 +86,12 @@ pub use multi_spec::MultiStreamSpec;
 pub use settings::{stable_name, ConsumerDecl, MultiStreamDecl, Settings};
 pub use spec::ConsumerSpec;
 pub use supervisor::{Supervisor, SupervisorBuilder};
+
+/// What the `millrace` command builds on (connection, node scan, colocation, redaction); not
+/// part of the API.
+#[doc(hidden)]
+#[path = "cli_support.rs"]
+pub mod __cli;
 
 /// Internals exposed for `millrace-bench` only; not part of the API.
 #[doc(hidden)]

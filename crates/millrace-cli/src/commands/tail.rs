@@ -144,7 +144,7 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &TailArgs) -> Resul
 }
 
 async fn ack(
-    conn: &mut crate::connect::Conn,
+    conn: &mut crate::connect::Connection,
     redis: &Redis,
     args: &TailArgs,
     ids: &[EntryId],

@@ -45,11 +45,18 @@ struct ClusterShared {
 
 impl ClusterControl {
     /// The control connection of the cluster `client`, connected on first use.
-    pub(super) fn new(client: ClusterClient) -> ClusterControl {
+    pub(crate) fn new(client: ClusterClient) -> ClusterControl {
         ClusterControl(Arc::new(ClusterShared {
             client,
             conn: tokio::sync::Mutex::new(None),
         }))
+    }
+
+    /// Connects now (the CLI reports a failed first connection at once).
+    pub(crate) async fn connect(client: ClusterClient) -> redis::RedisResult<ClusterControl> {
+        let control = ClusterControl::new(client);
+        control.connection().await?;
+        Ok(control)
     }
 
     async fn connection(&self) -> redis::RedisResult<ClusterConnection> {

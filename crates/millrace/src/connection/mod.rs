@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 
 pub(crate) use backend::{Backend, Node};
-pub(crate) use control::Control;
+pub(crate) use control::{ClusterControl, Control};
 
 /// Connection settings shared by every consumer of a supervisor.
 #[derive(Debug, Clone, PartialEq, Eq)]

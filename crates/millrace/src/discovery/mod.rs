@@ -18,7 +18,7 @@
 //! or moved between masters during the sweep (a slot migration), and only the first leaves.
 
 mod plan;
-mod scan;
+pub(crate) mod scan;
 mod sweep;
 #[cfg(test)]
 mod tests;
@@ -115,8 +115,9 @@ impl PatternSweep {
                     &mut control,
                     node.as_ref(),
                     cursor,
-                    &self.pattern,
+                    Some(&self.pattern),
                     self.scan_count,
+                    None,
                 )
                 .await?;
                 let unknown = sweep.take_page(index, next, keys, &self.known);

@@ -26,22 +26,27 @@ pub(crate) async fn nodes(backend: &Backend) -> RedisResult<Vec<Option<NodeAddre
     Ok(map.masters().into_iter().cloned().map(Some).collect())
 }
 
-/// One `SCAN cursor MATCH pattern COUNT count` page on `node`: the next cursor and the keys.
-/// Without `TYPE`: the keys of other types are counted from the same page (see
-/// [`types`]), which costs the server no more than `TYPE stream` does.
+/// One `SCAN cursor [MATCH pattern] COUNT count [TYPE type]` page on `node`: the next cursor and
+/// the keys. Discovery sends no `TYPE`: the keys of other types are counted from the same page
+/// (see [`types`]), which costs the server no more than `TYPE stream` does. The CLI lists streams
+/// with `TYPE stream`.
 pub(crate) async fn page(
     control: &mut Control,
     node: Option<&NodeAddress>,
     cursor: u64,
-    pattern: &str,
+    pattern: Option<&str>,
     count: usize,
+    type_filter: Option<&str>,
 ) -> RedisResult<(u64, Vec<Vec<u8>>)> {
     let mut cmd = redis::cmd("SCAN");
-    cmd.arg(cursor)
-        .arg("MATCH")
-        .arg(pattern)
-        .arg("COUNT")
-        .arg(count);
+    cmd.arg(cursor);
+    if let Some(pattern) = pattern {
+        cmd.arg("MATCH").arg(pattern);
+    }
+    cmd.arg("COUNT").arg(count);
+    if let Some(type_filter) = type_filter {
+        cmd.arg("TYPE").arg(type_filter);
+    }
     let reply: Value = control.query_on(node, cmd).await?;
     parse_page(reply)
 }
