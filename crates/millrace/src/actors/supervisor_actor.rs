@@ -320,7 +320,7 @@ impl Actor for SupervisorActor {
         }
         let patterns = state.shared.multi().patterns();
         for spec in patterns {
-            crate::discovery::watch(spec, &state.shared, &myself);
+            multi::start_discovery(spec, &state.shared, &myself);
         }
         info!(
             consumers = state.children.len(),

@@ -25,31 +25,13 @@ mod tests;
 mod watch;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-
-use ractor::ActorRef;
 
 use redis::RedisResult;
 
-use crate::actors::supervisor_actor::{SupMsg, SupervisorShared};
 use crate::connection::Backend;
-use crate::multi_spec::MultiStreamSpec;
 use sweep::Sweep;
 pub(crate) use sweep::SweepResult;
-pub(crate) use watch::{Discovered, DiscoveredSets, Watch};
-
-/// Starts the discovery task of `spec` if it has a pattern: it runs until the supervisor's
-/// cancellation, on the supervisor's task tracker.
-pub(crate) fn watch(
-    spec: MultiStreamSpec,
-    shared: &Arc<SupervisorShared>,
-    actor: &ActorRef<SupMsg>,
-) {
-    if let Some(watch) = Watch::new(spec, shared.clone(), actor.clone()) {
-        let cancel = shared.cancel.child_token();
-        shared.tasks.spawn(watch.run(cancel));
-    }
-}
+pub(crate) use watch::{Discovered, DiscoveredSets, Request, Watch};
 
 /// Keys each `SCAN` call looks at (its `COUNT`).
 pub(crate) const SCAN_COUNT: usize = 1_000;

@@ -8,13 +8,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use ractor::ActorRef;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::plan::plan;
 use super::{PatternSweep, SweepResult};
-use crate::actors::supervisor_actor::{ask_multi, MultiMsg, SupMsg, SupervisorShared};
+use crate::connection::Backend;
 use crate::error::{Error, Result};
 use crate::id::{ConsumerId, Printable};
 use crate::multi_spec::MultiStreamSpec;
@@ -44,12 +44,30 @@ pub(crate) struct Discovered {
 /// What discovery found, per (group, consumer); shared with the supervisor handle.
 pub(crate) type DiscoveredSets = Mutex<BTreeMap<(String, String), Discovered>>;
 
+/// What a discovery task asks of the supervisor, on the channel the task owns (made by
+/// [`Watch::new`]): the supervisor reads it and answers on each reply channel. So discovery knows
+/// nothing of the supervisor's actor, and the supervisor only what discovery hands it.
+#[derive(Debug)]
+pub(crate) enum Request {
+    /// The streams the pattern consumer reads now.
+    StreamsOf(oneshot::Sender<Vec<String>>),
+    /// Add this stream to the pattern consumer (as `Supervisor::add_stream`).
+    Add(ConsumerId, oneshot::Sender<Result<()>>),
+    /// Remove this stream, which discovery added and no longer finds (as
+    /// `Supervisor::remove_stream`).
+    Remove(ConsumerId, oneshot::Sender<Result<()>>),
+    /// What discovery found last, for `Supervisor::stream_sets`.
+    Report(Discovered),
+}
+
 /// The task's state.
 pub(crate) struct Watch {
     spec: MultiStreamSpec,
     sweep: PatternSweep,
-    shared: Arc<SupervisorShared>,
-    actor: ActorRef<SupMsg>,
+    backend: Arc<Backend>,
+    requests: mpsc::UnboundedSender<Request>,
+    /// What it found last, reported after every change.
+    found: Discovered,
     /// Streams this task added (a stream added by hand is never removed by discovery).
     added: BTreeSet<String>,
     /// Keys already warned about as another type, so each is logged once.
@@ -59,22 +77,25 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
-    /// The watch of `spec`, which must have a pattern.
+    /// The watch of `spec` (`None` without a pattern) and the channel of its requests, which
+    /// ends when the task does.
     pub(crate) fn new(
         spec: MultiStreamSpec,
-        shared: Arc<SupervisorShared>,
-        actor: ActorRef<SupMsg>,
-    ) -> Option<Watch> {
+        backend: Arc<Backend>,
+    ) -> Option<(Watch, mpsc::UnboundedReceiver<Request>)> {
         let sweep = PatternSweep::new(spec.key_pattern()?);
-        Some(Watch {
+        let (requests, receiver) = mpsc::unbounded_channel();
+        let watch = Watch {
             spec,
             sweep,
-            shared,
-            actor,
+            backend,
+            requests,
+            found: Discovered::default(),
             added: BTreeSet::new(),
             warned: BTreeSet::new(),
             warned_names: false,
-        })
+        };
+        Some((watch, receiver))
     }
 
     fn key(&self) -> (String, String) {
@@ -84,9 +105,10 @@ impl Watch {
         )
     }
 
-    fn update(&self, f: impl FnOnce(&mut Discovered)) {
-        let mut sets = self.shared.discovered();
-        f(sets.entry(self.key()).or_default());
+    /// Changes what it found and reports it to the supervisor.
+    fn update(&mut self, f: impl FnOnce(&mut Discovered)) {
+        f(&mut self.found);
+        let _ = self.requests.send(Request::Report(self.found.clone()));
     }
 
     /// Sweeps on every interval until `cancel` fires or the supervisor shuts down.
@@ -114,7 +136,7 @@ impl Watch {
 
     /// One tick: goes on with the sweep and, when it is complete, applies it.
     async fn step(&mut self) -> Result<()> {
-        match self.sweep.tick(&self.shared.backend).await {
+        match self.sweep.tick(&self.backend).await {
             Ok(None) => Ok(()),
             Ok(Some(found)) => self.apply(found).await,
             Err(e) => {
@@ -129,12 +151,9 @@ impl Watch {
     /// Adds the streams found, removes those gone, and records what the sweep found.
     async fn apply(&mut self, found: SweepResult) -> Result<()> {
         let (group, consumer) = self.key();
-        let in_use: BTreeSet<String> = self
-            .shared
-            .multi()
-            .streams_of(&group, &consumer)
-            .into_iter()
-            .collect();
+        let (reply, streams) = oneshot::channel();
+        let _ = self.requests.send(Request::StreamsOf(reply));
+        let in_use: BTreeSet<String> = streams.await.map_err(|_| stopped())?.into_iter().collect();
         self.added.retain(|s| in_use.contains(s));
         let spec = &self.spec;
         let plan = plan(&found.streams, &in_use, &self.added, |s| {
@@ -145,7 +164,7 @@ impl Watch {
         let mut last_error = None;
         for stream in &plan.add {
             let id = ConsumerId::new(stream.as_str(), group.as_str(), consumer.as_str());
-            match self.ask(|reply| MultiMsg::AddStream(id, reply)).await {
+            match self.ask(|reply| Request::Add(id, reply)).await {
                 Ok(()) => {
                     self.added.insert(stream.clone());
                 }
@@ -159,7 +178,7 @@ impl Watch {
         for stream in &plan.remove {
             let id = ConsumerId::new(stream.as_str(), group.as_str(), consumer.as_str());
             info!(stream = %stream, group = %group, consumer = %consumer, "stream discovery: the stream is gone; removing it");
-            match self.ask(|reply| MultiMsg::RemoveStream(id, reply)).await {
+            match self.ask(|reply| Request::Remove(id, reply)).await {
                 Ok(()) | Err(Error::UnknownConsumer { .. }) => {
                     self.added.remove(stream);
                 }
@@ -205,10 +224,15 @@ impl Watch {
 
     async fn ask(
         &self,
-        msg: impl FnOnce(ractor::RpcReplyPort<Result<()>>) -> MultiMsg,
+        request: impl FnOnce(oneshot::Sender<Result<()>>) -> Request,
     ) -> Result<()> {
-        ask_multi(&self.actor, msg)
-            .await
-            .unwrap_or_else(|| Err(Error::Supervisor("it stopped".to_owned())))
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(request(reply)).map_err(|_| stopped())?;
+        answer.await.unwrap_or_else(|_| Err(stopped()))
     }
+}
+
+/// The supervisor no longer reads the requests: it shuts down.
+fn stopped() -> Error {
+    Error::Supervisor("it stopped".to_owned())
 }

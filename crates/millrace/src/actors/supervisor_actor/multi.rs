@@ -8,8 +8,9 @@ use std::sync::Arc;
 use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
-use super::{NameLease, SupMsg, SupState};
+use super::{NameLease, SupMsg, SupState, SupervisorShared};
 use crate::consumer::Cohort;
+use crate::discovery::{Request, Watch};
 use crate::error::{Error, Result};
 use crate::health::{ConsumerState, StreamSet};
 use crate::id::ConsumerId;
@@ -37,6 +38,43 @@ pub(crate) async fn ask_multi(
         Ok(ractor::rpc::CallResult::Success(r)) => Some(r),
         _ => None,
     }
+}
+
+/// Starts the discovery task of `spec` if it has a pattern, and serves the requests it hands over
+/// on its channel (streams read, streams to add or remove, what it found) until the task ends
+/// with the supervisor's cancellation. Both run on the supervisor's task tracker.
+pub(crate) fn start_discovery(
+    spec: MultiStreamSpec,
+    shared: &Arc<SupervisorShared>,
+    actor: &ActorRef<SupMsg>,
+) {
+    let key = (spec.group().to_owned(), spec.consumer().to_owned());
+    let Some((watch, mut requests)) = Watch::new(spec, shared.backend.clone()) else {
+        return;
+    };
+    shared.tasks.spawn(watch.run(shared.cancel.child_token()));
+    let (shared, actor) = (shared.clone(), actor.clone());
+    let stopped = || Err(Error::Supervisor("it stopped".to_owned()));
+    shared.tasks.clone().spawn(async move {
+        while let Some(request) = requests.recv().await {
+            match request {
+                Request::StreamsOf(reply) => {
+                    let _ = reply.send(shared.multi().streams_of(&key.0, &key.1));
+                }
+                Request::Add(id, reply) => {
+                    let added = ask_multi(&actor, |r| MultiMsg::AddStream(id, r)).await;
+                    let _ = reply.send(added.unwrap_or_else(stopped));
+                }
+                Request::Remove(id, reply) => {
+                    let removed = ask_multi(&actor, |r| MultiMsg::RemoveStream(id, r)).await;
+                    let _ = reply.send(removed.unwrap_or_else(stopped));
+                }
+                Request::Report(found) => {
+                    shared.discovered().insert(key.clone(), found);
+                }
+            }
+        }
+    });
 }
 
 /// The streams of one multi-stream consumer.
@@ -189,7 +227,7 @@ impl SupState {
                             let id = self.insert(child, lease);
                             self.spawn_child(myself, &id).await?;
                         }
-                        crate::discovery::watch((*spec).clone(), &self.shared, myself);
+                        start_discovery((*spec).clone(), &self.shared, myself);
                         info!(
                             group = spec.group(),
                             consumer = spec.consumer(),
