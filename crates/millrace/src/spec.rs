@@ -33,18 +33,35 @@ pub struct ConsumerSpec {
     pub(crate) id: ConsumerId,
     pub(crate) options: ConsumerOptions,
     pub(crate) runner: Option<Arc<dyn BatchRunner>>,
-    /// A member of a multi-stream consumer ([`MultiStreamSpec::for_stream`]): it reads through
-    /// the read its (group, consumer) shares, spreads its timers over the group's members, and is
-    /// dropped when its stream's key is deleted.
+    /// What the consumer is part of: a consumer of its own stream, or one stream of a
+    /// multi-stream consumer ([`MultiStreamSpec::for_stream`]).
     ///
     /// [`MultiStreamSpec::for_stream`]: crate::MultiStreamSpec::for_stream
-    pub(crate) shared_read: bool,
-    /// Found by a pattern ([`MultiStreamSpec::pattern`]): the group is created on an existing key
-    /// only (no `MKSTREAM`), so a key deleted after the sweep that found it is dropped, not made
-    /// again.
-    ///
-    /// [`MultiStreamSpec::pattern`]: crate::MultiStreamSpec::pattern
-    pub(crate) found_by_pattern: bool,
+    pub(crate) membership: Membership,
+}
+
+/// What a stream's consumer is part of, the one place this is said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Membership {
+    /// A consumer of its own stream ([`ConsumerSpec::new`]): its own read.
+    OwnStream,
+    /// One stream of a multi-stream consumer over named streams
+    /// ([`MultiStreamSpec::new`](crate::MultiStreamSpec::new)): it reads through the read its
+    /// (group, consumer) shares, spreads its timers over the set's streams, and is dropped when
+    /// its stream's key is deleted.
+    NamedSet,
+    /// One stream of a multi-stream consumer that finds its streams by key pattern
+    /// ([`MultiStreamSpec::pattern`](crate::MultiStreamSpec::pattern)): as
+    /// [`NamedSet`](Self::NamedSet), and its group is created on an existing key only (no
+    /// `MKSTREAM`), so a key deleted after the sweep that found it is dropped, not made again.
+    Pattern,
+}
+
+impl Membership {
+    /// A stream of a multi-stream consumer (named or by pattern): it shares a read.
+    pub(crate) fn in_set(self) -> bool {
+        self != Membership::OwnStream
+    }
 }
 
 impl fmt::Debug for ConsumerSpec {
@@ -53,8 +70,7 @@ impl fmt::Debug for ConsumerSpec {
             .field("id", &self.id)
             .field("options", &self.options)
             .field("handler", &self.runner.as_ref().map(|r| r.type_name()))
-            .field("shared_read", &self.shared_read)
-            .field("found_by_pattern", &self.found_by_pattern)
+            .field("membership", &self.membership)
             .finish()
     }
 }
@@ -155,8 +171,7 @@ impl ConsumerSpec {
             id: ConsumerId::new(stream, group, consumer),
             options: ConsumerOptions::default(),
             runner: None,
-            shared_read: false,
-            found_by_pattern: false,
+            membership: Membership::OwnStream,
         }
     }
 
@@ -240,10 +255,10 @@ impl ConsumerSpec {
     /// ```
     pub fn acl_rules(&self) -> String {
         let keys = [self.id.stream.to_string(), self.dead_letter_stream_name()];
-        let extra = match (self.shared_read, self.found_by_pattern) {
-            (_, true) => " +type +scan",
-            (true, false) => " +type",
-            (false, false) => "",
+        let extra = match self.membership {
+            Membership::Pattern => " +type +scan",
+            Membership::NamedSet => " +type",
+            Membership::OwnStream => "",
         };
         acl_line(&keys, extra)
     }

@@ -225,8 +225,8 @@ impl SupervisorBuilder {
         }
         let mut initial = Vec::with_capacity(consumers.len());
         for spec in consumers {
-            let claim = NameLease::take(backend.server(), &spec.id)?;
-            initial.push((spec, claim));
+            let lease = NameLease::take(backend.server(), &spec.id)?;
+            initial.push((spec, lease));
         }
         // Health is visible from the moment start() returns.
         let health = initial

@@ -109,7 +109,7 @@ struct Child {
     generation: u64,
     /// For a stream of a multi-stream consumer: what its streams share.
     cohort: Option<Arc<Cohort>>,
-    _claim: NameLease,
+    _lease: NameLease,
 }
 
 pub(crate) struct SupState {
@@ -122,7 +122,7 @@ pub(crate) struct SupState {
 }
 
 impl SupState {
-    fn insert(&mut self, spec: ConsumerSpec, claim: NameLease) -> ConsumerId {
+    fn insert(&mut self, spec: ConsumerSpec, lease: NameLease) -> ConsumerId {
         let id = spec.id.clone();
         let health = self
             .shared
@@ -133,7 +133,10 @@ impl SupState {
             .or_insert_with(|| Arc::new(HealthCell::new(id.clone())))
             .clone();
         health.set_state(ConsumerState::Starting);
-        let cohort = spec.shared_read.then(|| self.shared.multi().join(&id));
+        let cohort = spec
+            .membership
+            .in_set()
+            .then(|| self.shared.multi().join(&id));
         self.children.insert(
             id.clone(),
             Child {
@@ -143,7 +146,7 @@ impl SupState {
                 restarts: VecDeque::new(),
                 generation: 0,
                 cohort,
-                _claim: claim,
+                _lease: lease,
             },
         );
         id
@@ -314,8 +317,8 @@ impl Actor for SupervisorActor {
         myself: ActorRef<SupMsg>,
         state: &mut SupState,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        for (spec, claim) in std::mem::take(&mut state.initial) {
-            let id = state.insert(spec, claim);
+        for (spec, lease) in std::mem::take(&mut state.initial) {
+            let id = state.insert(spec, lease);
             state.spawn_child(&myself, &id).await?;
         }
         let patterns = state.shared.multi().patterns();
@@ -342,8 +345,8 @@ impl Actor for SupervisorActor {
                     .validate()
                     .and_then(|()| NameLease::take(state.shared.backend.server(), &spec.id))
                 {
-                    Ok(claim) if !state.shutting_down => {
-                        let id = state.insert(*spec, claim);
+                    Ok(lease) if !state.shutting_down => {
+                        let id = state.insert(*spec, lease);
                         state.spawn_child(&myself, &id).await?;
                         Ok(())
                     }

@@ -134,7 +134,7 @@ impl Consumer {
                 stats.clone(),
                 cadence(opts.gauge_interval, cohort::GAUGE_REFRESHES_PER_SECOND),
             ),
-            session: SessionState::new(opts.start_id.as_arg(), spec.found_by_pattern),
+            session: SessionState::new(opts.start_id.as_arg(), spec.membership),
             batch_size: BatchSize::new(&opts),
             failures: FailureLog::default(),
             failure_warnings: WarnLimiter::default(),

@@ -9,6 +9,7 @@ use super::Consumer;
 use crate::dead_letter;
 use crate::entry::EntryId;
 use crate::error::{Error, Result};
+use crate::spec::Membership;
 use crate::streams;
 
 /// What survives from one session to the next.
@@ -22,18 +23,19 @@ pub(crate) struct SessionState {
     create_from: String,
     /// The group vanished at least once.
     lost: bool,
-    /// The stream was found by a pattern: its key is never made (`MKSTREAM`).
-    found_by_pattern: bool,
+    /// What the consumer is part of: a stream found by a pattern never has its key made
+    /// (`MKSTREAM`).
+    membership: Membership,
 }
 
 impl SessionState {
-    pub(crate) fn new(start_id: String, found_by_pattern: bool) -> Self {
+    pub(crate) fn new(start_id: String, membership: Membership) -> Self {
         SessionState {
             group_ready: false,
             preflight_done: false,
             create_from: start_id,
             lost: false,
-            found_by_pattern,
+            membership,
         }
     }
 
@@ -67,8 +69,8 @@ impl Consumer {
             // A stream of a multi-stream consumer heals a lost group on its key, and never creates
             // a deleted key again: that stream is dropped instead. A stream found by a pattern
             // never creates its key: the sweep that found it may be older than its deletion.
-            let mkstream =
-                !self.session.found_by_pattern && (self.cohort.is_none() || !self.session.lost);
+            let mkstream = self.session.membership != Membership::Pattern
+                && (self.cohort.is_none() || !self.session.lost);
             let created =
                 streams::xgroup_create(self.client.conn(), &id.stream, &id.group, &start, mkstream)
                     .await

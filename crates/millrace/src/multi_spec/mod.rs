@@ -14,7 +14,7 @@ use crate::config::{ConsumerOptions, OnGroupLost, StartId};
 use crate::decode::Decode;
 use crate::handler::{BatchRunner, Handler, TypedRunner};
 use crate::id::ConsumerId;
-use crate::spec::{dead_letter_stream_of, ConsumerSpec};
+use crate::spec::{dead_letter_stream_of, ConsumerSpec, Membership};
 pub(crate) use dead_letters::DeadLetterRule;
 
 /// How often a pattern is matched against the keys when no interval is set.
@@ -226,8 +226,10 @@ impl MultiStreamSpec {
             id: ConsumerId::new(stream, self.group.to_string(), self.consumer.to_string()),
             options: self.options.clone(),
             runner: self.runner.clone(),
-            shared_read: true,
-            found_by_pattern: self.key_pattern().is_some(),
+            membership: match self.streams {
+                Streams::Named(_) => Membership::NamedSet,
+                Streams::Pattern(_) => Membership::Pattern,
+            },
         }
     }
 

@@ -116,10 +116,15 @@ fn the_options_apply_to_every_stream_and_its_consumer_reads_shared() {
         .start_id(StartId::Beginning)
         .on_group_lost(OnGroupLost::Fail);
     let b = s.for_stream("b");
-    assert!(b.shared_read);
+    assert_eq!(b.membership, Membership::NamedSet);
     assert_eq!(b.options().count, Some(7));
     assert_eq!(b.options().start_id, StartId::Beginning);
-    assert!(!crate::ConsumerSpec::new("b", "g", "c").shared_read);
+    assert_eq!(
+        crate::ConsumerSpec::new("b", "g", "c").membership,
+        Membership::OwnStream
+    );
+    let found = MultiStreamSpec::pattern("t:*", "g", "c").for_stream("t:1");
+    assert_eq!(found.membership, Membership::Pattern);
 }
 
 #[test]

@@ -253,7 +253,10 @@ impl SupState {
                 let _ = reply.send(result);
             }
             MultiMsg::RemoveStream(id, reply) => {
-                let member = self.children.get(&id).is_some_and(|c| c.spec.shared_read);
+                let member = self
+                    .children
+                    .get(&id)
+                    .is_some_and(|c| c.spec.membership.in_set());
                 let result = if member {
                     self.remove_child(&id).await
                 } else {
