@@ -30,7 +30,8 @@
 //!   `UNBLOCKED` (a key deleted while the read blocked) and a `NOGROUP` naming no key (a group
 //!   destroyed while it blocked) are read again, and the next read names the key. A lost
 //!   connection is every subscriber's transient error; the next subscribe connects again.
-//! - **Membership.** Subscribing and leaving work at any time. A stream that may be read but is
+//! - **Membership.** Subscribing and leaving work at any time; a stop returns once no read on the
+//!   wire names its stream (those that do are woken). A stream that may be read but is
 //!   not in the read at the head of the wire (it just joined, or its credit came back while the
 //!   read blocked on other streams) wakes that read with `CLIENT UNBLOCK` through the control
 //!   connection. Entries that arrive for a stream nobody subscribes to any more are released
@@ -102,6 +103,9 @@ struct SharedRead {
     /// Wakes the read task (membership, credits, stop).
     notify: Notify,
     connecting: watch::Sender<Connecting>,
+    /// Reads whose replies have been routed (and entries for streams that left released), in the
+    /// order written: a stream leaving waits on it until no read on the wire names it.
+    routed: watch::Sender<u64>,
     /// The connection's `CLIENT ID` (for `CLIENT UNBLOCK`), once connected.
     client_id: Mutex<Option<i64>>,
     /// The node to send `CLIENT UNBLOCK` to, on a cluster.
@@ -214,6 +218,7 @@ impl SharedReaders {
             state: Mutex::new(ReadState::new(config.block)),
             notify: Notify::new(),
             connecting,
+            routed: watch::channel(0).0,
             client_id: Mutex::new(None),
             node: node.cluster_address(),
             finished: CancellationToken::new(),

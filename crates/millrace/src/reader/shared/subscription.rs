@@ -101,11 +101,14 @@ impl Subscription {
     }
 
     /// Leaves the read and returns the entries fetched for this stream and not taken, for the
-    /// caller to release. The last subscriber to leave also stops the read: its blocked read is
-    /// woken with `CLIENT UNBLOCK` (when permitted) and this waits until the read's connection is
-    /// closed. Entries a read still on the wire brings for this stream are released by the read.
+    /// caller to release. No read on the wire names the stream once this returns, so an entry
+    /// added after is never delivered to this consumer: reads still on the wire that include it
+    /// are woken with `CLIENT UNBLOCK` (when permitted; else they return when BLOCK runs out)
+    /// and this waits until their replies are routed, the entries they brought for this stream
+    /// released by the read. The last subscriber to leave also stops the read and waits until
+    /// its connection is closed.
     pub(crate) async fn stop(mut self, control: &mut Control) -> Vec<ReadItem> {
-        let last = self.leave();
+        let (last, on_the_wire) = self.leave();
         let mut fetched = Vec::new();
         while let Ok(delivery) = self.rx.try_recv() {
             if let Delivery::Part { frame, at, .. } = delivery {
@@ -119,6 +122,8 @@ impl Subscription {
         }
         if last {
             self.wait_ended(control).await;
+        } else if let Some(reads) = on_the_wire {
+            self.wait_routed(control, reads).await;
         }
         fetched
     }
@@ -145,25 +150,48 @@ impl Subscription {
         }
     }
 
-    /// Removes this stream's lane; the last one out stops the read. Returns whether it was last.
-    fn leave(&mut self) -> bool {
+    /// Wakes the read's blocked reads until `reads` reads have been routed (or the read ended):
+    /// then no read on the wire names this stream.
+    async fn wait_routed(&self, control: &mut Control, reads: u64) {
+        let mut routed = self.read.routed.subscribe();
+        let mut client_id = self.read.client_id();
+        loop {
+            if *routed.borrow_and_update() >= reads {
+                return;
+            }
+            if let Some(id) = client_id {
+                if control.unblock(self.read.node.as_ref(), id).await.is_err() {
+                    client_id = None;
+                }
+            }
+            tokio::select! {
+                _ = self.read.finished.cancelled() => return,
+                changed = routed.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(UNBLOCK_EVERY), if client_id.is_some() => {}
+            }
+        }
+    }
+
+    /// Removes this stream's lane; the last one out stops the read. Returns whether it was last,
+    /// and the reads to wait for if the stream was in a read on the wire.
+    fn leave(&mut self) -> (bool, Option<u64>) {
         if self.left {
-            return false;
+            return (false, None);
         }
         self.left = true;
-        let last = {
+        let (last, on_the_wire) = {
             let mut state = self.read.state();
-            let last = state.leave(&self.id.stream, self.token);
+            let (last, on_the_wire) = state.leave(&self.id.stream, self.token);
             if last {
                 state.stop = true;
             }
-            last
+            (last, on_the_wire)
         };
         if last {
             self.read.unregister();
         }
         self.read.notify.notify_one();
-        last
+        (last, on_the_wire)
     }
 }
 
@@ -172,7 +200,7 @@ impl Drop for Subscription {
         if self.left {
             return;
         }
-        let last = self.leave();
+        let (last, _) = self.leave();
         if last {
             // As a dropped single reader: the socket closes at once, so the server drops the
             // blocked read instead of delivering entries to a read nobody listens to.

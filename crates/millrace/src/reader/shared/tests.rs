@@ -548,3 +548,33 @@ async fn entries_a_blocked_read_brings_for_a_stream_that_left_are_released() {
     })
     .await;
 }
+
+/// A stop returns only once no read on the wire names the stream: an entry added after it is
+/// never delivered to the consumer that left (the blocked read is woken, not left to deliver it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_added_after_a_stop_is_never_delivered_to_the_stream_that_left() {
+    let mut f = fixture(&["a", "b"]).await;
+    // BLOCK far beyond the waits below: only a wake ends the read that names `a`.
+    let block = Duration::from_secs(600);
+    let a = f.subscribe_with("a", 10, block).await;
+    let mut b = f.subscribe_with("b", 10, block).await;
+    // Once `b` got an entry, every read written after names both streams.
+    let first = f.add("b", 1).await;
+    assert_eq!(take(&mut b, 1).await, first);
+    eventually(WAIT, "the read of both to block", || {
+        a_read_blocks(f.admin.clone())
+    })
+    .await;
+    let untaken = a.stop(&mut f.backend.control()).await;
+    assert!(untaken.is_empty(), "nothing was fetched for `a`");
+    f.add("a", 1).await;
+    // Redis serves a blocked read as the XADD that feeds it runs: once `b`'s entry added after
+    // `a`'s is read, a read still naming `a` would have taken `a`'s entry.
+    let later = f.add("b", 1).await;
+    assert_eq!(take(&mut b, 1).await, later);
+    assert_eq!(
+        pending_count(f.admin.clone(), "a").await,
+        0,
+        "the entry added after the stop was delivered to the consumer that left"
+    );
+}

@@ -34,8 +34,14 @@ pub(super) fn nogroup_key(message: &str) -> Option<&str> {
 }
 
 impl Task {
-    /// Routes the reply to `read`.
+    /// Routes the reply to `read`, then counts it routed (for streams waiting to leave).
     pub(super) async fn route(&mut self, read: Planned, frame: Vec<u8>) -> RedisResult<()> {
+        let routed = self.route_reply(read, frame).await;
+        self.read.routed.send_modify(|n| *n += 1);
+        routed
+    }
+
+    async fn route_reply(&mut self, read: Planned, frame: Vec<u8>) -> RedisResult<()> {
         if frame.first() == Some(&b'-') {
             self.read
                 .state()
