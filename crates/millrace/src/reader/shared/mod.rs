@@ -26,10 +26,12 @@
 //! - **`sent_after`** of a stream's batch is when the read that fetched it was written, so its
 //!   entries have been pending at most since then (the ownership rule's freshness).
 //! - **Errors.** `NOGROUP … key 'k' …` goes to stream `k` alone, which is then left out of the
-//!   read until it subscribes again; `WRONGTYPE` to the streams that `TYPE` finds are not streams;
-//!   `UNBLOCKED` (a key deleted while the read blocked) and a `NOGROUP` naming no key (a group
-//!   destroyed while it blocked) are read again, and the next read names the key. A lost
-//!   connection is every subscriber's transient error; the next subscribe connects again.
+//!   read until it subscribes again; a `NOGROUP` naming no stream of the read (none, or a name
+//!   printed differently) to the streams `XPENDING` finds without their group; `WRONGTYPE` to
+//!   the streams that `TYPE` finds are not streams; `UNBLOCKED` (a key deleted while the read
+//!   blocked) is read again, and the next read names the key. A lost connection, or errors no
+//!   stream explains four times in a row, is every subscriber's transient error; the next
+//!   subscribe connects again.
 //! - **Membership.** Subscribing and leaving work at any time; a stop returns once no read on the
 //!   wire names its stream (those that do are woken). A stream that may be read but is
 //!   not in the read at the head of the wire (it just joined, or its credit came back while the

@@ -578,3 +578,32 @@ async fn an_entry_added_after_a_stop_is_never_delivered_to_the_stream_that_left(
         "the entry added after the stop was delivered to the consumer that left"
     );
 }
+
+/// Redis prints a key with CR or LF in a `NOGROUP` with spaces instead, so the error names no
+/// stream of the read: the read asks each stream, and only the one whose group is gone gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nogroup_naming_no_stream_of_the_read_fails_only_the_stream_whose_group_is_gone() {
+    let odd = "tenant\r\n7";
+    let mut f = fixture(&["healthy", odd]).await;
+    let mut healthy = f.subscribe("healthy", 10).await;
+    let mut lost = f.subscribe(odd, 10).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(odd)
+        .arg("g")
+        .query_async(&mut f.admin)
+        .await
+        .expect("XGROUP DESTROY");
+    let err = next_error(&mut lost).await;
+    assert!(matches!(err, Error::GroupLost { .. }), "{err}");
+    // The healthy stream reads on, its group untouched: no error, its entries in order.
+    let added = f.add("healthy", 3).await;
+    assert_eq!(take(&mut healthy, 3).await, added);
+    let groups: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg("healthy")
+        .query_async(&mut f.admin)
+        .await
+        .expect("XINFO GROUPS");
+    assert_eq!(groups.len(), 1, "the healthy stream's group is still there");
+}
