@@ -84,10 +84,15 @@ struct ReadKey {
 
 type Reads = Mutex<HashMap<ReadKey, Arc<SharedRead>>>;
 
+/// Streams whose dropped subscription is not quiet yet: its untaken entries are being handed
+/// back, or a read on the wire still names the stream. Cancelled when quiet.
+type Quieting = Mutex<HashMap<ConsumerId, Arc<CancellationToken>>>;
+
 /// The shared reads of one backend.
 #[derive(Debug, Default)]
 pub(crate) struct SharedReaders {
     reads: Arc<Reads>,
+    quieting: Arc<Quieting>,
 }
 
 /// How far a read's connection has got.
@@ -117,6 +122,7 @@ struct SharedRead {
     task: Mutex<Option<tokio::task::AbortHandle>>,
     control: Control,
     registry: Weak<Reads>,
+    quieting: Arc<Quieting>,
 }
 
 impl std::fmt::Debug for SharedRead {
@@ -227,6 +233,7 @@ impl SharedReaders {
             task: Mutex::new(None),
             control: backend.control(),
             registry: Arc::downgrade(&self.reads),
+            quieting: self.quieting.clone(),
         });
         let settings = read_loop::Settings {
             node: node.clone(),
@@ -238,6 +245,14 @@ impl SharedReaders {
         let task = tokio::spawn(read_loop::run(read.clone(), settings));
         *lock(&read.task) = Some(task.abort_handle());
         read
+    }
+
+    /// While a dropped subscription of `id.stream` is not quiet (its untaken entries are being
+    /// handed back, or a read on the wire still names the stream), what is cancelled once it is.
+    /// A replay of the stream waits for it: a late release never touches entries the replay
+    /// took, and no read written for the old subscription delivers entries after it.
+    pub(crate) fn quieting(&self, id: &ConsumerId) -> Option<CancellationToken> {
+        lock(&self.quieting).get(id).map(|q| (**q).clone())
     }
 
     /// Shared reads running now, for tests.
