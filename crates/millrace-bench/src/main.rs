@@ -112,7 +112,11 @@ struct Args {
     /// Seconds of the idle window in the `streams` section's last round.
     #[arg(long, default_value_t = 30)]
     streams_idle_secs: u64,
-    /// Internal: run one `streams` form in this process (`multi`, `singles`, `one`).
+    /// Forms of the `streams` section, comma-separated: `multi` (a), `singles` (b), `one` (c),
+    /// `hand` (d, the hand-written multi-stream loop).
+    #[arg(long, value_delimiter = ',', default_value = "multi,singles,one,hand")]
+    streams_forms: Vec<String>,
+    /// Internal: run one `streams` form in this process (`multi`, `singles`, `one`, `hand`).
     #[arg(long, hide = true)]
     streams_child: Option<String>,
     /// Internal: the consumer group of a `--streams-child` run.
@@ -603,6 +607,7 @@ async fn run(mut args: Args) -> Res<bool> {
             backlog: args.streams_backlog,
             rounds: args.rounds,
             idle_secs: args.streams_idle_secs,
+            forms: many::forms(&args.streams_forms)?,
         };
         println!("\n{}", many::run(&mut env, &settings).await?);
     }

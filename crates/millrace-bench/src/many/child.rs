@@ -35,9 +35,9 @@ const SETTLE: Duration = Duration::from_secs(5);
 
 /// When the first batch arrived, and how many batches there were.
 #[derive(Debug, Default)]
-struct Batches {
-    first: OnceLock<Instant>,
-    count: AtomicUsize,
+pub(super) struct Batches {
+    pub(super) first: OnceLock<Instant>,
+    pub(super) count: AtomicUsize,
 }
 
 /// Counts the entries and the batches, and notes when the first batch arrived.
@@ -71,7 +71,7 @@ fn builder(args: &ChildArgs, progress: &Arc<Progress>, first: &Arc<Batches>) -> 
                 .start_id(StartId::Beginning)
                 .handler(noop(progress, first))
         })),
-        Form::OneStream => builder.consumer(
+        Form::OneStream | Form::HandLoop => builder.consumer(
             ConsumerSpec::new(ONE_STREAM, &args.group, "c0")
                 .start_id(StartId::Beginning)
                 .handler(noop(progress, first)),
@@ -139,16 +139,28 @@ pub(crate) async fn run(args: ChildArgs) -> Res<()> {
     measure::reset_commandstats(&mut admin).await?;
     let server0 = measure::server_cpu(&mut admin).await?;
     let (t0, cpu0) = (Instant::now(), measure::process_cpu());
-    let supervisor = builder(&args, &progress, &batches).start().await?;
     let limit = Duration::from_secs(600);
-    tokio::time::timeout(limit, progress.wait())
+    let supervisor = if args.form == Form::HandLoop {
+        tokio::time::timeout(
+            limit,
+            super::hand::drain(&client, &args, &progress, &batches),
+        )
         .await
-        .map_err(|_| format!("handled {} of {total} within {limit:?}", progress.handled()))?;
-    while acked_once(&supervisor) < total {
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        .map_err(|_| format!("handled {} of {total} within {limit:?}", progress.handled()))??;
+        None
+    } else {
+        Some(builder(&args, &progress, &batches).start().await?)
+    };
+    if let Some(supervisor) = &supervisor {
+        tokio::time::timeout(limit, progress.wait())
+            .await
+            .map_err(|_| format!("handled {} of {total} within {limit:?}", progress.handled()))?;
+        while acked_once(supervisor) < total {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
     let wall = t0.elapsed();
-    let (_, redelivered, reconnects) = counters(&supervisor);
+    let (_, redelivered, reconnects) = supervisor.as_ref().map_or((0, 0, 0), counters);
     let client_cpu = measure::process_cpu().saturating_sub(cpu0).as_secs_f64();
     let server_cpu = measure::server_cpu(&mut admin).await? - server0;
     let calls = measure::commandstats(&mut admin).await?;
@@ -175,10 +187,12 @@ pub(crate) async fn run(args: ChildArgs) -> Res<()> {
         max_conns: max_conns.load(Ordering::Relaxed).saturating_sub(base),
         ..Measured::default()
     };
-    if args.idle_secs > 0 {
-        idle(&args, &mut admin, base, &mut m).await?;
+    if let Some(supervisor) = supervisor {
+        if args.idle_secs > 0 {
+            idle(&args, &mut admin, base, &mut m).await?;
+        }
+        supervisor.shutdown().await?;
     }
-    supervisor.shutdown().await?;
     println!("{}", m.to_line());
     Ok(())
 }

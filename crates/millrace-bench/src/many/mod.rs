@@ -6,6 +6,7 @@
 //! round, the idle cost: CPU of both sides over a window without traffic.
 
 pub(crate) mod child;
+mod hand;
 mod report;
 
 use std::fmt::Write as _;
@@ -30,16 +31,19 @@ pub(crate) enum Form {
     Singles,
     /// (c) one consumer of one stream holding every entry.
     OneStream,
+    /// (d) the hand-written multi-stream loop ([`hand`]) over the streams of (a).
+    HandLoop,
 }
 
 impl Form {
-    pub(super) const ALL: [Form; 3] = [Form::Multi, Form::Singles, Form::OneStream];
+    pub(super) const ALL: [Form; 4] = [Form::Multi, Form::Singles, Form::OneStream, Form::HandLoop];
 
     fn key(self) -> &'static str {
         match self {
             Form::Multi => "multi",
             Form::Singles => "singles",
             Form::OneStream => "one",
+            Form::HandLoop => "hand",
         }
     }
 
@@ -52,6 +56,10 @@ impl Form {
             Form::Multi => format!("(a) one multi-stream consumer, {streams} streams"),
             Form::Singles => format!("(b) {streams} single-stream consumers"),
             Form::OneStream => "(c) one consumer, one stream".to_owned(),
+            Form::HandLoop => format!(
+                "(d) hand-written loop, {streams} streams: one XREADGROUP COUNT {}, one pipeline of XACKs",
+                hand::HAND_COUNT
+            ),
         }
     }
 }
@@ -173,6 +181,8 @@ pub(crate) struct Settings {
     pub(crate) backlog: usize,
     pub(crate) rounds: usize,
     pub(crate) idle_secs: u64,
+    /// The forms to run, in [`Form::ALL`]'s order.
+    pub(crate) forms: Vec<Form>,
 }
 
 /// Adds `backlog` entries to each of `streams` streams, pipelined.
@@ -234,7 +244,7 @@ async fn run_child(env: &Env, s: &Settings, form: Form, group: &str, idle: bool)
 async fn verify_and_clean(env: &mut Env, s: &Settings, form: Form, group: &str) -> Res<()> {
     let (streams, each) = match form {
         Form::OneStream => (vec![ONE_STREAM.to_owned()], s.streams * s.backlog),
-        Form::Multi | Form::Singles => (stream_names(s.streams), s.backlog),
+        Form::Multi | Form::Singles | Form::HandLoop => (stream_names(s.streams), s.backlog),
     };
     for stream in &streams {
         verify_drained(&mut env.admin, stream, group, each as u64).await?;
@@ -266,8 +276,8 @@ pub(crate) async fn run(env: &mut Env, s: &Settings) -> Res<String> {
     let floor = server_floor(&mut env.admin, Duration::from_secs(10)).await?;
     let mut runs: Vec<(Form, Measured)> = Vec::new();
     for round in 0..s.rounds {
-        for i in 0..Form::ALL.len() {
-            let form = Form::ALL[(i + round) % Form::ALL.len()];
+        for i in 0..s.forms.len() {
+            let form = s.forms[(i + round) % s.forms.len()];
             let group = env.next_name("many");
             let idle = round + 1 == s.rounds && s.idle_secs > 0;
             let m = run_child(env, s, form, &group, idle).await?;
@@ -314,6 +324,17 @@ pub(crate) async fn run(env: &mut Env, s: &Settings) -> Res<String> {
         env.quiesce().await?;
     }
     Ok(report::report(s, &runs, floor))
+}
+
+/// The forms named in `keys` (`multi`, `singles`, `one`, `hand`), in [`Form::ALL`]'s order.
+pub(crate) fn forms(keys: &[String]) -> Res<Vec<Form>> {
+    for k in keys {
+        Form::parse(k).ok_or_else(|| format!("unknown streams form `{k}`"))?;
+    }
+    Ok(Form::ALL
+        .into_iter()
+        .filter(|f| keys.iter().any(|k| k == f.key()))
+        .collect())
 }
 
 /// The server's own CPU with no consumer connected, as a share of a core.

@@ -73,10 +73,15 @@ fn verdict(met: bool) -> &'static str {
 }
 
 pub(super) fn report(s: &Settings, runs: &[(Form, Measured)], floor: f64) -> String {
-    let rows: Vec<Row> = Form::ALL
+    let rows: Vec<Row> = s
+        .forms
         .iter()
         .map(|f| row(*f, runs, (s.streams * s.backlog) as u64))
         .collect();
+    let hand = rows
+        .iter()
+        .find(|r| r.form == Form::HandLoop)
+        .map(|r| r.rate);
     let one = rows
         .iter()
         .find(|r| r.form == Form::OneStream)
@@ -90,11 +95,12 @@ pub(super) fn report(s: &Settings, runs: &[(Form, Measured)], floor: f64) -> Str
         s.streams * s.backlog,
         s.rounds
     );
-    let _ = writeln!(out, "| form | msgs/s (median) | min–max | vs (c) | drain msgs/s after the first entry | first entry after | entries per batch | XREADGROUP / XACK calls | connections (max) | handled twice (all runs) | peak RSS | client CPU µs/msg | server CPU µs/msg | idle: client CPU | idle: server CPU | idle: connections |");
+    let _ = writeln!(out, "| form | msgs/s (median) | min–max | vs (c) | drain msgs/s after the first entry | first entry after | entries per batch | XREADGROUP / XACK calls | XACK per 1,000 entries | connections (max) | handled twice (all runs) | peak RSS | client CPU µs/msg | server CPU µs/msg | idle: client CPU | idle: server CPU | idle: connections |");
     let _ = writeln!(
         out,
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
     );
+    let total = (s.streams * s.backlog) as f64;
     for r in &rows {
         let idle = |cpu: fn(&Measured) -> f64| {
             r.idle.as_ref().map_or("-".to_owned(), |m| {
@@ -103,7 +109,7 @@ pub(super) fn report(s: &Settings, runs: &[(Form, Measured)], floor: f64) -> Str
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {}–{} | {:.2}× | {} | {:.0} ms | {:.1} | {} / {} | {} | {} | {:.1} MiB | {:.2} | {:.2} | {} | {} | {} |",
+            "| {} | {} | {}–{} | {:.2}× | {} | {:.0} ms | {:.1} | {} / {} | {:.1} | {} | {} | {:.1} MiB | {:.2} | {:.2} | {} | {} | {} |",
             r.form.label(s.streams),
             thousands(r.rate),
             thousands(r.min),
@@ -114,6 +120,7 @@ pub(super) fn report(s: &Settings, runs: &[(Form, Measured)], floor: f64) -> Str
             r.batch,
             thousands(r.calls.0),
             thousands(r.calls.1),
+            r.calls.1 * 1000.0 / total.max(1.0),
             r.conns,
             r.twice,
             r.rss_mib,
@@ -153,6 +160,14 @@ pub(super) fn report(s: &Settings, runs: &[(Form, Measured)], floor: f64) -> Str
             "| throughput vs (c) | {ratio:.2}× | ≥ 0.8× | {} |",
             verdict(ratio >= 0.8)
         );
+        if let Some(hand) = hand {
+            let ratio = a.rate / hand;
+            let _ = writeln!(
+                out,
+                "| throughput vs (d) the hand-written loop | {ratio:.2}× | ≥ 1.5× | {} |",
+                verdict(ratio >= 1.5)
+            );
+        }
         if let Some(m) = &a.idle {
             let client = m.idle_client_cpu / m.idle_secs * 100.0;
             let server = m.idle_server_cpu / m.idle_secs * 100.0;

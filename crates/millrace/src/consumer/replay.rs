@@ -20,10 +20,21 @@ impl Consumer {
         // streams does not open a thousand replay connections at once.
         let cohort = self.cohort.clone();
         let _turn = match &cohort {
-            Some(cohort) => tokio::select! {
-                _ = self.cancel.cancelled() => return Ok(()),
-                turn = cohort.replay_turn() => turn,
-            },
+            Some(cohort) => {
+                // An earlier subscription of this stream may still hand entries back (or a read
+                // on the wire still name the stream): wait, so none lands on what this replay
+                // takes.
+                if let Some(quiet) = self.backend.shared_readers().quieting(&self.id) {
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return Ok(()),
+                        _ = quiet.cancelled() => {}
+                    }
+                }
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return Ok(()),
+                    turn = cohort.replay_turn() => turn,
+                }
+            }
             None => None,
         };
         let mut own: Option<PendingReader> = None;

@@ -26,11 +26,14 @@
 //! - **`sent_after`** of a stream's batch is when the read that fetched it was written, so its
 //!   entries have been pending at most since then (the ownership rule's freshness).
 //! - **Errors.** `NOGROUP … key 'k' …` goes to stream `k` alone, which is then left out of the
-//!   read until it subscribes again; `WRONGTYPE` to the streams that `TYPE` finds are not streams;
-//!   `UNBLOCKED` (a key deleted while the read blocked) and a `NOGROUP` naming no key (a group
-//!   destroyed while it blocked) are read again, and the next read names the key. A lost
-//!   connection is every subscriber's transient error; the next subscribe connects again.
-//! - **Membership.** Subscribing and leaving work at any time. A stream that may be read but is
+//!   read until it subscribes again; a `NOGROUP` naming no stream of the read (none, or a name
+//!   printed differently) to the streams `XPENDING` finds without their group; `WRONGTYPE` to
+//!   the streams that `TYPE` finds are not streams; `UNBLOCKED` (a key deleted while the read
+//!   blocked) is read again, and the next read names the key. A lost connection, or errors no
+//!   stream explains four times in a row, is every subscriber's transient error; the next
+//!   subscribe connects again.
+//! - **Membership.** Subscribing and leaving work at any time; a stop returns once no read on the
+//!   wire names its stream (those that do are woken). A stream that may be read but is
 //!   not in the read at the head of the wire (it just joined, or its credit came back while the
 //!   read blocked on other streams) wakes that read with `CLIENT UNBLOCK` through the control
 //!   connection. Entries that arrive for a stream nobody subscribes to any more are released
@@ -81,10 +84,15 @@ struct ReadKey {
 
 type Reads = Mutex<HashMap<ReadKey, Arc<SharedRead>>>;
 
+/// Streams whose dropped subscription is not quiet yet: its untaken entries are being handed
+/// back, or a read on the wire still names the stream. Cancelled when quiet.
+type Quieting = Mutex<HashMap<ConsumerId, Arc<CancellationToken>>>;
+
 /// The shared reads of one backend.
 #[derive(Debug, Default)]
 pub(crate) struct SharedReaders {
     reads: Arc<Reads>,
+    quieting: Arc<Quieting>,
 }
 
 /// How far a read's connection has got.
@@ -102,6 +110,9 @@ struct SharedRead {
     /// Wakes the read task (membership, credits, stop).
     notify: Notify,
     connecting: watch::Sender<Connecting>,
+    /// Reads whose replies have been routed (and entries for streams that left released), in the
+    /// order written: a stream leaving waits on it until no read on the wire names it.
+    routed: watch::Sender<u64>,
     /// The connection's `CLIENT ID` (for `CLIENT UNBLOCK`), once connected.
     client_id: Mutex<Option<i64>>,
     /// The node to send `CLIENT UNBLOCK` to, on a cluster.
@@ -111,6 +122,7 @@ struct SharedRead {
     task: Mutex<Option<tokio::task::AbortHandle>>,
     control: Control,
     registry: Weak<Reads>,
+    quieting: Arc<Quieting>,
 }
 
 impl std::fmt::Debug for SharedRead {
@@ -214,12 +226,14 @@ impl SharedReaders {
             state: Mutex::new(ReadState::new(config.block)),
             notify: Notify::new(),
             connecting,
+            routed: watch::channel(0).0,
             client_id: Mutex::new(None),
             node: node.cluster_address(),
             finished: CancellationToken::new(),
             task: Mutex::new(None),
             control: backend.control(),
             registry: Arc::downgrade(&self.reads),
+            quieting: self.quieting.clone(),
         });
         let settings = read_loop::Settings {
             node: node.clone(),
@@ -231,6 +245,14 @@ impl SharedReaders {
         let task = tokio::spawn(read_loop::run(read.clone(), settings));
         *lock(&read.task) = Some(task.abort_handle());
         read
+    }
+
+    /// While a dropped subscription of `id.stream` is not quiet (its untaken entries are being
+    /// handed back, or a read on the wire still names the stream), what is cancelled once it is.
+    /// A replay of the stream waits for it: a late release never touches entries the replay
+    /// took, and no read written for the old subscription delivers entries after it.
+    pub(crate) fn quieting(&self, id: &ConsumerId) -> Option<CancellationToken> {
+        lock(&self.quieting).get(id).map(|q| (**q).clone())
     }
 
     /// Shared reads running now, for tests.

@@ -112,6 +112,9 @@ pub(super) struct ReadState {
     /// How long a stream goes without a part before it is handed [`Delivery::Quiet`]: the BLOCK
     /// of the reads.
     pub(super) quiet_after: Duration,
+    /// Reads planned so far (each written once, in this order): a stream that leaves while in a
+    /// read on the wire waits until the reads settled reach this number as it left.
+    pub(super) planned: u64,
     next_token: u64,
 }
 
@@ -141,12 +144,16 @@ impl ReadState {
     }
 
     /// Removes the lane of `stream` if it is still subscription `token`'s. Returns whether no
-    /// lane is left.
-    pub(super) fn leave(&mut self, stream: &str, token: u64) -> bool {
+    /// lane is left, and, when the lane was in a read on the wire, how many reads must settle
+    /// before no read on the wire names the stream any more (replies come in the order written).
+    pub(super) fn leave(&mut self, stream: &str, token: u64) -> (bool, Option<u64>) {
+        let mut on_the_wire = None;
         if self.lanes.get(stream).is_some_and(|l| l.token == token) {
-            self.lanes.remove(stream);
+            if let Some(lane) = self.lanes.remove(stream) {
+                on_the_wire = (lane.in_flight > 0).then_some(self.planned);
+            }
         }
-        self.lanes.is_empty()
+        (self.lanes.is_empty(), on_the_wire)
     }
 
     /// Whether new subscribers may join: not stopping, not ended.
@@ -207,6 +214,7 @@ impl ReadState {
         if streams.is_empty() {
             return None;
         }
+        self.planned += 1;
         Some(Planned {
             streams,
             count: read_count(count, with_data),
@@ -371,8 +379,8 @@ mod tests {
         let (old, _r1) = s.join(id("a"), 10);
         let (new, _r2) = s.join(id("a"), 10);
         assert!(!s.taken("a", old));
-        assert!(!s.leave("a", old), "the new lane stays");
-        assert!(s.leave("a", new));
+        assert!(!s.leave("a", old).0, "the new lane stays");
+        assert!(s.leave("a", new).0);
         assert!(s.plan(Instant::now()).is_none());
     }
 }

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::state::Delivery;
-use super::{ended, release, SharedRead};
+use super::{ended, lock, release, SharedRead};
 use crate::connection::Control;
 use crate::entry::EntryId;
 use crate::error::{Error, Result};
@@ -101,11 +102,14 @@ impl Subscription {
     }
 
     /// Leaves the read and returns the entries fetched for this stream and not taken, for the
-    /// caller to release. The last subscriber to leave also stops the read: its blocked read is
-    /// woken with `CLIENT UNBLOCK` (when permitted) and this waits until the read's connection is
-    /// closed. Entries a read still on the wire brings for this stream are released by the read.
+    /// caller to release. No read on the wire names the stream once this returns, so an entry
+    /// added after is never delivered to this consumer: reads still on the wire that include it
+    /// are woken with `CLIENT UNBLOCK` (when permitted; else they return when BLOCK runs out)
+    /// and this waits until their replies are routed, the entries they brought for this stream
+    /// released by the read. The last subscriber to leave also stops the read and waits until
+    /// its connection is closed.
     pub(crate) async fn stop(mut self, control: &mut Control) -> Vec<ReadItem> {
-        let last = self.leave();
+        let (last, on_the_wire) = self.leave();
         let mut fetched = Vec::new();
         while let Ok(delivery) = self.rx.try_recv() {
             if let Delivery::Part { frame, at, .. } = delivery {
@@ -119,6 +123,8 @@ impl Subscription {
         }
         if last {
             self.wait_ended(control).await;
+        } else if let Some(reads) = on_the_wire {
+            self.wait_routed(control, reads).await;
         }
         fetched
     }
@@ -145,25 +151,30 @@ impl Subscription {
         }
     }
 
-    /// Removes this stream's lane; the last one out stops the read. Returns whether it was last.
-    fn leave(&mut self) -> bool {
+    async fn wait_routed(&self, control: &mut Control, reads: u64) {
+        wait_routed(&self.read, control, reads).await;
+    }
+
+    /// Removes this stream's lane; the last one out stops the read. Returns whether it was last,
+    /// and the reads to wait for if the stream was in a read on the wire.
+    fn leave(&mut self) -> (bool, Option<u64>) {
         if self.left {
-            return false;
+            return (false, None);
         }
         self.left = true;
-        let last = {
+        let (last, on_the_wire) = {
             let mut state = self.read.state();
-            let last = state.leave(&self.id.stream, self.token);
+            let (last, on_the_wire) = state.leave(&self.id.stream, self.token);
             if last {
                 state.stop = true;
             }
-            last
+            (last, on_the_wire)
         };
         if last {
             self.read.unregister();
         }
         self.read.notify.notify_one();
-        last
+        (last, on_the_wire)
     }
 }
 
@@ -172,7 +183,7 @@ impl Drop for Subscription {
         if self.left {
             return;
         }
-        let last = self.leave();
+        let (last, on_the_wire) = self.leave();
         if last {
             // As a dropped single reader: the socket closes at once, so the server drops the
             // blocked read instead of delivering entries to a read nobody listens to.
@@ -188,18 +199,56 @@ impl Drop for Subscription {
                 }
             }
         }
-        if ids.is_empty() {
+        // The last one out closed the read's socket: no read names the stream any more.
+        let on_the_wire = on_the_wire.filter(|_| !last);
+        if ids.is_empty() && on_the_wire.is_none() {
             return;
         }
-        let (mut control, id) = (self.read.control.clone(), self.id.clone());
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move { release(&mut control, &id, &ids).await });
-            }
-            Err(_) => debug!(
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            debug!(
                 entries = ids.len(),
                 "no runtime to release untaken entries; they stay pending for the consumer"
-            ),
+            );
+            return;
+        };
+        // Until this is done the stream is not quiet: a replay of it waits (see
+        // `SharedReaders::quieting`), so the release never lands on entries the replay took.
+        let quiet = Arc::new(CancellationToken::new());
+        lock(&self.read.quieting).insert(self.id.clone(), quiet.clone());
+        let (read, id) = (self.read.clone(), self.id.clone());
+        runtime.spawn(async move {
+            let mut control = read.control.clone();
+            release(&mut control, &id, &ids).await;
+            if let Some(reads) = on_the_wire {
+                wait_routed(&read, &mut control, reads).await;
+            }
+            let mut quieting = lock(&read.quieting);
+            if quieting.get(&id).is_some_and(|q| Arc::ptr_eq(q, &quiet)) {
+                quieting.remove(&id);
+            }
+            quiet.cancel();
+        });
+    }
+}
+
+/// Wakes `read`'s blocked reads until `reads` reads have been routed (or the read ended): then
+/// no read written before names a stream that left.
+async fn wait_routed(read: &SharedRead, control: &mut Control, reads: u64) {
+    let mut routed = read.routed.subscribe();
+    let mut client_id = read.client_id();
+    loop {
+        if *routed.borrow_and_update() >= reads {
+            return;
+        }
+        if let Some(id) = client_id {
+            if control.unblock(read.node.as_ref(), id).await.is_err() {
+                client_id = None;
+            }
+        }
+        tokio::select! {
+            _ = read.finished.cancelled() => return,
+            changed = routed.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(UNBLOCK_EVERY), if client_id.is_some() => {}
         }
     }
 }

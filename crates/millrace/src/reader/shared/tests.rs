@@ -531,6 +531,10 @@ async fn a_credit_returned_while_the_read_blocks_wakes_it() {
     assert_eq!(got, added);
 }
 
+/// A dropped subscription (a failed session) wakes the read that still names its stream, in the
+/// background: an entry added meanwhile is either never delivered to the consumer that left, or
+/// delivered and handed back to the group; once the stream is quiet, never pending for it as if
+/// being handled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_a_blocked_read_brings_for_a_stream_that_left_are_released() {
     let mut f = fixture(&["a", "b"]).await;
@@ -541,10 +545,152 @@ async fn entries_a_blocked_read_brings_for_a_stream_that_left_are_released() {
     })
     .await;
     drop(a);
-    // The blocked read still names `a`: the server delivers this entry to it.
+    let quiet = f
+        .backend
+        .shared_readers()
+        .quieting(&ConsumerId::new("a", "g", "c"))
+        .expect("the read naming `a` is on the wire");
     let added = f.add("a", 1).await;
-    eventually(WAIT, "the entry released to the group", || async {
-        pending_ids(f.admin.clone(), "a", Duration::from_secs(23 * 3600)).await == added
+    tokio::time::timeout(WAIT, quiet.cancelled())
+        .await
+        .expect("the stream quiet: the read woken");
+    let released = pending_ids(f.admin.clone(), "a", Duration::from_secs(23 * 3600)).await;
+    let pending = pending_count(f.admin.clone(), "a").await;
+    assert!(
+        (released == added && pending == 1) || pending == 0,
+        "handed back ({released:?}) or never delivered, not pending as if handled ({pending})"
+    );
+}
+
+/// A stop returns only once no read on the wire names the stream: an entry added after it is
+/// never delivered to the consumer that left (the blocked read is woken, not left to deliver it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_added_after_a_stop_is_never_delivered_to_the_stream_that_left() {
+    let mut f = fixture(&["a", "b"]).await;
+    // BLOCK far beyond the waits below: only a wake ends the read that names `a`.
+    let block = Duration::from_secs(600);
+    let a = f.subscribe_with("a", 10, block).await;
+    let mut b = f.subscribe_with("b", 10, block).await;
+    // Once `b` got an entry, every read written after names both streams.
+    let first = f.add("b", 1).await;
+    assert_eq!(take(&mut b, 1).await, first);
+    eventually(WAIT, "the read of both to block", || {
+        a_read_blocks(f.admin.clone())
     })
     .await;
+    let untaken = a.stop(&mut f.backend.control()).await;
+    assert!(untaken.is_empty(), "nothing was fetched for `a`");
+    f.add("a", 1).await;
+    // Redis serves a blocked read as the XADD that feeds it runs: once `b`'s entry added after
+    // `a`'s is read, a read still naming `a` would have taken `a`'s entry.
+    let later = f.add("b", 1).await;
+    assert_eq!(take(&mut b, 1).await, later);
+    assert_eq!(
+        pending_count(f.admin.clone(), "a").await,
+        0,
+        "the entry added after the stop was delivered to the consumer that left"
+    );
+}
+
+/// Redis prints a key with CR or LF in a `NOGROUP` with spaces instead, so the error names no
+/// stream of the read: the read asks each stream, and only the one whose group is gone gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nogroup_naming_no_stream_of_the_read_fails_only_the_stream_whose_group_is_gone() {
+    let odd = "tenant\r\n7";
+    let mut f = fixture(&["healthy", odd]).await;
+    let mut healthy = f.subscribe("healthy", 10).await;
+    let mut lost = f.subscribe(odd, 10).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(odd)
+        .arg("g")
+        .query_async(&mut f.admin)
+        .await
+        .expect("XGROUP DESTROY");
+    let err = next_error(&mut lost).await;
+    assert!(matches!(err, Error::GroupLost { .. }), "{err}");
+    // The healthy stream reads on, its group untouched: no error, its entries in order.
+    let added = f.add("healthy", 3).await;
+    assert_eq!(take(&mut healthy, 3).await, added);
+    let groups: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg("healthy")
+        .query_async(&mut f.admin)
+        .await
+        .expect("XINFO GROUPS");
+    assert_eq!(groups.len(), 1, "the healthy stream's group is still there");
+}
+
+/// Clients blocked on the server now.
+async fn blocked_clients(mut admin: MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(&mut admin)
+        .await
+        .expect("INFO clients");
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("blocked_clients:"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A dropped subscription hands its untaken entries back in the background. A restarted
+/// consumer's replay waits until that is done (`SharedReaders::quieting`): the release never
+/// lands on entries the replay took, which would then sit idle for a day while being handled
+/// (and be claimed by another consumer meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_release_never_touches_entries_a_replay_took() {
+    let mut f = fixture(&["a", "b"]).await;
+    f.add("a", 20).await;
+    let a = f.subscribe("a", 2).await;
+    let _b = f.subscribe("b", 2).await;
+    let ahead = FETCHED_AHEAD * 2;
+    eventually(WAIT, "a's read-ahead fetched", || async {
+        pending_count(f.admin.clone(), "a").await == ahead
+    })
+    .await;
+    // Commands on the control connection queue behind a BLPOP on it: the release is held back
+    // until the list gets an element.
+    let mut held = f.backend.control();
+    let blocked_before = blocked_clients(f.admin.clone()).await;
+    let hold = tokio::spawn(async move {
+        redis::cmd("BLPOP")
+            .arg("hold")
+            .arg(0)
+            .query_async::<redis::Value>(&mut held)
+            .await
+    });
+    eventually(WAIT, "the control connection to block", || async {
+        blocked_clients(f.admin.clone()).await > blocked_before
+    })
+    .await;
+    drop(a);
+    let id = ConsumerId::new("a", "g", "c");
+    let quiet = f
+        .backend
+        .shared_readers()
+        .quieting(&id)
+        .expect("the release is under way");
+    // The restarted consumer's replay, as `consumer::replay` runs it: after the stream is quiet.
+    let mut replayer = f.admin.clone();
+    let replay = tokio::spawn(async move {
+        quiet.cancelled().await;
+        redis::cmd("XREADGROUP")
+            .arg(&["GROUP", "g", "c", "STREAMS", "a", "0"])
+            .query_async::<redis::Value>(&mut replayer)
+            .await
+            .expect("replay")
+    });
+    let _: () = f.admin.lpush("hold", "go").await.expect("LPUSH");
+    hold.await.expect("BLPOP task").expect("BLPOP");
+    tokio::time::timeout(WAIT, replay)
+        .await
+        .expect("the replay ran once the stream was quiet")
+        .expect("replay task");
+    // Every fetched entry was replayed (idle reset); none is left idle for a day.
+    assert_eq!(
+        pending_ids(f.admin.clone(), "a", Duration::from_secs(23 * 3600)).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(pending_count(f.admin.clone(), "a").await, ahead);
 }

@@ -20,7 +20,7 @@ use crate::reader::READS_IN_FLIGHT;
 use crate::streams::ReadItem;
 
 /// Error replies in a row that may be read again before the read gives up (every stream then
-/// gets the error): an error that names no stream is followed by one that does.
+/// reconnects): an error that names no stream is followed by one that does.
 const UNATTRIBUTED_AT_MOST: u32 = 3;
 
 /// The key a `NOGROUP` reply names: `No such key 'k' or consumer group 'g' in XREADGROUP …`.
@@ -34,8 +34,14 @@ pub(super) fn nogroup_key(message: &str) -> Option<&str> {
 }
 
 impl Task {
-    /// Routes the reply to `read`.
+    /// Routes the reply to `read`, then counts it routed (for streams waiting to leave).
     pub(super) async fn route(&mut self, read: Planned, frame: Vec<u8>) -> RedisResult<()> {
+        let routed = self.route_reply(read, frame).await;
+        self.read.routed.send_modify(|n| *n += 1);
+        routed
+    }
+
+    async fn route_reply(&mut self, read: Planned, frame: Vec<u8>) -> RedisResult<()> {
         if frame.first() == Some(&b'-') {
             self.read
                 .state()
@@ -99,16 +105,21 @@ async fn release_orphan(read: &SharedRead, name: Option<&str>, frame: &[u8], at:
 
 impl Task {
     /// An error reply: traced to its stream when it names one (which alone gets it and is left
-    /// out of the read), read again when it names none. Any other error ends the read.
+    /// out of the read). A `NOGROUP` that names no stream of the read (it names none, as for a
+    /// group destroyed while the read blocked, or it prints the name differently, as Redis does
+    /// for control characters) is placed by asking each stream of the read: only those whose
+    /// group or key is really gone get it. Any other error ends the read.
     async fn on_error(&mut self, read: &Planned, e: RedisError) -> RedisResult<()> {
         let culprits = match e.code() {
-            Some("NOGROUP") => nogroup_key(&e.to_string()).map(|k| vec![k.to_owned()]),
-            Some("WRONGTYPE") => Some(wrong_types(&self.read, read).await),
+            Some("NOGROUP") => match nogroup_key(&e.to_string()) {
+                Some(key) if self.has_lane(key) => vec![key.to_owned()],
+                _ => lost_groups(&self.read, read).await,
+            },
+            Some("WRONGTYPE") => wrong_types(&self.read, read).await,
             // A key deleted while the read blocked; the next read names it (NOGROUP).
-            Some("UNBLOCKED") => None,
+            Some("UNBLOCKED") => Vec::new(),
             _ => return Err(e),
         };
-        let culprits = culprits.unwrap_or_default();
         let mut routed = false;
         for stream in &culprits {
             routed |= self.fail_stream(stream, &e);
@@ -120,9 +131,19 @@ impl Task {
         self.unattributed += 1;
         debug!(error = %e, "a shared read's error names no stream it reads; reading again");
         if self.unattributed > UNATTRIBUTED_AT_MOST {
-            return Err(e);
+            // Not the error itself: a `NOGROUP` no stream's group explains must not be taken
+            // for every stream's lost group. Each stream reconnects, as after a lost connection.
+            tracing::warn!(error = %e, "a shared read's errors name no stream it reads; every stream in it reconnects");
+            return Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                format!("the shared read's errors name no stream it reads: {e}"),
+            )));
         }
         Ok(())
+    }
+
+    fn has_lane(&self, stream: &str) -> bool {
+        self.read.state().lanes.contains_key(stream)
     }
 
     /// Gives `stream`'s subscriber the error and leaves the stream out of reads until it
@@ -139,6 +160,30 @@ impl Task {
         }
         true
     }
+}
+
+/// The streams of `read` whose group (or key) is gone: `XPENDING key group` (one pipeline, a
+/// command every consumer may run) answers `NOGROUP` for them alone.
+async fn lost_groups(shared: &SharedRead, read: &Planned) -> Vec<String> {
+    let mut pipe = redis::pipe();
+    for (name, _) in &read.streams {
+        pipe.cmd("XPENDING").arg(&**name).arg(&*shared.key.group);
+    }
+    let mut control = shared.control.clone();
+    let replies: Vec<RedisResult<redis::Value>> =
+        match pipe.ignore_errors().query_async(&mut control).await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(error = %e, "XPENDING failed; the NOGROUP stays untraced");
+                return Vec::new();
+            }
+        };
+    read.streams
+        .iter()
+        .zip(replies)
+        .filter(|(_, r)| r.as_ref().is_err_and(|e| e.code() == Some("NOGROUP")))
+        .map(|((name, _), _)| name.to_string())
+        .collect()
 }
 
 /// The streams of `read` whose keys hold another type (`TYPE`, one pipeline).
