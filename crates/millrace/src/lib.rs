@@ -65,6 +65,7 @@ mod id;
 mod multi_spec;
 mod protocol;
 mod reader;
+mod retry;
 mod settings;
 mod spec;
 pub mod streams;
@@ -82,6 +83,7 @@ pub use handler::{for_each_entry, EachEntry, Handler, HandlerError, HandlerResul
 pub use health::{ConsumerCounters, ConsumerHealth, ConsumerState, GroupGauges, StreamSet};
 pub use id::ConsumerId;
 pub use multi_spec::MultiStreamSpec;
+pub use retry::RetryBackoff;
 pub use settings::{stable_name, ConsumerDecl, Settings};
 pub use spec::ConsumerSpec;
 pub use supervisor::{Supervisor, SupervisorBuilder};
