@@ -203,3 +203,64 @@ mod tests {
         assert!(toml::from_str::<T>(r#"b = { kind = "linear", delay = "2s" }"#).is_err());
     }
 }
+
+#[cfg(test)]
+mod settings_tests {
+    use std::time::Duration;
+
+    use crate::settings::Settings;
+    use crate::RetryBackoff;
+
+    #[test]
+    fn the_backoff_is_read_from_a_file_and_the_environment() {
+        let text = r#"
+            redis = "redis://127.0.0.1:6379"
+            [defaults]
+            retry_backoff = { kind = "exponential", base = "1s", max = "30s" }
+            [[consumers]]
+            stream = "s"
+            group = "g"
+            consumer = "c"
+        "#;
+        let vars = [
+            (
+                "MILLRACE_DEFAULTS__RETRY_BACKOFF__BASE".to_owned(),
+                "2s".to_owned(),
+            ),
+            (
+                "MILLRACE_DEFAULTS__RETRY_BACKOFF__JITTER".to_owned(),
+                "0.5".to_owned(),
+            ),
+        ];
+        let backoff = |text: &str, vars: [(String, String); 2]| {
+            let settings = Settings::parse(text, vars).unwrap();
+            let handler = |_: crate::Batch<crate::RawEntry>| async { crate::HandlerResult::Ok };
+            settings.consumers("s", handler)[0]
+                .options()
+                .retry_backoff
+                .clone()
+        };
+        assert_eq!(
+            backoff(text, vars),
+            Some(
+                RetryBackoff::exponential(Duration::from_secs(2), Duration::from_secs(30))
+                    .jitter(0.5)
+            )
+        );
+        let vars = [
+            (
+                "MILLRACE_DEFAULTS__RETRY_BACKOFF__KIND".to_owned(),
+                "fixed".to_owned(),
+            ),
+            (
+                "MILLRACE_DEFAULTS__RETRY_BACKOFF__DELAY".to_owned(),
+                "5s".to_owned(),
+            ),
+        ];
+        let bare = text.replace("retry_backoff", "# retry_backoff");
+        assert_eq!(
+            backoff(&bare, vars),
+            Some(RetryBackoff::fixed(Duration::from_secs(5)))
+        );
+    }
+}
