@@ -168,6 +168,17 @@ pub struct ConsumerOptions {
     /// by their delivery count instead of after `claim_min_idle`. Its longest delay must not exceed
     /// `claim_min_idle`. Default: off. See [`RetryBackoff`](crate::RetryBackoff).
     pub retry_backoff: Option<crate::retry::RetryBackoff>,
+    /// Keyed concurrency: handle up to this many sub-batches of a read at once, one per key (see
+    /// `key_field`, `key_by`). Entries of one key are handled one sub-batch after another in stream
+    /// order; different keys concurrently. At least 1. Default: off (one batch at a time).
+    pub key_concurrency: Option<usize>,
+    /// Keyed concurrency: the field whose value is an entry's key (entries without it share one
+    /// key). Set this or `key_by`.
+    pub key_field: Option<String>,
+    /// Keyed concurrency: a function giving an entry's key, for keys not found in one field. Code
+    /// only (not read from files). Set this or `key_field`.
+    #[serde(skip)]
+    pub key_by: Option<crate::keyed::KeyFn>,
 }
 
 impl Default for ConsumerOptions {
@@ -194,6 +205,9 @@ impl Default for ConsumerOptions {
             gauge_interval: Duration::from_secs(10),
             reap_idle_consumers_after: None,
             retry_backoff: None,
+            key_concurrency: None,
+            key_field: None,
+            key_by: None,
         }
     }
 }
@@ -278,6 +292,13 @@ impl ConsumerOptions {
             .map(|b| b.check(self.claim_min_idle))
         {
             return err(field, &reason);
+        }
+        match (self.key_concurrency, &self.key_field, &self.key_by) {
+            (Some(0), ..) => return err("key_concurrency", "must be at least 1 (leave it unset to handle one batch at a time)"),
+            (Some(_), None, None) => return err("key_concurrency", "needs the key: set `key_field` (a field name) or `key_by` (a function)"),
+            (_, Some(_), Some(_)) => return err("key_field", "and `key_by` are both set; set one of them"),
+            (None, Some(_), _) | (None, _, Some(_)) => return err("key_concurrency", "is not set, so the key (`key_field` or `key_by`) would be unused; set it to the number of sub-batches to handle at once"),
+            _ => {}
         }
         if self.gauge_interval < Duration::from_millis(10) {
             return err("gauge_interval", "must be at least 10ms");

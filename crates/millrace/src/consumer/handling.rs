@@ -102,6 +102,9 @@ impl Consumer {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(ids.iter().copied());
         }
+        if let Some(lanes) = self.opts.key_concurrency {
+            return self.run_keyed(batch, source, idle, lanes).await;
+        }
         let started = Instant::now();
         let report = self.run_handler(batch, source, &ids, idle).await;
         let took = started.elapsed();
@@ -222,7 +225,7 @@ impl Consumer {
     /// `claim_min_idle` (counted from when the entries were fetched), for the entries this consumer
     /// still owns, so other consumers do not claim entries that are being worked on.
     /// `claim_min_idle` then means "gone", not "slow".
-    async fn with_heartbeat<T>(
+    pub(super) async fn with_heartbeat<T>(
         &self,
         mut run: BoxFuture<'_, T>,
         ids: &[EntryId],
@@ -241,11 +244,33 @@ impl Consumer {
         }
     }
 
-    /// Applies an ack plan's dead letters and failures; returns what to acknowledge.
-    async fn apply(&mut self, mut plan: AckPlan, took: Duration) -> Result<Handled> {
+    /// Applies an ack plan's dead letters, delays and failures; returns what to acknowledge, or
+    /// the error that restarts the consumer after a panic.
+    async fn apply(&mut self, plan: AckPlan, took: Duration) -> Result<Handled> {
+        match self.settle(plan, took).await? {
+            (_, Some(message)) => Err(self.panicked(message)),
+            (handled, None) => Ok(handled),
+        }
+    }
+
+    /// The error that restarts the consumer after a handler panicked.
+    pub(super) fn panicked(&self, message: String) -> Error {
+        Error::HandlerPanicked {
+            consumer: self.id.clone(),
+            message,
+        }
+    }
+
+    /// Applies an ack plan's dead letters, delays and failures; returns what to acknowledge, and
+    /// the panic message when the handler panicked.
+    pub(super) async fn settle(
+        &mut self,
+        mut plan: AckPlan,
+        took: Duration,
+    ) -> Result<(Handled, Option<String>)> {
         let returned_at = Instant::now();
         for id in &plan.foreign {
-            warn!(entry_id = %id, "handler named an id that is not in its batch (in Partial or dead_letter); ignored");
+            warn!(entry_id = %id, "handler named an id that is not in its batch (in Partial, dead_letter or retry_after); ignored");
         }
         for order in plan.dead_letter {
             self.dead_letter(order).await?;
@@ -264,18 +289,13 @@ impl Consumer {
                 debug!(entries = plan.left_pending.len(), %reason, "batch entries left pending");
             }
         }
-        if let Some(message) = plan.panicked {
-            return Err(Error::HandlerPanicked {
-                consumer: self.id.clone(),
-                message,
-            });
-        }
         self.failures.forget(&plan.ack);
-        Ok(Handled {
+        let handled = Handled {
             ack: plan.ack,
             handler_took: plan.handler_ran.then_some(took),
             handed: 0,
-        })
+        };
+        Ok((handled, plan.panicked))
     }
 
     /// Moves one entry to the dead-letter stream (which acknowledges it), retrying transient errors.

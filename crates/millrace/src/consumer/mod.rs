@@ -13,6 +13,7 @@ mod feed;
 mod gauges;
 mod gone;
 mod handling;
+mod keyed;
 mod live;
 mod outcome;
 mod reclaimer;
