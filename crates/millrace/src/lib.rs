@@ -80,7 +80,10 @@ pub use connection::ConnectionOptions;
 pub use decode::{Decode, DecodeError};
 pub use entry::{Batch, BatchMeta, Entry, EntryId, ParseEntryIdError, RawEntry, Source};
 pub use error::{Error, Result};
-pub use handler::{for_each_entry, EachEntry, Handler, HandlerError, HandlerResult};
+pub use handler::{
+    for_each_entry, for_each_entry_in_order, EachEntry, EachEntryInOrder, Handler, HandlerError,
+    HandlerResult,
+};
 pub use health::{ConsumerCounters, ConsumerHealth, ConsumerState, GroupGauges, StreamSet};
 pub use id::ConsumerId;
 pub use keyed::KeyFn;
