@@ -293,12 +293,8 @@ impl ConsumerOptions {
         {
             return err(field, &reason);
         }
-        match (self.key_concurrency, &self.key_field, &self.key_by) {
-            (Some(0), ..) => return err("key_concurrency", "must be at least 1 (leave it unset to handle one batch at a time)"),
-            (Some(_), None, None) => return err("key_concurrency", "needs the key: set `key_field` (a field name) or `key_by` (a function)"),
-            (_, Some(_), Some(_)) => return err("key_field", "and `key_by` are both set; set one of them"),
-            (None, Some(_), _) | (None, _, Some(_)) => return err("key_concurrency", "is not set, so the key (`key_field` or `key_by`) would be unused; set it to the number of sub-batches to handle at once"),
-            _ => {}
+        if let Err((field, reason)) = crate::keyed::check(self) {
+            return err(field, reason);
         }
         if self.gauge_interval < Duration::from_millis(10) {
             return err("gauge_interval", "must be at least 10ms");

@@ -57,6 +57,7 @@ mod consumer;
 pub mod dead_letter;
 pub mod decode;
 mod discovery;
+mod each_entry;
 mod entry;
 mod error;
 mod handler;
@@ -78,12 +79,10 @@ mod tls;
 pub use config::{ConsumerOptions, OnGroupLost, RestartPolicy, StartId};
 pub use connection::ConnectionOptions;
 pub use decode::{Decode, DecodeError};
+pub use each_entry::{for_each_entry, for_each_entry_in_order, EachEntry, EachEntryInOrder};
 pub use entry::{Batch, BatchMeta, Entry, EntryId, ParseEntryIdError, RawEntry, Source};
 pub use error::{Error, Result};
-pub use handler::{
-    for_each_entry, for_each_entry_in_order, EachEntry, EachEntryInOrder, Handler, HandlerError,
-    HandlerResult,
-};
+pub use handler::{Handler, HandlerError, HandlerResult};
 pub use health::{ConsumerCounters, ConsumerHealth, ConsumerState, GroupGauges, StreamSet};
 pub use id::ConsumerId;
 pub use keyed::KeyFn;
