@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::duration;
 
 /// How long a failed entry waits before it comes back, by its delivery count. Used for `Err`,
-/// panics and handler timeouts when set in [`ConsumerOptions::retry_backoff`]; a handler's own
+/// panics and handler timeouts when set in
+/// [`ConsumerOptions::retry_backoff`](crate::ConsumerOptions::retry_backoff); a handler's own
 /// [`HandlerResult::RetryAfter`](crate::HandlerResult::RetryAfter) or
 /// [`Batch::retry_after`](crate::Batch::retry_after) wins over it.
 ///
