@@ -232,3 +232,63 @@ async fn bad_keyed_options_are_refused_at_start() {
         "{keyless}"
     );
 }
+
+#[tokio::test]
+async fn the_heartbeat_covers_every_sub_batch_waiting_or_running() {
+    let (server, mut con) = server().await;
+    let mut pipe = redis::pipe();
+    for k in 0..5 {
+        pipe.cmd("XADD").arg("s").arg("*").arg("k").arg(k);
+    }
+    let _: Vec<String> = pipe.query_async(&mut con).await.unwrap();
+    let seen = Seen::default();
+    let slow_seen = seen.clone();
+    let min_idle = Duration::from_millis(600);
+    // 5 keys, 2 at a time, 1.2 s each: the last sub-batch waits 2.4 s, four times claim_min_idle,
+    // before it starts. Without the heartbeat over the whole batch it would be claimed.
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(
+            ConsumerSpec::new("s", "g", "slow")
+                .start_id(StartId::Beginning)
+                .block(Duration::from_millis(200))
+                .claim_min_idle(min_idle)
+                .count(10) // all five in one batch
+                .key_concurrency(2)
+                .key_field("k".to_owned())
+                .handler(move |batch: Batch<RawEntry>| {
+                    slow_seen.record(&batch);
+                    async {
+                        tokio::time::sleep(Duration::from_millis(1200)).await;
+                        HandlerResult::Ok
+                    }
+                }),
+        )
+        .start()
+        .await
+        .unwrap();
+    eventually(WAIT, "the first sub-batches started", || {
+        let n = seen.len();
+        async move { n >= 1 }
+    })
+    .await;
+    app.add_consumer(
+        ConsumerSpec::new("s", "g", "eager")
+            .claim_interval(Duration::from_millis(50))
+            .claim_min_idle(min_idle)
+            .handler(recording(&seen)),
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, "nothing pending", || {
+        let mut con = con.clone();
+        async move { drained(&mut con, "s", "g").await }
+    })
+    .await;
+    assert_eq!(seen.len(), 5, "no entry claimed away: {:?}", seen.all());
+    let eager = app
+        .consumer_health(&millrace::ConsumerId::new("s", "g", "eager"))
+        .unwrap();
+    assert_eq!(eager.counters.claimed, 0);
+    app.shutdown().await.unwrap();
+}
