@@ -16,6 +16,7 @@ mod adaptive;
 mod baseline;
 mod bench;
 mod cluster;
+mod keyed;
 mod latency;
 mod many;
 mod measure;
@@ -43,7 +44,7 @@ pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 /// The latency section alternates the variants over this many rounds and pools the samples.
 const LATENCY_ROUNDS: usize = 2;
 
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "main",
     "typed",
     "count",
@@ -55,6 +56,7 @@ const SECTIONS: [&str; 11] = [
     "cluster",
     "adaptive",
     "streams",
+    "keyed",
 ];
 
 /// Benchmark millrace against hand-written redis-rs consumer-group loops.
@@ -89,7 +91,9 @@ struct Args {
     /// counts: one consumer draining `--messages`, and 4 consumers with a 5 ms-per-entry handler.
     /// `streams` (not in the default list, about 2 minutes) drains `--streams-count` streams of
     /// `--streams-backlog` entries with one multi-stream consumer and with one consumer per
-    /// stream, against one stream with every entry; see `--streams-count`.
+    /// stream, against one stream with every entry; see `--streams-count`. `keyed` (not in the
+    /// default list, about 10 s) drains 2,000 entries over 100 keys with `key_concurrency = 32`
+    /// and a 10 ms-per-entry handler, against the ideal.
     #[arg(
         long,
         value_delimiter = ',',
@@ -597,6 +601,13 @@ async fn run(mut args: Args) -> Res<bool> {
         println!("\n{adaptive_table}");
     }
 
+    let mut keyed_table = String::new();
+    if args.sections.iter().any(|s| s == "keyed") {
+        println!("## Keyed concurrency");
+        keyed_table = keyed::run(&mut env).await?;
+        println!("\n{keyed_table}");
+    }
+
     if args.sections.iter().any(|s| s == "streams") {
         println!(
             "## {} streams × {} entries ({} rounds)",
@@ -701,6 +712,9 @@ async fn run(mut args: Args) -> Res<bool> {
         }
         if !adaptive_table.is_empty() {
             let _ = writeln!(doc, "{adaptive_table}");
+        }
+        if !keyed_table.is_empty() {
+            let _ = writeln!(doc, "{keyed_table}");
         }
         if !lat.is_empty() {
             let _ = writeln!(doc, "{}", report::latency_table(args.latency_rate, &lat));

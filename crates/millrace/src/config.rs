@@ -164,6 +164,21 @@ pub struct ConsumerOptions {
     /// Must exceed `claim_min_idle`. Default: off. Needs `+xinfo|consumers +xgroup|delconsumer`.
     #[serde(with = "opt_duration")]
     pub reap_idle_consumers_after: Option<Duration>,
+    /// Backoff for entries of a failed batch (`Err`, panic, timeout): they come back after a delay
+    /// by their delivery count instead of after `claim_min_idle`. Its longest delay must not exceed
+    /// `claim_min_idle`. Default: off. See [`RetryBackoff`](crate::RetryBackoff).
+    pub retry_backoff: Option<crate::retry::RetryBackoff>,
+    /// Keyed concurrency: handle up to this many sub-batches of a read at once, one per key (see
+    /// `key_field`, `key_by`). Entries of one key are handled one sub-batch after another in stream
+    /// order; different keys concurrently. At least 1. Default: off (one batch at a time).
+    pub key_concurrency: Option<usize>,
+    /// Keyed concurrency: the field whose value is an entry's key (entries without it share one
+    /// key). Set this or `key_by`.
+    pub key_field: Option<String>,
+    /// Keyed concurrency: a function giving an entry's key, for keys not found in one field. Code
+    /// only (not read from files). Set this or `key_field`.
+    #[serde(skip)]
+    pub key_by: Option<crate::keyed::KeyFn>,
 }
 
 impl Default for ConsumerOptions {
@@ -189,6 +204,10 @@ impl Default for ConsumerOptions {
             reconnect_backoff_max: Duration::from_secs(5),
             gauge_interval: Duration::from_secs(10),
             reap_idle_consumers_after: None,
+            retry_backoff: None,
+            key_concurrency: None,
+            key_field: None,
+            key_by: None,
         }
     }
 }
@@ -266,6 +285,16 @@ impl ConsumerOptions {
                     "must exceed `claim_min_idle`, so an idle consumer's entries are claimed before it is deleted",
                 );
             }
+        }
+        if let Some(Err((field, reason))) = self
+            .retry_backoff
+            .as_ref()
+            .map(|b| b.check(self.claim_min_idle))
+        {
+            return err(field, &reason);
+        }
+        if let Err((field, reason)) = crate::keyed::check(self) {
+            return err(field, reason);
         }
         if self.gauge_interval < Duration::from_millis(10) {
             return err("gauge_interval", "must be at least 10ms");
@@ -370,17 +399,17 @@ pub(crate) fn parse_duration(text: &str) -> std::result::Result<Duration, String
     })
 }
 
-mod duration {
+pub(crate) mod duration {
     use super::*;
 
-    pub(super) fn serialize<S: Serializer>(
+    pub(crate) fn serialize<S: Serializer>(
         d: &Duration,
         s: S,
     ) -> std::result::Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> std::result::Result<Duration, D::Error> {
         let text = String::deserialize(d)?;

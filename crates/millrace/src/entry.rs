@@ -194,6 +194,10 @@ pub enum Source {
     Replay,
     /// Entries taken over from idle consumers with `XAUTOCLAIM`.
     Claimed,
+    /// This consumer's own entries coming back after a retry delay
+    /// ([`HandlerResult::RetryAfter`](crate::HandlerResult::RetryAfter),
+    /// [`Batch::retry_after`], [`RetryBackoff`](crate::RetryBackoff)).
+    Retried,
 }
 
 impl fmt::Display for Source {
@@ -202,6 +206,7 @@ impl fmt::Display for Source {
             Source::New => "new",
             Source::Replay => "replay",
             Source::Claimed => "claimed",
+            Source::Retried => "retried",
         })
     }
 }
@@ -248,6 +253,18 @@ pub struct Batch<M> {
     /// The entries, in stream order.
     pub entries: Vec<Entry<M>>,
     pub(crate) dead_letters: DeadLetterRequests,
+    pub(crate) retries: RetryRequests,
+}
+
+/// Entries a handler asked to have back after a delay, shared between the batch and the consume
+/// loop.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RetryRequests(Arc<std::sync::Mutex<Vec<(EntryId, std::time::Duration)>>>);
+
+impl RetryRequests {
+    pub(crate) fn take(&self) -> Vec<(EntryId, std::time::Duration)> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 /// Entries a handler asked to dead-letter, shared between the batch and the consume loop.
@@ -275,7 +292,36 @@ impl<M> Batch<M> {
             source,
             entries,
             dead_letters: DeadLetterRequests::default(),
+            retries: RetryRequests::default(),
         }
+    }
+
+    /// Leaves this entry pending and has it come back after `delay` (counted from when the handler
+    /// returns), whatever the handler returns: for an entry that may succeed later (a rate-limited
+    /// or missing downstream). Like [`HandlerResult::RetryAfter`](crate::HandlerResult::RetryAfter)
+    /// for one entry; the rest of the batch follows the result. The entry stays pending in Redis
+    /// meanwhile and counts a delivery when it comes back. A delay above `claim_min_idle` is
+    /// shortened to it (with a warning). Ids not in the batch are ignored with a warning; a
+    /// dead-letter request for the same entry wins.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use millrace::{Batch, HandlerResult, RawEntry};
+    /// async fn handle(batch: Batch<RawEntry>) -> HandlerResult {
+    ///     for e in &batch {
+    ///         if e.message.get_str("region") == Some("eu") {
+    ///             batch.retry_after(e.id, Duration::from_secs(2)); // the EU service is throttled
+    ///         }
+    ///     }
+    ///     HandlerResult::Ok // acknowledges the others
+    /// }
+    /// ```
+    pub fn retry_after(&self, id: EntryId, delay: std::time::Duration) {
+        self.retries
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, delay));
     }
 
     /// Moves this entry to the dead-letter stream with `reason` once the handler returns, whatever

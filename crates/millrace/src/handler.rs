@@ -11,7 +11,9 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use crate::decode::{Decode, DecodeError};
-use crate::entry::{Batch, BatchMeta, DeadLetterRequests, Entry, EntryId, RawEntry, Source};
+use crate::entry::{
+    Batch, BatchMeta, DeadLetterRequests, Entry, EntryId, RawEntry, RetryRequests, Source,
+};
 
 /// Why a handler failed a batch or an entry. Built from any error type with `?` or `.into()`, or from
 /// text with [`HandlerError::msg`].
@@ -64,7 +66,8 @@ impl fmt::Debug for HandlerError {
 /// |---|---|---|
 /// | `Ok` | every entry of the batch | — |
 /// | `Partial(ids)` | exactly `ids` | stay pending, come back (own replay or `XAUTOCLAIM`) |
-/// | `Err(reason)` | nothing | stay pending, come back |
+/// | `Err(reason)` | nothing | stay pending, come back (after the backoff when [`RetryBackoff`](crate::RetryBackoff) is set) |
+/// | `RetryAfter(delay)` | nothing | stay pending, come back after `delay` |
 ///
 /// An id in `Partial` that is not in the batch is never acknowledged: the batch is then treated as
 /// failed (nothing acked) and a warning names the foreign id.
@@ -77,6 +80,24 @@ pub enum HandlerResult {
     Partial(Vec<EntryId>),
     /// Nothing was handled.
     Err(HandlerError),
+    /// Nothing was handled; every entry of the batch comes back after this delay (counted from
+    /// when the handler returns), to this consumer, or to another one if this one is gone by then.
+    /// The entries stay pending in Redis meanwhile, and count a delivery when they come back
+    /// (`max_deliveries` applies). A delay above `claim_min_idle` is shortened to it, with a
+    /// warning. To delay only some entries, see [`Batch::retry_after`](crate::Batch::retry_after).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use millrace::{Batch, HandlerResult, RawEntry};
+    /// async fn handle(batch: Batch<RawEntry>) -> HandlerResult {
+    ///     let throttled = true; // the downstream said 429
+    ///     if throttled {
+    ///         return HandlerResult::RetryAfter(Duration::from_secs(2));
+    ///     }
+    ///     HandlerResult::Ok
+    /// }
+    /// ```
+    RetryAfter(Duration),
 }
 
 impl HandlerResult {
@@ -98,7 +119,7 @@ impl<E: Into<HandlerError>> From<Result<(), E>> for HandlerResult {
 /// Handles batches of messages of type `M`.
 ///
 /// Implement it with an `async fn`; or pass an async closure `|batch: Batch<M>| async { .. }`, which is a
-/// handler through a blanket impl; or wrap a per-entry function with [`for_each_entry`].
+/// handler through a blanket impl; or wrap a per-entry function with [`for_each_entry`](crate::for_each_entry).
 ///
 /// ```
 /// use millrace::{Batch, Handler, HandlerResult};
@@ -136,70 +157,6 @@ where
     }
 }
 
-/// A batch handler built from a function of one entry; see [`for_each_entry`].
-pub struct EachEntry<F> {
-    f: F,
-}
-
-impl<F> fmt::Debug for EachEntry<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("EachEntry")
-    }
-}
-
-/// Turns a per-entry function into a batch handler that builds `Partial` itself: entries whose
-/// function returned `Ok` are acknowledged, the others stay pending. Entries run one after another.
-///
-/// ```
-/// use millrace::{for_each_entry, ConsumerSpec, Entry, HandlerError};
-///
-/// #[derive(serde::Deserialize)]
-/// struct Event { user_id: u64 }
-///
-/// let spec = ConsumerSpec::new("events", "g", "c").handler(for_each_entry(|entry: Entry<Event>| async move {
-///     if entry.message.user_id == 0 {
-///         return Err(HandlerError::msg("user 0 is not allowed"));
-///     }
-///     Ok(())
-/// }));
-/// # let _ = spec;
-/// ```
-pub fn for_each_entry<F>(f: F) -> EachEntry<F> {
-    EachEntry { f }
-}
-
-impl<M, F, Fut, E> Handler<M> for EachEntry<F>
-where
-    M: Send + 'static,
-    F: Fn(Entry<M>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), E>> + Send,
-    E: Into<HandlerError> + Send,
-{
-    async fn handle(&self, batch: Batch<M>) -> HandlerResult {
-        {
-            let total = batch.entries.len();
-            let mut done = Vec::with_capacity(total);
-            let mut first_error: Option<HandlerError> = None;
-            for entry in batch.entries {
-                let id = entry.id;
-                match (self.f)(entry).await {
-                    Ok(()) => done.push(id),
-                    Err(e) => {
-                        let e: HandlerError = e.into();
-                        tracing::debug!(entry_id = %id, error = %e, "entry failed");
-                        first_error.get_or_insert(e);
-                    }
-                }
-            }
-            match first_error {
-                None => HandlerResult::Ok,
-                Some(e) if done.is_empty() => HandlerResult::Err(e),
-                Some(_) => HandlerResult::Partial(done),
-            }
-        }
-    }
-}
-
 /// How a handler call ended.
 #[derive(Debug)]
 pub(crate) enum Outcome {
@@ -223,6 +180,8 @@ pub(crate) struct RunReport {
     pub(crate) outcome: Outcome,
     /// Entries the handler asked to dead-letter, with reasons.
     pub(crate) dead_letters: Vec<(EntryId, String)>,
+    /// Entries the handler asked to have back after a delay.
+    pub(crate) retries: Vec<(EntryId, Duration)>,
 }
 
 /// One raw entry with its delivery count, ready to decode.
@@ -285,11 +244,13 @@ impl<M: Decode, H: Handler<M>> BatchRunner for TypedRunner<M, H> {
         }
         async move {
             let dead_letters = DeadLetterRequests::default();
+            let retries = RetryRequests::default();
             let report = |outcome| RunReport {
                 handed,
                 undecodable,
                 outcome,
                 dead_letters: dead_letters.take(),
+                retries: retries.take(),
             };
             if entries.is_empty() {
                 return report(Outcome::NotRun);
@@ -299,6 +260,7 @@ impl<M: Decode, H: Handler<M>> BatchRunner for TypedRunner<M, H> {
                 source,
                 entries,
                 dead_letters: dead_letters.clone(),
+                retries: retries.clone(),
             };
             // The handler is called inside the guarded future, so a panic before its first await
             // (in a closure body, say) is caught too.

@@ -138,6 +138,14 @@ macro_rules! option_setters {
             reconnect_backoff_max: Duration => reconnect_backoff_max;
             /// Opt-in reaper of idle, empty consumers. See [`ConsumerOptions::reap_idle_consumers_after`].
             reap_idle_consumers_after: Duration => reap_idle_consumers_after(Some);
+            /// Backoff for failed entries. See [`ConsumerOptions::retry_backoff`].
+            retry_backoff: crate::RetryBackoff => retry_backoff(Some);
+            /// Sub-batches handled at once, by key. See [`ConsumerOptions::key_concurrency`].
+            key_concurrency: usize => key_concurrency(Some);
+            /// The field holding an entry's key. See [`ConsumerOptions::key_field`].
+            key_field: String => key_field(Some);
+            /// A function giving an entry's key. See [`ConsumerOptions::key_by`].
+            key_by: crate::KeyFn => key_by(Some);
             /// Where a new group starts. See [`ConsumerOptions::start_id`].
             start_id: StartId => start_id;
             /// Whether to create a missing group. See [`ConsumerOptions::create_group`].

@@ -54,16 +54,25 @@ impl Consumer {
         if sorted.live.is_empty() {
             return Ok(Handled::default());
         }
-        self.stats.received(sorted.live.len());
+        // A replay reads every pending entry of this consumer, those waiting out a retry delay too.
+        let live = if source == Source::Replay {
+            self.hold_back(sorted.live).await?
+        } else {
+            sorted.live
+        };
+        if live.is_empty() {
+            return Ok(Handled::default());
+        }
+        self.stats.received(live.len());
         // A new batch fetched moments ago is certainly ours, with one delivery. Anything older
         // (read ahead behind a slow batch, replayed, claimed) is taken first: what another
         // consumer claimed meanwhile is skipped, and delivery counts come from Redis.
         let age = sent_after.map_or(Duration::MAX, |t| t.elapsed());
         let (batch, idle) = if source == Source::New && self.reclaimer.is_fresh(age) {
-            let batch = sorted.live.into_iter().map(|e| (e, Some(1))).collect();
+            let batch = live.into_iter().map(|e| (e, Some(1))).collect();
             (batch, age)
         } else {
-            (self.take_ownership(sorted.live).await?, Duration::ZERO)
+            (self.take_ownership(live).await?, Duration::ZERO)
         };
         if batch.is_empty() {
             return Ok(Handled::default());
@@ -71,16 +80,39 @@ impl Consumer {
         if source == Source::New {
             self.record_latency(&batch);
         }
-        // Delivery counts for the rare lookups of the ack plan (entries the handler dead-letters),
-        // kept as a list in batch order: the hot path builds no map per batch.
+        self.run_batch(batch, source, idle).await
+    }
+
+    /// Runs the handler on entries this consumer owns, and applies its report. `idle` is how long
+    /// the entries have been pending already.
+    pub(super) async fn run_batch(
+        &mut self,
+        batch: Vec<DeliveredEntry>,
+        source: Source,
+        idle: Duration,
+    ) -> Result<Handled> {
+        // Delivery counts for the rare lookups of the ack plan (entries the handler dead-letters or
+        // delays), kept as a list in batch order: the hot path builds no map per batch.
         let ids: Vec<EntryId> = batch.iter().map(|(e, _)| e.id).collect();
         let counts: Vec<Option<u64>> = batch.iter().map(|(_, d)| *d).collect();
+        if source != Source::New {
+            // Handed over by another path (a claim, a replay) before its retry was due.
+            self.retries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(ids.iter().copied());
+        }
+        if let Some(lanes) = self.opts.key_concurrency {
+            return self.run_keyed(batch, source, idle, lanes).await;
+        }
         let started = Instant::now();
         let report = self.run_handler(batch, source, &ids, idle).await;
         let took = started.elapsed();
-        let plan = outcome::plan(report, |id| {
-            ids.iter().position(|x| *x == id).and_then(|i| counts[i])
-        });
+        let plan = outcome::plan_with(
+            report,
+            |id| ids.iter().position(|x| *x == id).and_then(|i| counts[i]),
+            self.opts.retry_backoff.as_ref(),
+        );
         let mut handled = self.apply(plan, took).await?;
         handled.handed = ids.len();
         Ok(handled)
@@ -109,14 +141,27 @@ impl Consumer {
         if owned.len() < ids.len() {
             info!(entries = ids.len() - owned.len(), "entries no longer pending for this consumer (acknowledged, or claimed by another consumer); skipped");
         }
-        let max = self.opts.max_deliveries;
-        let mut batch = Vec::with_capacity(owned.len());
-        let mut redelivered = 0;
+        let mut entries = Vec::with_capacity(owned.len());
         for e in live {
-            let Some(&deliveries) = owned.get(&e.id) else {
-                debug!(entry_id = %e.id, "entry no longer pending for this consumer; skipped");
-                continue;
-            };
+            match owned.get(&e.id) {
+                Some(&deliveries) => entries.push((e, deliveries)),
+                None => {
+                    debug!(entry_id = %e.id, "entry no longer pending for this consumer; skipped")
+                }
+            }
+        }
+        self.screen_poison(entries).await
+    }
+
+    /// Dead-letters the entries past `max_deliveries`; returns the others, ready to handle.
+    pub(super) async fn screen_poison(
+        &mut self,
+        entries: Vec<(RawEntry, u64)>,
+    ) -> Result<Vec<DeliveredEntry>> {
+        let max = self.opts.max_deliveries;
+        let mut batch = Vec::with_capacity(entries.len());
+        let mut redelivered = 0;
+        for (e, deliveries) in entries {
             if outcome::is_poison(deliveries, max) {
                 let reason = outcome::poison_reason(deliveries, max, self.failures.last(e.id));
                 let order = DeadLetterOrder {
@@ -180,7 +225,7 @@ impl Consumer {
     /// `claim_min_idle` (counted from when the entries were fetched), for the entries this consumer
     /// still owns, so other consumers do not claim entries that are being worked on.
     /// `claim_min_idle` then means "gone", not "slow".
-    async fn with_heartbeat<T>(
+    pub(super) async fn with_heartbeat<T>(
         &self,
         mut run: BoxFuture<'_, T>,
         ids: &[EntryId],
@@ -199,37 +244,58 @@ impl Consumer {
         }
     }
 
-    /// Applies an ack plan's dead letters and failures; returns what to acknowledge.
+    /// Applies an ack plan's dead letters, delays and failures; returns what to acknowledge, or
+    /// the error that restarts the consumer after a panic.
     async fn apply(&mut self, plan: AckPlan, took: Duration) -> Result<Handled> {
+        match self.settle(plan, took).await? {
+            (_, Some(message)) => Err(self.panicked(message)),
+            (handled, None) => Ok(handled),
+        }
+    }
+
+    /// The error that restarts the consumer after a handler panicked.
+    pub(super) fn panicked(&self, message: String) -> Error {
+        Error::HandlerPanicked {
+            consumer: self.id.clone(),
+            message,
+        }
+    }
+
+    /// Applies an ack plan's dead letters, delays and failures; returns what to acknowledge, and
+    /// the panic message when the handler panicked.
+    pub(super) async fn settle(
+        &mut self,
+        mut plan: AckPlan,
+        took: Duration,
+    ) -> Result<(Handled, Option<String>)> {
+        let returned_at = Instant::now();
         for id in &plan.foreign {
-            warn!(entry_id = %id, "handler named an id that is not in its batch (in Partial or dead_letter); ignored");
+            warn!(entry_id = %id, "handler named an id that is not in its batch (in Partial, dead_letter or retry_after); ignored");
         }
         for order in plan.dead_letter {
             self.dead_letter(order).await?;
         }
+        let delayed = plan.retry.len();
+        self.delay(std::mem::take(&mut plan.retry), returned_at)
+            .await?;
         if let (Some(reason), false) = (&plan.failure, plan.left_pending.is_empty()) {
             self.stats.failed(plan.left_pending.len(), reason);
             self.failures.note(&plan.left_pending, reason);
             if plan.handler_failed {
                 if let Some(held_back) = self.failure_warnings.allow() {
-                    warn!(entries = plan.left_pending.len(), %reason, held_back, "handler failed a batch; its entries stay pending and come back");
+                    warn!(entries = plan.left_pending.len(), %reason, held_back, delayed, "handler failed a batch; its entries stay pending and come back (after the retry backoff, when set)");
                 }
             } else {
                 debug!(entries = plan.left_pending.len(), %reason, "batch entries left pending");
             }
         }
-        if let Some(message) = plan.panicked {
-            return Err(Error::HandlerPanicked {
-                consumer: self.id.clone(),
-                message,
-            });
-        }
         self.failures.forget(&plan.ack);
-        Ok(Handled {
+        let handled = Handled {
             ack: plan.ack,
             handler_took: plan.handler_ran.then_some(took),
             handed: 0,
-        })
+        };
+        Ok((handled, plan.panicked))
     }
 
     /// Moves one entry to the dead-letter stream (which acknowledges it), retrying transient errors.

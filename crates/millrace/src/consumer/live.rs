@@ -53,7 +53,14 @@ impl Consumer {
             if Instant::now() >= self.gauges.next_refresh() {
                 self.gauges.refresh().await;
             }
-            let timers = self.reclaimer.next_tick().min(self.gauges.next_refresh());
+            let mut timers = self.reclaimer.next_tick().min(self.gauges.next_refresh());
+            if let Some(due) = self.retry_due_at() {
+                if due <= Instant::now() {
+                    self.retry_due().await?;
+                    continue;
+                }
+                timers = timers.min(due);
+            }
             let items = tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => return self.stop_reading(reader, Vec::new()).await,

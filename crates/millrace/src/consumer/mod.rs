@@ -13,10 +13,12 @@ mod feed;
 mod gauges;
 mod gone;
 mod handling;
+mod keyed;
 mod live;
 mod outcome;
 mod reclaimer;
 mod replay;
+mod retry;
 mod session;
 mod stats;
 
@@ -84,6 +86,9 @@ pub(crate) struct Consumer {
     batch_size: BatchSize,
     failures: FailureLog,
     failure_warnings: WarnLimiter,
+    /// Entries waiting out a retry delay (shared with the consumer's next incarnations).
+    retries: retry::SharedSchedule,
+    retry_warnings: WarnLimiter,
     /// Reconnects since the last successful read (for the backoff).
     retry_attempt: u32,
     /// On a cluster, the master the last session read from (`host:port`).
@@ -138,6 +143,8 @@ impl Consumer {
             batch_size: BatchSize::new(&opts),
             failures: FailureLog::default(),
             failure_warnings: WarnLimiter::default(),
+            retries: stats.retry_schedule(),
+            retry_warnings: WarnLimiter::default(),
             retry_attempt: 0,
             owner: None,
             cohort,

@@ -3,12 +3,13 @@
 //! report (ack these, dead-letter those, leave the rest pending). The rows of `docs/semantics.md`
 //! are this module's unit tests.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use crate::entry::{EntryId, RawEntry};
 use crate::handler::{Outcome, RunReport};
 use crate::streams::ReadItem;
-use crate::HandlerResult;
+use crate::{HandlerResult, RetryBackoff};
 
 /// A read's items, sorted by what happens to them.
 #[derive(Debug, Default, PartialEq)]
@@ -78,6 +79,9 @@ pub(crate) struct AckPlan {
     pub(crate) dead_letter: Vec<DeadLetterOrder>,
     /// Ids left pending, with the reason (remembered for a later dead letter).
     pub(crate) left_pending: Vec<EntryId>,
+    /// Of `left_pending`, those to come back after a delay (asked by the handler, or the backoff
+    /// of a failed batch), in batch order. The others come back through `XAUTOCLAIM`.
+    pub(crate) retry: Vec<(EntryId, Duration)>,
     pub(crate) failure: Option<String>,
     /// The handler panicked with this message: the consumer is restarted after the plan is applied.
     pub(crate) panicked: Option<String>,
@@ -90,8 +94,19 @@ pub(crate) struct AckPlan {
     pub(crate) handler_failed: bool,
 }
 
-/// The ack plan for a handler's report. `deliveries` gives the delivery count of a handed id.
+/// The ack plan for a handler's report, with no backoff.
+#[cfg(test)]
 pub(crate) fn plan(report: RunReport, deliveries: impl Fn(EntryId) -> Option<u64>) -> AckPlan {
+    plan_with(report, deliveries, None)
+}
+
+/// The ack plan for a handler's report. `deliveries` gives the delivery count of a handed id;
+/// `backoff` delays the entries of a failed batch.
+pub(crate) fn plan_with(
+    report: RunReport,
+    deliveries: impl Fn(EntryId) -> Option<u64>,
+    backoff: Option<&RetryBackoff>,
+) -> AckPlan {
     let mut plan = AckPlan {
         handler_ran: !matches!(report.outcome, Outcome::NotRun),
         ..AckPlan::default()
@@ -108,6 +123,7 @@ pub(crate) fn plan(report: RunReport, deliveries: impl Fn(EntryId) -> Option<u64
     // Only a handler that names ids (dead letters, `Partial`) needs the batch as a set: the
     // common `Ok` builds none.
     let names_ids = !report.dead_letters.is_empty()
+        || !report.retries.is_empty()
         || matches!(report.outcome, Outcome::Returned(HandlerResult::Partial(_)));
     let in_batch: HashSet<EntryId> = if names_ids {
         handed.iter().copied().collect()
@@ -129,6 +145,20 @@ pub(crate) fn plan(report: RunReport, deliveries: impl Fn(EntryId) -> Option<u64
             });
         }
     }
+    // Entries the handler asked back after a delay (a dead-letter request wins; the first
+    // request of an entry counts): left out of the XACK.
+    let mut asked: HashMap<EntryId, Duration> = HashMap::new();
+    for (id, delay) in report.retries {
+        if !in_batch.contains(&id) {
+            plan.foreign.push(id);
+        } else if !explicit.contains(&id) {
+            asked.entry(id).or_insert(delay);
+        }
+    }
+    let batch_delay = match &report.outcome {
+        Outcome::Returned(HandlerResult::RetryAfter(delay)) => Some(*delay),
+        _ => None,
+    };
     let partial_on_purpose = matches!(&report.outcome, Outcome::Returned(HandlerResult::Partial(ids)) if ids.iter().all(|id| in_batch.contains(id)));
     let (ack, failure): (Vec<EntryId>, Option<String>) = match report.outcome {
         Outcome::NotRun => (Vec::new(), None),
@@ -151,6 +181,13 @@ pub(crate) fn plan(report: RunReport, deliveries: impl Fn(EntryId) -> Option<u64
             }
         }
         Outcome::Returned(HandlerResult::Err(e)) => (Vec::new(), Some(e.to_string())),
+        Outcome::Returned(HandlerResult::RetryAfter(delay)) => {
+            let reason = format!(
+                "the handler asked to retry after {}",
+                humantime::format_duration(delay)
+            );
+            (Vec::new(), Some(reason))
+        }
         Outcome::Panicked(message) => {
             let reason = format!("handler panicked: {message}");
             plan.panicked = Some(message);
@@ -164,11 +201,15 @@ pub(crate) fn plan(report: RunReport, deliveries: impl Fn(EntryId) -> Option<u64
             )),
         ),
     };
-    plan.handler_failed = failure.is_some() && !partial_on_purpose;
+    plan.handler_failed = failure.is_some() && !partial_on_purpose && batch_delay.is_none();
     plan.ack = ack
         .into_iter()
-        .filter(|id| !explicit.contains(id))
+        .filter(|id| !explicit.contains(id) && !asked.contains_key(id))
         .collect();
+    let failure = match failure {
+        None if !asked.is_empty() => Some("the handler asked to retry it later".to_owned()),
+        other => other,
+    };
     if let Some(reason) = failure {
         let settled: HashSet<EntryId> = plan.ack.iter().chain(explicit.iter()).copied().collect();
         plan.left_pending = handed
@@ -177,6 +218,19 @@ pub(crate) fn plan(report: RunReport, deliveries: impl Fn(EntryId) -> Option<u64
             .collect();
         plan.failure = Some(reason);
     }
+    let backoff = backoff.filter(|_| plan.handler_failed);
+    plan.retry = plan
+        .left_pending
+        .iter()
+        .filter_map(|&id| {
+            let delay = asked
+                .get(&id)
+                .copied()
+                .or(batch_delay)
+                .or_else(|| backoff.map(|b| b.delay(deliveries(id).unwrap_or(1))))?;
+            Some((id, delay))
+        })
+        .collect();
     plan
 }
 
@@ -197,6 +251,7 @@ mod tests {
             undecodable: Vec::new(),
             outcome,
             dead_letters: Vec::new(),
+            retries: Vec::new(),
         }
     }
 
@@ -330,6 +385,80 @@ mod tests {
         assert!(p.ack.is_empty());
         assert_eq!(p.dead_letter.len(), 1);
         assert_eq!(p.left_pending, ids(&[2]));
+    }
+
+    #[test]
+    fn retry_after_leaves_the_batch_pending_with_its_delay_and_is_no_failure() {
+        let d = Duration::from_secs(2);
+        let p = plan(
+            report(&[1, 2], Outcome::Returned(HandlerResult::RetryAfter(d))),
+            once,
+        );
+        assert!(p.ack.is_empty());
+        assert_eq!(p.left_pending, ids(&[1, 2]));
+        assert_eq!(p.retry, vec![(id(1), d), (id(2), d)]);
+        assert!(!p.handler_failed);
+        assert!(p.failure.unwrap().contains("retry after 2s"));
+    }
+
+    #[test]
+    fn retry_requests_beside_ok_leave_only_their_entries_pending() {
+        let mut r = report(&[1, 2, 3], Outcome::Returned(HandlerResult::Ok));
+        let (a, b) = (Duration::from_secs(1), Duration::from_secs(5));
+        r.retries = vec![(id(2), a), (id(2), b), (id(9), a), (id(3), b)];
+        r.dead_letters = vec![(id(3), "bad".into())];
+        let p = plan(r, once);
+        assert_eq!(p.ack, ids(&[1]));
+        assert_eq!(
+            p.retry,
+            vec![(id(2), a)],
+            "first request wins; dead letter wins"
+        );
+        assert_eq!(p.left_pending, ids(&[2]));
+        assert_eq!(p.dead_letter.len(), 1);
+        assert_eq!(p.foreign, ids(&[9]));
+        assert!(!p.handler_failed);
+    }
+
+    #[test]
+    fn retry_requests_beside_partial_keep_partial_rest_for_xautoclaim() {
+        let mut r = report(
+            &[1, 2, 3],
+            Outcome::Returned(HandlerResult::Partial(ids(&[1, 2]))),
+        );
+        let a = Duration::from_secs(1);
+        r.retries = vec![(id(2), a)];
+        let p = plan(r, once);
+        assert_eq!(p.ack, ids(&[1]));
+        assert_eq!(p.left_pending, ids(&[2, 3]));
+        assert_eq!(p.retry, vec![(id(2), a)]);
+    }
+
+    #[test]
+    fn backoff_applies_to_failures_by_delivery_count_never_to_partial() {
+        let b =
+            RetryBackoff::exponential(Duration::from_secs(1), Duration::from_secs(60)).jitter(0.0);
+        let counts = |i: EntryId| Some(i.seq);
+        for outcome in [
+            Outcome::Returned(HandlerResult::err("down")),
+            Outcome::Panicked("boom".into()),
+            Outcome::TimedOut(Duration::from_secs(1)),
+        ] {
+            let p = plan_with(report(&[1, 3], outcome), counts, Some(&b));
+            assert_eq!(
+                p.retry,
+                vec![
+                    (id(1), Duration::from_secs(1)),
+                    (id(3), Duration::from_secs(4))
+                ]
+            );
+        }
+        let partial = Outcome::Returned(HandlerResult::Partial(ids(&[1])));
+        assert!(plan_with(report(&[1, 3], partial), counts, Some(&b))
+            .retry
+            .is_empty());
+        let err = Outcome::Returned(HandlerResult::err("down"));
+        assert!(plan_with(report(&[1], err), counts, None).retry.is_empty());
     }
 
     #[test]

@@ -13,6 +13,9 @@ use crate::telemetry::ConsumerMetrics;
 pub(crate) struct Stats {
     health: Arc<HealthCell>,
     metrics: ConsumerMetrics,
+    /// The consumer's entries waiting out a retry delay: kept here, with the other things that
+    /// outlive one incarnation of the consumer.
+    retries: super::retry::SharedSchedule,
 }
 
 impl Stats {
@@ -21,7 +24,13 @@ impl Stats {
         Stats {
             health,
             metrics: ConsumerMetrics::new(id),
+            retries: Default::default(),
         }
+    }
+
+    /// The retry schedule of the consumer, shared by its incarnations.
+    pub(crate) fn retry_schedule(&self) -> super::retry::SharedSchedule {
+        self.retries.clone()
     }
 
     pub(crate) fn set_state(&self, state: ConsumerState) {

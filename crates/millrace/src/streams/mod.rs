@@ -2,6 +2,7 @@
 //! XCLAIM, XGROUP CREATE), the consumer reaper and the checked trim. Every function is generic over the connection,
 //! so a cluster connection plugs in without touching the consumer.
 
+pub(crate) mod delay;
 mod ownership;
 mod reaper;
 pub mod reply;

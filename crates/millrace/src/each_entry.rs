@@ -1,0 +1,192 @@
+//! Per-entry handler adapters: [`for_each_entry`] (every entry, `Partial` of those that succeeded)
+//! and [`for_each_entry_in_order`] (up to the first failure, the rest held back).
+
+use std::fmt;
+use std::future::Future;
+
+use crate::entry::{Batch, Entry};
+use crate::handler::{Handler, HandlerError, HandlerResult};
+
+/// A batch handler built from a function of one entry; see [`for_each_entry`].
+pub struct EachEntry<F> {
+    f: F,
+}
+
+impl<F> fmt::Debug for EachEntry<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EachEntry")
+    }
+}
+
+/// Turns a per-entry function into a batch handler that builds `Partial` itself: entries whose
+/// function returned `Ok` are acknowledged, the others stay pending. Entries run one after another.
+///
+/// ```
+/// use millrace::{for_each_entry, ConsumerSpec, Entry, HandlerError};
+///
+/// #[derive(serde::Deserialize)]
+/// struct Event { user_id: u64 }
+///
+/// let spec = ConsumerSpec::new("events", "g", "c").handler(for_each_entry(|entry: Entry<Event>| async move {
+///     if entry.message.user_id == 0 {
+///         return Err(HandlerError::msg("user 0 is not allowed"));
+///     }
+///     Ok(())
+/// }));
+/// # let _ = spec;
+/// ```
+pub fn for_each_entry<F>(f: F) -> EachEntry<F> {
+    EachEntry { f }
+}
+
+impl<M, F, Fut, E> Handler<M> for EachEntry<F>
+where
+    M: Send + 'static,
+    F: Fn(Entry<M>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send,
+    E: Into<HandlerError> + Send,
+{
+    async fn handle(&self, batch: Batch<M>) -> HandlerResult {
+        {
+            let total = batch.entries.len();
+            let mut done = Vec::with_capacity(total);
+            let mut first_error: Option<HandlerError> = None;
+            for entry in batch.entries {
+                let id = entry.id;
+                match (self.f)(entry).await {
+                    Ok(()) => done.push(id),
+                    Err(e) => {
+                        let e: HandlerError = e.into();
+                        tracing::debug!(entry_id = %id, error = %e, "entry failed");
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            match first_error {
+                None => HandlerResult::Ok,
+                Some(e) if done.is_empty() => HandlerResult::Err(e),
+                Some(_) => HandlerResult::Partial(done),
+            }
+        }
+    }
+}
+
+/// A batch handler built from a function of one entry that stops at the first failure; see
+/// [`for_each_entry_in_order`].
+pub struct EachEntryInOrder<F> {
+    f: F,
+}
+
+impl<F> fmt::Debug for EachEntryInOrder<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EachEntryInOrder")
+    }
+}
+
+/// Like [`for_each_entry`], but the first entry that fails ends the batch: the entries after it are
+/// not handled (held back: left pending, with a DEBUG line), so no entry is handled before an
+/// earlier one that failed. The result is `Partial` of the entries handled before the failure, or
+/// `Err` when the first entry failed (so `retry_backoff` applies). Meant for keyed concurrency,
+/// where a batch holds one key's entries in stream order
+/// ([`ConsumerOptions::key_concurrency`](crate::ConsumerOptions::key_concurrency)).
+///
+/// ```
+/// use millrace::{for_each_entry_in_order, ConsumerSpec, Entry, HandlerError, RawEntry};
+///
+/// let spec = ConsumerSpec::new("accounts", "g", "c")
+///     .key_concurrency(16)
+///     .key_field("account".to_owned())
+///     .handler(for_each_entry_in_order(|entry: Entry<RawEntry>| async move {
+///         if entry.message.get("amount").is_none() {
+///             return Err(HandlerError::msg("no amount"));
+///         }
+///         Ok(())
+///     }));
+/// # let _ = spec;
+/// ```
+pub fn for_each_entry_in_order<F>(f: F) -> EachEntryInOrder<F> {
+    EachEntryInOrder { f }
+}
+
+impl<M, F, Fut, E> Handler<M> for EachEntryInOrder<F>
+where
+    M: Send + 'static,
+    F: Fn(Entry<M>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send,
+    E: Into<HandlerError> + Send,
+{
+    async fn handle(&self, batch: Batch<M>) -> HandlerResult {
+        let total = batch.entries.len();
+        let mut done = Vec::with_capacity(total);
+        for entry in batch.entries {
+            let id = entry.id;
+            if let Err(e) = (self.f)(entry).await {
+                let e: HandlerError = e.into();
+                let held_back = total - done.len() - 1;
+                tracing::debug!(entry_id = %id, error = %e, held_back, "entry failed; the entries after it are held back (left pending, not handled)");
+                return if done.is_empty() {
+                    HandlerResult::Err(e)
+                } else {
+                    HandlerResult::Partial(done)
+                };
+            }
+            done.push(id);
+        }
+        HandlerResult::Ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::entry::{BatchMeta, EntryId, Source};
+
+    fn batch(n: u64) -> Batch<u64> {
+        let meta = BatchMeta {
+            stream: "s".into(),
+            group: "g".into(),
+            consumer: "c".into(),
+        };
+        let entries = (1..=n)
+            .map(|i| Entry {
+                id: EntryId::new(1, i),
+                deliveries: Some(1),
+                message: i,
+            })
+            .collect();
+        Batch::new(meta, Source::New, entries)
+    }
+
+    async fn run_failing_at(fail: u64) -> (HandlerResult, usize) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let h = for_each_entry_in_order(move |e: Entry<u64>| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if e.message == fail {
+                    Err(HandlerError::msg("no"))
+                } else {
+                    Ok(())
+                }
+            }
+        });
+        let result = h.handle(batch(3)).await;
+        (result, calls.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn in_order_stops_at_the_first_failure_and_holds_back_the_rest() {
+        let (r, calls) = run_failing_at(2).await;
+        assert!(matches!(r, HandlerResult::Partial(ids) if ids == vec![EntryId::new(1, 1)]));
+        assert_eq!(calls, 2, "the third entry was not handled");
+        let (r, calls) = run_failing_at(1).await;
+        assert!(matches!(r, HandlerResult::Err(_)));
+        assert_eq!(calls, 1);
+        let (r, calls) = run_failing_at(9).await;
+        assert!(matches!(r, HandlerResult::Ok));
+        assert_eq!(calls, 3);
+    }
+}
