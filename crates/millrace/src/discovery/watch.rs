@@ -3,6 +3,10 @@
 //! removed through the supervisor, as `Supervisor::add_stream` and `remove_stream` do; what the
 //! last sweep found is kept for `Supervisor::stream_sets`. It ends with the supervisor's
 //! cancellation, or when the supervisor refuses because it shuts down.
+//!
+//! Start positions: the streams of the first complete sweep get the spec's `start_id`; a stream
+//! found by a later sweep is new since the consumer started, so its group is created at its first
+//! entry (`0`) and the entries written before the sweep found it are read too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -15,6 +19,7 @@ use tracing::{debug, info, warn};
 use super::plan::plan;
 use super::{PatternSweep, SweepResult};
 use crate::actors::supervisor_actor::{ask_multi, MultiMsg, SupMsg, SupervisorShared};
+use crate::config::StartId;
 use crate::error::{Error, Result};
 use crate::id::ConsumerId;
 use crate::multi_spec::MultiStreamSpec;
@@ -52,6 +57,10 @@ pub(crate) struct Watch {
     added: BTreeSet<String>,
     /// Keys already warned about as another type, so each is logged once.
     warned: BTreeSet<String>,
+    /// The streams of the first complete sweep (`None` before it): their groups are created at the
+    /// spec's `start_id`; a stream found later appeared after the consumer started, and its group
+    /// is created at its first entry, so the entries written before a sweep found it are read.
+    initial: Option<BTreeSet<String>>,
 }
 
 impl Watch {
@@ -69,6 +78,7 @@ impl Watch {
             actor,
             added: BTreeSet::new(),
             warned: BTreeSet::new(),
+            initial: None,
         })
     }
 
@@ -136,10 +146,18 @@ impl Watch {
             spec.dead_letter_stream_of(s)
         });
         self.warn_other_types(&found);
+        if self.initial.is_none() {
+            self.initial = Some(found.streams.clone());
+        }
         let mut last_error = None;
         for stream in &plan.add {
             let id = ConsumerId::new(stream.as_str(), group.as_str(), consumer.as_str());
-            match self.ask(|reply| MultiMsg::AddStream(id, reply)).await {
+            let later = self.initial.as_ref().is_some_and(|i| !i.contains(stream));
+            let start = later.then_some(StartId::Beginning);
+            match self
+                .ask(|reply| MultiMsg::AddStream(id, start, reply))
+                .await
+            {
                 Ok(()) => {
                     self.added.insert(stream.clone());
                 }
