@@ -62,6 +62,9 @@ pub struct ConsumerCounters {
     pub group_recreated: u64,
     /// Reconnects after transient errors.
     pub reconnects: u64,
+    /// Dead-letter moves that failed (their dead-letter stream could not be written) and were
+    /// retried later; the entries stayed pending and were not handed to the handler again.
+    pub dead_letter_retries: u64,
 }
 
 /// Pending and lag figures of a consumer's group, as last read from Redis.
@@ -132,6 +135,9 @@ pub struct ConsumerHealth {
     pub group: Option<GroupGauges>,
     /// Counters.
     pub counters: ConsumerCounters,
+    /// Dead-letter moves waiting now for their dead-letter stream to accept them (retried in the
+    /// background; their entries stay pending and are not handed to the handler again).
+    pub dead_letters_waiting: u64,
 }
 
 impl ConsumerHealth {
@@ -165,6 +171,8 @@ pub(crate) struct HealthCell {
     pub(crate) group_recreated: AtomicU64,
     pub(crate) reconnects: AtomicU64,
     pub(crate) restarts_total: AtomicU64,
+    pub(crate) dead_letter_retries: AtomicU64,
+    pub(crate) dead_letters_waiting: AtomicU64,
 }
 
 impl HealthCell {
@@ -188,6 +196,8 @@ impl HealthCell {
             group_recreated: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             restarts_total: AtomicU64::new(0),
+            dead_letter_retries: AtomicU64::new(0),
+            dead_letters_waiting: AtomicU64::new(0),
         }
     }
 
@@ -258,7 +268,9 @@ impl HealthCell {
                 redelivered: get(&self.redelivered),
                 group_recreated: get(&self.group_recreated),
                 reconnects: get(&self.reconnects),
+                dead_letter_retries: get(&self.dead_letter_retries),
             },
+            dead_letters_waiting: get(&self.dead_letters_waiting),
         }
     }
 }

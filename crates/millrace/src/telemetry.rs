@@ -11,6 +11,7 @@
 //! | `millrace_entries_failed_total` | counter | entries of failed batches, left pending |
 //! | `millrace_entries_claimed_total` | counter | entries claimed from idle consumers |
 //! | `millrace_entries_dead_lettered_total` | counter | entries moved to the dead-letter stream |
+//! | `millrace_dead_letter_retries_total` | counter | dead-letter moves that failed and wait to be retried (the entry stays pending) |
 //! | `millrace_entries_deleted_while_pending_total` | counter | pending entries found deleted/trimmed |
 //! | `millrace_entries_redelivered_total` | counter | entries delivered more than once |
 //! | `millrace_group_recreated_total` | counter | group or key vanished and was recreated |
@@ -38,6 +39,7 @@ pub(crate) struct ConsumerMetrics {
     pub(crate) failed: Counter,
     pub(crate) claimed: Counter,
     pub(crate) dead_lettered: Counter,
+    pub(crate) dead_letter_retries: Counter,
     pub(crate) deleted_while_pending: Counter,
     pub(crate) redelivered: Counter,
     pub(crate) group_recreated: Counter,
@@ -57,6 +59,7 @@ const ACKED: &str = "millrace_entries_acked_total";
 const FAILED: &str = "millrace_entries_failed_total";
 const CLAIMED: &str = "millrace_entries_claimed_total";
 const DEAD_LETTERED: &str = "millrace_entries_dead_lettered_total";
+const DEAD_LETTER_RETRIES: &str = "millrace_dead_letter_retries_total";
 const DELETED_WHILE_PENDING: &str = "millrace_entries_deleted_while_pending_total";
 const REDELIVERED: &str = "millrace_entries_redelivered_total";
 const GROUP_RECREATED: &str = "millrace_group_recreated_total";
@@ -94,6 +97,11 @@ fn describe() {
         DEAD_LETTERED,
         Unit::Count,
         "Entries moved to the dead-letter stream."
+    );
+    describe_counter!(
+        DEAD_LETTER_RETRIES,
+        Unit::Count,
+        "Dead-letter moves that failed and were retried later; the entry stayed pending."
     );
     describe_counter!(
         DELETED_WHILE_PENDING,
@@ -173,6 +181,7 @@ impl ConsumerMetrics {
             failed: metrics::counter!(FAILED, &labels),
             claimed: metrics::counter!(CLAIMED, &labels),
             dead_lettered: metrics::counter!(DEAD_LETTERED, &labels),
+            dead_letter_retries: metrics::counter!(DEAD_LETTER_RETRIES, &labels),
             deleted_while_pending: metrics::counter!(DELETED_WHILE_PENDING, &labels),
             redelivered: metrics::counter!(REDELIVERED, &labels),
             group_recreated: metrics::counter!(GROUP_RECREATED, &labels),
