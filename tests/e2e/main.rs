@@ -17,6 +17,7 @@ mod discovery;
 mod faults;
 mod many_streams;
 mod ownership;
+mod readiness;
 mod readme;
 mod recovery;
 mod repository;

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::id::ConsumerId;
 
@@ -147,6 +147,18 @@ impl ConsumerHealth {
     }
 }
 
+impl Slow {
+    fn enter(&mut self, state: ConsumerState) {
+        self.state = state;
+        if state == ConsumerState::Running {
+            self.unready_since = None;
+            self.ever_running = true;
+        } else if self.unready_since.is_none() {
+            self.unready_since = Some(Instant::now());
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Slow {
     state: ConsumerState,
@@ -154,6 +166,10 @@ struct Slow {
     restarts_in_window: usize,
     last_error: Option<String>,
     group: Option<GroupGauges>,
+    /// Since when it is not running (`None` while it runs).
+    unready_since: Option<Instant>,
+    /// It has run at least once (a first start is not ready until it reads).
+    ever_running: bool,
 }
 
 /// Shared, cheap-to-update health record of one consumer.
@@ -185,6 +201,8 @@ impl HealthCell {
                 restarts_in_window: 0,
                 last_error: None,
                 group: None,
+                unready_since: Some(Instant::now()),
+                ever_running: false,
             }),
             received: AtomicU64::new(0),
             acked: AtomicU64::new(0),
@@ -207,7 +225,33 @@ impl HealthCell {
     }
 
     pub(crate) fn set_state(&self, state: ConsumerState) {
-        self.with(|s| s.state = state);
+        self.with(|s| s.enter(state));
+    }
+
+    /// Whether the consumer counts as ready: running, or (after it ran) out of `Running` for less
+    /// than `grace` while it reconnects, restarts or starts a new session. `Err` says why not.
+    pub(crate) fn readiness(&self, grace: Duration) -> Result<(), String> {
+        self.with(|s| {
+            let away = s.unready_since.map(|t| t.elapsed());
+            let passing = matches!(
+                s.state,
+                ConsumerState::Starting | ConsumerState::Reconnecting | ConsumerState::BackingOff
+            );
+            match away {
+                None => Ok(()),
+                Some(away) if s.ever_running && passing && away < grace => Ok(()),
+                Some(away) => Err(format!(
+                    "{}: {} for {}{}",
+                    self.id,
+                    s.state,
+                    humantime::format_duration(Duration::from_secs(away.as_secs())),
+                    s.last_error
+                        .as_deref()
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default()
+                )),
+            }
+        })
     }
 
     pub(crate) fn state(&self) -> ConsumerState {
@@ -218,7 +262,7 @@ impl HealthCell {
         self.with(|s| {
             s.last_read = Some(SystemTime::now());
             if s.state != ConsumerState::Stopping {
-                s.state = ConsumerState::Running;
+                s.enter(ConsumerState::Running);
             }
         });
     }

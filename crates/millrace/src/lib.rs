@@ -84,7 +84,7 @@ pub use id::ConsumerId;
 pub use multi_spec::MultiStreamSpec;
 pub use settings::{stable_name, ConsumerDecl, Settings};
 pub use spec::ConsumerSpec;
-pub use supervisor::{Supervisor, SupervisorBuilder};
+pub use supervisor::{Supervisor, SupervisorBuilder, DEFAULT_READY_GRACE};
 
 /// Internals exposed for `millrace-bench` only; not part of the API.
 #[doc(hidden)]

@@ -16,12 +16,15 @@ use crate::actors::supervisor_actor::{
 use crate::config::RestartPolicy;
 use crate::connection::{Backend, ConnectionOptions};
 use crate::error::{Error, Result};
-use crate::health::{ConsumerHealth, ConsumerState};
+use crate::health::ConsumerHealth;
 use crate::id::ConsumerId;
 use crate::multi_spec::MultiStreamSpec;
 use crate::spec::ConsumerSpec;
 
 mod multi;
+mod ready;
+
+pub use ready::DEFAULT_READY_GRACE;
 
 enum RedisSource {
     Url(String),
@@ -56,6 +59,7 @@ pub struct SupervisorBuilder {
     restart: RestartPolicy,
     consumers: Vec<ConsumerSpec>,
     multis: Vec<MultiStreamSpec>,
+    ready_grace: std::time::Duration,
 }
 
 impl fmt::Debug for SupervisorBuilder {
@@ -222,6 +226,7 @@ impl SupervisorBuilder {
         }
         if !backend.waits_for_redis() {
             backend.check_reachable().await?;
+            ready::check_cluster(&backend, backend.server()).await?;
         }
         let mut initial = Vec::with_capacity(consumers.len());
         for spec in consumers {
@@ -267,6 +272,7 @@ impl SupervisorBuilder {
             actor,
             shared,
             done: done_rx,
+            ready_grace: self.ready_grace,
         })
     }
 }
@@ -277,6 +283,7 @@ pub struct Supervisor {
     actor: ActorRef<SupMsg>,
     shared: Arc<SupervisorShared>,
     done: watch::Receiver<bool>,
+    ready_grace: std::time::Duration,
 }
 
 impl fmt::Debug for Supervisor {
@@ -297,6 +304,7 @@ impl Supervisor {
             restart: RestartPolicy::default(),
             consumers: Vec::new(),
             multis: Vec::new(),
+            ready_grace: DEFAULT_READY_GRACE,
         }
     }
 
@@ -349,15 +357,6 @@ impl Supervisor {
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .map(|h| h.snapshot())
-    }
-
-    /// True when the supervisor runs and every consumer is reading.
-    pub fn is_ready(&self) -> bool {
-        !*self.done.borrow()
-            && self
-                .health()
-                .iter()
-                .all(|h| h.state == ConsumerState::Running)
     }
 
     /// Why the supervisor gave up, if it did: [`Error::RestartLimit`] or [`Error::ConsumerFailed`],

@@ -42,6 +42,8 @@ pub(crate) struct Discovered {
     pub(crate) sweeps: u64,
     /// The last sweep or add failure, cleared by the next complete sweep that applied cleanly.
     pub(crate) last_error: Option<String>,
+    /// Since when sweeps fail (`None` once one completes): readiness looks at it.
+    pub(crate) failing_since: Option<Instant>,
 }
 
 /// What discovery found, per (group, consumer); shared with the supervisor handle.
@@ -125,7 +127,10 @@ impl Watch {
             Err(e) => {
                 let e = crate::error::classify(None, "SCAN", self.sweep.pattern(), e);
                 warn!(pattern = self.sweep.pattern(), group = self.spec.group(), consumer = self.spec.consumer(), error = %e, "stream discovery: the sweep failed; the next interval starts over");
-                self.update(|d| d.last_error = Some(e.to_string()));
+                self.update(|d| {
+                    d.last_error = Some(e.to_string());
+                    d.failing_since.get_or_insert_with(Instant::now);
+                });
                 Ok(())
             }
         }
@@ -185,6 +190,7 @@ impl Watch {
             d.last_sweep = Some(SystemTime::now());
             d.sweeps += 1;
             d.last_error = last_error;
+            d.failing_since = None;
         });
         Ok(())
     }
