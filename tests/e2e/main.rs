@@ -15,6 +15,7 @@ mod config;
 mod dead_letters;
 mod discovery;
 mod faults;
+mod http;
 mod many_streams;
 mod ownership;
 mod readiness;

@@ -79,6 +79,10 @@ pub struct GroupGauges {
     pub oldest_pending_idle: Option<std::time::Duration>,
     /// Entries added but not yet delivered to the group; `None` when Redis cannot tell (after deletions).
     pub lag: Option<u64>,
+    /// Age of the oldest entry not yet delivered to the group (by its id's time; zero when every
+    /// entry was delivered): how far behind the group is in time, beside `lag` in entries. `None`
+    /// when Redis cannot tell.
+    pub oldest_undelivered_age: Option<std::time::Duration>,
     /// When these figures were read.
     pub at: SystemTime,
 }

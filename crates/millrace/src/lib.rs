@@ -61,6 +61,8 @@ mod entry;
 mod error;
 mod handler;
 mod health;
+#[cfg(feature = "http")]
+mod http;
 mod id;
 mod multi_spec;
 mod protocol;
@@ -84,7 +86,7 @@ pub use id::ConsumerId;
 pub use multi_spec::MultiStreamSpec;
 pub use settings::{stable_name, ConsumerDecl, Settings};
 pub use spec::ConsumerSpec;
-pub use supervisor::{Supervisor, SupervisorBuilder, DEFAULT_READY_GRACE};
+pub use supervisor::{MetricsLabels, Supervisor, SupervisorBuilder, DEFAULT_READY_GRACE};
 
 /// Internals exposed for `millrace-bench` only; not part of the API.
 #[doc(hidden)]

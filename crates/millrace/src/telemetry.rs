@@ -24,6 +24,7 @@
 //! | `millrace_consumer_pending_entries` | gauge | entries pending for this consumer |
 //! | `millrace_oldest_pending_idle_seconds` | gauge | idle time of the group's oldest pending entry; 0 when none is pending |
 //! | `millrace_group_lag_entries` | gauge | entries not yet delivered to the group (set only when Redis knows) |
+//! | `millrace_oldest_undelivered_age_seconds` | gauge | age of the oldest entry not yet delivered to the group; 0 when none |
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -52,6 +53,7 @@ pub(crate) struct ConsumerMetrics {
     pub(crate) consumer_pending: Gauge,
     pub(crate) oldest_idle: Gauge,
     pub(crate) lag: Gauge,
+    pub(crate) oldest_undelivered: Gauge,
 }
 
 const RECEIVED: &str = "millrace_entries_received_total";
@@ -71,6 +73,7 @@ const E2E_LATENCY: &str = "millrace_end_to_end_latency_seconds";
 const GROUP_PENDING: &str = "millrace_group_pending_entries";
 const CONSUMER_PENDING: &str = "millrace_consumer_pending_entries";
 const OLDEST_IDLE: &str = "millrace_oldest_pending_idle_seconds";
+const OLDEST_UNDELIVERED: &str = "millrace_oldest_undelivered_age_seconds";
 const GROUP_LAG: &str = "millrace_group_lag_entries";
 
 /// Gives every metric its help text and unit in the installed recorder. Describing again is
@@ -164,6 +167,11 @@ fn describe() {
         Unit::Count,
         "Entries not yet delivered to the group; not updated while Redis cannot tell."
     );
+    describe_gauge!(
+        OLDEST_UNDELIVERED,
+        Unit::Seconds,
+        "Age of the oldest entry not yet delivered to the group; 0 when none."
+    );
 }
 
 impl ConsumerMetrics {
@@ -194,6 +202,7 @@ impl ConsumerMetrics {
             consumer_pending: metrics::gauge!(CONSUMER_PENDING, &labels),
             oldest_idle: metrics::gauge!(OLDEST_IDLE, group),
             lag: metrics::gauge!(GROUP_LAG, group),
+            oldest_undelivered: metrics::gauge!(OLDEST_UNDELIVERED, group),
         }
     }
 }

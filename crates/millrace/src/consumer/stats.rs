@@ -133,6 +133,9 @@ impl Stats {
         if let Some(lag) = gauges.lag {
             self.metrics.lag.set(lag as f64);
         }
+        if let Some(age) = gauges.oldest_undelivered_age {
+            self.metrics.oldest_undelivered.set(age.as_secs_f64());
+        }
         self.health.set_group(gauges);
     }
 }

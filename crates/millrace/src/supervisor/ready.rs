@@ -48,16 +48,31 @@ impl Supervisor {
         self.unready_reasons().is_empty()
     }
 
+    /// Liveness: `Ok` while the supervisor runs; `Err` with the reason once it gave up on a
+    /// consumer or was shut down (what the built-in `/health` answers).
+    pub fn liveness(&self) -> std::result::Result<(), String> {
+        if !*self.done.borrow() {
+            return Ok(());
+        }
+        Err(match self.failure() {
+            Some(f) => format!("the supervisor stopped: {f}"),
+            None => "the supervisor was shut down".to_owned(),
+        })
+    }
+
+    /// The address the built-in HTTP endpoint listens on ([`SupervisorBuilder::http`], feature
+    /// `http`); `None` without it.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http_addr
+    }
+
     /// Why [`is_ready`](Self::is_ready) is false, one line per cause (empty when ready): the
     /// consumers out of `Running` past the grace, with their state, for how long and their last
     /// error; the multi-stream consumers without a stream; the pattern consumers without a
     /// completed sweep or whose sweeps fail.
     pub fn unready_reasons(&self) -> Vec<String> {
-        if *self.done.borrow() {
-            return vec![match self.failure() {
-                Some(f) => format!("the supervisor stopped: {f}"),
-                None => "the supervisor was shut down".to_owned(),
-            }];
+        if let Err(why) = self.liveness() {
+            return vec![why];
         }
         let grace = self.ready_grace;
         let mut reasons: Vec<String> = self
