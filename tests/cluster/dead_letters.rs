@@ -92,3 +92,189 @@ async fn dead_letters_reach_a_dead_letter_stream_in_another_slot_or_the_same_one
     }
     app.shutdown().await.expect("shutdown");
 }
+
+/// What a multi-stream handler saw: (stream, entry id) pairs, repeats being duplicates.
+#[derive(Clone, Default)]
+struct Handled(std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>);
+
+impl Handled {
+    fn counts(&self) -> std::collections::HashMap<(String, String), usize> {
+        let mut counts = std::collections::HashMap::new();
+        for key in self.0.lock().unwrap().iter() {
+            *counts.entry(key.clone()).or_default() += 1;
+        }
+        counts
+    }
+}
+
+/// Runs `cmd` on cluster node `index` directly.
+fn on_node(cluster: &millrace_testkit::RedisCluster, index: usize, cmd: &mut redis::Cmd) {
+    let mut con = cluster
+        .node(index)
+        .client()
+        .get_connection()
+        .expect("a connection to the node");
+    let _: redis::Value = cmd.query(&mut con).expect("the node command");
+}
+
+/// The master holding the dead-letter streams of tenants on the other masters is killed (`kill -9`)
+/// under load, with plain names, so every dead letter moves in two steps across masters. While it
+/// is down (its replica is kept from taking over until the test says so), the tenants' good
+/// entries go on being handled and acknowledged, each once; the entries to dead-letter wait,
+/// pending and not handed to the handler again. Once the replica is promoted the moves complete:
+/// each poison entry once in its dead-letter stream, nothing pending, no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_dead_letter_master_stalls_and_duplicates_nothing_on_healthy_masters() {
+    let mut cluster = cluster();
+    let dead = cluster.masters()[0];
+    let streams: Vec<String> = (0..100_000)
+        .map(|i| format!("tenant:{i}:events"))
+        .filter(|s| {
+            cluster.owner_of_key(s) != dead && cluster.owner_of_key(format!("{s}:dlq")) == dead
+        })
+        .take(6)
+        .collect();
+    assert_eq!(streams.len(), 6);
+    let mut con = connect(&cluster).await;
+    let handled = Handled::default();
+    let recorder = handled.clone();
+    let app = Supervisor::builder()
+        .redis_cluster(cluster.seed_urls())
+        .multi_stream(
+            millrace::MultiStreamSpec::new(streams.clone(), "g", "c")
+                .start_id(StartId::Beginning)
+                .block(Duration::from_millis(500))
+                .handler(move |batch: Batch<RawEntry>| {
+                    let stream = batch.meta.stream.to_string();
+                    for entry in &batch {
+                        recorder
+                            .0
+                            .lock()
+                            .unwrap()
+                            .push((stream.clone(), entry.id.to_string()));
+                        if entry.message.get_str("note") == Some("poison") {
+                            batch.dead_letter(entry.id, "poison: refused on purpose");
+                        }
+                    }
+                    async { HandlerResult::Ok }
+                }),
+        )
+        .start()
+        .await
+        .expect("start");
+    wait_running(&app).await;
+
+    // Load: every round one entry per tenant, every fifth of them poison.
+    let mut written: Vec<(String, String, bool)> = Vec::new();
+    let mut round = 0usize;
+    let mut produce = |con: ClusterConnection, rounds: usize| {
+        let streams = streams.clone();
+        let start = round;
+        round += rounds;
+        async move {
+            let mut con = con;
+            let mut out = Vec::new();
+            for r in start..start + rounds {
+                for (i, stream) in streams.iter().enumerate() {
+                    let poison = (r + i) % 5 == 0;
+                    let id = xadd(&mut con, stream, if poison { "poison" } else { "fine" }).await;
+                    out.push((stream.clone(), id, poison));
+                }
+            }
+            out
+        }
+    };
+    written.extend(produce(con.clone(), 20).await);
+    let wait_handled = |written: Vec<(String, String, bool)>, what: &'static str| {
+        let handled = handled.clone();
+        async move {
+            millrace_testkit::eventually(WAIT, what, || {
+                let counts = handled.counts();
+                let done = written
+                    .iter()
+                    .all(|(s, id, _)| counts.contains_key(&(s.clone(), id.clone())));
+                async move { done }
+            })
+            .await;
+        }
+    };
+    wait_handled(written.clone(), "the entries before the kill handled").await;
+    // The moves so far reached the replica before the master dies (replication is asynchronous).
+    on_node(&cluster, dead, redis::cmd("WAIT").arg(1).arg(5_000));
+
+    // The replica may not take over until told: the outage lasts as long as the test needs.
+    let replica = cluster.replicas_of(dead)[0];
+    on_node(
+        &cluster,
+        replica,
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("cluster-replica-no-failover")
+            .arg("yes"),
+    );
+    cluster.kill(dead);
+    let during = produce(con.clone(), 20).await;
+    written.extend(during.clone());
+    wait_handled(during, "the entries written during the outage handled").await;
+    let waiting: u64 = app.health().iter().map(|h| h.dead_letters_waiting).sum();
+    assert!(
+        waiting > 0,
+        "the outage's dead letters wait for their master (none can have moved)"
+    );
+    // No stall: every good entry written during the outage is acknowledged already.
+    for stream in &streams {
+        let poison_pending = written.iter().filter(|(s, _, p)| s == stream && *p).count() as u64;
+        assert!(
+            pending(&mut con, stream).await <= poison_pending,
+            "{stream}"
+        );
+    }
+
+    // The replica takes over; the waiting moves complete, more load meanwhile.
+    on_node(
+        &cluster,
+        replica,
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("cluster-replica-no-failover")
+            .arg("no"),
+    );
+    let began = std::time::Instant::now();
+    tokio::task::block_in_place(|| cluster.wait_settled());
+    eprintln!("replica promoted {:?} after allowing it", began.elapsed());
+    written.extend(produce(con.clone(), 5).await);
+    for stream in &streams {
+        let dlq = format!("{stream}:dlq");
+        let poisons: Vec<String> = written
+            .iter()
+            .filter(|(s, _, p)| s == stream && *p)
+            .map(|(_, id, _)| id.clone())
+            .collect();
+        millrace_testkit::eventually(WAIT, "every poison entry moved, nothing pending", || {
+            let (mut con, stream, dlq, n) =
+                (con.clone(), stream.clone(), dlq.clone(), poisons.len());
+            async move {
+                pending(&mut con, &stream).await == 0
+                    && dead_letter_sources(&mut con, &dlq).await.len() >= n
+            }
+        })
+        .await;
+        let mut sources = dead_letter_sources(&mut con, &dlq).await;
+        sources.sort();
+        let mut expected = poisons.clone();
+        expected.sort();
+        assert_eq!(
+            sources, expected,
+            "{stream}: each poison entry once in {dlq}"
+        );
+    }
+    let counts = handled.counts();
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "handled more than once: {twice:?}");
+    assert_eq!(counts.len(), written.len(), "every entry handled");
+    for h in app.health() {
+        assert_eq!(h.restarts_total, 0, "{h:?}");
+        assert_eq!(h.dead_letters_waiting, 0, "{h:?}");
+    }
+    app.shutdown().await.expect("shutdown");
+}

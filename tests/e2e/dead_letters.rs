@@ -163,3 +163,127 @@ async fn a_shared_dead_letter_stream_keeps_other_sources_apart() {
     assert_eq!(orders.purge(&mut con, &[ids[0]]).await.unwrap(), 1);
     assert_eq!(xlen(&mut con, "shared:dlq").await, 2);
 }
+
+/// A dead-letter stream that cannot be written (here its key holds a string: every `XADD` to it
+/// fails with `WRONGTYPE`) holds up nothing: the good entries of each batch are acknowledged at
+/// once, the entries to dead-letter stay pending on their own and are never handed to the handler
+/// again while their moves are retried (counted in health), and once the key is fixed every move
+/// completes, each entry once in the dead-letter stream.
+#[tokio::test]
+async fn a_dead_letter_stream_that_fails_then_heals_stalls_nothing_and_re_handles_nothing() {
+    let (server, mut con) = server().await;
+    let _: () = redis::cmd("SET")
+        .arg("s:dlq")
+        .arg("not a stream")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let mut pipe = redis::pipe();
+    for i in 0..40 {
+        let kind = if i % 5 == 0 { "bad" } else { "good" };
+        pipe.cmd("XADD").arg("s").arg("*").arg("kind").arg(kind);
+    }
+    let ids: Vec<String> = pipe.query_async(&mut con).await.unwrap();
+    let ids: Vec<EntryId> = ids.iter().map(|s| s.parse().unwrap()).collect();
+    let bad: Vec<EntryId> = ids.iter().copied().step_by(5).collect();
+
+    let seen = Seen::default();
+    let seen2 = seen.clone();
+    let id = millrace::ConsumerId::new("s", "g", "c");
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(
+            ConsumerSpec::new("s", "g", "c")
+                .start_id(StartId::Beginning)
+                .count(7)
+                .block(Duration::from_millis(200))
+                // Claims run often and would take any entry idle for 300 ms: the waiting moves'
+                // entries must not come back to the handler through them either.
+                .claim_interval(Duration::from_millis(100))
+                .claim_min_idle(Duration::from_millis(300))
+                .handler(move |batch: Batch<RawEntry>| {
+                    seen2.record(&batch);
+                    for e in &batch {
+                        if e.message.get_str("kind") == Some("bad") {
+                            batch.dead_letter(e.id, "bad on purpose");
+                        }
+                    }
+                    async { HandlerResult::Ok }
+                }),
+        )
+        .start()
+        .await
+        .unwrap();
+
+    // Every good entry acknowledged; only the entries to dead-letter are pending.
+    eventually(
+        WAIT,
+        "the good entries acknowledged, the bad ones waiting",
+        || {
+            let (mut con, handled) = (con.clone(), seen.len());
+            async move { handled >= 40 && pending(&mut con, "s", "g").await == 8 }
+        },
+    )
+    .await;
+    let waiting_retried = |app: &Supervisor| {
+        let h = app.consumer_health(&id).unwrap();
+        (h.dead_letters_waiting, h.counters.dead_letter_retries)
+    };
+    let (_, retries_then) = waiting_retried(&app);
+    // Several retry rounds pass (each failed attempt is counted) ...
+    eventually(WAIT, "the waiting moves retried", || {
+        let (waiting, retries) = waiting_retried(&app);
+        async move { waiting == 8 && retries >= retries_then + 3 }
+    })
+    .await;
+    // ... and claims run meanwhile, yet nothing was handed to the handler twice.
+    let h = app.consumer_health(&id).unwrap();
+    assert!(
+        h.last_error.as_deref().unwrap_or("").contains("WRONGTYPE"),
+        "{h:?}"
+    );
+    assert_eq!(h.state, millrace::ConsumerState::Running, "{h:?}");
+    assert_eq!(h.restarts_total, 0, "{h:?}");
+    assert!(
+        seen.count_by_id().values().all(|n| *n == 1),
+        "handled twice: {:?}",
+        seen.count_by_id()
+    );
+    assert_eq!(seen.len(), 40);
+
+    // The key is fixed: every move completes, each entry once.
+    let _: () = redis::cmd("DEL")
+        .arg("s:dlq")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    eventually(WAIT, "the moves completed", || {
+        let mut con = con.clone();
+        async move { pending(&mut con, "s", "g").await == 0 && xlen(&mut con, "s:dlq").await == 8 }
+    })
+    .await;
+    let mut moved: Vec<EntryId> = dlq_sources(&mut con, "s:dlq").await;
+    moved.sort();
+    assert_eq!(moved, bad);
+    let h = app.consumer_health(&id).unwrap();
+    assert_eq!(
+        (h.dead_letters_waiting, h.counters.dead_lettered),
+        (0, 8),
+        "{h:?}"
+    );
+    assert!(seen.count_by_id().values().all(|n| *n == 1));
+    app.shutdown().await.unwrap();
+}
+
+/// The `millrace.source_id` of every entry of dead-letter stream `dlq`.
+async fn dlq_sources(con: &mut MultiplexedConnection, dlq: &str) -> Vec<EntryId> {
+    let stream = DeadLetterStream::of(dlq.trim_end_matches(":dlq"));
+    stream
+        .list(con, 1_000)
+        .await
+        .unwrap()
+        .letters
+        .into_iter()
+        .filter_map(|l| l.dead_letter.and_then(|d| d.source_id))
+        .collect()
+}

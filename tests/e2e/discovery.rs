@@ -45,8 +45,8 @@ async fn a_pattern_consumer_picks_up_a_stream_created_after_start() {
     let app = start_multi(&server, pattern("t:*:events", &handled)).await;
     handled.wait_for("t:1:events", first).await;
 
-    // Created after start: found by a later sweep, its group created at the start position
-    // (`StartId::Beginning`), so the entry that created it is delivered too.
+    // Created after start: found by a later sweep, its group created at its first entry, so the
+    // entry that created it is delivered too.
     let second = xadd(&mut con, "t:2:events", &[("n", "2")]).await;
     handled.wait_for("t:2:events", second).await;
     assert_eq!(app.streams_of("g", "c"), ["t:1:events", "t:2:events"]);
@@ -57,6 +57,45 @@ async fn a_pattern_consumer_picks_up_a_stream_created_after_start() {
         set.last_sweep.is_some() && set.last_error.is_none(),
         "{set:?}"
     );
+    app.shutdown().await.unwrap();
+}
+
+/// The default start position (`StartId::New`) applies to the streams of the first sweep only: a
+/// stream found by a later sweep is read from its first entry, so the entries written to a new
+/// tenant's stream before a sweep found it are all handled, not skipped.
+#[tokio::test]
+async fn entries_written_before_a_sweep_finds_a_new_stream_are_all_handled() {
+    let (server, mut con) = server().await;
+    let before_start = xadd(&mut con, "t:1:events", &[("n", "0")]).await;
+    let handled = Handled::default();
+    let spec = MultiStreamSpec::pattern("t:*:events", "g", "c")
+        .block(Duration::from_millis(200))
+        .claim_min_idle(Duration::from_secs(600))
+        .discovery_interval(Duration::from_millis(100))
+        .handler(handled.handler());
+    let app = start_multi(&server, spec).await;
+    sweeps(&app, 1).await;
+    assert_eq!(app.streams_of("g", "c"), ["t:1:events"]);
+
+    // A new tenant: ten entries, the first of them creating its stream, all written before any
+    // sweep can have found it.
+    let written = xadd_n(&mut con, "t:2:events", 10).await;
+    let last = *written.last().unwrap();
+    handled.wait_for("t:2:events", last).await;
+    let missed: Vec<_> = written
+        .iter()
+        .filter(|id| !handled.has("t:2:events", **id))
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "entries of the new stream skipped: {missed:?}"
+    );
+
+    // A stream of the first sweep keeps `start_id`'s meaning: its entry from before the start is
+    // not read, the entries after it are (in order, so the old one would have come first).
+    let after_start = xadd(&mut con, "t:1:events", &[("n", "1")]).await;
+    handled.wait_for("t:1:events", after_start).await;
+    assert!(!handled.has("t:1:events", before_start));
     app.shutdown().await.unwrap();
 }
 

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::id::ConsumerId;
 
@@ -62,6 +62,9 @@ pub struct ConsumerCounters {
     pub group_recreated: u64,
     /// Reconnects after transient errors.
     pub reconnects: u64,
+    /// Dead-letter moves that failed (their dead-letter stream could not be written) and were
+    /// retried later; the entries stayed pending and were not handed to the handler again.
+    pub dead_letter_retries: u64,
 }
 
 /// Pending and lag figures of a consumer's group, as last read from Redis.
@@ -76,6 +79,10 @@ pub struct GroupGauges {
     pub oldest_pending_idle: Option<std::time::Duration>,
     /// Entries added but not yet delivered to the group; `None` when Redis cannot tell (after deletions).
     pub lag: Option<u64>,
+    /// Age of the oldest entry not yet delivered to the group (by its id's time; zero when every
+    /// entry was delivered): how far behind the group is in time, beside `lag` in entries. `None`
+    /// when Redis cannot tell.
+    pub oldest_undelivered_age: Option<std::time::Duration>,
     /// When these figures were read.
     pub at: SystemTime,
 }
@@ -136,12 +143,27 @@ pub struct ConsumerHealth {
     pub group: Option<GroupGauges>,
     /// Counters.
     pub counters: ConsumerCounters,
+    /// Dead-letter moves waiting now for their dead-letter stream to accept them (retried in the
+    /// background; their entries stay pending and are not handed to the handler again).
+    pub dead_letters_waiting: u64,
 }
 
 impl ConsumerHealth {
     /// True when the consumer is reading.
     pub fn is_running(&self) -> bool {
         self.state == ConsumerState::Running
+    }
+}
+
+impl Slow {
+    fn enter(&mut self, state: ConsumerState) {
+        self.state = state;
+        if state == ConsumerState::Running {
+            self.unready_since = None;
+            self.ever_running = true;
+        } else if self.unready_since.is_none() {
+            self.unready_since = Some(Instant::now());
+        }
     }
 }
 
@@ -152,6 +174,10 @@ struct Slow {
     restarts_in_window: usize,
     last_error: Option<String>,
     group: Option<GroupGauges>,
+    /// Since when it is not running (`None` while it runs).
+    unready_since: Option<Instant>,
+    /// It has run at least once (a first start is not ready until it reads).
+    ever_running: bool,
 }
 
 /// Shared, cheap-to-update health record of one consumer.
@@ -169,6 +195,8 @@ pub(crate) struct HealthCell {
     pub(crate) group_recreated: AtomicU64,
     pub(crate) reconnects: AtomicU64,
     pub(crate) restarts_total: AtomicU64,
+    pub(crate) dead_letter_retries: AtomicU64,
+    pub(crate) dead_letters_waiting: AtomicU64,
 }
 
 impl HealthCell {
@@ -181,6 +209,8 @@ impl HealthCell {
                 restarts_in_window: 0,
                 last_error: None,
                 group: None,
+                unready_since: Some(Instant::now()),
+                ever_running: false,
             }),
             received: AtomicU64::new(0),
             acked: AtomicU64::new(0),
@@ -192,6 +222,8 @@ impl HealthCell {
             group_recreated: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             restarts_total: AtomicU64::new(0),
+            dead_letter_retries: AtomicU64::new(0),
+            dead_letters_waiting: AtomicU64::new(0),
         }
     }
 
@@ -201,7 +233,33 @@ impl HealthCell {
     }
 
     pub(crate) fn set_state(&self, state: ConsumerState) {
-        self.with(|s| s.state = state);
+        self.with(|s| s.enter(state));
+    }
+
+    /// Whether the consumer counts as ready: running, or (after it ran) out of `Running` for less
+    /// than `grace` while it reconnects, restarts or starts a new session. `Err` says why not.
+    pub(crate) fn readiness(&self, grace: Duration) -> Result<(), String> {
+        self.with(|s| {
+            let away = s.unready_since.map(|t| t.elapsed());
+            let passing = matches!(
+                s.state,
+                ConsumerState::Starting | ConsumerState::Reconnecting | ConsumerState::BackingOff
+            );
+            match away {
+                None => Ok(()),
+                Some(away) if s.ever_running && passing && away < grace => Ok(()),
+                Some(away) => Err(format!(
+                    "{}: {} for {}{}",
+                    self.id,
+                    s.state,
+                    humantime::format_duration(Duration::from_secs(away.as_secs())),
+                    s.last_error
+                        .as_deref()
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default()
+                )),
+            }
+        })
     }
 
     pub(crate) fn state(&self) -> ConsumerState {
@@ -212,7 +270,7 @@ impl HealthCell {
         self.with(|s| {
             s.last_read = Some(SystemTime::now());
             if s.state != ConsumerState::Stopping {
-                s.state = ConsumerState::Running;
+                s.enter(ConsumerState::Running);
             }
         });
     }
@@ -262,7 +320,9 @@ impl HealthCell {
                 redelivered: get(&self.redelivered),
                 group_recreated: get(&self.group_recreated),
                 reconnects: get(&self.reconnects),
+                dead_letter_retries: get(&self.dead_letter_retries),
             },
+            dead_letters_waiting: get(&self.dead_letters_waiting),
         }
     }
 }

@@ -62,6 +62,8 @@ mod entry;
 mod error;
 mod handler;
 mod health;
+#[cfg(feature = "http")]
+mod http;
 mod id;
 mod keyed;
 mod multi_spec;
@@ -91,7 +93,7 @@ pub use multi_spec::MultiStreamSpec;
 pub use retry::RetryBackoff;
 pub use settings::{stable_name, ConsumerDecl, MultiStreamDecl, Settings};
 pub use spec::ConsumerSpec;
-pub use supervisor::{Supervisor, SupervisorBuilder};
+pub use supervisor::{MetricsLabels, Supervisor, SupervisorBuilder, DEFAULT_READY_GRACE};
 
 /// What the `millrace` command builds on (connection, node scan, colocation, redaction); not
 /// part of the API.

@@ -16,12 +16,17 @@ use crate::actors::supervisor_actor::{
 use crate::config::RestartPolicy;
 use crate::connection::{Backend, ConnectionOptions};
 use crate::error::{Error, Result};
-use crate::health::{ConsumerHealth, ConsumerState};
+use crate::health::ConsumerHealth;
 use crate::id::ConsumerId;
 use crate::multi_spec::MultiStreamSpec;
 use crate::spec::ConsumerSpec;
 
+mod exposition;
 mod multi;
+mod ready;
+
+pub use exposition::MetricsLabels;
+pub use ready::DEFAULT_READY_GRACE;
 
 enum RedisSource {
     Url(String),
@@ -56,6 +61,10 @@ pub struct SupervisorBuilder {
     restart: RestartPolicy,
     consumers: Vec<ConsumerSpec>,
     multis: Vec<MultiStreamSpec>,
+    ready_grace: std::time::Duration,
+    metrics_labels: MetricsLabels,
+    #[cfg(feature = "http")]
+    pub(crate) http: Option<std::net::SocketAddr>,
 }
 
 impl fmt::Debug for SupervisorBuilder {
@@ -222,7 +231,13 @@ impl SupervisorBuilder {
         }
         if !backend.waits_for_redis() {
             backend.check_reachable().await?;
+            ready::check_cluster(&backend, backend.server()).await?;
         }
+        #[cfg(feature = "http")]
+        let listener = match self.http {
+            Some(addr) => Some(crate::http::bind(addr).await?),
+            None => None,
+        };
         let mut initial = Vec::with_capacity(consumers.len());
         for spec in consumers {
             let lease = NameLease::take(backend.server(), &spec.id)?;
@@ -263,20 +278,43 @@ impl SupervisorBuilder {
             let _ = join.await;
             let _ = done_tx.send(true);
         });
-        Ok(Supervisor {
+        #[allow(unused_mut)]
+        let mut app = Supervisor {
             actor,
             shared,
             done: done_rx,
-        })
+            ready_grace: self.ready_grace,
+            metrics_labels: self.metrics_labels,
+            http_addr: None,
+        };
+        #[cfg(feature = "http")]
+        if let Some(listener) = listener {
+            app.http_addr = listener.local_addr().ok();
+            let cancel = app.shared.cancel.child_token();
+            let server = crate::http::serve(listener, app.clone(), cancel);
+            app.shared.tasks.spawn(server);
+        }
+        Ok(app)
     }
 }
 
 /// A running supervision tree of consumers. Dropping it does not stop it; call
 /// [`shutdown`](Supervisor::shutdown).
+///
+/// A cheap `Clone` handle (an actor reference and an `Arc`): share it with an HTTP server, a
+/// signal handler or a control task. Every clone reads the same health and adds or removes the
+/// same consumers; [`shutdown`](Supervisor::shutdown) from any clone stops the supervisor for all,
+/// after which the other clones' calls that need it running (`add_consumer`, `add_stream`, …) fail
+/// with [`Error::Supervisor`] ("it was shut down"), `is_ready()` is false, and `shutdown` again
+/// returns at once.
+#[derive(Clone)]
 pub struct Supervisor {
     actor: ActorRef<SupMsg>,
     shared: Arc<SupervisorShared>,
     done: watch::Receiver<bool>,
+    ready_grace: std::time::Duration,
+    metrics_labels: MetricsLabels,
+    http_addr: Option<std::net::SocketAddr>,
 }
 
 impl fmt::Debug for Supervisor {
@@ -297,6 +335,10 @@ impl Supervisor {
             restart: RestartPolicy::default(),
             consumers: Vec::new(),
             multis: Vec::new(),
+            ready_grace: DEFAULT_READY_GRACE,
+            metrics_labels: MetricsLabels::default(),
+            #[cfg(feature = "http")]
+            http: None,
         }
     }
 
@@ -349,15 +391,6 @@ impl Supervisor {
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .map(|h| h.snapshot())
-    }
-
-    /// True when the supervisor runs and every consumer is reading.
-    pub fn is_ready(&self) -> bool {
-        !*self.done.borrow()
-            && self
-                .health()
-                .iter()
-                .all(|h| h.state == ConsumerState::Running)
     }
 
     /// Why the supervisor gave up, if it did: [`Error::RestartLimit`] or [`Error::ConsumerFailed`],

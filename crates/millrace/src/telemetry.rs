@@ -11,6 +11,7 @@
 //! | `millrace_entries_failed_total` | counter | entries of failed batches, left pending |
 //! | `millrace_entries_claimed_total` | counter | entries claimed from idle consumers |
 //! | `millrace_entries_dead_lettered_total` | counter | entries moved to the dead-letter stream |
+//! | `millrace_dead_letter_retries_total` | counter | dead-letter moves that failed and wait to be retried (the entry stays pending) |
 //! | `millrace_entries_deleted_while_pending_total` | counter | pending entries found deleted/trimmed |
 //! | `millrace_entries_redelivered_total` | counter | entries delivered more than once |
 //! | `millrace_group_recreated_total` | counter | group or key vanished and was recreated |
@@ -23,6 +24,7 @@
 //! | `millrace_consumer_pending_entries` | gauge | entries pending for this consumer |
 //! | `millrace_oldest_pending_idle_seconds` | gauge | idle time of the group's oldest pending entry; 0 when none is pending |
 //! | `millrace_group_lag_entries` | gauge | entries not yet delivered to the group (set only when Redis knows) |
+//! | `millrace_oldest_undelivered_age_seconds` | gauge | age of the oldest entry not yet delivered to the group; 0 when none |
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,6 +40,7 @@ pub(crate) struct ConsumerMetrics {
     pub(crate) failed: Counter,
     pub(crate) claimed: Counter,
     pub(crate) dead_lettered: Counter,
+    pub(crate) dead_letter_retries: Counter,
     pub(crate) deleted_while_pending: Counter,
     pub(crate) redelivered: Counter,
     pub(crate) group_recreated: Counter,
@@ -50,6 +53,7 @@ pub(crate) struct ConsumerMetrics {
     pub(crate) consumer_pending: Gauge,
     pub(crate) oldest_idle: Gauge,
     pub(crate) lag: Gauge,
+    pub(crate) oldest_undelivered: Gauge,
 }
 
 const RECEIVED: &str = "millrace_entries_received_total";
@@ -57,6 +61,7 @@ const ACKED: &str = "millrace_entries_acked_total";
 const FAILED: &str = "millrace_entries_failed_total";
 const CLAIMED: &str = "millrace_entries_claimed_total";
 const DEAD_LETTERED: &str = "millrace_entries_dead_lettered_total";
+const DEAD_LETTER_RETRIES: &str = "millrace_dead_letter_retries_total";
 const DELETED_WHILE_PENDING: &str = "millrace_entries_deleted_while_pending_total";
 const REDELIVERED: &str = "millrace_entries_redelivered_total";
 const GROUP_RECREATED: &str = "millrace_group_recreated_total";
@@ -68,6 +73,7 @@ const E2E_LATENCY: &str = "millrace_end_to_end_latency_seconds";
 const GROUP_PENDING: &str = "millrace_group_pending_entries";
 const CONSUMER_PENDING: &str = "millrace_consumer_pending_entries";
 const OLDEST_IDLE: &str = "millrace_oldest_pending_idle_seconds";
+const OLDEST_UNDELIVERED: &str = "millrace_oldest_undelivered_age_seconds";
 const GROUP_LAG: &str = "millrace_group_lag_entries";
 
 /// Gives every metric its help text and unit in the installed recorder. Describing again is
@@ -94,6 +100,11 @@ fn describe() {
         DEAD_LETTERED,
         Unit::Count,
         "Entries moved to the dead-letter stream."
+    );
+    describe_counter!(
+        DEAD_LETTER_RETRIES,
+        Unit::Count,
+        "Dead-letter moves that failed and were retried later; the entry stayed pending."
     );
     describe_counter!(
         DELETED_WHILE_PENDING,
@@ -156,6 +167,11 @@ fn describe() {
         Unit::Count,
         "Entries not yet delivered to the group; not updated while Redis cannot tell."
     );
+    describe_gauge!(
+        OLDEST_UNDELIVERED,
+        Unit::Seconds,
+        "Age of the oldest entry not yet delivered to the group; 0 when none."
+    );
 }
 
 impl ConsumerMetrics {
@@ -173,6 +189,7 @@ impl ConsumerMetrics {
             failed: metrics::counter!(FAILED, &labels),
             claimed: metrics::counter!(CLAIMED, &labels),
             dead_lettered: metrics::counter!(DEAD_LETTERED, &labels),
+            dead_letter_retries: metrics::counter!(DEAD_LETTER_RETRIES, &labels),
             deleted_while_pending: metrics::counter!(DELETED_WHILE_PENDING, &labels),
             redelivered: metrics::counter!(REDELIVERED, &labels),
             group_recreated: metrics::counter!(GROUP_RECREATED, &labels),
@@ -185,6 +202,7 @@ impl ConsumerMetrics {
             consumer_pending: metrics::gauge!(CONSUMER_PENDING, &labels),
             oldest_idle: metrics::gauge!(OLDEST_IDLE, group),
             lag: metrics::gauge!(GROUP_LAG, group),
+            oldest_undelivered: metrics::gauge!(OLDEST_UNDELIVERED, group),
         }
     }
 }

@@ -72,17 +72,42 @@ impl Gauges {
         .await
         .ok()
         .and_then(|rows| rows.first().map(|r| Duration::from_millis(r.idle_ms)));
-        let lag = self.lag(stream, group).await;
+        let (lag, last_delivered) = self.lag(stream, group).await.unwrap_or((None, None));
+        let oldest_undelivered_age = match (lag, last_delivered) {
+            (Some(0), _) => Some(Duration::ZERO),
+            (_, Some(after)) => self.first_after(stream, &after).await,
+            _ => None,
+        };
         self.stats.group_gauges(GroupGauges {
             group_pending,
             consumer_pending,
             oldest_pending_idle,
             lag,
+            oldest_undelivered_age,
             at: SystemTime::now(),
         });
     }
 
-    async fn lag(&mut self, stream: &str, group: &str) -> Option<u64> {
+    /// The age of the first entry after `after` (the group's last delivered id): the oldest entry
+    /// not yet delivered to the group, by its id's time. `Some(0)` when there is none.
+    async fn first_after(&mut self, stream: &str, after: &str) -> Option<Duration> {
+        let reply: redis::Value = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(self.client.conn())
+            .await
+            .ok()?;
+        match streams::parse_entries(reply).first().and_then(|i| i.id()) {
+            Some(id) => Some(crate::telemetry::since_entry_id(id.ms).unwrap_or_default()),
+            None => Some(Duration::ZERO),
+        }
+    }
+
+    /// The group's lag and last delivered id, from `XINFO GROUPS`.
+    async fn lag(&mut self, stream: &str, group: &str) -> Option<(Option<u64>, Option<String>)> {
         if !self.xinfo_allowed {
             return None;
         }
@@ -96,8 +121,7 @@ impl Gauges {
                 .groups
                 .into_iter()
                 .find(|g| g.name == group)
-                .and_then(|g| g.lag)
-                .map(|l| l as u64),
+                .map(|g| (g.lag.map(|l| l as u64), Some(g.last_delivered_id))),
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
                 info!("no permission for XINFO GROUPS: the lag gauge stays empty (grant +xinfo|groups to fill it)");
                 self.xinfo_allowed = false;

@@ -6,11 +6,10 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use tracing::{debug, error, info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use super::outcome::{self, AckPlan, DeadLetterOrder};
 use super::Consumer;
-use crate::dead_letter::{self, DeadLetterInfo};
 use crate::entry::{EntryId, RawEntry, Source};
 use crate::error::{Error, Result};
 use crate::handler::{DeliveredEntry, RunReport};
@@ -36,7 +35,9 @@ impl Consumer {
         source: Source,
         sent_after: Option<Instant>,
     ) -> Result<Handled> {
-        let sorted = outcome::sort(items);
+        let mut sorted = outcome::sort(items);
+        // Entries whose dead-letter move waits are never handed to the handler again.
+        sorted.live.retain(|e| !self.dead_letters.is_parked(e.id));
         for reason in sorted.unidentified {
             warn!(%reason, "skipped a reply element without an id");
         }
@@ -298,39 +299,13 @@ impl Consumer {
         Ok((handled, plan.panicked))
     }
 
-    /// Moves one entry to the dead-letter stream (which acknowledges it), retrying transient errors.
+    /// Moves one entry to the dead-letter stream (which acknowledges it); a move that fails is
+    /// parked and retried in the background, its entry left pending (see `dead_letter::parked`).
     pub(super) async fn dead_letter(&mut self, order: DeadLetterOrder) -> Result<()> {
-        let id = self.id.clone();
-        let info = DeadLetterInfo {
-            stream: &id.stream,
-            dlq: &self.dlq,
-            group: &id.group,
-            consumer: &id.consumer,
-            deliveries: order.deliveries,
-            reason: &order.reason,
-            in_steps: self.dead_letter_in_steps,
-        };
-        let (info, entry, entry_id) = (&info, order.entry.as_ref(), order.id);
-        let moved = self
-            .client
-            .retry(
-                "EVALSHA (dead-letter move)",
-                &self.dlq,
-                |mut c| async move {
-                    match entry {
-                        Some(e) if !e.fields.is_empty() => {
-                            dead_letter::move_entry(&mut c, info, e).await
-                        }
-                        _ => dead_letter::move_id(&mut c, info, entry_id).await,
-                    }
-                },
-            )
-            .await?;
-        self.failures.forget(&[entry_id]);
-        if moved {
-            error!(entry_id = %entry_id, deliveries = order.deliveries, dead_letter_stream = %self.dlq, reason = %order.reason, "moved entry to the dead-letter stream");
-            self.stats.dead_lettered();
-        }
+        self.failures.forget(&[order.id]);
+        self.dead_letters
+            .dead_letter(order.id, order.entry, order.deliveries, order.reason)
+            .await;
         Ok(())
     }
 }

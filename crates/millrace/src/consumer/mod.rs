@@ -31,6 +31,7 @@ use tracing::{error, info, warn, Instrument};
 use crate::cluster::{hash_tag_hint, Action, Colocation};
 use crate::config::{backoff_with_jitter, ConsumerOptions, OnGroupLost};
 use crate::connection::{Backend, Node};
+use crate::dead_letter::DeadLetterMover;
 use crate::entry::BatchMeta;
 use crate::error::{Class, Error, Result};
 use crate::handler::BatchRunner;
@@ -99,6 +100,8 @@ pub(crate) struct Consumer {
     /// One stream of a multi-stream consumer: what its streams share, `None` for a consumer of
     /// its own.
     cohort: Option<Arc<Cohort>>,
+    /// Dead-letter moves, and those waiting for their dead-letter stream.
+    dead_letters: DeadLetterMover,
 }
 
 impl Consumer {
@@ -123,7 +126,17 @@ impl Consumer {
             Some(cohort) => Cadence::shared(every, &id.stream, cohort.clone(), per_second),
             None => Cadence::own(every),
         };
+        let dead_letters = DeadLetterMover::new(
+            id.clone(),
+            dlq.clone(),
+            dead_letter_in_steps,
+            backend.control(),
+            stats.clone(),
+            backend.command_timeout(),
+            opts.claim_min_idle,
+        );
         Ok(Consumer {
+            dead_letters,
             dead_letter_in_steps,
             meta: id.meta(),
             dlq,

@@ -76,6 +76,19 @@ impl Stats {
         self.metrics.dead_lettered.increment(1);
     }
 
+    /// A dead-letter move failed and waits to be retried.
+    pub(crate) fn dead_letter_retry(&self) {
+        HealthCell::add(&self.health.dead_letter_retries, 1);
+        self.metrics.dead_letter_retries.increment(1);
+    }
+
+    /// Dead-letter moves waiting for their dead-letter stream now.
+    pub(crate) fn set_dead_letters_waiting(&self, n: usize) {
+        self.health
+            .dead_letters_waiting
+            .store(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub(crate) fn deleted_while_pending(&self, n: usize) {
         HealthCell::add(&self.health.deleted_while_pending, n);
         self.metrics.deleted_while_pending.increment(n as u64);
@@ -128,6 +141,9 @@ impl Stats {
         );
         if let Some(lag) = gauges.lag {
             self.metrics.lag.set(lag as f64);
+        }
+        if let Some(age) = gauges.oldest_undelivered_age {
+            self.metrics.oldest_undelivered.set(age.as_secs_f64());
         }
         self.health.set_group(gauges);
     }

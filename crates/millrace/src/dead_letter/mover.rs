@@ -4,9 +4,9 @@
 use redis::aio::ConnectionLike;
 use redis::RedisResult;
 
-use super::transfer::{Release, Transfer, SCRIPT};
+use super::transfer::{Marker, Release, Transfer, SCRIPT};
 use super::META_FIELDS;
-use crate::entry::{EntryId, RawEntry};
+use crate::entry::RawEntry;
 
 /// Checks, without writing, that the user may run the dead-letter move (EVALSHA/EVAL, and inside it
 /// XADD on the dead-letter stream and XACK on the source). With `in_steps` (the two streams in
@@ -40,6 +40,9 @@ pub(crate) struct DeadLetterInfo<'a> {
     pub(crate) consumer: &'a str,
     pub(crate) deliveries: Option<u64>,
     pub(crate) reason: &'a str,
+    /// When it was dead-lettered, in Unix milliseconds: fixed at the first attempt, so every
+    /// attempt of a retried move writes the same fields.
+    pub(crate) at_ms: u128,
     /// Add to the dead-letter stream, then acknowledge, in two commands: for a stream and a
     /// dead-letter stream in different slots of a cluster (see `cluster::Colocation`).
     pub(crate) in_steps: bool,
@@ -47,11 +50,13 @@ pub(crate) struct DeadLetterInfo<'a> {
 
 /// Moves `entry` to the dead-letter stream (see the module docs for the format), if it is still
 /// pending in the group. Returns false when it was not (someone acked or moved it meanwhile). An
-/// entry without fields gets the fields the stream still holds for it.
+/// entry without fields gets the fields the stream still holds for it. `marker` is kept between
+/// the attempts of one move (see [`Marker`]).
 pub(crate) async fn move_entry<C: ConnectionLike + Send>(
     conn: &mut C,
     info: &DeadLetterInfo<'_>,
     entry: &RawEntry,
+    marker: &mut Marker,
 ) -> RedisResult<bool> {
     let id = entry.id.to_string();
     let meta = meta_values(info, &id);
@@ -71,26 +76,14 @@ pub(crate) async fn move_entry<C: ConnectionLike + Send>(
         release: Release::Ack(info.group.as_bytes()),
         in_steps: info.in_steps,
     };
-    let moved = transfer.run(conn, &fields, entry.fields.is_empty()).await?;
+    let moved = transfer
+        .run(conn, &fields, entry.fields.is_empty(), marker)
+        .await?;
     Ok(moved.is_some())
-}
-
-/// Moves a pending entry by id only, with the fields the stream still holds for it (none when the
-/// entry is gone).
-pub(crate) async fn move_id<C: ConnectionLike + Send>(
-    conn: &mut C,
-    info: &DeadLetterInfo<'_>,
-    id: EntryId,
-) -> RedisResult<bool> {
-    move_entry(conn, info, &RawEntry::new(id, Vec::new())).await
 }
 
 /// The metadata values, in [`META_FIELDS`] order.
 fn meta_values(info: &DeadLetterInfo<'_>, id: &str) -> [String; 7] {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or_default();
     [
         info.stream.to_owned(),
         id.to_owned(),
@@ -98,6 +91,14 @@ fn meta_values(info: &DeadLetterInfo<'_>, id: &str) -> [String; 7] {
         info.consumer.to_owned(),
         info.deliveries.map(|d| d.to_string()).unwrap_or_default(),
         info.reason.to_owned(),
-        now_ms.to_string(),
+        info.at_ms.to_string(),
     ]
+}
+
+/// Now, in Unix milliseconds.
+pub(crate) fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default()
 }

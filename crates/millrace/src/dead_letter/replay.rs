@@ -8,7 +8,7 @@ use redis::RedisResult;
 
 use super::letter::{DeadLetter, Letter};
 use super::stream::DeadLetterStream;
-use super::transfer::{Release, Transfer};
+use super::transfer::{Marker, Release, Transfer};
 use crate::entry::EntryId;
 
 /// What [`DeadLetterStream::replay`] did with one entry.
@@ -95,17 +95,20 @@ impl DeadLetterStream {
             release: Release::Delete,
             in_steps: false,
         };
-        Ok(match transfer.run(conn, &fields, false).await? {
-            Some(id) => Replay::Replayed {
-                new_id: id.parse().map_err(|_| {
-                    redis::RedisError::from((
-                        redis::ErrorKind::UnexpectedReturnType,
-                        "XADD returned something that is not an entry id",
-                        id,
-                    ))
-                })?,
+        let mut marker = Marker::default();
+        Ok(
+            match transfer.run(conn, &fields, false, &mut marker).await? {
+                Some(id) => Replay::Replayed {
+                    new_id: id.parse().map_err(|_| {
+                        redis::RedisError::from((
+                            redis::ErrorKind::UnexpectedReturnType,
+                            "XADD returned something that is not an entry id",
+                            id,
+                        ))
+                    })?,
+                },
+                None => Replay::Skipped(Skip::Gone),
             },
-            None => Replay::Skipped(Skip::Gone),
-        })
+        )
     }
 }

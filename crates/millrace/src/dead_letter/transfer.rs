@@ -2,7 +2,12 @@
 //! dead letter: if the entry is still where it was expected (pending in the group, or still in the
 //! dead-letter stream), `XADD` its fields to the other stream, then release the original (`XACK` or
 //! `XDEL`). Entries of up to [`SCRIPT_FIELD_LIMIT`] fields move atomically in a Lua script; larger
-//! ones move in steps.
+//! ones, and moves between two slots of a cluster, move in steps.
+//!
+//! A move in steps retried is never added twice: before its first `XADD` it notes the target's
+//! last id (a [`Marker`]), and a later attempt of the same move first looks among the entries
+//! added after that id for one with exactly its fields (the `XADD` of an attempt whose reply was
+//! lost), and releases the original without adding it again when it finds it.
 
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Value};
@@ -64,6 +69,14 @@ return new
 ",
 );
 
+/// Where a move in steps stands between attempts: the target's last id before its first `XADD`.
+/// Kept by whoever retries the move, and passed to every attempt of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Marker(Option<String>);
+
+/// Entries of the target looked at for a copy of a retried move, at most.
+const COPY_SEARCH_LIMIT: usize = 10_000;
+
 /// What happens to the original entry once it is copied.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Release<'a> {
@@ -94,10 +107,11 @@ impl Transfer<'_> {
         conn: &mut C,
         fields: &[&[u8]],
         append_stored: bool,
+        marker: &mut Marker,
     ) -> RedisResult<Option<String>> {
         if self.in_steps {
             if !append_stored {
-                return self.in_steps(conn, fields).await;
+                return self.in_steps(conn, fields, marker).await;
             }
             let stored = self.stored_fields(conn).await?;
             let mut all = fields.to_vec();
@@ -105,10 +119,10 @@ impl Transfer<'_> {
                 all.push(k);
                 all.push(v);
             }
-            return self.in_steps(conn, &all).await;
+            return self.in_steps(conn, &all, marker).await;
         }
         if fields.len() > 2 * SCRIPT_FIELD_LIMIT {
-            return self.in_steps(conn, fields).await;
+            return self.in_steps(conn, fields, marker).await;
         }
         let id = self.id.to_string();
         let (mode, group): (&[u8], &[u8]) = match self.release {
@@ -130,7 +144,7 @@ impl Transfer<'_> {
                     all.push(k);
                     all.push(v);
                 }
-                self.in_steps(conn, &all).await
+                self.in_steps(conn, &all, marker).await
             }
             other => Ok(Some(redis::from_redis_value(other)?)),
         }
@@ -158,11 +172,13 @@ impl Transfer<'_> {
 
     /// The same move in steps, for entries too large for the script: check, `XADD`, release. Not
     /// atomic, but nothing is lost: the release comes after the `XADD`, so a crash between the two
-    /// (or a second mover at the same moment) leaves a copy in both streams, never in neither.
+    /// (or a second mover at the same moment) leaves a copy in both streams, never in neither. A
+    /// retried move (its `marker` set) adds no second copy: see the module docs.
     async fn in_steps<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
         fields: &[&[u8]],
+        marker: &mut Marker,
     ) -> RedisResult<Option<String>> {
         let found: Vec<Value> = match self.release {
             Release::Ack(group) => {
@@ -187,12 +203,24 @@ impl Transfer<'_> {
         if found.is_empty() {
             return Ok(None);
         }
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(self.to).arg("*");
-        for f in fields {
-            xadd.arg(*f);
-        }
-        let new: String = xadd.query_async(conn).await?;
+        let copy = match &marker.0 {
+            Some(since) => self.find_copy(conn, since, fields).await?,
+            None => {
+                marker.0 = Some(self.last_id(conn).await?);
+                None
+            }
+        };
+        let new = match copy {
+            Some(id) => id,
+            None => {
+                let mut xadd = redis::cmd("XADD");
+                xadd.arg(self.to).arg("*");
+                for f in fields {
+                    xadd.arg(*f);
+                }
+                xadd.query_async::<String>(conn).await?
+            }
+        };
         let mut release = match self.release {
             Release::Ack(_) => redis::cmd("XACK"),
             Release::Delete => redis::cmd("XDEL"),
@@ -203,5 +231,65 @@ impl Transfer<'_> {
         }
         release.arg(self.id).query_async::<Value>(conn).await?;
         Ok(Some(new))
+    }
+
+    /// The target's last id (`0-0` when it is empty or missing).
+    async fn last_id<C: ConnectionLike + Send>(&self, conn: &mut C) -> RedisResult<String> {
+        let last: Value = redis::cmd("XREVRANGE")
+            .arg(self.to)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(conn)
+            .await?;
+        Ok(parse_entries(last)
+            .into_iter()
+            .find_map(|item| item.id())
+            .map_or_else(|| "0-0".to_owned(), |id| id.to_string()))
+    }
+
+    /// The id of an entry of the target after `since` with exactly `fields`: the copy an earlier
+    /// attempt of this move added.
+    async fn find_copy<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        since: &str,
+        fields: &[&[u8]],
+    ) -> RedisResult<Option<String>> {
+        const PAGE: usize = 500;
+        let mut after = since.to_owned();
+        let mut looked = 0;
+        while looked < COPY_SEARCH_LIMIT {
+            let page: Value = redis::cmd("XRANGE")
+                .arg(self.to)
+                .arg(format!("({after}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(PAGE)
+                .query_async(conn)
+                .await?;
+            let items = parse_entries(page);
+            let n = items.len();
+            for item in items {
+                let Some(id) = item.id() else { continue };
+                after = id.to_string();
+                if let ReadItem::Entry(e) = item {
+                    let same = e.fields.len() * 2 == fields.len()
+                        && e.fields
+                            .iter()
+                            .zip(fields.chunks_exact(2))
+                            .all(|((k, v), kv)| k.as_slice() == kv[0] && v.as_slice() == kv[1]);
+                    if same {
+                        return Ok(Some(e.id.to_string()));
+                    }
+                }
+            }
+            if n < PAGE {
+                break;
+            }
+            looked += n;
+        }
+        Ok(None)
     }
 }

@@ -3,6 +3,10 @@
 //! removed through the supervisor, as `Supervisor::add_stream` and `remove_stream` do; what the
 //! last sweep found is kept for `Supervisor::stream_sets`. It ends with the supervisor's
 //! cancellation, or when the supervisor refuses because it shuts down.
+//!
+//! Start positions: the streams of the first complete sweep get the spec's `start_id`; a stream
+//! found by a later sweep is new since the consumer started, so its group is created at its first
+//! entry (`0`) and the entries written before the sweep found it are read too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -14,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::plan::plan;
 use super::{PatternSweep, SweepResult};
+use crate::config::StartId;
 use crate::connection::Backend;
 use crate::error::{Error, Result};
 use crate::id::{ConsumerId, Printable};
@@ -39,6 +44,8 @@ pub(crate) struct Discovered {
     pub(crate) sweeps: u64,
     /// The last sweep or add failure, cleared by the next complete sweep that applied cleanly.
     pub(crate) last_error: Option<String>,
+    /// Since when sweeps fail (`None` once one completes): readiness looks at it.
+    pub(crate) failing_since: Option<Instant>,
 }
 
 /// What discovery found, per (group, consumer); shared with the supervisor handle.
@@ -52,7 +59,8 @@ pub(crate) enum Request {
     /// The streams the pattern consumer reads now.
     StreamsOf(oneshot::Sender<Vec<String>>),
     /// Add this stream to the pattern consumer (as `Supervisor::add_stream`).
-    Add(ConsumerId, oneshot::Sender<Result<()>>),
+    /// `start` is where its group begins when discovery creates it (`None`: the spec's `start_id`).
+    Add(ConsumerId, Option<StartId>, oneshot::Sender<Result<()>>),
     /// Remove this stream, which discovery added and no longer finds (as
     /// `Supervisor::remove_stream`).
     Remove(ConsumerId, oneshot::Sender<Result<()>>),
@@ -74,6 +82,10 @@ pub(crate) struct Watch {
     warned: BTreeSet<String>,
     /// Whether keys with unusable names were warned about (once per task).
     warned_names: bool,
+    /// The streams of the first complete sweep (`None` before it): their groups are created at the
+    /// spec's `start_id`; a stream found later appeared after the consumer started, and its group
+    /// is created at its first entry, so the entries written before a sweep found it are read.
+    initial: Option<BTreeSet<String>>,
 }
 
 impl Watch {
@@ -94,6 +106,7 @@ impl Watch {
             added: BTreeSet::new(),
             warned: BTreeSet::new(),
             warned_names: false,
+            initial: None,
         };
         Some((watch, receiver))
     }
@@ -142,7 +155,10 @@ impl Watch {
             Err(e) => {
                 let e = crate::error::classify(None, "SCAN", self.sweep.pattern(), e);
                 warn!(pattern = self.sweep.pattern(), group = self.spec.group(), consumer = self.spec.consumer(), error = %e, "stream discovery: the sweep failed; the next interval starts over");
-                self.update(|d| d.last_error = Some(e.to_string()));
+                self.update(|d| {
+                    d.last_error = Some(e.to_string());
+                    d.failing_since.get_or_insert_with(Instant::now);
+                });
                 Ok(())
             }
         }
@@ -161,10 +177,16 @@ impl Watch {
         });
         self.warn_other_types(&found);
         self.warn_unusable_names(&found);
+        if self.initial.is_none() {
+            self.initial = Some(found.streams.clone());
+        }
         let mut last_error = None;
         for stream in &plan.add {
             let id = ConsumerId::new(stream.as_str(), group.as_str(), consumer.as_str());
-            match self.ask(|reply| Request::Add(id, reply)).await {
+            let later = self.initial.as_ref().is_some_and(|i| !i.contains(stream));
+            let start = later.then_some(StartId::Beginning);
+            match self.ask(|reply| Request::Add(id, start, reply)).await
+            {
                 Ok(()) => {
                     self.added.insert(stream.clone());
                 }
@@ -193,6 +215,7 @@ impl Watch {
             d.last_sweep = Some(SystemTime::now());
             d.sweeps += 1;
             d.last_error = last_error;
+            d.failing_since = None;
         });
         Ok(())
     }

@@ -62,7 +62,8 @@ impl Supervisor {
     /// ```
     pub async fn add_stream(&self, group: &str, consumer: &str, stream: &str) -> Result<()> {
         let id = ConsumerId::new(stream, group, consumer);
-        self.ask_multi(|reply| MultiMsg::AddStream(id, reply)).await
+        self.ask_multi(|reply| MultiMsg::AddStream(id, None, reply))
+            .await
     }
 
     /// Stops reading `stream` in the multi-stream consumer `consumer` of `group`: its in-flight

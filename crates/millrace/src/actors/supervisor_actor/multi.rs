@@ -9,6 +9,7 @@ use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
 use super::{NameLease, SupMsg, SupState, SupervisorShared};
+use crate::config::StartId;
 use crate::consumer::Cohort;
 use crate::discovery::{Request, Watch};
 use crate::error::{Error, Result};
@@ -22,8 +23,10 @@ use crate::spec::ConsumerSpec;
 pub(crate) enum MultiMsg {
     /// `add_multi_stream`: a new multi-stream consumer and its streams.
     Add(Box<MultiStreamSpec>, RpcReplyPort<Result<()>>),
-    /// `add_stream`: one more stream for a running multi-stream consumer.
-    AddStream(ConsumerId, RpcReplyPort<Result<()>>),
+    /// `add_stream`: one more stream for a running multi-stream consumer; with a start position
+    /// other than the spec's when set (discovery: a stream found after the first sweep is read from
+    /// its first entry).
+    AddStream(ConsumerId, Option<StartId>, RpcReplyPort<Result<()>>),
     /// `remove_stream`: stop reading one stream.
     RemoveStream(ConsumerId, RpcReplyPort<Result<()>>),
 }
@@ -61,8 +64,8 @@ pub(crate) fn start_discovery(
                 Request::StreamsOf(reply) => {
                     let _ = reply.send(shared.multi().streams_of(&key.0, &key.1));
                 }
-                Request::Add(id, reply) => {
-                    let added = ask_multi(&actor, |r| MultiMsg::AddStream(id, r)).await;
+                Request::Add(id, start, reply) => {
+                    let added = ask_multi(&actor, |r| MultiMsg::AddStream(id, start, r)).await;
                     let _ = reply.send(added.unwrap_or_else(stopped));
                 }
                 Request::Remove(id, reply) => {
@@ -185,7 +188,7 @@ impl MultiRegistry {
 
     /// The spec of stream `id.stream` of a running multi-stream consumer, checked against the
     /// streams it reads already.
-    fn spec_for(&self, id: &ConsumerId) -> Result<ConsumerSpec> {
+    fn spec_for(&self, id: &ConsumerId, start: Option<StartId>) -> Result<ConsumerSpec> {
         let key = (id.group.to_string(), id.consumer.to_string());
         let Some((members, template)) = self
             .0
@@ -196,7 +199,10 @@ impl MultiRegistry {
                 consumer: id.clone(),
             });
         };
-        let spec = template.for_stream(&id.stream);
+        let mut spec = template.for_stream(&id.stream);
+        if let Some(start) = start {
+            spec.options.start_id = start;
+        }
         spec.validate()?;
         let rule = DeadLetterRule::over(members.streams.iter().map(|s| &**s), |s| {
             template.dead_letter_stream_of(s)
@@ -240,8 +246,8 @@ impl SupState {
                 };
                 let _ = reply.send(result);
             }
-            MultiMsg::AddStream(id, reply) => {
-                let result = match self.admit_stream(&id) {
+            MultiMsg::AddStream(id, start, reply) => {
+                let result = match self.admit_stream(&id, start) {
                     Ok((child, lease)) => {
                         let id = self.insert(child, lease);
                         self.spawn_child(myself, &id).await?;
@@ -279,11 +285,15 @@ impl SupState {
         Ok(children)
     }
 
-    fn admit_stream(&mut self, id: &ConsumerId) -> Result<(ConsumerSpec, NameLease)> {
+    fn admit_stream(
+        &mut self,
+        id: &ConsumerId,
+        start: Option<StartId>,
+    ) -> Result<(ConsumerSpec, NameLease)> {
         if self.shutting_down {
             return Err(Error::Supervisor("shutting down".to_owned()));
         }
-        let spec = self.shared.multi().spec_for(id)?;
+        let spec = self.shared.multi().spec_for(id, start)?;
         let lease = NameLease::take(self.shared.backend.server(), &spec.id)?;
         Ok((spec, lease))
     }
