@@ -11,3 +11,4 @@ mod faults;
 mod many_streams;
 mod orders;
 mod placement;
+mod producing;

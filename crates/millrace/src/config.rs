@@ -164,6 +164,11 @@ pub struct ConsumerOptions {
     /// Must exceed `claim_min_idle`. Default: off. Needs `+xinfo|consumers +xgroup|delconsumer`.
     #[serde(with = "opt_duration")]
     pub reap_idle_consumers_after: Option<Duration>,
+    /// With the `opentelemetry` feature: besides the `batch` span linked to each entry's producer
+    /// span, give each entry that carries a trace context an `entry` span, a child of its
+    /// producer's span (same trace id); a batch of one entry runs its handler inside it, so with
+    /// `count = 1` every handler call continues its producer's trace. Default false.
+    pub trace_entries: bool,
 }
 
 impl Default for ConsumerOptions {
@@ -189,6 +194,7 @@ impl Default for ConsumerOptions {
             reconnect_backoff_max: Duration::from_secs(5),
             gauge_interval: Duration::from_secs(10),
             reap_idle_consumers_after: None,
+            trace_entries: false,
         }
     }
 }

@@ -43,6 +43,9 @@
 //! setting.
 //!
 //! ## Cargo features
+//! - `opentelemetry`: W3C trace context across the stream: [`Producer`] writes the current
+//!   span's `traceparent`/`tracestate` into each entry, and each consumer's `batch` span links to
+//!   the producer spans of its entries (see `ConsumerOptions::trace_entries` for per-entry spans).
 //! - `tls`: `rediss://` URLs through rustls (ring provider, Mozilla roots). millrace installs the
 //!   ring provider as the process default when it starts, unless one is installed already.
 //!
@@ -63,6 +66,7 @@ mod handler;
 mod health;
 mod id;
 mod multi_spec;
+pub mod producer;
 mod protocol;
 mod reader;
 mod settings;
@@ -72,6 +76,7 @@ mod supervisor;
 mod telemetry;
 #[cfg(feature = "tls")]
 mod tls;
+mod trace;
 
 pub use config::{ConsumerOptions, OnGroupLost, RestartPolicy, StartId};
 pub use connection::ConnectionOptions;
@@ -82,6 +87,7 @@ pub use handler::{for_each_entry, EachEntry, Handler, HandlerError, HandlerResul
 pub use health::{ConsumerCounters, ConsumerHealth, ConsumerState, GroupGauges, StreamSet};
 pub use id::ConsumerId;
 pub use multi_spec::MultiStreamSpec;
+pub use producer::{Producer, ProducerBuilder, Trim};
 pub use settings::{stable_name, ConsumerDecl, Settings};
 pub use spec::ConsumerSpec;
 pub use supervisor::{Supervisor, SupervisorBuilder};

@@ -122,6 +122,8 @@ macro_rules! option_setters {
             reconnect_backoff_max: Duration => reconnect_backoff_max;
             /// Opt-in reaper of idle, empty consumers. See [`ConsumerOptions::reap_idle_consumers_after`].
             reap_idle_consumers_after: Duration => reap_idle_consumers_after(Some);
+            /// Per-entry trace spans. See [`ConsumerOptions::trace_entries`].
+            trace_entries: bool => trace_entries;
             /// Where a new group starts. See [`ConsumerOptions::start_id`].
             start_id: StartId => start_id;
             /// Whether to create a missing group. See [`ConsumerOptions::create_group`].
