@@ -6,6 +6,8 @@
 
 #[cfg(feature = "opentelemetry")]
 mod otel;
+#[cfg(all(test, feature = "opentelemetry"))]
+mod tests;
 
 /// The field holding the W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
 pub(crate) const TRACEPARENT: &[u8] = b"traceparent";
@@ -124,7 +126,7 @@ impl TraceParent {
 }
 
 #[cfg(test)]
-mod tests {
+mod parse_tests {
     use super::*;
 
     #[test]
