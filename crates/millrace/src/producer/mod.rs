@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 
 mod encode;
 mod send;
+#[cfg(test)]
+mod tests;
 mod trim;
 
 pub use encode::{to_fields, EncodeError, Fields};
