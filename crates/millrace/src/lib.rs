@@ -177,6 +177,8 @@ mod doc_examples {
     struct DocsQuickstart;
     #[doc = include_str!("../../../docs/handlers.md")]
     struct DocsHandlers;
+    #[doc = include_str!("../../../docs/producing.md")]
+    struct DocsProducing;
     #[doc = include_str!("../../../docs/semantics.md")]
     struct DocsSemantics;
     #[doc = include_str!("../../../docs/architecture.md")]
