@@ -194,3 +194,35 @@ async fn pipelined_adds_during_a_key_by_key_migration_lose_and_duplicate_nothing
         "entries that were never confirmed"
     );
 }
+
+/// The ACL line docs/producing.md gives a cluster producer is enough for single and pipelined adds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_acl_line_lets_a_cluster_producer_add() {
+    crate::common::init_tracing();
+    let rules = [
+        "on",
+        ">producer-pw",
+        "~orders*",
+        "resetchannels",
+        "-@all",
+        "+xadd",
+        "+asking",
+        "+multi",
+        "+exec",
+        "+cluster|slots",
+    ];
+    let cluster = RedisCluster::builder().acl_user("producer", rules).start();
+    let producer = Producer::builder()
+        .redis_cluster(cluster.seed_urls_as("producer", "producer-pw"))
+        .build()
+        .expect("a producer");
+    producer
+        .add("orders:1", &Numbered { seq: 0 })
+        .await
+        .expect("one add");
+    let ids = producer
+        .add_many((1..=20).map(|seq| (format!("orders:{}", seq % 4), Numbered { seq })))
+        .await
+        .expect("pipelined adds to streams on several masters");
+    assert_eq!(ids.len(), 20);
+}

@@ -236,3 +236,44 @@ fn bad_settings_are_refused_at_build() {
         .build();
     assert!(trim.unwrap_err().to_string().contains("producer.trim"));
 }
+
+#[tokio::test]
+async fn a_user_allowed_only_xadd_can_produce() {
+    let server = RedisServer::start();
+    let mut con = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("producer")
+        .arg("on")
+        .arg(">producer-pw")
+        .arg("~orders*")
+        .arg("resetchannels")
+        .arg("-@all")
+        .arg("+xadd")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let url = format!("redis://producer:producer-pw@127.0.0.1:{}", server.port());
+    let producer = Producer::builder().redis(url).build().unwrap();
+    let order = Order {
+        order_id: 1,
+        price: 1.0,
+        note: None,
+    };
+    producer.add("orders", &order).await.unwrap();
+    producer
+        .add_many([("orders", &order), ("orders", &order)])
+        .await
+        .unwrap();
+    let err = producer.add("elsewhere", &order).await.unwrap_err();
+    assert!(
+        err.to_string().contains("~elsewhere"),
+        "the missing key pattern is named: {err}"
+    );
+    assert!(err.is_fatal(), "{err}");
+    assert_eq!(range(&server, "orders").await.len(), 3);
+}
