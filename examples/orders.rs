@@ -83,10 +83,6 @@ impl Target {
             Target::Cluster(seeds) => Supervisor::builder().redis_cluster(seeds.clone()),
         }
     }
-
-    fn is_cluster(&self) -> bool {
-        matches!(self, Target::Cluster(_))
-    }
 }
 
 /// The example's own connection: it reconnects after a Redis restart or `CLIENT KILL` (a plain
@@ -130,7 +126,7 @@ impl redis::aio::ConnectionLike for Conn {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Adds N orders to the stream, pipelined.
+    /// Adds N orders to the stream, pipelined with millrace's `Producer`.
     Produce {
         #[arg(long)]
         count: u64,
@@ -139,7 +135,7 @@ enum Cmd {
         /// Share of orders whose quantity is not a number (they cannot be decoded: dead letters).
         #[arg(long, default_value_t = 0.0)]
         poison_rate: f64,
-        /// Orders per pipeline.
+        /// Orders per `add_many` call (on a cluster, pipelined per stream).
         #[arg(long, default_value_t = 1000)]
         pipeline: u64,
         /// Add at most this many orders per second (0: as fast as possible).
@@ -295,6 +291,20 @@ struct Shape {
     streams: Vec<String>,
 }
 
+/// One order as `produce` writes it; `quantity` is text so that poison orders ("many") can be
+/// written too.
+#[derive(serde::Serialize)]
+struct NewOrder {
+    order_id: u64,
+    product_id: String,
+    user_id: u32,
+    quantity: String,
+    timestamp: u64,
+}
+
+/// Adds the orders with millrace's `Producer`: `--pipeline` orders per `add_many` call. On a
+/// cluster it pipelines each stream's orders separately (in `MULTI`/`EXEC`), so a slot migrating
+/// key by key meanwhile never gets a second copy of a stream that has not moved.
 async fn produce(
     target: &Target,
     shape: &Shape,
@@ -303,6 +313,16 @@ async fn produce(
     pipeline: u64,
     rate: u64,
 ) -> AnyResult {
+    let producer = match target {
+        Target::Server(url) => millrace::Producer::builder().redis(url),
+        Target::Cluster(seeds) => millrace::Producer::builder().redis_cluster(seeds.clone()),
+    };
+    let mut options = millrace::ConnectionOptions::default();
+    options.command_timeout = Duration::from_secs(10);
+    let producer = producer
+        .connection_options(options)
+        .max_pipeline(pipeline.max(1) as usize)
+        .build()?;
     let mut con = target.connect(Some(Duration::from_secs(10))).await?;
     let start: u64 = redis::cmd("INCRBY")
         .arg(&shape.counter)
@@ -314,40 +334,31 @@ async fn produce(
     let mut next = start;
     while next < start + count {
         let end = (next + pipeline.max(1)).min(start + count);
-        let mut pipe = redis::pipe();
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
-        for id in next..end {
-            let quantity = if rng.random::<f64>() < poison_rate {
-                "many".to_owned()
-            } else {
-                rng.random_range(1..10u32).to_string()
-            };
-            let stream = &shape.streams[(id % shape.streams.len() as u64) as usize];
-            pipe.cmd("XADD")
-                .arg(stream)
-                .arg("*")
-                .arg("order_id")
-                .arg(id)
-                .arg("product_id")
-                .arg(format!("p-{}", rng.random_range(0..500u32)))
-                .arg("user_id")
-                .arg(rng.random_range(0..10_000u32))
-                .arg("quantity")
-                .arg(quantity)
-                .arg("timestamp")
-                .arg(now_ms)
-                .ignore();
-        }
-        let mut counted = redis::cmd("INCRBY");
-        counted.arg(&shape.counter).arg(end - next);
-        if target.is_cluster() || shape.streams.len() > 1 {
-            // The counter and the stream live in different slots: one pipeline per key.
-            pipe.query_async::<()>(&mut con).await?;
-            counted.query_async::<()>(&mut con).await?;
-        } else {
-            pipe.add_command(counted).ignore();
-            pipe.query_async::<()>(&mut con).await?;
-        }
+        let orders: Vec<(&str, NewOrder)> = (next..end)
+            .map(|id| {
+                let quantity = if rng.random::<f64>() < poison_rate {
+                    "many".to_owned()
+                } else {
+                    rng.random_range(1..10u32).to_string()
+                };
+                let stream = &shape.streams[(id % shape.streams.len() as u64) as usize];
+                let order = NewOrder {
+                    order_id: id,
+                    product_id: format!("p-{}", rng.random_range(0..500u32)),
+                    user_id: rng.random_range(0..10_000u32),
+                    quantity,
+                    timestamp: now_ms,
+                };
+                (stream.as_str(), order)
+            })
+            .collect();
+        producer.add_many(orders).await?;
+        redis::cmd("INCRBY")
+            .arg(&shape.counter)
+            .arg(end - next)
+            .query_async::<()>(&mut con)
+            .await?;
         next = end;
         if rate > 0 {
             let due = Duration::from_secs_f64((next - start) as f64 / rate as f64);

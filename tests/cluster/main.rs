@@ -12,3 +12,4 @@ mod many_streams;
 mod orders;
 mod placement;
 mod retry;
+mod producing;

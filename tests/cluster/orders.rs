@@ -3,9 +3,11 @@
 //! restarted under its name replays its own entries, and one that never returns has its entries
 //! claimed by the other.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -181,4 +183,114 @@ async fn orders_produces_works_and_reports_on_a_cluster() {
         "poison orders dead-lettered: {last}"
     );
     eprintln!("orders on a cluster: {last}");
+}
+
+/// `orders produce --pipeline 50` spreading orders over 8 streams of one slot while that slot
+/// migrates key by key (the streams and the counter): every order is stored once, in its stream,
+/// on the slot's new master, and no copy of a stream stays on the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_produce_during_a_key_by_key_migration_splits_no_stream() {
+    const COUNT: u64 = 60_000;
+    let cluster = cluster();
+    let seeds = cluster.seed_urls().join(",");
+    let slot = cluster.keyslot("{orders}");
+    let from = cluster.owner_of_slot(slot);
+    let to = *cluster.masters().iter().find(|&&m| m != from).unwrap();
+    let mut produce = orders(&seeds)
+        .args(["--streams", "8", "produce", "--stream", "{orders}:new"])
+        .args([
+            "--count",
+            &COUNT.to_string(),
+            "--pipeline",
+            "50",
+            "--rate",
+            "5000",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("orders produce");
+    let mut con = crate::common::connect(&cluster).await;
+    let counter = "{orders}:new:produced";
+    // Waits until the producer has confirmed `more` orders beyond what it had.
+    let progressed = |more: u64| {
+        let con = con.clone();
+        async move {
+            let now = || {
+                let mut con = con.clone();
+                async move {
+                    redis::cmd("GET")
+                        .arg(counter)
+                        .query_async::<Option<u64>>(&mut con)
+                        .await
+                        .expect("GET the counter")
+                        .unwrap_or(0)
+                }
+            };
+            let target = now().await + more;
+            millrace_testkit::eventually(WAIT, "the producer to go on", || {
+                let now = now();
+                async move { now.await >= target }
+            })
+            .await;
+        }
+    };
+    progressed(500).await;
+    let mut migration = cluster.start_migration(slot, to);
+    loop {
+        progressed(150).await;
+        if tokio::task::block_in_place(|| migration.move_keys(1)) == 0 {
+            break;
+        }
+    }
+    progressed(150).await;
+    tokio::task::block_in_place(|| migration.finish());
+    let status = tokio::time::timeout(Duration::from_secs(120), produce.wait())
+        .await
+        .expect("orders produce ends")
+        .expect("wait");
+    assert!(status.success(), "orders produce: {status}");
+
+    let left: Vec<String> = {
+        let mut source = cluster
+            .node(from)
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("a connection to the old master");
+        redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(100)
+            .query_async(&mut source)
+            .await
+            .expect("CLUSTER GETKEYSINSLOT")
+    };
+    assert!(left.is_empty(), "keys left on the old master: {left:?}");
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    for i in 0..8u64 {
+        let stream = format!("{{orders}}:new:{i}");
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut con)
+            .await
+            .expect("XRANGE");
+        for (_, fields) in entries {
+            let (_, id) = fields
+                .iter()
+                .find(|(k, _)| k == "order_id")
+                .expect("order_id");
+            let id: u64 = id.parse().expect("a number");
+            assert_eq!(id % 8, i, "order {id} in {stream}");
+            *seen.entry(id).or_default() += 1;
+        }
+    }
+    let lost = (0..COUNT).filter(|id| !seen.contains_key(id)).count();
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    eprintln!(
+        "orders produce during a migration: stored {}, lost {lost}, duplicates {duplicates}",
+        seen.len()
+    );
+    assert_eq!((lost, duplicates), (0, 0));
 }

@@ -179,6 +179,11 @@ pub struct ConsumerOptions {
     /// only (not read from files). Set this or `key_field`.
     #[serde(skip)]
     pub key_by: Option<crate::keyed::KeyFn>,
+    /// With the `opentelemetry` feature: besides the `batch` span linked to each entry's producer
+    /// span, give each entry that carries a trace context an `entry` span, a child of its
+    /// producer's span (same trace id); a batch of one entry runs its handler inside it, so with
+    /// `count = 1` every handler call continues its producer's trace. Default false.
+    pub trace_entries: bool,
 }
 
 impl Default for ConsumerOptions {
@@ -208,6 +213,7 @@ impl Default for ConsumerOptions {
             key_concurrency: None,
             key_field: None,
             key_by: None,
+            trace_entries: false,
         }
     }
 }

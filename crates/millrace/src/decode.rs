@@ -3,6 +3,10 @@
 //! Redis stores every value as a byte string, so numbers and booleans are parsed from their text
 //! (`"29.99"` becomes `29.99_f64`), `Option` fields may be missing, and unknown fields are ignored
 //! (or collected with `#[serde(flatten)]`).
+//!
+//! The trace-context fields a [`Producer`](crate::producer::Producer) writes (`traceparent`,
+//! `tracestate`) are stripped before a message type sees the entry, so `deny_unknown_fields` and
+//! flattened maps never meet them; a [`RawEntry`] keeps every field.
 
 use std::fmt;
 
@@ -59,8 +63,8 @@ impl de::Error for DecodeError {
 
 /// A message type a handler can receive: built from one raw stream entry.
 ///
-/// Every `serde::Deserialize` type implements it through [`from_fields`]; [`RawEntry`] implements it
-/// by handing the entry over untouched.
+/// Every `serde::Deserialize` type implements it through [`from_fields`], without the
+/// trace-context fields; [`RawEntry`] implements it by handing the entry over untouched.
 pub trait Decode: Sized + Send + 'static {
     /// Decodes `raw`. On failure the raw entry is handed back so it can be dead-lettered as it was.
     fn decode(raw: RawEntry) -> Result<Self, (RawEntry, DecodeError)>;
@@ -68,7 +72,11 @@ pub trait Decode: Sized + Send + 'static {
 
 impl<T: DeserializeOwned + Send + 'static> Decode for T {
     fn decode(raw: RawEntry) -> Result<Self, (RawEntry, DecodeError)> {
-        match from_fields(&raw.fields) {
+        let fields = FieldsDeserializer {
+            fields: &raw.fields,
+            skip_trace: true,
+        };
+        match T::deserialize(fields) {
             Ok(v) => Ok(v),
             Err(e) => Err((raw, e)),
         }
@@ -97,11 +105,16 @@ impl Decode for RawEntry {
 /// assert_eq!(order, Order { id: 7, price: 29.99, gift: Some(true), note: None });
 /// ```
 pub fn from_fields<T: DeserializeOwned>(fields: &[(Vec<u8>, Vec<u8>)]) -> Result<T, DecodeError> {
-    T::deserialize(FieldsDeserializer { fields })
+    T::deserialize(FieldsDeserializer {
+        fields,
+        skip_trace: false,
+    })
 }
 
 struct FieldsDeserializer<'a> {
     fields: &'a [(Vec<u8>, Vec<u8>)],
+    /// Leave out `traceparent` and `tracestate`.
+    skip_trace: bool,
 }
 
 impl<'de> de::Deserializer<'de> for FieldsDeserializer<'_> {
@@ -112,6 +125,7 @@ impl<'de> de::Deserializer<'de> for FieldsDeserializer<'_> {
             iter: self.fields.iter(),
             value: None,
             key: None,
+            skip_trace: self.skip_trace,
         })
     }
 
@@ -138,6 +152,7 @@ struct FieldsAccess<'a> {
     iter: std::slice::Iter<'a, (Vec<u8>, Vec<u8>)>,
     value: Option<&'a [u8]>,
     key: Option<&'a [u8]>,
+    skip_trace: bool,
 }
 
 impl<'de> MapAccess<'de> for FieldsAccess<'_> {
@@ -147,7 +162,14 @@ impl<'de> MapAccess<'de> for FieldsAccess<'_> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, DecodeError> {
-        match self.iter.next() {
+        let next = if self.skip_trace {
+            self.iter
+                .by_ref()
+                .find(|(k, _)| !crate::trace::is_trace_field(k))
+        } else {
+            self.iter.next()
+        };
+        match next {
             Some((k, v)) => {
                 self.value = Some(v);
                 self.key = Some(k);
@@ -406,6 +428,32 @@ mod tests {
             err.to_string().contains("missing field `quantity`"),
             "{err}"
         );
+    }
+
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Strict {
+        quantity: u32,
+    }
+
+    #[test]
+    fn trace_fields_never_reach_a_message_type_but_stay_in_a_raw_entry() {
+        let fields = f(&[
+            ("quantity", "3"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("tracestate", "k=v"),
+        ]);
+        let raw = RawEntry::new(crate::entry::EntryId::new(1, 0), fields.clone());
+        let strict = <Strict as Decode>::decode(raw.clone()).unwrap();
+        assert_eq!(strict, Strict { quantity: 3 });
+        let rest = <HashMap<String, String> as Decode>::decode(raw.clone()).unwrap();
+        assert_eq!(rest.len(), 1, "{rest:?}");
+        assert_eq!(<RawEntry as Decode>::decode(raw).unwrap().fields, fields);
+        // `from_fields` itself is plain serde over every field.
+        assert!(from_fields::<Strict>(&fields).is_err());
     }
 
     #[test]

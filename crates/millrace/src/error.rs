@@ -126,6 +126,19 @@ pub enum Error {
         #[source]
         cause: Arc<Error>,
     },
+    /// A [`Producer`](crate::producer::Producer) could not add to a stream: the message cannot be
+    /// encoded, or Redis refused or did not answer. [`Error::is_retryable`] tells which.
+    #[error("adding to stream `{stream}` failed: {reason}. What to do: {hint}")]
+    Produce {
+        /// The stream.
+        stream: String,
+        /// What went wrong, and how much of a pipeline was added.
+        reason: String,
+        /// What to do.
+        hint: String,
+        /// Whether trying again may succeed.
+        retryable: bool,
+    },
     /// The supervisor actor is not running (it stopped or failed).
     #[error("the millrace supervisor is not running: {0}")]
     Supervisor(String),
@@ -159,7 +172,14 @@ pub(crate) enum Class {
 impl Error {
     /// True when waiting and trying again may succeed (timeouts, lost connections, LOADING, OOM).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Transient { .. })
+        matches!(
+            self,
+            Error::Transient { .. }
+                | Error::Produce {
+                    retryable: true,
+                    ..
+                }
+        )
     }
 
     /// True when only a change of configuration, permissions or data can fix this. An escalation
@@ -173,6 +193,10 @@ impl Error {
                     | Error::Config { .. }
                     | Error::InvalidUrl { .. }
                     | Error::DuplicateConsumer { .. }
+                    | Error::Produce {
+                        retryable: false,
+                        ..
+                    }
             ),
         }
     }
@@ -213,7 +237,7 @@ impl Error {
             | Error::UnknownConsumer { consumer }
             | Error::RestartLimit { consumer, .. }
             | Error::ConsumerFailed { consumer, .. } => Some(consumer),
-            Error::InvalidUrl { .. } | Error::Supervisor(_) => None,
+            Error::InvalidUrl { .. } | Error::Supervisor(_) | Error::Produce { .. } => None,
         }
     }
 

@@ -43,6 +43,9 @@
 //! setting.
 //!
 //! ## Cargo features
+//! - `opentelemetry`: W3C trace context across the stream: [`Producer`] writes the current
+//!   span's `traceparent`/`tracestate` into each entry, and each consumer's `batch` span links to
+//!   the producer spans of its entries (see `ConsumerOptions::trace_entries` for per-entry spans).
 //! - `tls`: `rediss://` URLs through rustls (ring provider, Mozilla roots). millrace installs the
 //!   ring provider as the process default when it starts, unless one is installed already.
 //!
@@ -67,6 +70,7 @@ mod http;
 mod id;
 mod keyed;
 mod multi_spec;
+pub mod producer;
 mod protocol;
 mod reader;
 mod redact;
@@ -78,6 +82,7 @@ mod supervisor;
 mod telemetry;
 #[cfg(feature = "tls")]
 mod tls;
+mod trace;
 
 pub use config::{ConsumerOptions, OnGroupLost, RestartPolicy, StartId};
 pub use connection::ConnectionOptions;
@@ -92,6 +97,7 @@ pub use keyed::KeyFn;
 pub use multi_spec::MultiStreamSpec;
 pub use retry::RetryBackoff;
 pub use settings::{stable_name, ConsumerDecl, MultiStreamDecl, Settings};
+pub use producer::{Producer, ProducerBuilder, Trim};
 pub use spec::ConsumerSpec;
 pub use supervisor::{MetricsLabels, Supervisor, SupervisorBuilder, DEFAULT_READY_GRACE};
 
@@ -186,6 +192,8 @@ mod doc_examples {
     struct DocsQuickstart;
     #[doc = include_str!("../../../docs/handlers.md")]
     struct DocsHandlers;
+    #[doc = include_str!("../../../docs/producing.md")]
+    struct DocsProducing;
     #[doc = include_str!("../../../docs/semantics.md")]
     struct DocsSemantics;
     #[doc = include_str!("../../../docs/architecture.md")]

@@ -146,6 +146,8 @@ macro_rules! option_setters {
             key_field: String => key_field(Some);
             /// A function giving an entry's key. See [`ConsumerOptions::key_by`].
             key_by: crate::KeyFn => key_by(Some);
+            /// Per-entry trace spans. See [`ConsumerOptions::trace_entries`].
+            trace_entries: bool => trace_entries;
             /// Where a new group starts. See [`ConsumerOptions::start_id`].
             start_id: StartId => start_id;
             /// Whether to create a missing group. See [`ConsumerOptions::create_group`].
