@@ -36,6 +36,9 @@ fn spec() -> ConsumerSpec {
 
 #[tokio::test]
 async fn consumes_over_tls_with_the_right_ca() {
+    if millrace_testkit::skip_without_tls() {
+        return;
+    }
     init_tracing();
     let server = RedisServer::builder().tls().start();
     assert!(server.url().starts_with("rediss://"));
@@ -63,6 +66,9 @@ async fn consumes_over_tls_with_the_right_ca() {
 
 #[tokio::test]
 async fn a_wrong_ca_fails_closed() {
+    if millrace_testkit::skip_without_tls() {
+        return;
+    }
     init_tracing();
     let server = RedisServer::builder().tls().start();
     let other = RedisServer::builder().tls().start();
@@ -93,6 +99,9 @@ async fn a_wrong_ca_fails_closed() {
 /// entry reaches the restarted consumer's new reader.
 #[tokio::test]
 async fn after_a_restart_over_tls_new_entries_reach_the_new_reader() {
+    if millrace_testkit::skip_without_tls() {
+        return;
+    }
     init_tracing();
     let server = RedisServer::builder().tls().start();
     let client = tls_client(&server, &server);
@@ -107,6 +116,9 @@ async fn after_a_restart_over_tls_new_entries_reach_the_new_reader() {
 /// them: refused at start, with what to do.
 #[tokio::test]
 async fn a_client_with_certificates_millrace_was_not_given_is_refused_at_start() {
+    if millrace_testkit::skip_without_tls() {
+        return;
+    }
     init_tracing();
     let server = RedisServer::builder().tls().start();
     let err = Supervisor::builder()
@@ -186,6 +198,9 @@ fn client_certificate(server: &RedisServer) -> redis::ClientTlsConfig {
 /// control connection and on the consumer's own read connection.
 #[tokio::test]
 async fn mutual_tls_presents_the_client_certificate_on_every_connection() {
+    if millrace_testkit::skip_without_tls() {
+        return;
+    }
     init_tracing();
     let server = RedisServer::builder()
         .tls()
