@@ -57,14 +57,16 @@ ensure_pip() {
 }
 
 # The suites that run on every server of the matrix, not only the one the whole suite ran on:
-# the end-to-end tests (their `faults` module is the fault suite), the cluster tests, and the
-# test of which server started. The
-# unit, CLI and test-kit suites exercise millrace's own logic, the same on every server, and the
-# TLS tests need a TLS build (only Debian's Redis 7.0 has one): they run once.
+# the end-to-end tests (their `faults` module is the fault suite; `servers` checks what start()
+# learns from the server), the cluster tests, and the tests of what differs between servers
+# (which server started; the CLI naming it, and its `trim --acked`). The unit, CLI and test-kit
+# suites exercise millrace's own logic, the same on every server, and the TLS tests need a TLS
+# build (only Debian's Redis 7.0 has one): they run once.
 matrix_subset() {
   local server="$1" started=$SECONDS
   echo "== server $server: end-to-end (with the fault suite), cluster, server differences"
   MILLRACE_SERVER="$server" cargo test --locked -p millrace-testkit --test server -- the_server_started
+  MILLRACE_SERVER="$server" cargo test --locked -p millrace-cli --test servers
   MILLRACE_SERVER="$server" cargo test --locked -p millrace-tests -- --test-threads=4
   echo "server $server: subset passed in $((SECONDS - started)) s"
 }

@@ -501,10 +501,17 @@ impl Backend {
             if without_password {
                 redis::cmd("PING").query_async::<()>(&mut con).await?;
             }
-            Ok::<(), redis::RedisError>(())
+            Ok::<_, redis::RedisError>(con)
         };
         let failed = match tokio::time::timeout(limit, attempt).await {
-            Ok(Ok(())) => return Ok(()),
+            // A master of a supported server, not a replica or a Sentinel (capabilities.rs).
+            Ok(Ok(mut con)) => {
+                let check =
+                    crate::capabilities::check_data_node(&mut con, display, self.is_cluster());
+                return tokio::time::timeout(self.options.command_timeout, check)
+                    .await
+                    .unwrap_or(Ok(()));
+            }
             Ok(Err(e)) => e,
             Err(_) => {
                 return Err(unreachable_at(

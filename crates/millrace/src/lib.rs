@@ -50,6 +50,7 @@
 //! features, and either one changes ractor's traits under millrace.
 
 mod actors;
+pub mod capabilities;
 mod cluster;
 mod config;
 mod connection;
