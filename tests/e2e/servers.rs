@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use millrace::capabilities::ServerInfo;
 use millrace::{ConsumerSpec, StartId, Supervisor};
-use millrace_testkit::{RedisServer, ServerKind};
+use millrace_testkit::{eventually, RedisServer, ServerKind};
 
 use crate::common::*;
 
@@ -71,4 +71,100 @@ async fn a_replica_given_as_the_redis_url_is_refused_at_start_naming_the_fix() {
         .await
         .unwrap();
     assert_eq!(exists, 0);
+}
+
+async fn xlen(con: &mut redis::aio::MultiplexedConnection, stream: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(stream)
+        .query_async(con)
+        .await
+        .unwrap()
+}
+
+fn deleting(group: &str, seen: &Seen) -> ConsumerSpec {
+    ConsumerSpec::new("jobs", group, "c")
+        .start_id(StartId::Beginning)
+        .block(Duration::from_millis(300))
+        .delete_acked(true)
+        .handler(recording(seen))
+}
+
+/// `delete_acked` on a server with `XACKDEL` (Redis 8.2): an entry goes once every group of the
+/// stream acknowledged it, never before. Where the server lacks it (Redis 7.0, Valkey 9.1),
+/// `start()` refuses at once, naming the option, the server and what to do instead.
+#[tokio::test]
+async fn delete_acked_deletes_an_entry_once_every_group_acknowledged_it_or_is_refused_at_start() {
+    init_tracing();
+    let server = RedisServer::start();
+    let mut con = connect(&server).await;
+    for g in ["a", "b"] {
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg("jobs")
+            .arg(g)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+    xadd_n(&mut con, "jobs", 20).await;
+    let seen_a = Seen::default();
+    let started = Supervisor::builder()
+        .redis(server.url())
+        .consumer(deleting("a", &seen_a))
+        .start()
+        .await;
+    let kind = ServerKind::current();
+    if kind != ServerKind::Redis82 {
+        let err = started.expect_err("a server without XACKDEL is refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("delete_acked") && text.contains("XACKDEL"),
+            "{text}"
+        );
+        assert!(text.contains("millrace trim STREAM --acked"), "{text}");
+        let name = if kind == ServerKind::Valkey91 {
+            "valkey 9.1.2"
+        } else {
+            "redis 7."
+        };
+        assert!(text.contains(name), "{kind}: {text}");
+        assert_eq!(xlen(&mut con, "jobs").await, 20);
+        return;
+    }
+    let app = started.unwrap();
+    // Group a acknowledged every entry; b was delivered none: all stay.
+    eventually(WAIT, "group a handled all 20", || {
+        let n = seen_a.len();
+        async move { n >= 20 }
+    })
+    .await;
+    eventually(WAIT, "group a acknowledged all 20", || {
+        let mut con = con.clone();
+        async move { pending(&mut con, "jobs", "a").await == 0 }
+    })
+    .await;
+    assert_eq!(
+        xlen(&mut con, "jobs").await,
+        20,
+        "b has not acknowledged them"
+    );
+    app.shutdown().await.unwrap();
+    // Once b acknowledged them too, they are gone.
+    let seen_b = Seen::default();
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(deleting("b", &seen_b))
+        .start()
+        .await
+        .unwrap();
+    eventually(WAIT, "the stream emptied as b acknowledged", || {
+        let mut con = con.clone();
+        async move { xlen(&mut con, "jobs").await == 0 }
+    })
+    .await;
+    assert_eq!(seen_b.len(), 20);
+    assert_eq!(pending(&mut con, "jobs", "b").await, 0);
+    app.shutdown().await.unwrap();
 }

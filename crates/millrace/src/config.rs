@@ -164,6 +164,12 @@ pub struct ConsumerOptions {
     /// Must exceed `claim_min_idle`. Default: off. Needs `+xinfo|consumers +xgroup|delconsumer`.
     #[serde(with = "opt_duration")]
     pub reap_idle_consumers_after: Option<Duration>,
+    /// Work-queue streams: acknowledge with `XACKDEL … ACKED`, which also deletes each entry once
+    /// every group of the stream has acknowledged it (an entry a group has not been delivered or
+    /// still holds pending stays), so the stream does not grow without a trimmer. Needs Redis 8.2
+    /// or newer: `start()` asks the server and refuses an older one (Redis 7.x, Valkey 9.1) with
+    /// this field's name. Default false (`XACK`; entries stay until trimmed). Needs `+xackdel`.
+    pub delete_acked: bool,
 }
 
 impl Default for ConsumerOptions {
@@ -189,6 +195,7 @@ impl Default for ConsumerOptions {
             reconnect_backoff_max: Duration::from_secs(5),
             gauge_interval: Duration::from_secs(10),
             reap_idle_consumers_after: None,
+            delete_acked: false,
         }
     }
 }

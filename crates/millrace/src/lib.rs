@@ -49,6 +49,7 @@
 //! Do not enable ractor's `async-trait` or `cluster` features in the same binary: cargo unifies
 //! features, and either one changes ractor's traits under millrace.
 
+mod acked_delete;
 mod actors;
 pub mod capabilities;
 mod cluster;

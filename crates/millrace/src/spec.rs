@@ -122,6 +122,9 @@ macro_rules! option_setters {
             reconnect_backoff_max: Duration => reconnect_backoff_max;
             /// Opt-in reaper of idle, empty consumers. See [`ConsumerOptions::reap_idle_consumers_after`].
             reap_idle_consumers_after: Duration => reap_idle_consumers_after(Some);
+            /// Delete entries once every group acknowledged them (Redis 8.2+). See
+            /// [`ConsumerOptions::delete_acked`].
+            delete_acked: bool => delete_acked;
             /// Where a new group starts. See [`ConsumerOptions::start_id`].
             start_id: StartId => start_id;
             /// Whether to create a missing group. See [`ConsumerOptions::create_group`].
@@ -245,7 +248,12 @@ impl ConsumerSpec {
             (true, false) => " +type",
             (false, false) => "",
         };
-        acl_line(&keys, extra)
+        let extra = if self.options.delete_acked {
+            format!("{extra} +xackdel")
+        } else {
+            extra.to_owned()
+        };
+        acl_line(&keys, &extra)
     }
 
     /// Checks names, options and that a handler is set.

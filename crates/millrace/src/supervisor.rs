@@ -222,6 +222,12 @@ impl SupervisorBuilder {
         }
         if !backend.waits_for_redis() {
             backend.check_reachable().await?;
+            let deleting: Vec<_> = consumers
+                .iter()
+                .filter(|s| s.options.delete_acked)
+                .map(|s| &s.id)
+                .collect();
+            crate::acked_delete::check_server(&backend, &deleting).await?;
         }
         let mut initial = Vec::with_capacity(consumers.len());
         for spec in consumers {

@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
+use crate::acked_delete::AckCommand;
 use crate::cluster::{hash_tag_hint, Colocation};
 use crate::config::{backoff_with_jitter, ConsumerOptions, OnGroupLost};
 use crate::connection::{Backend, Node};
@@ -122,7 +123,8 @@ impl Consumer {
             dead_letter_in_steps,
             meta: id.meta(),
             dlq,
-            acker: Acker::new(client.clone(), stats.clone(), opts.largest_count()),
+            acker: Acker::new(client.clone(), stats.clone(), opts.largest_count())
+                .with_command(AckCommand::new(opts.delete_acked)),
             reclaimer: Reclaimer::new(
                 client.clone(),
                 stats.clone(),
