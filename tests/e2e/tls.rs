@@ -236,3 +236,43 @@ async fn mutual_tls_presents_the_client_certificate_on_every_connection() {
     .await;
     app.shutdown().await.unwrap();
 }
+
+/// The three TLS mismatches fail `start()` with what is wrong and the setting that fixes it, not
+/// "could not reach … check that redis-server runs at that address".
+#[tokio::test]
+async fn tls_mismatches_at_start_name_the_scheme_or_certificate_setting_that_fixes_them() {
+    if millrace_testkit::skip_without_tls() {
+        return;
+    }
+    init_tracing();
+    let tls = RedisServer::builder().tls().start();
+    let other = RedisServer::builder().tls().start();
+    let plain = RedisServer::start();
+    let start = |builder: millrace::SupervisorBuilder| async move {
+        builder
+            .consumer(spec().handler(recording(&Seen::default())))
+            .start()
+            .await
+            .unwrap_err()
+    };
+
+    // A CA that did not sign the server's certificate: advice about the CA.
+    let err = start(tls_builder(&tls, &other)).await;
+    let text = err.to_string();
+    assert!(text.contains("certificate was refused"), "{text}");
+    assert!(text.contains("tls_ca_cert"), "{text}");
+    assert!(!text.contains("could not reach"), "{text}");
+    assert!(err.is_fatal(), "{err:?}");
+
+    // rediss:// at a plain-text port.
+    let url = format!("rediss://127.0.0.1:{}", plain.port());
+    let text = start(Supervisor::builder().redis(url)).await.to_string();
+    assert!(text.contains("does not speak TLS"), "{text}");
+    assert!(text.contains("use redis:// instead of rediss://"), "{text}");
+
+    // redis:// at a TLS-only port.
+    let url = format!("redis://127.0.0.1:{}", tls.port());
+    let text = start(Supervisor::builder().redis(url)).await.to_string();
+    assert!(text.contains("TLS-only port"), "{text}");
+    assert!(text.contains("use rediss://"), "{text}");
+}

@@ -514,10 +514,15 @@ impl Backend {
             }
             Ok(Err(e)) => e,
             Err(_) => {
+                // A TLS mismatch says so, not "could not reach" (tls_advice.rs).
+                let addr = client.get_connection_info().addr();
+                if let Some(tls) = crate::tls_advice::explain(addr, "timed out", display).await {
+                    return Err(tls);
+                }
                 return Err(unreachable_at(
                     display,
                     format!("no answer within {}", humantime::format_duration(limit)),
-                ))
+                ));
             }
         };
         let refused = |command: &'static str, reason: String, hint: &str| Error::Fatal {
@@ -550,6 +555,10 @@ impl Backend {
                 ),
                 check_credentials,
             ));
+        }
+        let addr = client.get_connection_info().addr();
+        if let Some(tls) = crate::tls_advice::explain(addr, &failed.to_string(), display).await {
+            return Err(tls);
         }
         if failed.is_timeout()
             || failed.is_io_error()

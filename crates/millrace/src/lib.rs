@@ -74,6 +74,7 @@ mod supervisor;
 mod telemetry;
 #[cfg(feature = "tls")]
 mod tls;
+mod tls_advice;
 
 pub use config::{ConsumerOptions, OnGroupLost, RestartPolicy, StartId};
 pub use connection::ConnectionOptions;
