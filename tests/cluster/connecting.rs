@@ -45,6 +45,9 @@ async fn a_least_privilege_acl_user_consumes_on_a_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_cluster_is_reached_with_a_private_ca() {
+    if millrace_testkit::skip_without_tls() {
+        return;
+    }
     crate::common::init_tracing();
     let cluster = RedisCluster::builder().tls().start();
     let ca = std::fs::read(cluster.ca_cert_path().expect("a TLS cluster has a CA")).expect("CA");

@@ -341,3 +341,20 @@ pub(crate) async fn new_entries_reach_the_restarted_consumer(
     .await;
     app.shutdown().await.unwrap();
 }
+
+/// `+client|setinfo` where the server has `CLIENT SETINFO` (Redis >= 7.2, Valkey), else nothing.
+/// redis-rs names every connection with it; a user without it still connects, but each connection
+/// leaves one `client|setinfo` denial in `ACL LOG`. Redis 7.0 rejects the rule as unknown.
+/// docs/servers.md says so; the tests that assert an empty `ACL LOG` add this rule.
+pub(crate) async fn client_setinfo_rule(con: &mut MultiplexedConnection) -> Option<&'static str> {
+    let info: Vec<redis::Value> = redis::cmd("COMMAND")
+        .arg("INFO")
+        .arg("client|setinfo")
+        .query_async(con)
+        .await
+        .unwrap();
+    match info.first() {
+        Some(redis::Value::Nil) | None => None,
+        Some(_) => Some("+client|setinfo"),
+    }
+}

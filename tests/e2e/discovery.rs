@@ -217,6 +217,7 @@ async fn a_pattern_consumer_runs_under_its_own_least_privilege_acl() {
     for rule in spec.acl_rules().split_whitespace() {
         acl.arg(rule);
     }
+    acl.arg(crate::common::client_setinfo_rule(&mut con).await);
     let _: () = acl.query_async(&mut con).await.unwrap();
     let handled = Handled::default();
     let recorded = handled.clone();

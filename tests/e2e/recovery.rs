@@ -395,6 +395,7 @@ async fn acl_user(
     for rule in rules.split_whitespace() {
         cmd.arg(rule);
     }
+    cmd.arg(crate::common::client_setinfo_rule(con).await);
     let _: () = cmd.query_async(con).await.unwrap();
 }
 
@@ -870,6 +871,7 @@ async fn reads_over_a_unix_socket_as_an_acl_user_in_another_database() {
         setuser.arg(rule);
     }
     setuser.arg("+select").arg("+client|list");
+    setuser.arg(crate::common::client_setinfo_rule(&mut admin).await);
     let _: () = setuser.query_async(&mut admin).await.unwrap();
     let _: () = redis::cmd("SELECT")
         .arg(3)

@@ -36,6 +36,9 @@ fn spec() -> ConsumerSpec {
 
 #[tokio::test]
 async fn consumes_over_tls_with_the_right_ca() {
+    if millrace_testkit::skip_without_tls() {
+        return;
+    }
     init_tracing();
     let server = RedisServer::builder().tls().start();
     assert!(server.url().starts_with("rediss://"));
@@ -63,6 +66,9 @@ async fn consumes_over_tls_with_the_right_ca() {
 
 #[tokio::test]
 async fn a_wrong_ca_fails_closed() {
+    if millrace_testkit::skip_without_tls() {
+        return;
+    }
     init_tracing();
     let server = RedisServer::builder().tls().start();
     let other = RedisServer::builder().tls().start();
@@ -93,6 +99,9 @@ async fn a_wrong_ca_fails_closed() {
 /// entry reaches the restarted consumer's new reader.
 #[tokio::test]
 async fn after_a_restart_over_tls_new_entries_reach_the_new_reader() {
+    if millrace_testkit::skip_without_tls() {
+        return;
+    }
     init_tracing();
     let server = RedisServer::builder().tls().start();
     let client = tls_client(&server, &server);
@@ -107,6 +116,9 @@ async fn after_a_restart_over_tls_new_entries_reach_the_new_reader() {
 /// them: refused at start, with what to do.
 #[tokio::test]
 async fn a_client_with_certificates_millrace_was_not_given_is_refused_at_start() {
+    if millrace_testkit::skip_without_tls() {
+        return;
+    }
     init_tracing();
     let server = RedisServer::builder().tls().start();
     let err = Supervisor::builder()
@@ -186,6 +198,9 @@ fn client_certificate(server: &RedisServer) -> redis::ClientTlsConfig {
 /// control connection and on the consumer's own read connection.
 #[tokio::test]
 async fn mutual_tls_presents_the_client_certificate_on_every_connection() {
+    if millrace_testkit::skip_without_tls() {
+        return;
+    }
     init_tracing();
     let server = RedisServer::builder()
         .tls()
@@ -220,4 +235,44 @@ async fn mutual_tls_presents_the_client_certificate_on_every_connection() {
     })
     .await;
     app.shutdown().await.unwrap();
+}
+
+/// The three TLS mismatches fail `start()` with what is wrong and the setting that fixes it, not
+/// "could not reach … check that redis-server runs at that address".
+#[tokio::test]
+async fn tls_mismatches_at_start_name_the_scheme_or_certificate_setting_that_fixes_them() {
+    if millrace_testkit::skip_without_tls() {
+        return;
+    }
+    init_tracing();
+    let tls = RedisServer::builder().tls().start();
+    let other = RedisServer::builder().tls().start();
+    let plain = RedisServer::start();
+    let start = |builder: millrace::SupervisorBuilder| async move {
+        builder
+            .consumer(spec().handler(recording(&Seen::default())))
+            .start()
+            .await
+            .unwrap_err()
+    };
+
+    // A CA that did not sign the server's certificate: advice about the CA.
+    let err = start(tls_builder(&tls, &other)).await;
+    let text = err.to_string();
+    assert!(text.contains("certificate was refused"), "{text}");
+    assert!(text.contains("tls_ca_cert"), "{text}");
+    assert!(!text.contains("could not reach"), "{text}");
+    assert!(err.is_fatal(), "{err:?}");
+
+    // rediss:// at a plain-text port.
+    let url = format!("rediss://127.0.0.1:{}", plain.port());
+    let text = start(Supervisor::builder().redis(url)).await.to_string();
+    assert!(text.contains("does not speak TLS"), "{text}");
+    assert!(text.contains("use redis:// instead of rediss://"), "{text}");
+
+    // redis:// at a TLS-only port.
+    let url = format!("redis://127.0.0.1:{}", tls.port());
+    let text = start(Supervisor::builder().redis(url)).await.to_string();
+    assert!(text.contains("TLS-only port"), "{text}");
+    assert!(text.contains("use rediss://"), "{text}");
 }

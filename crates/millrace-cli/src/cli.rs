@@ -275,7 +275,7 @@ pub(crate) struct DlqSelect {
 
 /// Arguments of `trim`.
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("cut").required(true).args(["maxlen", "minid"])))]
+#[command(group(ArgGroup::new("cut").required(true).args(["maxlen", "minid", "acked"])))]
 pub(crate) struct TrimArgs {
     /// The stream key.
     #[arg(value_parser = parse_key)]
@@ -286,6 +286,11 @@ pub(crate) struct TrimArgs {
     /// Remove entries with ids lower than this one.
     #[arg(long, value_name = "ID", value_parser = parse_id)]
     pub(crate) minid: Option<EntryId>,
+    /// Remove the entries every consumer group has acknowledged, never one a group has not
+    /// (`XTRIM … ACKED` on Redis 8.2 and newer, a checked trim up to the oldest unacknowledged
+    /// entry elsewhere).
+    #[arg(long, conflicts_with = "force")]
+    pub(crate) acked: bool,
     /// Trim even entries that a group has not read yet or still holds pending (they are lost to it).
     #[arg(long)]
     pub(crate) force: bool,

@@ -24,6 +24,7 @@ mod error;
 mod info;
 mod key;
 mod render;
+mod server;
 mod value;
 
 use std::process::ExitCode;

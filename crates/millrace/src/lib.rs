@@ -52,7 +52,9 @@
 //! Do not enable ractor's `async-trait` or `cluster` features in the same binary: cargo unifies
 //! features, and either one changes ractor's traits under millrace.
 
+mod acked_delete;
 mod actors;
+pub mod capabilities;
 mod cluster;
 mod config;
 mod connection;
@@ -83,6 +85,7 @@ mod telemetry;
 #[cfg(feature = "tls")]
 mod tls;
 mod trace;
+mod tls_advice;
 
 pub use config::{ConsumerOptions, OnGroupLost, RestartPolicy, StartId};
 pub use connection::ConnectionOptions;

@@ -148,6 +148,9 @@ macro_rules! option_setters {
             key_by: crate::KeyFn => key_by(Some);
             /// Per-entry trace spans. See [`ConsumerOptions::trace_entries`].
             trace_entries: bool => trace_entries;
+            /// Delete entries once every group acknowledged them (Redis 8.2+). See
+            /// [`ConsumerOptions::delete_acked`].
+            delete_acked: bool => delete_acked;
             /// Where a new group starts. See [`ConsumerOptions::start_id`].
             start_id: StartId => start_id;
             /// Whether to create a missing group. See [`ConsumerOptions::create_group`].
@@ -270,7 +273,12 @@ impl ConsumerSpec {
             Membership::NamedSet => " +type",
             Membership::OwnStream => "",
         };
-        acl_line(&keys, extra)
+        let extra = if self.options.delete_acked {
+            format!("{extra} +xackdel")
+        } else {
+            extra.to_owned()
+        };
+        acl_line(&keys, &extra)
     }
 
     /// Checks names, options and that a handler is set.

@@ -232,6 +232,12 @@ impl SupervisorBuilder {
         if !backend.waits_for_redis() {
             backend.check_reachable().await?;
             ready::check_cluster(&backend, backend.server()).await?;
+            let deleting: Vec<_> = consumers
+                .iter()
+                .filter(|s| s.options.delete_acked)
+                .map(|s| &s.id)
+                .collect();
+            crate::acked_delete::check_server(&backend, &deleting).await?;
         }
         #[cfg(feature = "http")]
         let listener = match self.http {

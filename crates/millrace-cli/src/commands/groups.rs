@@ -1,4 +1,5 @@
-//! `millrace groups STREAM`: the consumer groups of a stream.
+//! `millrace groups STREAM`: the consumer groups of a stream, after which server (name, version,
+//! role) holds it.
 
 use serde::Serialize;
 
@@ -16,11 +17,21 @@ struct Row {
     last_delivered_id: Option<String>,
     entries_read: Option<u64>,
     lag: Option<u64>,
+    /// The server holding the stream and its version, e.g. `redis 8.2.3 (master)`.
+    server: String,
 }
 
 /// Shows the groups of `stream`.
 pub(crate) async fn run(redis: &mut Redis, json: bool, stream: &Key) -> Result<()> {
     redis.require_stream(stream).await?;
+    let master = if redis.is_cluster() {
+        crate::server::master_of(redis, stream).await?
+    } else {
+        None
+    };
+    let server = crate::server::describe(redis, master.as_deref()).await?;
+    let at = master.unwrap_or_else(|| redis.target.clone());
+    let heading = format!("server: {server} at {at}\n");
     let rows: Vec<Row> = info::groups(redis, stream.as_bytes())
         .await?
         .into_iter()
@@ -31,13 +42,16 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, stream: &Key) -> Result<(
             last_delivered_id: g.last_delivered_id.map(|i| i.to_string()),
             entries_read: g.entries_read,
             lag: g.lag,
+            server: server.to_string(),
         })
         .collect();
     if json {
         return render::json(&rows);
     }
     if rows.is_empty() {
-        return render::out(&format!("stream `{stream}` has no consumer groups"));
+        return render::out(&format!(
+            "{heading}stream `{stream}` has no consumer groups"
+        ));
     }
     let mut table = Table::new(&[
         ("GROUP", Align::Left),
@@ -57,5 +71,5 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, stream: &Key) -> Result<(
             opt(r.lag),
         ]);
     }
-    render::out(&table.render())
+    render::out(&format!("{heading}{}", table.render()))
 }

@@ -9,6 +9,7 @@ mod streams;
 mod tail;
 mod top;
 mod trim;
+mod trim_acked;
 
 use crate::cli::{Cli, Command};
 use crate::connect::{Endpoint, Redis};
@@ -26,6 +27,7 @@ pub(crate) async fn run(cli: Cli, endpoint: Endpoint) -> Result<()> {
         }
         Command::Pending(args) => pending::run(&mut redis, json, &args).await,
         Command::Dlq { command } => dlq::run(&mut redis, json, command).await,
+        Command::Trim(args) if args.acked => trim_acked::run(&mut redis, json, &args).await,
         Command::Trim(args) => trim::run(&mut redis, json, &args).await,
         Command::Reap(args) => reap::run(&mut redis, json, &args).await,
         Command::Tail(args) => tail::run(&mut redis, json, &args).await,

@@ -1,5 +1,6 @@
 //! `millrace streams [PATTERN]`: every stream with length, first/last id and number of groups;
-//! on a cluster, the streams of every master, each with its master.
+//! on a cluster, the streams of every master, each with its master; first, which server (name,
+//! version, role) each node is.
 
 use serde::Serialize;
 
@@ -20,12 +21,18 @@ struct Row {
     /// On a cluster, the master that holds the stream (`host:port`).
     #[serde(skip_serializing_if = "Option::is_none")]
     master: Option<String>,
+    /// The server holding the stream and its version, e.g. `redis 8.2.3 (master)`.
+    server: Option<String>,
 }
 
 /// Lists the streams matching `pattern`.
 pub(crate) async fn run(redis: &mut Redis, json: bool, pattern: Option<&str>) -> Result<()> {
     let mut rows = Vec::new();
     let cluster = redis.is_cluster();
+    let nodes = crate::server::nodes(redis).await?;
+    let single = (!cluster)
+        .then(|| nodes.values().next().map(ToString::to_string))
+        .flatten();
     for found in info::scan_streams(redis, pattern).await? {
         let key = found.key;
         // A key deleted between SCAN and XINFO is skipped.
@@ -38,6 +45,10 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, pattern: Option<&str>) ->
                 last_generated_id: s.last_generated_id.map(|i| i.to_string()),
                 entries_added: s.entries_added,
                 groups: s.groups,
+                server: match &found.master {
+                    Some(m) => nodes.get(m).map(ToString::to_string),
+                    None => single.clone(),
+                },
                 master: found.master,
             });
         }
@@ -45,10 +56,11 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, pattern: Option<&str>) ->
     if json {
         return render::json(&rows);
     }
+    let servers = crate::server::lines(&nodes);
     if rows.is_empty() {
         return render::out(&match pattern {
-            Some(p) => format!("no streams match `{p}`"),
-            None => "no streams".to_owned(),
+            Some(p) => format!("{servers}no streams match `{p}`"),
+            None => format!("{servers}no streams"),
         });
     }
     let mut columns = vec![
@@ -75,5 +87,5 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, pattern: Option<&str>) ->
         }
         table.row(row);
     }
-    render::out(&table.render())
+    render::out(&format!("{servers}{}", table.render()))
 }

@@ -82,16 +82,28 @@ impl Backend {
             if without_password {
                 redis::cmd("PING").query_async::<()>(&mut con).await?;
             }
-            Ok::<(), redis::RedisError>(())
+            Ok::<_, redis::RedisError>(con)
         };
         let failed = match tokio::time::timeout(limit, attempt).await {
-            Ok(Ok(())) => return Ok(()),
+            // A master of a supported server, not a replica or a Sentinel (capabilities.rs).
+            Ok(Ok(mut con)) => {
+                let check =
+                    crate::capabilities::check_data_node(&mut con, display, self.is_cluster());
+                return tokio::time::timeout(self.options.command_timeout, check)
+                    .await
+                    .unwrap_or(Ok(()));
+            }
             Ok(Err(e)) => e,
             Err(_) => {
+                // A TLS mismatch says so, not "could not reach" (tls_advice.rs).
+                let addr = client.get_connection_info().addr();
+                if let Some(tls) = crate::tls_advice::explain(addr, "timed out", display).await {
+                    return Err(tls);
+                }
                 return Err(unreachable_at(
                     display,
                     format!("no answer within {}", humantime::format_duration(limit)),
-                ))
+                ));
             }
         };
         let refused = |command: &'static str, reason: String, hint: &str| Error::Fatal {
@@ -125,6 +137,10 @@ impl Backend {
                 ),
                 check_credentials,
             ));
+        }
+        let addr = client.get_connection_info().addr();
+        if let Some(tls) = crate::tls_advice::explain(addr, &failed.to_string(), display).await {
+            return Err(tls);
         }
         if failed.is_timeout()
             || failed.is_io_error()

@@ -7,9 +7,9 @@ use tracing::warn;
 
 use super::client::ConsumerClient;
 use super::stats::Stats;
+use crate::acked_delete::AckCommand;
 use crate::entry::EntryId;
 use crate::error::{Error, Result};
-use crate::streams;
 
 /// An `XACK` sent in the background: it lands, or fails and hands its ids back.
 type AckTask = JoinHandle<std::result::Result<(), (Error, Vec<EntryId>)>>;
@@ -23,6 +23,8 @@ pub(crate) struct Acker {
     /// The `XACK` in flight; on failure it hands its ids back, so they are not forgotten.
     in_flight: Option<AckTask>,
     held: Vec<EntryId>,
+    /// `XACK`, or `XACKDEL … ACKED` with `delete_acked` (acked_delete.rs).
+    command: AckCommand,
 }
 
 impl Acker {
@@ -36,7 +38,14 @@ impl Acker {
             hold_limit: (count * 2).min(10_000),
             in_flight: None,
             held: Vec::new(),
+            command: AckCommand::Ack,
         }
+    }
+
+    /// Acknowledges with `command` instead of `XACK`.
+    pub(crate) fn with_command(mut self, command: AckCommand) -> Self {
+        self.command = command;
+        self
     }
 
     /// Acknowledges `ids` and waits until every acknowledgement so far has landed.
@@ -98,14 +107,14 @@ impl Acker {
             return Ok(());
         }
         let ids = std::mem::take(&mut self.held);
-        let (client, stats) = (self.client.clone(), self.stats.clone());
+        let (client, stats, command) = (self.client.clone(), self.stats.clone(), self.command);
         self.in_flight = Some(tokio::spawn(async move {
             let id = client.id();
             let (stream, group) = (&*id.stream, &*id.group);
             let acked = client
-                .retry("XACK", stream, |mut c| {
+                .retry(command.name(), stream, |mut c| {
                     let ids = &ids;
-                    async move { streams::xack(&mut c, stream, group, ids).await }
+                    async move { command.send(&mut c, stream, group, ids).await }
                 })
                 .await;
             match acked {

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
 use crate::cluster::{hash_tag_hint, Action, Colocation};
+use crate::acked_delete::AckCommand;
 use crate::config::{backoff_with_jitter, ConsumerOptions, OnGroupLost};
 use crate::connection::{Backend, Node};
 use crate::dead_letter::DeadLetterMover;
@@ -140,7 +141,8 @@ impl Consumer {
             dead_letter_in_steps,
             meta: id.meta(),
             dlq,
-            acker: Acker::new(client.clone(), stats.clone(), opts.largest_count()),
+            acker: Acker::new(client.clone(), stats.clone(), opts.largest_count())
+                .with_command(AckCommand::new(opts.delete_acked)),
             reclaimer: Reclaimer::new(
                 client.clone(),
                 stats.clone(),
