@@ -11,5 +11,5 @@ mod faults;
 mod many_streams;
 mod orders;
 mod placement;
-mod retry;
 mod producing;
+mod retry;

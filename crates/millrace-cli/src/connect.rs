@@ -208,6 +208,20 @@ impl Redis {
             .map_err(|e| self.error(&e))
     }
 
+    /// Runs a command on one node of a cluster (`host:port`, as [`masters`](Self::masters) names
+    /// it), or as [`query`](Self::query) does on one server or without a node.
+    pub(crate) async fn query_on<T: FromRedisValue>(
+        &mut self,
+        node: Option<&str>,
+        cmd: &Cmd,
+    ) -> Result<T> {
+        let target = &self.target;
+        self.conn.query_on(node, cmd).await.map_err(|e| match node {
+            Some(node) => error::from_redis(&e, &format!("{node} of {target}")),
+            None => error::from_redis(&e, target),
+        })
+    }
+
     /// Translates a Redis error generically.
     pub(crate) fn error(&self, e: &RedisError) -> CliError {
         error::from_redis(e, &self.target)

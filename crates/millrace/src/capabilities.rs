@@ -255,6 +255,7 @@ pub(crate) async fn check_data_node<C: ConnectionLike + Send>(
         command: "connecting to Redis",
         reason,
         hint: hint.to_owned(),
+        source: None,
     };
     if server.is_sentinel() {
         return Err(refuse(

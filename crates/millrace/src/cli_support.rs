@@ -81,6 +81,24 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Runs `cmd` on the node `node` (`host:port`, as [`masters`](Self::masters) names it) of a
+    /// cluster; on one server, or without a node, as any command.
+    pub async fn query_on<T: redis::FromRedisValue>(
+        &mut self,
+        node: Option<&str>,
+        cmd: &Cmd,
+    ) -> RedisResult<T> {
+        match node.filter(|_| self.is_cluster()) {
+            Some(node) => {
+                let at = node_address(node)?;
+                self.0.query_on(Some(&at), cmd.clone()).await
+            }
+            None => cmd.query_async(&mut self.0).await,
+        }
+    }
+}
+
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         self.0.req_packed_command(cmd)

@@ -84,8 +84,8 @@ mod supervisor;
 mod telemetry;
 #[cfg(feature = "tls")]
 mod tls;
-mod trace;
 mod tls_advice;
+mod trace;
 
 pub use config::{ConsumerOptions, OnGroupLost, RestartPolicy, StartId};
 pub use connection::ConnectionOptions;
@@ -98,9 +98,9 @@ pub use health::{ConsumerCounters, ConsumerHealth, ConsumerState, GroupGauges, S
 pub use id::ConsumerId;
 pub use keyed::KeyFn;
 pub use multi_spec::MultiStreamSpec;
+pub use producer::{Producer, ProducerBuilder, Trim};
 pub use retry::RetryBackoff;
 pub use settings::{stable_name, ConsumerDecl, MultiStreamDecl, Settings};
-pub use producer::{Producer, ProducerBuilder, Trim};
 pub use spec::ConsumerSpec;
 pub use supervisor::{MetricsLabels, Supervisor, SupervisorBuilder, DEFAULT_READY_GRACE};
 

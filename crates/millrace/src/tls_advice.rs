@@ -72,6 +72,7 @@ fn fatal(reason: String, hint: &str) -> Error {
         command: "connecting to Redis",
         reason,
         hint: hint.to_owned(),
+        source: None,
     }
 }
 

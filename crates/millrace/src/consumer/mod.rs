@@ -28,8 +28,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
-use crate::cluster::{hash_tag_hint, Action, Colocation};
 use crate::acked_delete::AckCommand;
+use crate::cluster::{hash_tag_hint, Action, Colocation};
 use crate::config::{backoff_with_jitter, ConsumerOptions, OnGroupLost};
 use crate::connection::{Backend, Node};
 use crate::dead_letter::DeadLetterMover;

@@ -185,8 +185,7 @@ impl Watch {
             let id = ConsumerId::new(stream.as_str(), group.as_str(), consumer.as_str());
             let later = self.initial.as_ref().is_some_and(|i| !i.contains(stream));
             let start = later.then_some(StartId::Beginning);
-            match self.ask(|reply| Request::Add(id, start, reply)).await
-            {
+            match self.ask(|reply| Request::Add(id, start, reply)).await {
                 Ok(()) => {
                     self.added.insert(stream.clone());
                 }

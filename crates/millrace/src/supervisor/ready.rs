@@ -131,6 +131,7 @@ pub(super) async fn check_cluster(backend: &Backend, display: &str) -> Result<()
             hint: "for one server use `SupervisorBuilder::redis(url)` instead of `redis_cluster(urls)`; \
                    for a cluster, point `redis_cluster` at nodes started with `cluster-enabled yes`"
                 .to_owned(),
+            source: None,
         }),
         _ => Ok(()),
     }
