@@ -1,7 +1,7 @@
 //! Keyed concurrency: sub-batches of different keys run at once, each key's entries in stream
-//! order and never two sub-batches of one key at a time; under handler `Err`s, handler panics and
-//! a panicking key function nothing is lost, and an entry is handled again only after its
-//! sub-batch failed.
+//! order and never two sub-batches of one key at a time; under handler `Err`s, `RetryAfter`s,
+//! handler panics and a panicking key function nothing is lost, and an entry is handled again only
+//! after its sub-batch failed or asked for it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -82,19 +82,23 @@ async fn keyed_sub_batches_keep_order_per_key_under_errs_and_panics_and_lose_not
                     l.most_at_once = l.most_at_once.max(l.in_flight.len());
                 }
                 tokio::time::sleep(Duration::from_millis(2 * seen.len() as u64)).await;
-                // Every 7th call fails with Err, every 11th panics, on first deliveries only, so
-                // everything gets through in the end.
+                // Every 7th call fails with Err, every 11th panics, every 13th asks for a retry
+                // after 30 ms, on first deliveries only, so everything gets through in the end.
                 let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
                 let first = seen.iter().all(|(_, d)| *d == 1);
-                let (err, panic) = (first && n % 7 == 0, first && n % 11 == 0 && n % 7 != 0);
+                let err = first && n % 7 == 0;
+                let panic = first && n % 11 == 0 && !err;
+                let later = first && n % 13 == 0 && !err && !panic;
                 {
                     let mut l = log.lock().unwrap();
                     l.in_flight.remove(&key);
-                    l.calls.push((key.clone(), seen, err || panic));
+                    l.calls.push((key.clone(), seen, err || panic || later));
                 }
                 assert!(!panic, "handler panicked on purpose");
                 if err {
                     HandlerResult::err("refused on purpose")
+                } else if later {
+                    HandlerResult::RetryAfter(Duration::from_millis(30))
                 } else {
                     HandlerResult::Ok
                 }

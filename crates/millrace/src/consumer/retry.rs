@@ -214,6 +214,7 @@ impl Consumer {
                 self.stats.deleted_while_pending(deleted.len());
                 self.failures.forget(&deleted);
             }
+            self.stats.received(entries.len());
             let batch = self.screen_poison(entries).await?;
             if batch.is_empty() {
                 continue;
