@@ -21,7 +21,7 @@ use crate::id::ConsumerId;
 use crate::multi_spec::MultiStreamSpec;
 use crate::spec::ConsumerSpec;
 
-mod multi;
+mod stream_sets;
 
 enum RedisSource {
     Url(String),
@@ -206,7 +206,7 @@ impl SupervisorBuilder {
             Some(RedisSource::Client(client)) => Backend::from_client(*client, self.connection)?,
             Some(RedisSource::Cluster(seeds)) => Backend::open_cluster(&seeds, self.connection)?,
         };
-        let registry = multi::registry(&self.multis)?;
+        let registry = stream_sets::registry(&self.multis)?;
         let mut consumers = self.consumers;
         for spec in &self.multis {
             consumers.extend(spec.streams().iter().map(|s| spec.for_stream(s)));
