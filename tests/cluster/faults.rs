@@ -100,6 +100,18 @@ impl Drill {
             self.misfires.panicked.load(Ordering::SeqCst)
         );
         restarts_are_the_panics(&self.app, &self.misfires).await;
+        // The fault moved the stream's owner: the consumer followed it, never took it for a
+        // lost group (which would recreate the group and read the stream again from its start).
+        let recreated: Vec<u64> = self
+            .app
+            .health()
+            .iter()
+            .map(|h| h.counters.group_recreated)
+            .collect();
+        assert!(
+            recreated.iter().all(|&n| n == 0),
+            "{fault}: groups recreated {recreated:?}"
+        );
         self.app.shutdown().await.expect("shutdown");
     }
 }

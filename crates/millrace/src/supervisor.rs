@@ -22,8 +22,8 @@ use crate::multi_spec::MultiStreamSpec;
 use crate::spec::ConsumerSpec;
 
 mod exposition;
-mod multi;
 mod ready;
+mod stream_sets;
 
 pub use exposition::MetricsLabels;
 pub use ready::DEFAULT_READY_GRACE;
@@ -215,7 +215,7 @@ impl SupervisorBuilder {
             Some(RedisSource::Client(client)) => Backend::from_client(*client, self.connection)?,
             Some(RedisSource::Cluster(seeds)) => Backend::open_cluster(&seeds, self.connection)?,
         };
-        let registry = multi::registry(&self.multis)?;
+        let registry = stream_sets::registry(&self.multis)?;
         let mut consumers = self.consumers;
         for spec in &self.multis {
             consumers.extend(spec.streams().iter().map(|s| spec.for_stream(s)));

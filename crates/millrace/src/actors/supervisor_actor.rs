@@ -1,88 +1,28 @@
 //! The supervisor actor: spawns consumer actors, restarts failed ones with backoff inside a restart
 //! limit, escalates past it, and stops children gracefully on shutdown.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::actors::consumer_actor::{ConsumerActor, ConsumerArgs, ConsumerMsg, StreamGone};
 use crate::config::RestartPolicy;
-use crate::connection::Backend;
 use crate::consumer::{Cohort, Stats};
-use crate::discovery::DiscoveredSets;
 use crate::error::{Error, Result};
 use crate::health::{ConsumerState, HealthCell};
 use crate::id::ConsumerId;
 use crate::spec::ConsumerSpec;
 
+mod lease;
 mod multi;
+mod shared;
 
+pub(crate) use lease::NameLease;
 pub(crate) use multi::{ask_multi, MultiMsg, MultiRegistry};
-
-/// Consumers running anywhere in this process, by server and id: two live consumers with one name
-/// would share one pending list.
-static ACTIVE: LazyLock<Mutex<HashSet<(String, ConsumerId)>>> = LazyLock::new(Default::default);
-
-/// Holds a consumer's place in [`ACTIVE`] until dropped.
-#[derive(Debug)]
-pub(crate) struct NameLease {
-    key: (String, ConsumerId),
-}
-
-impl NameLease {
-    pub(crate) fn take(server: &str, id: &ConsumerId) -> Result<NameLease> {
-        let key = (server.to_owned(), id.clone());
-        let mut active = ACTIVE.lock().unwrap_or_else(|p| p.into_inner());
-        if !active.insert(key.clone()) {
-            return Err(Error::DuplicateConsumer {
-                consumer: id.clone(),
-            });
-        }
-        Ok(NameLease { key })
-    }
-}
-
-impl Drop for NameLease {
-    fn drop(&mut self) {
-        ACTIVE
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.key);
-    }
-}
-
-/// State shared between the supervisor actor and its [`Supervisor`](crate::Supervisor) handle.
-#[derive(Debug)]
-pub(crate) struct SupervisorShared {
-    pub(crate) backend: Arc<Backend>,
-    pub(crate) health: Mutex<BTreeMap<ConsumerId, Arc<HealthCell>>>,
-    pub(crate) failure: Mutex<Option<Error>>,
-    /// The root of the cancellation tree: each consumer incarnation gets a child token.
-    pub(crate) cancel: CancellationToken,
-    /// Every consume loop the supervisor started, so a shutdown can wait for all of them.
-    pub(crate) tasks: TaskTracker,
-    /// The streams of each multi-stream consumer.
-    pub(crate) multi: Mutex<MultiRegistry>,
-    /// What discovery found last for each pattern consumer.
-    pub(crate) discovered: DiscoveredSets,
-}
-
-impl SupervisorShared {
-    pub(crate) fn multi(&self) -> MutexGuard<'_, MultiRegistry> {
-        self.multi.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn discovered(
-        &self,
-    ) -> MutexGuard<'_, BTreeMap<(String, String), crate::discovery::Discovered>> {
-        self.discovered.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+pub(crate) use shared::SupervisorShared;
 
 pub(crate) struct SupervisorActor;
 

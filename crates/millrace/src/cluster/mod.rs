@@ -10,18 +10,18 @@
 //! `cluster_async::ClusterConnection`, which follows `MOVED` and `ASK` by itself; a consumer's
 //! blocking read does not (it has its own socket to one master), so it resolves the owner here.
 
+mod classify;
 mod colocation;
-mod reply;
 mod slot;
 mod slot_map;
 
 #[cfg(test)]
 mod tests;
 
-pub(crate) use colocation::{hash_tag_hint, Colocation};
-pub(crate) use reply::Action;
+pub(crate) use classify::Action;
 #[cfg(test)]
-pub(crate) use reply::ClusterReply;
+pub(crate) use classify::ClusterReply;
+pub(crate) use colocation::{hash_tag_hint, Colocation};
 pub(crate) use slot::key_slot;
 #[cfg(test)]
 pub(crate) use slot_map::SlotMap;

@@ -32,6 +32,15 @@ impl fmt::Display for DeadLetterClash<'_> {
     }
 }
 
+impl DeadLetterClash<'_> {
+    /// What is wrong, the same wherever the rule is checked.
+    pub(crate) fn reason(&self) -> String {
+        format!(
+            "breaks the rule that no stream read is another's dead-letter stream: {self}, so a consumer would read dead letters"
+        )
+    }
+}
+
 /// The rule over one set of streams read together (by one multi-stream consumer), given how it
 /// names a stream's dead-letter stream. Built once per set: each check is a lookup.
 pub(crate) struct DeadLetterRule<'a, F> {

@@ -112,7 +112,8 @@ impl MultiStreamSpec {
         for stream in streams {
             if let Some(clash) = rule.clash(stream) {
                 let what = format!(
-                    "breaks the rule that no stream read is another's dead-letter stream: {clash}, so a consumer would read dead letters; drop one of the two from the streams or set another `dead_letter_stream`"
+                    "{}; drop one of the two from the streams or set another `dead_letter_stream`",
+                    clash.reason()
                 );
                 return Err(self.config_error(Some(stream), "dead_letter_stream", what));
             }

@@ -211,7 +211,10 @@ impl MultiRegistry {
             Some(why) => Err(Error::config(
                 Some(id),
                 "stream",
-                format!("is not added: {why}; a stream's consumer would read dead letters"),
+                format!(
+                    "{}; the stream is not added (remove the other one first, or set another `dead_letter_stream`)",
+                    why.reason()
+                ),
             )),
             None => Ok(spec),
         }
