@@ -30,6 +30,12 @@ impl Consumer {
                         _ = quiet.cancelled() => {}
                     }
                 }
+                // Nothing pending for this consumer (a fresh group, a clean stop): no replay
+                // connection to open. One command on the control connection, which the streams
+                // share, instead of a connection each, in turns.
+                if self.nothing_pending().await {
+                    return Ok(());
+                }
                 tokio::select! {
                     _ = self.cancel.cancelled() => return Ok(()),
                     turn = cohort.replay_turn() => turn,
@@ -43,6 +49,23 @@ impl Consumer {
             conn.close().await;
         }
         result
+    }
+
+    /// Whether nothing is pending for this consumer on its stream (`XPENDING key group - + 1
+    /// consumer`). `false` when unsure (an error): the replay then finds out.
+    async fn nothing_pending(&mut self) -> bool {
+        let id = self.id.clone();
+        let (stream, group, consumer) = (&*id.stream, &*id.group, &*id.consumer);
+        let rows: redis::RedisResult<redis::Value> = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(group)
+            .arg("-")
+            .arg("+")
+            .arg(1)
+            .arg(consumer)
+            .query_async(self.client.conn())
+            .await;
+        matches!(rows, Ok(redis::Value::Array(rows)) if rows.is_empty())
     }
 
     /// The replay loop; `own` holds the replay's connection, (re)opened when needed.

@@ -19,7 +19,10 @@
 //!   the read's streams that had entries in their last reply stays within
 //!   [`state::REPLY_BUDGET`]. Counted per read, not from the last reply as a whole: a reply of a
 //!   few streams (the others out of credit) must not let the next read, with all of them, ask
-//!   for a few streams' COUNT each.
+//!   for a few streams' COUNT each. When more streams have entries than fit with
+//!   [`state::SLICE`] each, a read takes those read least recently, so a backlog is read in large
+//!   slices per stream; the others wait for the next read (and wake this one if it blocks). One
+//!   COUNT for all: a stream may be handed up to the read's COUNT, more than its own.
 //! - **Routing without copies.** The read task frames each reply and splits it into its streams'
 //!   parts by headers alone ([`crate::protocol::split_read_reply`]); each subscriber parses its own
 //!   part of the shared reply ([`crate::protocol::parse_stream_entries`]) on its own task.

@@ -17,6 +17,13 @@ use crate::reader::{ReadPace, FETCHED_AHEAD};
 /// memory).
 pub(super) const REPLY_BUDGET: usize = 4096;
 
+/// Entries per stream a read of streams with a backlog asks for at least (or the largest of
+/// their read sizes, if smaller): when more streams have entries than [`REPLY_BUDGET`] gives
+/// this many each, a read takes the ones read least recently, up to `REPLY_BUDGET / SLICE` of
+/// them, and the next read the next ones. So a deep backlog is read in large slices per stream
+/// (few batches, few acks per stream), not a few entries of every stream per read.
+pub(super) const SLICE: usize = 256;
+
 /// What the read task hands a subscriber.
 #[derive(Debug)]
 pub(super) enum Delivery {
@@ -56,6 +63,9 @@ pub(super) struct Lane {
     /// Whether the last reply that included it had entries for it (taken to be so until a reply
     /// shows otherwise): a read's COUNT is divided among the streams that have.
     pub(super) had_data: bool,
+    /// The number of the last read that included it while it had entries (the least recently
+    /// read go first when not all fit).
+    pub(super) last_read: u64,
 }
 
 impl Lane {
@@ -71,6 +81,7 @@ impl Lane {
             excluded: false,
             told: Instant::now(),
             had_data: true,
+            last_read: 0,
         }
     }
 
@@ -192,29 +203,54 @@ impl ReadState {
         waiting
     }
 
-    /// The next read: every stream with a usable credit, one credit taken from each, and the
-    /// COUNT of [`read_count`] for those of them that had entries in their last reply. `None`
-    /// when stopped or no stream may be read.
+    /// The next read: every stream with a usable credit that had no entries in its last reply,
+    /// and of those that had, as many as get [`SLICE`] entries each within [`REPLY_BUDGET`], the
+    /// least recently read first; one credit taken from each, and the COUNT of [`read_count`].
+    /// `None` when stopped or no stream may be read. When streams with entries were left out,
+    /// the read is to be woken if it blocks (they wait to be read).
     pub(super) fn plan(&mut self, sent: Instant) -> Option<Planned> {
         if self.stop {
             return None;
         }
-        let mut streams = Vec::new();
-        let (mut count, mut with_data) = (0, 0);
-        for (name, lane) in &mut self.lanes {
-            if lane.usable() > 0 {
-                lane.credits -= 1;
-                lane.in_flight += 1;
-                count = count.max(lane.count);
-                with_data += usize::from(lane.had_data);
-                streams.push((name.clone(), lane.token));
+        let mut quiet = Vec::new();
+        let mut busy: Vec<(u64, Arc<str>)> = Vec::new();
+        let mut largest = 1;
+        for (name, lane) in &self.lanes {
+            if lane.usable() == 0 {
+                continue;
+            }
+            if lane.had_data {
+                busy.push((lane.last_read, name.clone()));
+                largest = largest.max(lane.count);
+            } else {
+                quiet.push(name.clone());
             }
         }
-        self.wake = false;
-        if streams.is_empty() {
+        let fit = (REPLY_BUDGET / largest.min(SLICE)).max(1);
+        let left_out = busy.len().saturating_sub(fit);
+        if left_out > 0 {
+            busy.select_nth_unstable(fit);
+            busy.truncate(fit);
+        }
+        self.wake = left_out > 0;
+        if quiet.is_empty() && busy.is_empty() {
             return None;
         }
         self.planned += 1;
+        let (mut count, with_data) = (0, busy.len());
+        let mut streams = Vec::with_capacity(quiet.len() + busy.len());
+        let names = quiet.into_iter().chain(busy.into_iter().map(|(_, n)| n));
+        for name in names {
+            if let Some(lane) = self.lanes.get_mut(&name) {
+                lane.credits -= 1;
+                lane.in_flight += 1;
+                if lane.had_data {
+                    lane.last_read = self.planned;
+                }
+                count = count.max(lane.count);
+                streams.push((name, lane.token));
+            }
+        }
         Some(Planned {
             streams,
             count: read_count(count, with_data),
@@ -338,39 +374,45 @@ mod tests {
     }
 
     #[test]
-    fn a_reply_of_few_streams_does_not_lift_the_count_of_a_read_of_many() {
+    fn a_backlog_of_many_streams_is_read_in_slices_least_recently_read_first() {
         let mut s = ReadState::default();
         let streams: Vec<String> = (0..100).map(|i| format!("s{i}")).collect();
-        let tokens: Vec<u64> = streams.iter().map(|n| s.join(id(n), 1000).0).collect();
+        for name in &streams {
+            s.join(id(name), 1000);
+        }
         let now = Instant::now();
-        // Every stream has a backlog: each reply has all of them, until their credits run out.
-        for _ in 0..FETCHED_AHEAD {
+        let fit = REPLY_BUDGET / SLICE;
+        // Every stream has a backlog: a read takes `fit` of them, SLICE entries each, and the
+        // next reads the others; every stream is read once before any is read twice.
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..streams.len().div_ceil(fit) {
             let p = s.plan(now).expect("a read");
-            assert_eq!(p.streams.len(), 100);
-            assert!(
-                p.count * p.streams.len() <= REPLY_BUDGET,
-                "count {}",
-                p.count
-            );
+            assert_eq!(p.streams.len(), fit);
+            assert_eq!(p.count, SLICE);
+            assert!(s.wake, "streams left out wake a read that blocks");
             s.settle(&p, now, true, |_| true);
+            let unread = streams.len() - seen.len();
+            let new = p
+                .streams
+                .iter()
+                .filter(|(n, _)| seen.insert(n.clone()))
+                .count();
+            assert_eq!(
+                new,
+                fit.min(unread),
+                "the streams read least recently go first"
+            );
+            // Their consumers take the parts: credits come back.
+            for (name, token) in &p.streams {
+                s.taken(name, *token);
+            }
         }
-        // One stream's consumer takes a part: a read of it alone may ask for its full count.
-        assert!(s.taken("s0", tokens[0]));
-        let alone = s.plan(now).expect("a read of s0");
-        assert_eq!((names(&alone), alone.count), (vec!["s0"], 1000));
-        s.settle(&alone, now, true, |_| true);
-        // Then all of them take a part; they still have entries, so the next read, of all 100,
-        // shares the budget among them.
-        for (name, token) in streams.iter().zip(&tokens) {
-            s.taken(name, *token);
-        }
-        let all = s.plan(now).expect("a read of all");
-        assert_eq!(all.streams.len(), 100);
-        assert_eq!(all.count, REPLY_BUDGET / 100);
-        // Streams whose last reply had nothing leave the budget to those that had.
-        s.settle(&all, now, true, |n| n == "s1" || n == "s2");
-        let next = s.plan(now).expect("a read");
-        assert_eq!(next.count, 1000.min(REPLY_BUDGET / 2));
+        assert_eq!(seen.len(), streams.len());
+        // A stream read alone asks for its own full count.
+        let mut alone = ReadState::default();
+        alone.join(id("s0"), 1000);
+        let p = alone.plan(now).expect("a read");
+        assert_eq!(p.count, 1000);
     }
 
     #[test]
