@@ -210,13 +210,8 @@ impl Consumer {
             entry_id = %ids.first().copied().unwrap_or_default(),
             deliveries = batch.first().and_then(|(_, d)| *d),
         );
-        // Trace context (crate::trace): links to each entry's producer span; per-entry spans.
-        let entry_spans =
-            crate::trace::link_batch(&span, batch.iter().map(|(e, _)| e), self.opts.trace_entries);
-        let span = match <[_; 1]>::try_from(entry_spans) {
-            Ok([only]) if batch.len() == 1 => only,
-            _ => span,
-        };
+        // Trace context: links to the entries' producer spans (see crate::trace).
+        let span = crate::trace::batch_span(span, &batch, self.opts.trace_entries);
         let runner = self.runner.clone();
         let run = runner
             .run(self.meta.clone(), source, batch, self.opts.handler_timeout)

@@ -49,23 +49,28 @@ pub(crate) fn current() -> Option<TraceFields> {
     }
 }
 
-/// Links a batch's span to the producer span of each entry that carries a trace context; with
-/// `per_entry` also returns an `entry` span per such entry, a child of its producer span (when the
-/// batch has one entry the handler runs inside it). Entries without the fields are skipped;
-/// malformed ones get one DEBUG line each. Without the `opentelemetry` feature: nothing.
-pub(crate) fn link_batch<'a>(
-    batch_span: &tracing::Span,
-    entries: impl Iterator<Item = &'a crate::entry::RawEntry>,
+/// The span a batch's handler runs in: `batch_span`, linked to the producer span of each entry
+/// that carries a trace context; with `per_entry`, each such entry also gets an `entry` span, a
+/// child of its producer's span, and a batch of one entry runs in its `entry` span instead.
+/// Entries without the fields are skipped; malformed ones get one DEBUG line each. Without the
+/// `opentelemetry` feature: `batch_span` as it is.
+pub(crate) fn batch_span(
+    batch_span: tracing::Span,
+    batch: &[crate::handler::DeliveredEntry],
     per_entry: bool,
-) -> Vec<tracing::Span> {
+) -> tracing::Span {
     #[cfg(feature = "opentelemetry")]
     {
-        otel::link_batch(batch_span, entries, per_entry)
+        let entries = otel::link_batch(&batch_span, batch.iter().map(|(e, _)| e), per_entry);
+        match <[_; 1]>::try_from(entries) {
+            Ok([only]) if batch.len() == 1 => only,
+            _ => batch_span,
+        }
     }
     #[cfg(not(feature = "opentelemetry"))]
     {
-        let _ = (batch_span, entries, per_entry);
-        Vec::new()
+        let _ = (batch, per_entry);
+        batch_span
     }
 }
 

@@ -133,3 +133,79 @@ async fn the_handler_continues_the_producers_trace_and_odd_entries_are_handled()
     assert_eq!(entry.parent_span_id, producer_span.span_context.span_id());
     let _ = traced;
 }
+
+#[tokio::test]
+async fn a_batch_span_links_to_every_traced_entry_it_holds() {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("millrace-test")));
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let server = millrace_testkit::RedisServer::start();
+    let producer = Producer::builder().redis(server.url()).build().unwrap();
+    let mut traces = Vec::new();
+    for n in 1..=3 {
+        let span = tracing::info_span!("produce", n);
+        traces.push(trace_id_of(&span));
+        producer
+            .add("many", &Msg { n })
+            .instrument(span)
+            .await
+            .unwrap();
+    }
+    let handled: Arc<Mutex<Vec<(usize, TraceId)>>> = Arc::default();
+    let record = handled.clone();
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(
+            ConsumerSpec::new("many", "g", "c")
+                .start_id(StartId::Beginning)
+                .count(10)
+                .block(Duration::from_millis(200))
+                .handler(move |batch: Batch<Msg>| {
+                    let id = trace_id_of(&tracing::Span::current());
+                    record.lock().unwrap().push((batch.len(), id));
+                    futures::future::ready(HandlerResult::Ok)
+                }),
+        )
+        .start()
+        .await
+        .unwrap();
+    millrace_testkit::eventually(Duration::from_secs(30), "the batch handled", || {
+        let n = handled.lock().unwrap().len();
+        async move { n >= 1 }
+    })
+    .await;
+    app.shutdown().await.unwrap();
+    provider.force_flush().unwrap();
+
+    let handled = handled.lock().unwrap().clone();
+    assert_eq!(handled.len(), 1, "one batch of three: {handled:?}");
+    let (entries, handler_trace) = handled[0];
+    assert_eq!(entries, 3);
+    assert!(
+        !traces.contains(&handler_trace),
+        "a batch of many runs in a trace of its own"
+    );
+    let spans = exporter.get_finished_spans().unwrap();
+    let batch = spans
+        .iter()
+        .find(|s| s.name == "batch")
+        .expect("the batch span");
+    assert_eq!(batch.span_context.trace_id(), handler_trace);
+    let mut linked: Vec<TraceId> = batch
+        .links
+        .iter()
+        .map(|l| l.span_context.trace_id())
+        .collect();
+    linked.sort_by_key(|t| t.to_bytes());
+    traces.sort_by_key(|t| t.to_bytes());
+    assert_eq!(linked, traces, "a link to each entry's producer span");
+    assert!(
+        spans.iter().all(|s| s.name != "entry"),
+        "no entry spans unless asked"
+    );
+}
