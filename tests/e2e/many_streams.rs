@@ -684,13 +684,14 @@ async fn multi_stream_consumers_declared_in_millrace_toml_and_the_environment_ru
     for spec in specs {
         builder = builder.multi_stream(spec);
     }
+    // A pattern consumer is ready once it reads a stream: give it one to find.
+    let found = xadd(&mut con, "found:1", &[("n", "3")]).await;
     let app = builder.start().await.unwrap();
     wait_running(&app).await;
     assert_eq!(app.streams_of("g", "named"), ["toml:a", "toml:b"]);
 
     let a = xadd(&mut con, "toml:a", &[("n", "1")]).await;
     let b = xadd(&mut con, "toml:b", &[("n", "2")]).await;
-    let found = xadd(&mut con, "found:1", &[("n", "3")]).await;
     seen.wait_for("toml:a", a).await;
     seen.wait_for("toml:b", b).await;
     seen.wait_for("found:1", found).await;
