@@ -69,6 +69,7 @@ mod cluster;
 mod error;
 mod matrix;
 mod proxy;
+mod sentinel;
 mod server;
 mod tls;
 mod wait;
@@ -80,6 +81,7 @@ pub use cluster::{
 pub use error::TestkitError;
 pub use matrix::{skip_without_tls, tls_unavailable, ServerKind, SERVER_CACHE_ENV, SERVER_ENV};
 pub use proxy::FaultProxy;
+pub use sentinel::{SentinelGroup, SENTINEL_MASTER_NAME};
 pub use server::{RedisServer, ServerBuilder, DEFAULT_STARTUP_TIMEOUT, REDIS_SERVER_ENV};
 pub use wait::{eventually, wait_until, POLL_INTERVAL};
 
