@@ -20,6 +20,7 @@ mod ownership;
 mod readme;
 mod recovery;
 mod repository;
+mod sentinel;
 mod servers;
 mod startup;
 mod supervision;

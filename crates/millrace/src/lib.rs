@@ -67,6 +67,7 @@ mod id;
 mod multi_spec;
 mod protocol;
 mod reader;
+mod sentinel;
 mod settings;
 mod spec;
 pub mod streams;
