@@ -24,6 +24,7 @@ mod readme;
 mod recovery;
 mod repository;
 mod retry;
+mod sentinel;
 mod servers;
 mod startup;
 mod supervision;

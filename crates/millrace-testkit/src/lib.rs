@@ -17,6 +17,10 @@
 //!   [`migrate_slot`](RedisCluster::migrate_slot) live, in steps if a test
 //!   wants to act half-way ([`SlotMigration`]). Dropping it kills every node
 //!   and removes their directories.
+//! * [`SentinelGroup`] starts 1 master, 2 replicas and 3 Sentinels on loopback
+//!   (optionally with one password everywhere) and can
+//!   [`failover`](SentinelGroup::failover) (`SENTINEL FAILOVER`) or
+//!   [`kill_master`](SentinelGroup::kill_master) (a replica is promoted).
 //! * [`FaultProxy`] is a Tokio TCP proxy put between a client and the server
 //!   to black-hole, reset, refuse or truncate connections.
 //! * [`wait_until`] and [`eventually`] poll a condition until it holds or a
@@ -69,6 +73,7 @@ mod cluster;
 mod error;
 mod matrix;
 mod proxy;
+mod sentinel;
 mod server;
 mod tls;
 mod wait;
@@ -80,6 +85,7 @@ pub use cluster::{
 pub use error::TestkitError;
 pub use matrix::{skip_without_tls, tls_unavailable, ServerKind, SERVER_CACHE_ENV, SERVER_ENV};
 pub use proxy::FaultProxy;
+pub use sentinel::{SentinelGroup, SENTINEL_MASTER_NAME};
 pub use server::{RedisServer, ServerBuilder, DEFAULT_STARTUP_TIMEOUT, REDIS_SERVER_ENV};
 pub use wait::{eventually, wait_until, POLL_INTERVAL};
 

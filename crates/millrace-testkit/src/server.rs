@@ -637,7 +637,7 @@ fn signal(pid: u32, signal: &str) {
 /// Connects, authenticates if needed and sends `PING` and `INFO server`; true
 /// if the answer is `PONG` from the process `expected_pid` (so a server of
 /// someone else that won the race for the port is not mistaken for ours).
-fn probe(port: u16, password: Option<&str>, expected_pid: u32) -> bool {
+pub(crate) fn probe(port: u16, password: Option<&str>, expected_pid: u32) -> bool {
     fn inner(port: u16, password: Option<&str>, expected_pid: u32) -> std::io::Result<bool> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;

@@ -77,6 +77,7 @@ mod protocol;
 mod reader;
 mod redact;
 mod retry;
+mod sentinel;
 mod settings;
 mod spec;
 pub mod streams;

@@ -32,6 +32,7 @@ enum RedisSource {
     Url(String),
     Client(Box<redis::Client>),
     Cluster(Vec<String>),
+    Sentinel(crate::sentinel::SentinelConfig),
 }
 
 /// Builds and starts a [`Supervisor`].
@@ -76,6 +77,7 @@ impl fmt::Debug for SupervisorBuilder {
             Some(RedisSource::Cluster(seeds)) => {
                 format!("<cluster of {} seed urls, not shown>", seeds.len())
             }
+            Some(RedisSource::Sentinel(config)) => format!("{config:?}"),
         };
         f.debug_struct("SupervisorBuilder")
             .field("redis", &redis)
@@ -118,6 +120,51 @@ impl SupervisorBuilder {
         self.redis = Some(RedisSource::Cluster(
             seeds.into_iter().map(Into::into).collect(),
         ));
+        self
+    }
+
+    /// A primary with replicas behind Redis Sentinel: `master_name` is the NAME of the Sentinels'
+    /// `sentinel monitor NAME host port quorum`, `sentinels` their URLs
+    /// (`redis://[:password@]host:26379`, the Sentinels' own password if they have one). Every
+    /// connection (control and reads) goes to the master the Sentinels name at that moment, and
+    /// is moved when they name another (a `SENTINEL FAILOVER`, or a promotion after the master
+    /// died). The data nodes' credentials go to [`sentinel_data_auth`](Self::sentinel_data_auth).
+    /// `start()` fails at once when no Sentinel answers or none knows `master_name`.
+    ///
+    /// ```no_run
+    /// # async fn run() -> millrace::Result<()> {
+    /// let app = millrace::Supervisor::builder()
+    ///     .redis_sentinel("mymaster", ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"])
+    ///     .sentinel_data_auth(Some("millrace"), "PASSWORD")
+    ///     // .consumer(...)
+    ///     .start()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn redis_sentinel<I, S>(mut self, master_name: impl Into<String>, sentinels: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let data_auth = match &self.redis {
+            Some(RedisSource::Sentinel(c)) => c.data_auth.clone(),
+            _ => String::new(),
+        };
+        self.redis = Some(RedisSource::Sentinel(crate::sentinel::SentinelConfig {
+            master_name: master_name.into(),
+            sentinels: sentinels.into_iter().map(Into::into).collect(),
+            data_auth,
+        }));
+        self
+    }
+
+    /// The username (none for the default user) and password of the data nodes behind Sentinel
+    /// (after [`redis_sentinel`](Self::redis_sentinel)). Never logged or shown by `Debug`.
+    pub fn sentinel_data_auth(mut self, username: Option<&str>, password: &str) -> Self {
+        if let Some(RedisSource::Sentinel(c)) = &mut self.redis {
+            c.data_auth = crate::sentinel::userinfo(username, password);
+        }
         self
     }
 
@@ -203,6 +250,7 @@ impl SupervisorBuilder {
 
     async fn start_inner(self, parent: Option<ActorCell>) -> Result<Supervisor> {
         self.restart.validate()?;
+        let mut sentinel = None;
         let backend = match self.redis {
             None => {
                 return Err(Error::config(
@@ -214,6 +262,12 @@ impl SupervisorBuilder {
             Some(RedisSource::Url(url)) => Backend::open(&url, self.connection)?,
             Some(RedisSource::Client(client)) => Backend::from_client(*client, self.connection)?,
             Some(RedisSource::Cluster(seeds)) => Backend::open_cluster(&seeds, self.connection)?,
+            Some(RedisSource::Sentinel(config)) => {
+                let timeout = self.connection.connect_timeout;
+                let (forwarder, url) = crate::sentinel::start(&config, timeout).await?;
+                sentinel = Some(forwarder);
+                Backend::open(&url, self.connection)?
+            }
         };
         let registry = stream_sets::registry(&self.multis)?;
         let mut consumers = self.consumers;
@@ -284,6 +338,9 @@ impl SupervisorBuilder {
             let _ = join.await;
             let _ = done_tx.send(true);
         });
+        if let Some(forwarder) = sentinel {
+            forwarder.stop_when(done_rx.clone());
+        }
         #[allow(unused_mut)]
         let mut app = Supervisor {
             actor,
