@@ -287,5 +287,6 @@ fn fatal(reason: String, hint: &str) -> Error {
         command: "asking Redis Sentinel for the master",
         reason,
         hint: hint.to_owned(),
+        source: None,
     }
 }
