@@ -203,10 +203,10 @@ impl Consumer {
         let set = self.cohort.is_some();
         if self.dead_letter_in_steps {
             let suggested = crate::dead_letter::colocated_name(&self.id.stream);
-            let hint = format!(
-                "{}; for one stream per tenant use names like `{suggested}` (the stream and its dead-letter stream share the slot, and the name still matches a pattern such as `tenant:*:events`)",
-                hash_tag_hint(&self.id.stream, &self.dlq)
-            );
+            let mut hint = hash_tag_hint(&self.id.stream, &self.dlq);
+            if suggested != format!("{{{}}}", self.id.stream) {
+                hint.push_str(&format!("; or, to keep matching a pattern such as `tenant:*:events`, put only the varying part in braces: `{suggested}`"));
+            }
             if set {
                 warn!(example_stream = %self.id.stream, dead_letter_stream = %self.dlq, %hint, "dead letters of this multi-stream consumer's streams move in two steps where a stream and its dead-letter stream hash to different slots (add to the dead-letter stream, then acknowledge; a retried move adds no second copy, a crash between the two leaves a copy in both streams); logged once for the set");
             } else {
