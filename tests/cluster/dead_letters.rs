@@ -125,7 +125,22 @@ fn on_node(cluster: &millrace_testkit::RedisCluster, index: usize, cmd: &mut red
 /// each poison entry once in its dead-letter stream, nothing pending, no restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_dead_letter_master_stalls_and_duplicates_nothing_on_healthy_masters() {
-    let mut cluster = cluster();
+    dead_letter_master_killed(cluster()).await;
+}
+
+/// The same at Redis's default `cluster-node-timeout` of 15 s: the outage lasts longer (the replica
+/// is promoted only after its master was seen failing for a node timeout), nothing else changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_dead_letter_master_at_the_default_15_s_node_timeout() {
+    crate::common::init_tracing();
+    let cluster = millrace_testkit::RedisCluster::builder()
+        .node_timeout(Duration::from_secs(15))
+        .settle_timeout(Duration::from_secs(120))
+        .start();
+    dead_letter_master_killed(cluster).await;
+}
+
+async fn dead_letter_master_killed(mut cluster: millrace_testkit::RedisCluster) {
     let dead = cluster.masters()[0];
     let streams: Vec<String> = (0..100_000)
         .map(|i| format!("tenant:{i}:events"))
