@@ -140,6 +140,7 @@ async fn a_dead_dead_letter_master_at_the_default_15_s_node_timeout() {
     dead_letter_master_killed(cluster).await;
 }
 
+#[allow(clippy::print_stderr)]
 async fn dead_letter_master_killed(mut cluster: millrace_testkit::RedisCluster) {
     let dead = cluster.masters()[0];
     let streams: Vec<String> = (0..100_000)
