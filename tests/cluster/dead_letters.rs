@@ -258,6 +258,9 @@ async fn dead_letter_master_killed(mut cluster: millrace_testkit::RedisCluster) 
     let began = std::time::Instant::now();
     tokio::task::block_in_place(|| cluster.wait_settled());
     eprintln!("replica promoted {:?} after allowing it", began.elapsed());
+    // A fresh connection of the test's own, with the slot map of now (the old one may still be
+    // finding its way around the dead node).
+    let mut con = connect(&cluster).await;
     written.extend(produce(con.clone(), 5).await);
     for stream in &streams {
         let dlq = format!("{stream}:dlq");
