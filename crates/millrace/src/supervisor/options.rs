@@ -33,7 +33,7 @@ impl SupervisorBuilder {
     }
 
     /// Adds a consumer over many streams (one read for all of them) to start with the supervisor.
-    /// Each stream becomes a consumer of its own in [`Supervisor::health`]; see [`MultiStreamSpec`].
+    /// Each stream becomes a consumer of its own in [`Supervisor::health`](super::Supervisor::health); see [`MultiStreamSpec`].
     ///
     /// ```no_run
     /// # async fn demo() -> millrace::Result<()> {
