@@ -125,7 +125,23 @@ fn on_node(cluster: &millrace_testkit::RedisCluster, index: usize, cmd: &mut red
 /// each poison entry once in its dead-letter stream, nothing pending, no restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_dead_letter_master_stalls_and_duplicates_nothing_on_healthy_masters() {
-    let mut cluster = cluster();
+    dead_letter_master_killed(cluster()).await;
+}
+
+/// The same at Redis's default `cluster-node-timeout` of 15 s: the outage lasts longer (the replica
+/// is promoted only after its master was seen failing for a node timeout), nothing else changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_dead_letter_master_at_the_default_15_s_node_timeout() {
+    crate::common::init_tracing();
+    let cluster = millrace_testkit::RedisCluster::builder()
+        .node_timeout(Duration::from_secs(15))
+        .settle_timeout(Duration::from_secs(120))
+        .start();
+    dead_letter_master_killed(cluster).await;
+}
+
+#[allow(clippy::print_stderr)]
+async fn dead_letter_master_killed(mut cluster: millrace_testkit::RedisCluster) {
     let dead = cluster.masters()[0];
     let streams: Vec<String> = (0..100_000)
         .map(|i| format!("tenant:{i}:events"))
@@ -242,6 +258,9 @@ async fn a_dead_dead_letter_master_stalls_and_duplicates_nothing_on_healthy_mast
     let began = std::time::Instant::now();
     tokio::task::block_in_place(|| cluster.wait_settled());
     eprintln!("replica promoted {:?} after allowing it", began.elapsed());
+    // A fresh connection of the test's own, with the slot map of now (the old one may still be
+    // finding its way around the dead node).
+    let mut con = connect(&cluster).await;
     written.extend(produce(con.clone(), 5).await);
     for stream in &streams {
         let dlq = format!("{stream}:dlq");
@@ -277,4 +296,59 @@ async fn a_dead_dead_letter_master_stalls_and_duplicates_nothing_on_healthy_mast
         assert_eq!(h.dead_letters_waiting, 0, "{h:?}");
     }
     app.shutdown().await.expect("shutdown");
+}
+
+/// A log writer the test reads back.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Twenty tenants with plain names: one warning that their dead letters move in two steps, for the
+/// set, suggesting `tenant:{<id>}:events`; twenty with hash-tagged names: none.
+#[tokio::test(flavor = "current_thread")]
+async fn the_two_step_warning_comes_once_per_consumer_set_and_names_the_tagged_form() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("millrace=info")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let cluster = millrace_testkit::RedisCluster::builder()
+        .replicas_per_master(0)
+        .start();
+    let plain: Vec<String> = (0..20).map(|i| format!("tenant:{i}:events")).collect();
+    let tagged: Vec<String> = (0..20).map(|i| format!("tenant:{{{i}}}:events")).collect();
+    let set = |streams: &[String], consumer: &str| {
+        millrace::MultiStreamSpec::new(streams.to_vec(), "g", consumer)
+            .block(Duration::from_millis(500))
+            .handler(|_batch: Batch<RawEntry>| async { HandlerResult::Ok })
+    };
+    let app = Supervisor::builder()
+        .redis_cluster(cluster.seed_urls())
+        .multi_stream(set(&plain, "plain"))
+        .multi_stream(set(&tagged, "tagged"))
+        .start()
+        .await
+        .expect("start");
+    wait_running(&app).await;
+    app.shutdown().await.expect("shutdown");
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("move in two steps"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{logs}");
+    assert!(warnings[0].contains("tenant:{"), "{}", warnings[0]);
+    assert!(warnings[0].contains("consumer=plain"), "{}", warnings[0]);
 }

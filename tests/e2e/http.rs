@@ -109,6 +109,7 @@ async fn the_endpoint_serves_health_ready_and_metrics_and_a_clone_drives_the_sup
 /// A service with one multi-stream consumer over 1,000 streams: the lines of `/metrics` under each
 /// labelling (printed), the default well under 5,000.
 #[tokio::test]
+#[allow(clippy::print_stderr)]
 async fn metrics_at_a_thousand_streams_stay_small_by_default() {
     let (server, _con) = server().await;
     let streams: Vec<String> = (0..1_000)

@@ -257,19 +257,59 @@ fn key_routed_commands_reach_each_streams_master() {
     assert_eq!(q::<u64>(&mut con, &["XLEN", &dlq]), 0);
     assert_eq!(q::<u64>(&mut con, &["XLEN", s]), before + 1);
 
-    // Without a hash tag `orders:dlq` is in another slot: replay refuses, naming the fix.
+    // Without a hash tag `orders:dlq` is in another slot: a dry run says how it would move and
+    // changes nothing; the replay moves the entry in two steps, once, and a second run finds
+    // nothing left to move.
     let _: String = q(&mut con, &["XADD", "orders", "*", "n", "1"]);
-    let _: String = q(&mut con, &["XADD", "orders:dlq", "*", "n", "1"]);
-    let r = finish(
-        millrace()
-            .arg("--redis-cluster")
-            .arg(cluster.seed_urls()[0].clone())
-            .args(["dlq", "replay", "orders"]),
-    );
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("different slots"), "{r:?}");
-    assert!(r.stderr.contains("`{orders}:dlq`"), "{r:?}");
+    let mut add = redis::cmd("XADD");
+    add.arg("orders:dlq").arg("*");
+    let values = [
+        "orders",
+        "1-1",
+        "workers",
+        "worker-1",
+        "5",
+        "boom",
+        "1700000000000",
+    ];
+    for (k, v) in meta.iter().zip(values) {
+        add.arg(*k).arg(v);
+    }
+    add.arg("n").arg("dead");
+    let _: String = add.query(&mut con).unwrap();
+    let dry = ok(&cluster, &["dlq", "replay", "orders", "--dry-run"]);
+    assert!(dry.stdout.contains("different slots"), "{dry:?}");
+    assert!(dry.stdout.contains("would replay 1"), "{dry:?}");
     assert_eq!(q::<u64>(&mut con, &["XLEN", "orders:dlq"]), 1);
+    assert_eq!(q::<u64>(&mut con, &["XLEN", "orders"]), 1);
+    let moved = ok(&cluster, &["dlq", "replay", "orders"]);
+    assert!(moved.stdout.contains("replayed 1"), "{moved:?}");
+    assert_eq!(q::<u64>(&mut con, &["XLEN", "orders:dlq"]), 0);
+    assert_eq!(q::<u64>(&mut con, &["XLEN", "orders"]), 2);
+    let again = ok(&cluster, &["dlq", "replay", "orders"]);
+    assert!(again.stdout.contains("replayed 0"), "{again:?}");
+    assert_eq!(q::<u64>(&mut con, &["XLEN", "orders"]), 2);
+    // A dry run against a stream that does not exist reports instead of refusing.
+    let _: String = {
+        let mut add = redis::cmd("XADD");
+        add.arg("gone:dlq").arg("*");
+        let values = [
+            "gone",
+            "1-1",
+            "workers",
+            "worker-1",
+            "5",
+            "boom",
+            "1700000000000",
+        ];
+        for (k, v) in meta.iter().zip(values) {
+            add.arg(*k).arg(v);
+        }
+        add.arg("n").arg("dead");
+        add.query(&mut con).unwrap()
+    };
+    let dry = ok(&cluster, &["dlq", "replay", "gone", "--dry-run"]);
+    assert!(dry.stdout.contains("would be refused"), "{dry:?}");
 }
 
 #[test]

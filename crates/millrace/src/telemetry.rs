@@ -271,7 +271,7 @@ mod tests {
             ConsumerMetrics::new(&ConsumerId::new("s", "g", "c"));
         });
         let seen = seen.lock().unwrap().clone();
-        assert_eq!(seen.len(), 17, "{seen:?}");
+        assert_eq!(seen.len(), 19, "{seen:?}");
         for (name, unit) in seen {
             let unit = unit.unwrap_or_else(|| panic!("{name} has no unit"));
             let suffix = name.trim_end_matches("_total");

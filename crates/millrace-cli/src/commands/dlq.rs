@@ -322,6 +322,8 @@ struct ReplayReport {
     stream: JsonBytes,
     dlq: JsonBytes,
     dry_run: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
     replayed: Vec<Replayed>,
     skipped: Vec<Skipped>,
 }
@@ -336,31 +338,40 @@ async fn replay(
     let stream = &target.stream;
     let dlq = target.dlq_key();
     let selected = select(redis, target, sel).await?;
-    match redis.stream_state(stream).await? {
-        KeyState::Stream => {}
-        KeyState::Other(t) => return Err(wrong_type(stream, &t)),
-        KeyState::Missing => {
-            return Err(CliError::runtime(format!(
-                "{}: replaying would create it without consumer groups; create it and its groups \
-                 first (XGROUP CREATE {stream} <group> 0 MKSTREAM)",
-                no_such_stream(stream)
-            )))
+    // A dry run never refuses: what would stop a replay is said in its report instead.
+    let mut note = None;
+    let refusal = match redis.stream_state(stream).await? {
+        KeyState::Stream => None,
+        KeyState::Other(t) => Some(wrong_type(stream, &t)),
+        KeyState::Missing => Some(CliError::runtime(format!(
+            "{}: replaying would create it without consumer groups; create it and its groups \
+             first (XGROUP CREATE {stream} <group> 0 MKSTREAM)",
+            no_such_stream(stream)
+        ))),
+    };
+    if let Some(refusal) = refusal {
+        if !dry_run {
+            return Err(refusal);
         }
+        note = Some(format!("a replay would be refused: {refusal}"));
     }
-    // Each entry moves in one script, which on a cluster needs both keys in one slot.
-    if !redis.same_slot(stream, &dlq).await? {
-        return Err(CliError::runtime(format!(
-            "stream `{stream}` and its dead-letter stream `{dlq}` are in different slots of the \
-             cluster, and a replay moves each entry in one script, which needs both in one slot; \
-             name them with a hash tag, e.g. `{{{stream}}}` and `{{{stream}}}:dlq`, or replay by \
-             hand (XADD to `{stream}`, then XDEL from `{dlq}`)"
-        )));
+    // On a cluster with the two keys in different slots, each entry moves in two steps (XADD to
+    // the stream, then XDEL), retried without a second copy.
+    let in_steps = !redis.same_slot(stream, &dlq).await?;
+    if in_steps && note.is_none() {
+        note = Some(format!(
+            "`{stream}` and `{dlq}` are in different slots: each entry moves in two steps (XADD, then \
+             XDEL; a retried step adds no second copy). Names like `{}` keep a stream and its \
+             dead-letter stream in one slot",
+            millrace::dead_letter::colocated_name(&stream.to_string())
+        ));
     }
     let dead_letters = target.dead_letters();
     let mut report = ReplayReport {
         stream: JsonBytes(stream.as_bytes().to_vec()),
         dlq: JsonBytes(dlq.as_bytes().to_vec()),
         dry_run,
+        note,
         replayed: Vec::new(),
         skipped: Vec::new(),
     };
@@ -380,7 +391,12 @@ async fn replay(
         let Some(d) = &l.dead_letter else { continue };
         let mut new_id = None;
         if !dry_run {
-            match dead_letters.replay(redis.conn(), l).await {
+            let moved = if in_steps {
+                dead_letters.replay_in_steps(redis.conn(), l).await
+            } else {
+                dead_letters.replay(redis.conn(), l).await
+            };
+            match moved {
                 Ok(Replay::Replayed { new_id: id }) => new_id = Some(id.to_string()),
                 Ok(Replay::Skipped(why)) => {
                     report.skipped.push(Skipped {
@@ -477,6 +493,9 @@ fn print_replay(report: &ReplayReport, others: usize) -> Result<()> {
             escape(&report.stream.0)
         )
     });
+    if let Some(note) = &report.note {
+        text.push_str(&format!("\n({note})"));
+    }
     if others > 0 {
         text.push_str(&format!(
             "\n({} of `{}` belong to other streams and were left alone)",

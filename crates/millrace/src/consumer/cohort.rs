@@ -28,6 +28,8 @@ pub(crate) const REPLAYS_AT_ONCE: usize = 4;
 pub(crate) struct Cohort {
     members: AtomicUsize,
     replays: Semaphore,
+    /// The start-up note on how dead letters move was logged (once per multi-stream consumer).
+    dead_letter_path_logged: std::sync::atomic::AtomicBool,
 }
 
 impl Cohort {
@@ -35,7 +37,13 @@ impl Cohort {
         Arc::new(Cohort {
             members: AtomicUsize::new(0),
             replays: Semaphore::new(REPLAYS_AT_ONCE),
+            dead_letter_path_logged: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// True the first time it is asked: the one stream that logs how the set's dead letters move.
+    pub(crate) fn first_dead_letter_note(&self) -> bool {
+        !self.dead_letter_path_logged.swap(true, Ordering::Relaxed)
     }
 
     /// The number of streams read now (kept by the supervisor).

@@ -198,13 +198,29 @@ impl Consumer {
         .await
     }
 
-    /// On a cluster, says once which way dead letters move, and how to make the move atomic.
+    /// On a cluster, says once which way dead letters move, and how to make the move atomic: once
+    /// per consumer, and once per multi-stream consumer (not per stream).
     fn log_dead_letter_path(&self) {
         if !self.backend.is_cluster() {
             return;
         }
+        if let Some(cohort) = &self.cohort {
+            if !cohort.first_dead_letter_note() {
+                return;
+            }
+        }
+        let set = self.cohort.is_some();
         if self.dead_letter_in_steps {
-            warn!(dead_letter_stream = %self.dlq, hint = %hash_tag_hint(&self.id.stream, &self.dlq), "dead letters move in two steps (add to the dead-letter stream, then acknowledge): a crash between them leaves a copy in both streams, never in neither");
+            let suggested = crate::dead_letter::colocated_name(&self.id.stream);
+            let mut hint = hash_tag_hint(&self.id.stream, &self.dlq);
+            if suggested != format!("{{{}}}", self.id.stream) {
+                hint.push_str(&format!("; or, to keep matching a pattern such as `tenant:*:events`, put only the varying part in braces: `{suggested}`"));
+            }
+            if set {
+                warn!(example_stream = %self.id.stream, dead_letter_stream = %self.dlq, %hint, "dead letters of this multi-stream consumer's streams move in two steps where a stream and its dead-letter stream hash to different slots (add to the dead-letter stream, then acknowledge; a retried move adds no second copy, a crash between the two leaves a copy in both streams); logged once for the set");
+            } else {
+                warn!(dead_letter_stream = %self.dlq, %hint, "dead letters move in two steps (add to the dead-letter stream, then acknowledge): a retried move adds no second copy; a crash between them leaves a copy in both streams, never in neither");
+            }
         } else {
             info!(dead_letter_stream = %self.dlq, "dead letters move atomically: the stream and its dead-letter stream share a slot");
         }

@@ -62,3 +62,44 @@ pub(crate) use mover::check_permissions;
 pub(crate) use parked::DeadLetterMover;
 pub use replay::{Replay, Skip};
 pub use stream::{is_dead_letter_stream, DeadLetterStream, Listing, Selected, Selection};
+
+/// A name for `stream` that keeps it and its dead-letter stream (`<stream>:dlq`) in one slot of a
+/// Redis Cluster, so dead letters move atomically: a name with a hash tag already is kept; else
+/// the first `:`-separated part with a digit in it (the tenant's id, usually) goes in braces; else
+/// the whole name. `tenant:{42}:events` still matches the pattern `tenant:*:events`, where
+/// `{tenant:42:events}` would not.
+///
+/// ```
+/// use millrace::dead_letter::colocated_name;
+/// assert_eq!(colocated_name("tenant:42:events"), "tenant:{42}:events");
+/// assert_eq!(colocated_name("orders:new:3"), "orders:new:{3}");
+/// assert_eq!(colocated_name("orders"), "{orders}");
+/// assert_eq!(colocated_name("tenant:{42}:events"), "tenant:{42}:events");
+/// ```
+pub fn colocated_name(stream: &str) -> String {
+    let tagged = stream
+        .find('{')
+        .is_some_and(|open| stream[open + 1..].find('}').is_some_and(|close| close > 0));
+    if tagged {
+        return stream.to_owned();
+    }
+    let parts: Vec<&str> = stream.split(':').collect();
+    match parts
+        .iter()
+        .position(|p| p.bytes().any(|b| b.is_ascii_digit()))
+    {
+        Some(i) if parts.len() > 1 => parts
+            .iter()
+            .enumerate()
+            .map(|(j, p)| {
+                if j == i {
+                    format!("{{{p}}}")
+                } else {
+                    (*p).to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(":"),
+        _ => format!("{{{stream}}}"),
+    }
+}

@@ -74,10 +74,35 @@ impl DeadLetterStream {
     /// Moves `letter` back to the source stream: if it is still in the dead-letter stream, `XADD`
     /// its original fields to the source, then `XDEL` it, atomically (in steps for more than 1,000
     /// fields; see the [module docs](super)). The consumer groups read it again as a new entry.
+    /// On a Redis Cluster both keys must be in one slot; see [`replay_in_steps`](Self::replay_in_steps).
     pub async fn replay<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
         letter: &Letter,
+    ) -> RedisResult<Replay> {
+        self.replay_with(conn, letter, false).await
+    }
+
+    /// [`replay`](Self::replay) for a source and dead-letter stream in different slots of a Redis
+    /// Cluster (where one script cannot touch both): `XRANGE` (still a dead letter?), `XADD` to
+    /// the source, then `XDEL`, each on its key's master. Failed steps are retried (up to 3
+    /// times, on connection errors, timeouts, `TRYAGAIN`, `CLUSTERDOWN`) without adding a second
+    /// copy: the first attempt notes the source's last id before its `XADD`, and a retry looks
+    /// there for its own copy first. A crash of the caller between `XADD` and `XDEL` leaves the
+    /// entry in both streams: check the source before replaying it again.
+    pub async fn replay_in_steps<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        letter: &Letter,
+    ) -> RedisResult<Replay> {
+        self.replay_with(conn, letter, true).await
+    }
+
+    async fn replay_with<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        letter: &Letter,
+        in_steps: bool,
     ) -> RedisResult<Replay> {
         let dead = match self.check_replay(letter) {
             Ok(dead) => dead,
@@ -93,22 +118,39 @@ impl DeadLetterStream {
             to: self.source(),
             id: letter.id(),
             release: Release::Delete,
-            in_steps: false,
+            in_steps,
         };
         let mut marker = Marker::default();
-        Ok(
-            match transfer.run(conn, &fields, false, &mut marker).await? {
-                Some(id) => Replay::Replayed {
-                    new_id: id.parse().map_err(|_| {
-                        redis::RedisError::from((
-                            redis::ErrorKind::UnexpectedReturnType,
-                            "XADD returned something that is not an entry id",
-                            id,
-                        ))
-                    })?,
-                },
-                None => Replay::Skipped(Skip::Gone),
+        let mut attempt = 0u32;
+        let moved = loop {
+            match transfer.run(conn, &fields, false, &mut marker).await {
+                Ok(moved) => break moved,
+                Err(e) if in_steps && attempt < 3 && retryable(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        Ok(match moved {
+            Some(id) => Replay::Replayed {
+                new_id: id.parse().map_err(|_| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "XADD returned something that is not an entry id",
+                        id,
+                    ))
+                })?,
             },
-        )
+            None => Replay::Skipped(Skip::Gone),
+        })
     }
+}
+
+/// A step failure worth trying again: the connection, a timeout, or the cluster moving.
+fn retryable(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || matches!(e.code(), Some("TRYAGAIN" | "CLUSTERDOWN" | "LOADING"))
 }

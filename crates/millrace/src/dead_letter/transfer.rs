@@ -293,3 +293,112 @@ impl Transfer<'_> {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use millrace_testkit::RedisServer;
+
+    /// A pending entry of stream `s`, group `g`, consumer `c`.
+    async fn pending_entry(con: &mut redis::aio::MultiplexedConnection) -> EntryId {
+        let id: String = redis::cmd("XADD")
+            .arg("s")
+            .arg("*")
+            .arg("n")
+            .arg("1")
+            .query_async(con)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg("s")
+            .arg("g")
+            .arg("0")
+            .query_async(con)
+            .await
+            .unwrap();
+        let _: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("c")
+            .arg("STREAMS")
+            .arg("s")
+            .arg(">")
+            .query_async(con)
+            .await
+            .unwrap();
+        id.parse().unwrap()
+    }
+
+    async fn xlen(con: &mut redis::aio::MultiplexedConnection, key: &str) -> u64 {
+        redis::cmd("XLEN").arg(key).query_async(con).await.unwrap()
+    }
+
+    /// A step move whose first `XADD` landed but whose reply was lost (the `XADD` is made by hand
+    /// after the marker, as the lost attempt would have) is retried: the retry finds the copy,
+    /// only acknowledges, and the dead-letter stream holds one copy.
+    #[tokio::test]
+    async fn a_retried_step_move_after_a_lost_xadd_reply_adds_no_second_copy() {
+        let server = RedisServer::start();
+        let mut con = server
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let id = pending_entry(&mut con).await;
+        let _: String = redis::cmd("XADD")
+            .arg("s:dlq")
+            .arg("*")
+            .arg("older")
+            .arg("letter")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let transfer = Transfer {
+            from: b"s",
+            to: b"s:dlq",
+            id,
+            release: Release::Ack(b"g"),
+            in_steps: true,
+        };
+        let fields: [&[u8]; 4] = [b"millrace.reason", b"poison", b"n", b"1"];
+        // The lost attempt: the marker taken, then its XADD landed.
+        let mut marker = Marker(Some(transfer.last_id(&mut con).await.unwrap()));
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg("s:dlq").arg("*");
+        for f in fields {
+            xadd.arg(f);
+        }
+        let landed: String = xadd.query_async(&mut con).await.unwrap();
+        // The retry.
+        let moved = transfer
+            .run(&mut con, &fields, false, &mut marker)
+            .await
+            .unwrap();
+        assert_eq!(moved.as_deref(), Some(landed.as_str()), "the copy found");
+        assert_eq!(
+            xlen(&mut con, "s:dlq").await,
+            2,
+            "the older letter and one copy"
+        );
+        let pending: Vec<Value> = redis::cmd("XPENDING")
+            .arg("s")
+            .arg("g")
+            .arg("-")
+            .arg("+")
+            .arg(10)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert!(pending.is_empty(), "acknowledged");
+        // Once moved, a further attempt finds nothing pending and changes nothing.
+        let again = transfer
+            .run(&mut con, &fields, false, &mut marker)
+            .await
+            .unwrap();
+        assert_eq!(again, None);
+        assert_eq!(xlen(&mut con, "s:dlq").await, 2);
+    }
+}

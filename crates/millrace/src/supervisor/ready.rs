@@ -60,7 +60,7 @@ impl Supervisor {
         })
     }
 
-    /// The address the built-in HTTP endpoint listens on ([`SupervisorBuilder::http`], feature
+    /// The address the built-in HTTP endpoint listens on (`SupervisorBuilder::http`, feature
     /// `http`); `None` without it.
     pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
         self.http_addr
