@@ -239,3 +239,56 @@ async fn an_unknown_master_name_or_no_sentinel_fails_at_start_naming_the_fix() {
     );
     assert!(text.contains("redis-sentinel runs"), "{text}");
 }
+
+/// `[sentinel]` in `millrace.toml`: the supervisor `Settings::supervisor()` builds finds the master
+/// through the Sentinels (with the data nodes' password from the file) and handles an entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_from_settings_finds_the_master_through_sentinel() {
+    init_tracing();
+    let group = block_in_place(|| SentinelGroup::start_with_password(PW));
+    let urls = group
+        .sentinel_urls()
+        .iter()
+        .map(|u| format!("{u:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let settings = millrace::Settings::from_toml_str(&format!(
+        "[sentinel]\nmaster = \"{}\"\nurls = [{urls}]\npassword = \"{PW}\"\n",
+        group.master_name()
+    ))
+    .unwrap();
+    let handled = Handled::default();
+    let app = settings
+        .supervisor()
+        .unwrap()
+        .consumer(spec(&handled))
+        .start()
+        .await
+        .unwrap();
+    let master = master_url(&group.sentinel_urls()).await.unwrap();
+    let mut con = redis::Client::open(master)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let id: String = redis::cmd("XADD")
+        .arg("jobs")
+        .arg("*")
+        .arg("n")
+        .arg(1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let id: EntryId = id.parse().unwrap();
+    eventually(LONG, "the entry is handled", || {
+        let seen = handled.0.lock().unwrap().contains(&id);
+        async move { seen }
+    })
+    .await;
+    eventually(LONG, "nothing pending", || {
+        let mut con = con.clone();
+        async move { crate::common::pending(&mut con, "jobs", "g").await == 0 }
+    })
+    .await;
+    app.shutdown().await.unwrap();
+}

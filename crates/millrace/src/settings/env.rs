@@ -3,8 +3,9 @@
 use crate::error::{Error, Result};
 
 const ENV_PREFIX: &str = "MILLRACE_";
-const TOP_LEVEL: [&str; 7] = [
+const TOP_LEVEL: [&str; 8] = [
     "redis",
+    "sentinel",
     "service",
     "connection",
     "restart",

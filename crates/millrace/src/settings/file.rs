@@ -218,11 +218,48 @@ pub(super) enum SeedList {
     Text(String),
 }
 
+/// `[sentinel]`: a master behind Redis Sentinel, by the name the Sentinels monitor and their
+/// URLs (a list, or one comma-separated string as `MILLRACE_SENTINEL__URLS` gives it), with the
+/// data nodes' optional username and password.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileSentinel {
+    master: String,
+    #[serde(deserialize_with = "string_list")]
+    urls: Vec<String>,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+impl FileSentinel {
+    pub(super) fn target(self) -> Result<RedisTarget> {
+        if self.username.is_some() && self.password.is_none() {
+            return Err(Error::config(
+                None,
+                "sentinel.username",
+                "is set without `sentinel.password`: give the data nodes' password too",
+            ));
+        }
+        Ok(RedisTarget::Sentinel {
+            master: self.master,
+            urls: self.urls,
+            username: self.username,
+            password: self.password,
+        })
+    }
+}
+
 /// Where the supervisor connects.
 #[derive(Clone)]
 pub(super) enum RedisTarget {
     Url(String),
     Cluster(Vec<String>),
+    Sentinel {
+        master: String,
+        urls: Vec<String>,
+        username: Option<String>,
+        password: Option<String>,
+    },
 }
 
 impl From<FileRedis> for RedisTarget {
@@ -249,6 +286,7 @@ impl From<FileRedis> for RedisTarget {
 #[serde(deny_unknown_fields)]
 pub(super) struct FileConfig {
     pub(super) redis: Option<FileRedis>,
+    pub(super) sentinel: Option<FileSentinel>,
     pub(super) service: Option<String>,
     pub(super) connection: Option<FileConnection>,
     #[serde(default)]

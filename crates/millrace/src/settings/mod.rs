@@ -6,6 +6,12 @@
 //! # On a Redis Cluster, the URLs of some of its nodes instead (MILLRACE_REDIS__CLUSTER, comma-separated):
 //! # [redis]
 //! # cluster = ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]
+//! # A master behind Redis Sentinel instead (MILLRACE_SENTINEL__MASTER, MILLRACE_SENTINEL__URLS, …):
+//! # [sentinel]
+//! # master = "mymaster"                 # the NAME of `sentinel monitor NAME host port quorum`
+//! # urls = ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"]
+//! # username = "millrace"               # the data nodes' ACL user and password (optional)
+//! # password = "…"
 //!
 //! [connection]
 //! command_timeout = "5s"
@@ -189,8 +195,22 @@ impl Settings {
             check_declaration(&at, &decl.options, decl.replicas)?;
             decl.check_source(&at)?;
         }
+        let redis = match (file.redis, file.sentinel) {
+            (Some(_), Some(_)) => {
+                return Err(Error::config(
+                    None,
+                    "redis, sentinel",
+                    "are both set (in the file or by MILLRACE_REDIS… and MILLRACE_SENTINEL__… \
+                     variables): keep `redis` for one server or a cluster, or `[sentinel]` for a \
+                     master behind Redis Sentinel",
+                ))
+            }
+            (Some(redis), None) => Some(RedisTarget::from(redis)),
+            (None, Some(sentinel)) => Some(sentinel.target()?),
+            (None, None) => None,
+        };
         Ok(Settings {
-            redis: file.redis.map(RedisTarget::from),
+            redis,
             service: file.service,
             connection,
             restart: file.restart,
@@ -209,9 +229,23 @@ impl Settings {
         &self.consumers
     }
 
-    /// A supervisor builder with the Redis URL (file, `MILLRACE_REDIS`, or `REDIS_URL`) or the
-    /// cluster's seed URLs (`[redis] cluster`, `MILLRACE_REDIS__CLUSTER`), connection options and
-    /// restart policy set.
+    /// A supervisor builder with the Redis URL (file, `MILLRACE_REDIS`, or `REDIS_URL`), the
+    /// cluster's seed URLs (`[redis] cluster`, `MILLRACE_REDIS__CLUSTER`) or the Sentinels'
+    /// master name and URLs (`[sentinel]`, `MILLRACE_SENTINEL__…`, see
+    /// [`SupervisorBuilder::redis_sentinel`]), connection options and restart policy set.
+    ///
+    /// ```
+    /// # fn main() -> millrace::Result<()> {
+    /// let settings = millrace::Settings::from_toml_str(r#"
+    ///     [sentinel]
+    ///     master = "mymaster"
+    ///     urls = ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"]
+    ///     password = "PASSWORD"
+    /// "#)?;
+    /// let builder = settings.supervisor()?; // then .consumers(…).start().await
+    /// assert!(!format!("{builder:?}").contains("PASSWORD"));
+    /// # Ok(()) }
+    /// ```
     pub fn supervisor(&self) -> Result<SupervisorBuilder> {
         let target = self
             .redis
@@ -234,6 +268,25 @@ impl Settings {
                 ))
             }
             RedisTarget::Cluster(seeds) => Supervisor::builder().redis_cluster(seeds),
+            RedisTarget::Sentinel { urls, .. } if urls.is_empty() => {
+                return Err(Error::config(
+                    None,
+                    "sentinel.urls",
+                    "is empty: name at least one Sentinel (`redis://host:26379`)",
+                ))
+            }
+            RedisTarget::Sentinel {
+                master,
+                urls,
+                username,
+                password,
+            } => {
+                let builder = Supervisor::builder().redis_sentinel(master, urls);
+                match password {
+                    Some(pw) => builder.sentinel_data_auth(username.as_deref(), &pw),
+                    None => builder,
+                }
+            }
         };
         Ok(builder
             .connection_options(self.connection.clone())

@@ -176,6 +176,113 @@ fn a_cluster_is_named_by_its_seeds_in_the_file_or_the_environment() {
     );
 }
 
+const SENTINEL: &str = r#"
+    [sentinel]
+    master = "mymaster"
+    urls = ["redis://:S3ntPw@127.0.0.1:26379", "redis://:S3ntPw@127.0.0.1:26380"]
+    username = "millrace"
+    password = "S3cret"
+"#;
+
+#[test]
+fn a_master_behind_sentinel_is_named_in_the_file_or_the_environment() {
+    let file = FILE.replace(r#"redis = "redis://127.0.0.1:6379""#, SENTINEL);
+    let s = Settings::from_toml_str(&file).unwrap();
+    assert!(matches!(
+        &s.redis,
+        Some(RedisTarget::Sentinel { master, urls, username, password })
+            if master == "mymaster" && urls.len() == 2
+                && username.as_deref() == Some("millrace") && password.as_deref() == Some("S3cret")
+    ));
+    let builder = format!("{:?}", s.supervisor().unwrap());
+    assert!(builder.contains("mymaster"), "{builder}");
+    for shown in [format!("{s:?}"), builder] {
+        assert!(
+            !shown.contains("S3cret") && !shown.contains("S3ntPw"),
+            "{shown}"
+        );
+    }
+
+    // The environment alone: the URLs as one comma-separated string.
+    let s = Settings::parse(
+        &FILE.replace(r#"redis = "redis://127.0.0.1:6379""#, ""),
+        env(&[
+            ("MILLRACE_SENTINEL__MASTER", "other"),
+            (
+                "MILLRACE_SENTINEL__URLS",
+                "redis://127.0.0.1:26379, redis://127.0.0.1:26380,redis://127.0.0.1:26381",
+            ),
+            ("MILLRACE_SENTINEL__PASSWORD", "pw"),
+        ]),
+    )
+    .unwrap();
+    assert!(matches!(
+        &s.redis,
+        Some(RedisTarget::Sentinel { master, urls, username: None, password: Some(_) })
+            if master == "other" && urls.len() == 3 && urls[1] == "redis://127.0.0.1:26380"
+    ));
+    // The environment overrides the file's master name.
+    let s = Settings::parse(&file, env(&[("MILLRACE_SENTINEL__MASTER", "m2")])).unwrap();
+    assert!(matches!(&s.redis, Some(RedisTarget::Sentinel { master, .. }) if master == "m2"));
+}
+
+#[test]
+fn sentinel_and_redis_together_or_incomplete_are_refused_naming_the_keys() {
+    let err = |file: &str, vars: &[(&str, &str)]| match Settings::parse(file, env(vars)) {
+        Ok(s) => s.supervisor().map(|_| ()).unwrap_err().to_string(),
+        Err(e) => e.to_string(),
+    };
+    let both = format!("{FILE}\n{SENTINEL}");
+    let e = err(&both, &[]);
+    assert!(e.contains("redis, sentinel") && e.contains("keep"), "{e}");
+    assert!(!e.contains("S3cret"), "{e}");
+    let no_redis = FILE.replace(r#"redis = "redis://127.0.0.1:6379""#, "");
+    let e = err(
+        &format!("{no_redis}\n[redis]\ncluster = [\"redis://127.0.0.1:7000\"]\n{SENTINEL}"),
+        &[],
+    );
+    assert!(e.contains("redis, sentinel"), "{e}");
+    // The environment adds a Sentinel next to the file's `redis`.
+    let e = err(
+        FILE,
+        &[
+            ("MILLRACE_SENTINEL__MASTER", "m"),
+            ("MILLRACE_SENTINEL__URLS", "redis://127.0.0.1:26379"),
+        ],
+    );
+    assert!(e.contains("redis, sentinel"), "{e}");
+    // Missing pieces name the key.
+    let e = err(
+        &no_redis,
+        &[("MILLRACE_SENTINEL__URLS", "redis://127.0.0.1:26379")],
+    );
+    assert!(e.contains("master"), "{e}");
+    let e = err(&no_redis, &[("MILLRACE_SENTINEL__MASTER", "m")]);
+    assert!(e.contains("urls"), "{e}");
+    let e = err(
+        &no_redis,
+        &[
+            ("MILLRACE_SENTINEL__MASTER", "m"),
+            ("MILLRACE_SENTINEL__URLS", ""),
+        ],
+    );
+    assert!(e.contains("sentinel.urls") && e.contains("is empty"), "{e}");
+    let e = err(
+        &no_redis,
+        &[
+            ("MILLRACE_SENTINEL__MASTER", "m"),
+            ("MILLRACE_SENTINEL__URLS", "redis://127.0.0.1:26379"),
+            ("MILLRACE_SENTINEL__USERNAME", "u"),
+        ],
+    );
+    assert!(
+        e.contains("sentinel.username") && e.contains("password"),
+        "{e}"
+    );
+    let e = err(&no_redis, &[("MILLRACE_SENTINEL__PORT", "1")]);
+    assert!(e.contains("port"), "{e}");
+}
+
 #[test]
 fn debug_hides_the_url() {
     let s = Settings::from_toml_str(&FILE.replace("redis://127", "redis://u:S3cret@127")).unwrap();
