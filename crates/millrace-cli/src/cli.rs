@@ -57,6 +57,22 @@ pub(crate) struct Cli {
     )]
     pub(crate) redis_cluster: Vec<String>,
 
+    /// A master with replicas behind Redis Sentinel instead of one server: the master's name and
+    /// the Sentinels' URLs, e.g. mymaster=redis://10.0.0.1:26379,redis://10.0.0.2:26379 (a
+    /// Sentinel's own password in its URL: redis://:PW@host:26379). The data nodes' credentials
+    /// go before the name as in a URL: USER:PASSWORD@mymaster=... or :PASSWORD@mymaster=...
+    /// millrace asks the Sentinels for the master (SENTINEL GET-MASTER-ADDR-BY-NAME) and connects
+    /// to it. Not together with --redis or --redis-cluster.
+    #[arg(
+        long = "redis-sentinel",
+        env = "REDIS_SENTINEL",
+        global = true,
+        hide_env_values = true,
+        value_name = "[AUTH@]MASTER=URL,...",
+        help_heading = GLOBAL
+    )]
+    pub(crate) redis_sentinel: Option<String>,
+
     /// With rediss://: also trust the CA certificate in this PEM file (for a server whose
     /// certificate is not signed by a public CA).
     #[arg(
@@ -79,39 +95,96 @@ pub(crate) struct Cli {
 }
 
 impl Cli {
-    /// Where to connect: `--redis-cluster` or `--redis`. One given on the command line wins over
-    /// the other's environment variable; both on the command line (or both only in the
-    /// environment) is a usage error.
+    /// Where to connect: `--redis-sentinel`, `--redis-cluster` or `--redis`. One given on the
+    /// command line wins over the others' environment variables; two on the command line (or two
+    /// only in the environment) is a usage error.
     pub(crate) fn endpoint(&self, matches: &ArgMatches) -> Result<Endpoint, CliError> {
         let from_line = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
-        let cluster = !self.redis_cluster.is_empty();
-        let server = self.redis.is_some();
-        let use_cluster = match (from_line("redis_cluster"), from_line("redis")) {
-            (true, true) => {
-                return Err(CliError::usage(
-                    "--redis and --redis-cluster exclude each other: give one",
-                ))
+        let set = [
+            ("--redis", "REDIS_URL", "redis", self.redis.is_some()),
+            (
+                "--redis-cluster",
+                "REDIS_CLUSTER_URLS",
+                "redis_cluster",
+                !self.redis_cluster.is_empty(),
+            ),
+            (
+                "--redis-sentinel",
+                "REDIS_SENTINEL",
+                "redis_sentinel",
+                self.redis_sentinel.is_some(),
+            ),
+        ];
+        let on_line: Vec<_> = set.iter().filter(|s| from_line(s.2)).collect();
+        let chosen = match on_line.as_slice() {
+            [one] => Some(one.2),
+            [] => {
+                let in_env: Vec<_> = set.iter().filter(|s| s.3).collect();
+                match in_env.as_slice() {
+                    [] => None,
+                    [one] => Some(one.2),
+                    many => {
+                        return Err(CliError::usage(format!(
+                            "{} are set together: unset all but one, or choose with {}",
+                            many.iter().map(|s| s.1).collect::<Vec<_>>().join(" and "),
+                            many.iter().map(|s| s.0).collect::<Vec<_>>().join(" or "),
+                        )))
+                    }
+                }
             }
-            (true, false) => true,
-            (false, true) => false,
-            (false, false) if cluster && server => {
-                return Err(CliError::usage(
-                    "both REDIS_URL and REDIS_CLUSTER_URLS are set: unset one, or choose with \
-                     --redis or --redis-cluster",
-                ))
+            many => {
+                return Err(CliError::usage(format!(
+                    "{} exclude each other: give one",
+                    many.iter().map(|s| s.0).collect::<Vec<_>>().join(" and ")
+                )))
             }
-            (false, false) => cluster,
         };
-        Ok(if use_cluster {
-            Endpoint::Cluster(self.redis_cluster.clone())
-        } else {
-            Endpoint::Server(
+        Ok(match chosen {
+            Some("redis_cluster") => Endpoint::Cluster(self.redis_cluster.clone()),
+            Some("redis_sentinel") => parse_sentinel(self.redis_sentinel.as_deref().unwrap_or(""))?,
+            _ => Endpoint::Server(
                 self.redis
                     .clone()
                     .unwrap_or_else(|| DEFAULT_REDIS.to_owned()),
-            )
+            ),
         })
     }
+}
+
+/// `[USER:PASSWORD@]MASTER=URL,URL...`: the `=` is the last one before the first URL's `://`.
+fn parse_sentinel(value: &str) -> Result<Endpoint, CliError> {
+    let bad = |what: &str| {
+        CliError::usage(format!(
+            "--redis-sentinel {what}: give MASTER=URL[,URL...], e.g. \
+             mymaster=redis://127.0.0.1:26379 (the data nodes' credentials as :PASSWORD@mymaster=...)"
+        ))
+    };
+    let scheme = value.find("://").unwrap_or(value.len());
+    let eq = value[..scheme]
+        .rfind('=')
+        .ok_or_else(|| bad("names no Sentinel URL"))?;
+    let (head, urls) = (&value[..eq], &value[eq + 1..]);
+    let (data_auth, master) = match head.rsplit_once('@') {
+        Some((auth, master)) => (Some(auth.to_owned()), master),
+        None => (None, head),
+    };
+    if master.trim().is_empty() {
+        return Err(bad("names no master"));
+    }
+    let sentinels: Vec<String> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if sentinels.is_empty() {
+        return Err(bad("names no Sentinel URL"));
+    }
+    Ok(Endpoint::Sentinel {
+        master: master.trim().to_owned(),
+        sentinels,
+        data_auth,
+    })
 }
 
 /// The subcommands.
@@ -415,6 +488,33 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn redis_sentinel_takes_auth_master_and_urls() {
+        let sentinel = |v: &str| match parse_sentinel(v) {
+            Ok(Endpoint::Sentinel {
+                master,
+                sentinels,
+                data_auth,
+            }) => Ok((master, sentinels, data_auth)),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        let (master, urls, auth) =
+            sentinel("u:p=w@d@my=master=redis://:x=y@h:1, redis://h:2,").unwrap();
+        assert_eq!(master, "my=master");
+        assert_eq!(urls, ["redis://:x=y@h:1", "redis://h:2"]);
+        assert_eq!(auth.as_deref(), Some("u:p=w@d"));
+        let (master, _, auth) = sentinel("m=redis://h:1").unwrap();
+        assert_eq!((master.as_str(), auth), ("m", None));
+        assert!(sentinel("m").unwrap_err().contains("names no Sentinel URL"));
+        assert!(sentinel("m=")
+            .unwrap_err()
+            .contains("names no Sentinel URL"));
+        assert!(sentinel(":pw@=redis://h:1")
+            .unwrap_err()
+            .contains("names no master"));
     }
 
     #[test]

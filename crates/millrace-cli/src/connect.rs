@@ -18,13 +18,37 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for a reply to a non-blocking command.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Where the commands go: one server, or the given nodes of a Redis Cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the commands go: one server, the given nodes of a Redis Cluster, or the master behind
+/// Sentinels. `Debug` shows no URL or password.
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) enum Endpoint {
     /// One server (`--redis`).
     Server(String),
     /// Seed nodes of a cluster (`--redis-cluster`); any one that answers is enough.
     Cluster(Vec<String>),
+    /// The master the Sentinels name `master` (`--redis-sentinel`), with the data nodes'
+    /// `user:password` (URL userinfo), if given.
+    Sentinel {
+        master: String,
+        sentinels: Vec<String>,
+        data_auth: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Server(_) => f.write_str("Endpoint::Server"),
+            Endpoint::Cluster(seeds) => write!(f, "Endpoint::Cluster({} seeds)", seeds.len()),
+            Endpoint::Sentinel {
+                master, sentinels, ..
+            } => write!(
+                f,
+                "Endpoint::Sentinel({master}, {} sentinels)",
+                sentinels.len()
+            ),
+        }
+    }
 }
 
 /// What opens connections: a server's client, or a cluster's seeds and CA certificate (a blocking
@@ -63,6 +87,22 @@ impl Redis {
         match endpoint {
             Endpoint::Server(url) => Redis::connect(url, ca_cert).await,
             Endpoint::Cluster(urls) => Redis::connect_cluster(urls, ca_cert).await,
+            Endpoint::Sentinel {
+                master,
+                sentinels,
+                data_auth,
+            } => {
+                let addr = millrace::__cli::sentinel_master(master, sentinels, CONNECT_TIMEOUT)
+                    .await
+                    .map_err(|e| CliError::runtime(format!("--redis-sentinel: {e}")))?;
+                let auth = data_auth
+                    .as_ref()
+                    .map(|a| format!("{a}@"))
+                    .unwrap_or_default();
+                let mut redis = Redis::connect(&format!("redis://{auth}{addr}"), None).await?;
+                redis.target = format!("{} (master `{master}` by Sentinel)", redis.target);
+                Ok(redis)
+            }
         }
     }
 

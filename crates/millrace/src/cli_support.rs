@@ -1,6 +1,6 @@
 //! What the `millrace` command builds on, so that it has no copies of its own: the library's
-//! control connection to one server or a cluster, its node scan, key colocation and URL
-//! redaction. Not part of the API: no stability promise.
+//! control connection to one server or a cluster, its node scan, key colocation, URL
+//! redaction and Sentinel master lookup. Not part of the API: no stability promise.
 
 use std::fmt;
 use std::time::Duration;
@@ -138,4 +138,21 @@ pub fn same_slot(a: &[u8], b: &[u8]) -> bool {
 /// A Redis URL with its password (and a `pass=`/`password=` query value) replaced by `***`.
 pub fn redact_url(url: &str) -> String {
     crate::redact::redact_url(url)
+}
+
+/// The address of the master the Sentinels at `sentinels` (URLs) name `master_name` now
+/// (`SENTINEL get-master-addr-by-name`, the first Sentinel that knows it), with the library's
+/// errors: an empty name or list, a Sentinel URL that is not plain TCP, no Sentinel reachable,
+/// none knowing the name.
+pub async fn sentinel_master(
+    master_name: &str,
+    sentinels: &[String],
+    timeout: Duration,
+) -> crate::Result<std::net::SocketAddr> {
+    let config = crate::sentinel::SentinelConfig {
+        master_name: master_name.to_owned(),
+        sentinels: sentinels.to_vec(),
+        data_auth: String::new(),
+    };
+    crate::sentinel::master_addr(&config, timeout).await
 }

@@ -99,6 +99,12 @@ pub(crate) async fn start(
     ))
 }
 
+/// The master's address as the Sentinels name it now (what `start` asks first), failing as
+/// `start` does; for the `millrace` command.
+pub(crate) async fn master_addr(config: &SentinelConfig, timeout: Duration) -> Result<SocketAddr> {
+    master_of(&parse(config)?, &config.master_name, timeout).await
+}
+
 fn parse(config: &SentinelConfig) -> Result<Vec<redis::ConnectionInfo>> {
     if config.master_name.trim().is_empty() {
         return Err(Error::config(
