@@ -6,7 +6,10 @@
 //!     cargo run -p millrace-examples --example orders -- work --consumer w2 --fail-rate 0.1 &
 //!     cargo run -p millrace-examples --example orders -- report
 //! `--redis URL` overrides REDIS_URL; `--redis-cluster URL[,URL…]` runs all three on a Redis
-//! Cluster instead (the URLs of some of its nodes). `--streams N` (on all three) spreads the orders
+//! Cluster instead (the URLs of some of its nodes), and `--redis-sentinel
+//! [USER:PASSWORD@]MASTER=URL[,URL…]` on the master behind Redis Sentinel (as the CLI's option;
+//! `work`'s consumers follow it through failovers, the example's own connections, the producer's
+//! included, go to the master the Sentinels named at start). `--streams N` (on all three) spreads the orders
 //! over N streams, `orders:new:0` … `orders:new:{N-1}`, and `work` reads them all as one
 //! multi-stream consumer. `work` runs until SIGINT or SIGTERM, then drains and exits 0.
 //! `report` prints one JSON object: produced, processed, duplicates, dead_lettered, pending, lost.
@@ -36,6 +39,10 @@ struct Cli {
     /// A Redis Cluster's node URLs, separated by commas (used instead of `--redis`).
     #[arg(long, value_delimiter = ',')]
     redis_cluster: Vec<String>,
+    /// The master behind Redis Sentinel: `[USER:PASSWORD@]MASTER=URL[,URL…]`, the data nodes'
+    /// credentials, the master's name and the Sentinels' URLs (used instead of `--redis`).
+    #[arg(long, hide_env_values = true, conflicts_with = "redis_cluster")]
+    redis_sentinel: Option<String>,
     /// Spread the orders over this many streams, `<stream>:0` … `<stream>:{N-1}` (1: `<stream>`
     /// alone); `work` reads them all as one multi-stream consumer.
     #[arg(long, default_value_t = 1, global = true)]
@@ -44,14 +51,72 @@ struct Cli {
     cmd: Cmd,
 }
 
-/// Where the orders live: one server, or a cluster.
+/// Where the orders live: one server, a cluster, or the master behind Sentinels.
 #[derive(Clone)]
 enum Target {
     Server(String),
     Cluster(Vec<String>),
+    Sentinel {
+        master: String,
+        sentinels: Vec<String>,
+        /// The data nodes' username (empty for the default user) and password.
+        auth: Option<(String, String)>,
+    },
 }
 
 impl Target {
+    /// `[USER:PASSWORD@]MASTER=URL[,URL…]`.
+    fn sentinel(arg: &str) -> AnyResult<Target> {
+        let (head, urls) = arg
+            .split_once('=')
+            .ok_or("--redis-sentinel: give MASTER=URL[,URL…]")?;
+        let (auth, master) = match head.rsplit_once('@') {
+            Some((auth, master)) => {
+                let (user, pw) = auth.split_once(':').unwrap_or(("", auth));
+                (Some((user.to_owned(), pw.to_owned())), master)
+            }
+            None => (None, head),
+        };
+        Ok(Target::Sentinel {
+            master: master.to_owned(),
+            sentinels: urls.split(',').map(str::to_owned).collect(),
+            auth,
+        })
+    }
+
+    /// One server's URL for the example's own connections: behind Sentinel, the master's now
+    /// (`SENTINEL get-master-addr-by-name` on the first Sentinel that knows it).
+    async fn resolved(&self) -> AnyResult<Target> {
+        let Target::Sentinel {
+            master,
+            sentinels,
+            auth,
+        } = self
+        else {
+            return Ok(self.clone());
+        };
+        for url in sentinels {
+            let asked = async {
+                let mut con = redis::Client::open(url.as_str())?
+                    .get_multiplexed_async_connection()
+                    .await?;
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(master)
+                    .query_async::<Option<(String, u16)>>(&mut con)
+                    .await
+            };
+            if let Ok(Some((host, port))) = asked.await {
+                let auth = auth
+                    .as_ref()
+                    .map(|(user, pw)| format!("{user}:{pw}@"))
+                    .unwrap_or_default();
+                return Ok(Target::Server(format!("redis://{auth}{host}:{port}")));
+            }
+        }
+        Err(format!("no Sentinel names a master `{master}`").into())
+    }
+
     /// A connection for the example's own commands. On a cluster every command goes to the
     /// master of its key.
     async fn connect(&self, response_timeout: Option<Duration>) -> AnyResult<Conn> {
@@ -67,6 +132,9 @@ impl Target {
                     .await?,
                 )
             }
+            Target::Sentinel { .. } => {
+                return Box::pin(self.resolved().await?.connect(response_timeout)).await
+            }
             Target::Cluster(seeds) => {
                 let mut builder = redis::cluster::ClusterClientBuilder::new(seeds.clone());
                 if let Some(timeout) = response_timeout {
@@ -81,6 +149,20 @@ impl Target {
         match self {
             Target::Server(url) => Supervisor::builder().redis(url),
             Target::Cluster(seeds) => Supervisor::builder().redis_cluster(seeds.clone()),
+            Target::Sentinel {
+                master,
+                sentinels,
+                auth,
+            } => {
+                let builder = Supervisor::builder().redis_sentinel(master, sentinels.clone());
+                match auth {
+                    Some((user, pw)) => builder.sentinel_data_auth(
+                        Some(user).filter(|u| !u.is_empty()).map(String::as_str),
+                        pw,
+                    ),
+                    None => builder,
+                }
+            }
         }
     }
 }
@@ -217,10 +299,13 @@ async fn main() {
         .init();
     millrace::install_panic_hook();
     let cli = Cli::parse();
-    let target = if cli.redis_cluster.is_empty() {
-        Target::Server(cli.redis.clone())
-    } else {
-        Target::Cluster(cli.redis_cluster.clone())
+    let target = match (&cli.redis_sentinel, cli.redis_cluster.is_empty()) {
+        (Some(arg), _) => Target::sentinel(arg).unwrap_or_else(|e| {
+            eprintln!("orders: {e}");
+            std::process::exit(2);
+        }),
+        (None, true) => Target::Server(cli.redis.clone()),
+        (None, false) => Target::Cluster(cli.redis_cluster.clone()),
     };
     let result = match cli.cmd {
         Cmd::Produce {
@@ -313,9 +398,10 @@ async fn produce(
     pipeline: u64,
     rate: u64,
 ) -> AnyResult {
-    let producer = match target {
+    let producer = match target.resolved().await? {
+        Target::Cluster(seeds) => millrace::Producer::builder().redis_cluster(seeds),
         Target::Server(url) => millrace::Producer::builder().redis(url),
-        Target::Cluster(seeds) => millrace::Producer::builder().redis_cluster(seeds.clone()),
+        Target::Sentinel { .. } => return Err("the Sentinels named no master".into()),
     };
     let mut options = millrace::ConnectionOptions::default();
     options.command_timeout = Duration::from_secs(10);

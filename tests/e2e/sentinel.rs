@@ -292,3 +292,72 @@ async fn a_supervisor_from_settings_finds_the_master_through_sentinel() {
     .await;
     app.shutdown().await.unwrap();
 }
+
+/// The `orders` example with `--redis-sentinel`: produce, work and report go to the master the
+/// Sentinels name, and every order is processed; SIGTERM drains the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orders_example_produces_works_and_reports_behind_sentinel() {
+    use std::process::Stdio;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    init_tracing();
+    let group = block_in_place(|| SentinelGroup::start_with_password(PW));
+    let target = format!(
+        ":{PW}@{}={}",
+        group.master_name(),
+        group.sentinel_urls().join(",")
+    );
+    let orders = || {
+        let mut cmd = tokio::process::Command::new(crate::faults::orders_bin());
+        cmd.arg("--redis-sentinel")
+            .arg(&target)
+            .env_remove("REDIS_URL")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    };
+    let report = || async {
+        let out = orders().arg("report").output().await.unwrap();
+        assert!(out.status.success(), "orders report: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let produced = orders()
+        .args(["produce", "--count", "200"])
+        .output()
+        .await
+        .unwrap();
+    assert!(produced.status.success(), "orders produce: {produced:?}");
+
+    let mut worker = orders()
+        .args(["work", "--consumer", "w1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(worker.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(LONG, lines.next_line())
+        .await
+        .expect("ready in time")
+        .unwrap();
+    assert_eq!(ready.as_deref(), Some("ready"));
+    eventually(LONG, "every order processed", || async {
+        let r = report().await;
+        r.contains("\"processed\":200") && r.contains("\"pending\":0") && r.contains("\"lost\":0")
+    })
+    .await;
+    let pid = worker.id().unwrap();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = tokio::time::timeout(LONG, worker.wait())
+        .await
+        .expect("the worker exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "SIGTERM drains and exits 0: {status}");
+    let last = report().await;
+    assert!(
+        last.contains("\"produced\":200") && last.contains("\"lost\":0"),
+        "{last}"
+    );
+}
