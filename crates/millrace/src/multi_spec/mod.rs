@@ -236,8 +236,8 @@ impl MultiStreamSpec {
     /// The least-privilege Redis ACL rules this multi-stream consumer needs, for
     /// `ACL SETUSER <user> on >password <rules>`: its streams and their dead-letter streams (for a
     /// pattern, the pattern and its dead-letter pattern) and every command of
-    /// [`ConsumerSpec::acl_rules`], plus `+type` (tells a deleted stream from a lost group) and,
-    /// for a pattern, `+scan` (discovery). On a Redis Cluster add `+cluster|slots +cluster|shards`.
+    /// [`ConsumerSpec::acl_rules`], plus `+type` (tells a deleted stream from a lost group),
+    /// for a pattern `+scan` (discovery), and with `delete_acked` `+xackdel`. On a Redis Cluster add `+cluster|slots +cluster|shards`.
     ///
     /// ```
     /// let named = millrace::MultiStreamSpec::new(["a", "b"], "g", "c");
@@ -256,7 +256,11 @@ impl MultiStreamSpec {
             .into_iter()
             .flat_map(|name| [name.to_owned(), self.dead_letter_stream_of(name)])
             .collect();
-        crate::spec::acl_line(&keys, extra)
+        if self.options.delete_acked {
+            crate::spec::acl_line(&keys, &format!("{extra} +xackdel"))
+        } else {
+            crate::spec::acl_line(&keys, extra)
+        }
     }
 
     /// The dead-letter stream `stream`'s consumer moves poison to.

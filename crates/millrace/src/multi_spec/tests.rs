@@ -153,3 +153,15 @@ fn a_discovery_interval_on_named_streams_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn acl_rules_allow_xackdel_when_acknowledged_entries_are_deleted() {
+    for s in [spec(&["a", "b"]), MultiStreamSpec::pattern("t:*", "g", "c")] {
+        assert!(!s.acl_rules().contains("xackdel"), "{}", s.acl_rules());
+        let mut options = s.options().clone();
+        options.delete_acked = true;
+        let rules = s.with_options(options).acl_rules();
+        assert!(rules.ends_with(" +xackdel"), "{rules}");
+        assert!(rules.contains("+type"), "{rules}");
+    }
+}
