@@ -62,6 +62,28 @@ fn redis_sentinel_finds_the_master_and_lists_its_streams() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
 
+    // On the command line it wins over REDIS_URL; both only in the environment is a usage error.
+    let both = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_millrace"))
+            .env_remove("REDIS_CLUSTER_URLS")
+            .env("REDIS_URL", "redis://127.0.0.1:1")
+            .env("REDIS_SENTINEL", &arg)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = both(&["--redis-sentinel", &arg, "groups", "orders"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = both(&["groups", "orders"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("REDIS_URL and REDIS_SENTINEL are set together")
+            && stderr.contains("--redis or --redis-sentinel"),
+        "{stderr}"
+    );
+
     let arg = format!(":{PW}@no-such-master={urls}");
     let r = run(&["--redis-sentinel", &arg, "streams"]);
     assert_eq!(r.code, 1, "{r:?}");
