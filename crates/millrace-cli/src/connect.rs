@@ -99,8 +99,21 @@ impl Redis {
                     .as_ref()
                     .map(|a| format!("{a}@"))
                     .unwrap_or_default();
-                let mut redis = Redis::connect(&format!("redis://{auth}{addr}"), None).await?;
+                // A first command here, so that a refused password is told now, with advice
+                // naming the option the master's credentials came from.
+                let sentinel_advice = |mut e: CliError| {
+                    e.message = e.message.replace(
+                        "--redis (or REDIS_URL)",
+                        "--redis-sentinel (or REDIS_SENTINEL)",
+                    );
+                    e
+                };
+                let mut redis = Redis::connect(&format!("redis://{auth}{addr}"), None)
+                    .await
+                    .map_err(sentinel_advice)?;
                 redis.target = format!("{} (master `{master}` by Sentinel)", redis.target);
+                let pinged: Result<String, RedisError> = redis.raw(&redis::cmd("PING")).await;
+                pinged.map_err(|e| sentinel_advice(error::from_redis(&e, &redis.target)))?;
                 Ok(redis)
             }
         }

@@ -99,6 +99,11 @@ fn redis_sentinel_finds_the_master_and_lists_its_streams() {
     let r = run(&["--redis-sentinel", &arg, "streams"]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("authentication"), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("password in --redis-sentinel (or REDIS_SENTINEL)"),
+        "{r:?}"
+    );
     assert!(!r.stderr.contains(PW), "{r:?}");
 }
 
