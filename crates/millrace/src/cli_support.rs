@@ -139,3 +139,9 @@ pub fn same_slot(a: &[u8], b: &[u8]) -> bool {
 pub fn redact_url(url: &str) -> String {
     crate::redact::redact_url(url)
 }
+
+/// Whether `host:port` answers a plain-text `PING` with a RESP reply within half a second: a TLS
+/// server never does (it waits for a handshake, or drops the connection).
+pub async fn answers_plain_resp(host: &str, port: u16) -> bool {
+    crate::tls_advice::answers_plain_resp(host, port).await
+}
