@@ -192,3 +192,37 @@ impl Conn {
         .await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn_over(io: tokio::io::DuplexStream) -> Conn {
+        Conn {
+            io: Box::new(io),
+            buf: FrameBuf::new(),
+            command_timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_cut_after_its_first_bytes_is_cut_mid_reply() {
+        let (ours, mut server) = tokio::io::duplex(1024);
+        let mut conn = conn_over(ours);
+        server.write_all(b"*1\r\n*2\r\n$1\r\ns\r\n").await.unwrap();
+        drop(server);
+        let e = conn.frame(Duration::from_secs(5)).await.unwrap_err();
+        assert!(cut_mid_reply(&e), "{e}");
+        assert!(connection_lost(&e), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_any_reply_byte_is_a_lost_connection_only() {
+        let (ours, server) = tokio::io::duplex(1024);
+        let mut conn = conn_over(ours);
+        drop(server);
+        let e = conn.frame(Duration::from_secs(5)).await.unwrap_err();
+        assert!(!cut_mid_reply(&e), "{e}");
+        assert!(connection_lost(&e), "{e}");
+    }
+}
