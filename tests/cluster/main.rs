@@ -10,6 +10,7 @@ mod dead_letters;
 mod faults;
 mod many_streams;
 mod orders;
+mod outage;
 mod placement;
 mod producing;
 mod retry;

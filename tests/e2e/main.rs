@@ -18,6 +18,7 @@ mod faults;
 mod http;
 mod keyed;
 mod many_streams;
+mod outage;
 mod ownership;
 mod readiness;
 mod readme;

@@ -4,11 +4,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use millrace::__cli::answers_plain_resp;
 use millrace::__cli::redact_url as redact;
 pub(crate) use millrace::__cli::Connection;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo, RedisError, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::{self, CliError, Result};
 use crate::key::Key;
@@ -534,22 +534,6 @@ fn not_tls(target: &str) -> CliError {
         "the server at {target} does not speak TLS: it answered a plain-text PING on that port; \
          use redis:// instead of rediss://, or the server's TLS port"
     ))
-}
-
-/// True when `host:port` answers a plain-text `PING` with a RESP reply.
-async fn answers_plain_resp(host: &str, port: u16) -> bool {
-    let probe = async {
-        let mut socket = tokio::net::TcpStream::connect((host, port)).await.ok()?;
-        socket.write_all(b"PING\r\n").await.ok()?;
-        let mut first = [0u8; 1];
-        socket.read_exact(&mut first).await.ok()?;
-        Some(matches!(first[0], b'+' | b'-'))
-    };
-    tokio::time::timeout(Duration::from_secs(2), probe)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
 }
 
 fn connect_error(e: &RedisError, target: &str) -> CliError {

@@ -156,3 +156,9 @@ pub async fn sentinel_master(
     };
     crate::sentinel::master_addr(&config, timeout).await
 }
+
+/// Whether `host:port` answers a plain-text `PING` with a RESP reply within half a second: a TLS
+/// server never does (it waits for a handshake, or drops the connection).
+pub async fn answers_plain_resp(host: &str, port: u16) -> bool {
+    crate::tls_advice::answers_plain_resp(host, port).await
+}

@@ -136,8 +136,12 @@ pub struct ConsumerHealth {
     pub restarts_in_window: usize,
     /// Restarts since it was added.
     pub restarts_total: u64,
-    /// The last error, if any.
+    /// The last error, if any. A lost connection (an outage: a failover, `CLIENT KILL`, a reset)
+    /// is cleared, with [`ConsumerHealth::last_error_at`], by the first read that succeeds after
+    /// it; a handler's failure stays until the next error.
     pub last_error: Option<String>,
+    /// When [`ConsumerHealth::last_error`] happened.
+    pub last_error_at: Option<SystemTime>,
     /// The group's view, refreshed every `gauge_interval`: entries pending in the group, for this
     /// consumer, the oldest pending entry's idle time, and the lag (when Redis knows it).
     pub group: Option<GroupGauges>,
@@ -173,6 +177,9 @@ struct Slow {
     last_read: Option<SystemTime>,
     restarts_in_window: usize,
     last_error: Option<String>,
+    last_error_at: Option<SystemTime>,
+    /// The last error is a lost connection, cleared once reading resumes.
+    error_is_outage: bool,
     group: Option<GroupGauges>,
     /// Since when it is not running (`None` while it runs).
     unready_since: Option<Instant>,
@@ -208,6 +215,8 @@ impl HealthCell {
                 last_read: None,
                 restarts_in_window: 0,
                 last_error: None,
+                last_error_at: None,
+                error_is_outage: false,
                 group: None,
                 unready_since: Some(Instant::now()),
                 ever_running: false,
@@ -269,6 +278,11 @@ impl HealthCell {
     pub(crate) fn read_ok(&self) {
         self.with(|s| {
             s.last_read = Some(SystemTime::now());
+            if s.error_is_outage {
+                s.last_error = None;
+                s.last_error_at = None;
+                s.error_is_outage = false;
+            }
             if s.state != ConsumerState::Stopping {
                 s.enter(ConsumerState::Running);
             }
@@ -276,7 +290,20 @@ impl HealthCell {
     }
 
     pub(crate) fn set_error(&self, error: String) {
-        self.with(|s| s.last_error = Some(error));
+        self.note_error(error, false);
+    }
+
+    /// The connection was lost: `error` is cleared by the next successful read.
+    pub(crate) fn set_outage_error(&self, error: String) {
+        self.note_error(error, true);
+    }
+
+    fn note_error(&self, error: String, outage: bool) {
+        self.with(|s| {
+            s.last_error = Some(error);
+            s.last_error_at = Some(SystemTime::now());
+            s.error_is_outage = outage;
+        });
     }
 
     pub(crate) fn set_group(&self, gauges: GroupGauges) {
@@ -293,15 +320,17 @@ impl HealthCell {
 
     pub(crate) fn snapshot(&self) -> ConsumerHealth {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let (state, last_read, restarts_in_window, last_error, group) = self.with(|s| {
-            (
-                s.state,
-                s.last_read,
-                s.restarts_in_window,
-                s.last_error.clone(),
-                s.group.clone(),
-            )
-        });
+        let (state, last_read, restarts_in_window, last_error, last_error_at, group) =
+            self.with(|s| {
+                (
+                    s.state,
+                    s.last_read,
+                    s.restarts_in_window,
+                    s.last_error.clone(),
+                    s.last_error_at,
+                    s.group.clone(),
+                )
+            });
         ConsumerHealth {
             id: self.id.clone(),
             state,
@@ -309,6 +338,7 @@ impl HealthCell {
             restarts_in_window,
             restarts_total: get(&self.restarts_total),
             last_error,
+            last_error_at,
             group,
             counters: ConsumerCounters {
                 received: get(&self.received),

@@ -79,7 +79,7 @@ fn fatal(reason: String, hint: &str) -> Error {
 /// True when `host:port` answers a plain-text `PING` with a RESP reply within
 /// [`PROBE_TIMEOUT`]. A TLS server never does: it waits for a handshake, or drops the
 /// connection.
-async fn answers_plain_resp(host: &str, port: u16) -> bool {
+pub(crate) async fn answers_plain_resp(host: &str, port: u16) -> bool {
     let probe = async {
         let mut socket = tokio::net::TcpStream::connect((host, port)).await.ok()?;
         socket.write_all(b"PING\r\n").await.ok()?;

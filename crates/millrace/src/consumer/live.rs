@@ -18,7 +18,9 @@ impl Consumer {
     /// A read succeeded: health, backoff and the read size learn of it.
     pub(super) fn read_succeeded(&mut self) {
         self.stats.read_ok();
-        if self.retry_attempt > 0 {
+        if let Some(outage) = self.outage.take() {
+            outage.resumed();
+        } else if self.retry_attempt > 0 {
             warn!(
                 failed_attempts = self.retry_attempt,
                 "reading again after a failure; the consumer has recovered"

@@ -15,6 +15,7 @@ mod gone;
 mod handling;
 mod keyed;
 mod live;
+mod outage;
 mod outcome;
 mod reclaimer;
 mod replay;
@@ -95,6 +96,10 @@ pub(crate) struct Consumer {
     retry_attempt: u32,
     /// On a cluster, the master the last session read from (`host:port`).
     owner: Option<String>,
+    /// The server (or, on a cluster, the master) the last session located (`host:port`).
+    node: Option<String>,
+    /// This consumer's part in an outage of `node`, until it reads again.
+    outage: Option<outage::Member>,
     /// Dead letters move in two steps (add, then acknowledge): the stream and its dead-letter
     /// stream are in different slots of a cluster.
     dead_letter_in_steps: bool,
@@ -162,6 +167,8 @@ impl Consumer {
             retry_warnings: WarnLimiter::default(),
             retry_attempt: 0,
             owner: None,
+            node: None,
+            outage: None,
             cohort,
             id,
             opts,
@@ -247,6 +254,7 @@ impl Consumer {
             .node_for(&self.id.stream)
             .await
             .map_err(|e| self.client.error("CLUSTER SHARDS", &self.id.stream, e))?;
+        self.node = Some(node.address());
         if self.backend.is_cluster() {
             let address = node.address();
             if self.owner.as_deref() != Some(address.as_str()) {
@@ -266,13 +274,22 @@ impl Consumer {
             tracing::debug!(error = %e, "last ack of the session failed");
             self.acker.forget_held();
         }
-        self.stats.set_error(err.to_string());
+        // Only a read cut off mid-reply lowers the read size: a reply that began and was cut, or a
+        // read that lost its connection again before any read succeeded since the last loss (a
+        // reply larger than the server's output buffer closes the connection before its first
+        // byte, every time). A single lost connection is an outage (a failover, CLIENT KILL, a
+        // reset), not a broken read.
         if let Error::Transient {
             command: "XREADGROUP",
+            source,
             ..
-        } = err
+        } = &err
         {
-            self.batch_size.cut_off();
+            if crate::reader::cut_mid_reply(source)
+                || (self.retry_attempt > 0 && crate::reader::connection_lost(source))
+            {
+                self.batch_size.cut_off();
+            }
         }
         let delay = backoff_with_jitter(
             FIRST_RECONNECT_PAUSE,
@@ -290,20 +307,19 @@ impl Consumer {
         } else {
             err.class()
         };
+        if class == Class::Transient {
+            self.stats.set_outage_error(err.to_string());
+        } else {
+            self.stats.set_error(err.to_string());
+        }
         match class {
-            Class::Transient if topology => {
-                if self.retry_attempt == 0 {
-                    warn!(error = %err, retry_in = ?delay, "the stream's owner changed or the cluster is unavailable; will look the owner up again, reconnect and replay own pending entries");
-                } else {
-                    tracing::debug!(error = %err, retry_in = ?delay, attempt = self.retry_attempt + 1, "the stream's owner is still unavailable");
-                }
-                self.stats.reconnecting();
-            }
             Class::Transient => {
-                // One warning when an outage begins and one when it ends (`read_succeeded`); the
-                // attempts between are routine.
-                if self.retry_attempt == 0 {
-                    warn!(error = %err, retry_in = ?delay, "redis unavailable; will reconnect and replay own pending entries");
+                // One warning per server when an outage begins and one line when it ends
+                // (`read_succeeded`), counting the streams; the attempts between are routine. On a
+                // cluster the next session looks the stream's owner up again.
+                if self.outage.is_none() {
+                    let node = self.node.as_deref().unwrap_or("redis");
+                    self.outage = Some(outage::Member::began(node, &self.id, &err, topology));
                 } else {
                     tracing::debug!(error = %err, retry_in = ?delay, attempt = self.retry_attempt + 1, "redis still unavailable");
                 }

@@ -45,6 +45,11 @@ impl Stats {
         self.health.set_error(error);
     }
 
+    /// The connection was lost (an outage): health keeps `error` until reading resumes.
+    pub(crate) fn set_outage_error(&self, error: String) {
+        self.health.set_outage_error(error);
+    }
+
     pub(crate) fn read_ok(&self) {
         self.health.read_ok();
     }

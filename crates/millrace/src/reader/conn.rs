@@ -19,6 +19,24 @@ fn timed_out(what: &str) -> redis::RedisError {
     io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out")).into()
 }
 
+/// Begins the message of a connection lost after part of a reply arrived.
+const MID_REPLY: &str = "the connection was lost mid-reply";
+
+fn mid_reply(kind: io::ErrorKind, e: &dyn std::fmt::Display) -> io::Error {
+    io::Error::new(kind, format!("{MID_REPLY}: {e}"))
+}
+
+/// Whether a read failed after its reply began: the reply was cut off (a truncated frame).
+pub(crate) fn cut_mid_reply(e: &redis::RedisError) -> bool {
+    e.is_io_error() && e.to_string().contains(MID_REPLY)
+}
+
+/// Whether a read failed because its connection was lost (closed or reset by the server, a
+/// failover, `CLIENT KILL`), not on a timeout or a refused connection.
+pub(crate) fn connection_lost(e: &redis::RedisError) -> bool {
+    (e.is_io_error() || e.is_connection_dropped()) && !e.is_timeout() && !e.is_connection_refusal()
+}
+
 async fn tcp(host: &str, port: u16) -> io::Result<tokio::net::TcpStream> {
     let stream = tokio::net::TcpStream::connect((host, port)).await?;
     stream.set_nodelay(true)?;
@@ -88,17 +106,22 @@ impl Conn {
         Ok((conn, client_id))
     }
 
-    /// Reads more bytes, waiting at most `limit`; the peer closing is an error.
+    /// Reads more bytes, waiting at most `limit`; the peer closing is an error. A connection lost
+    /// while part of a reply is buffered says so ([`cut_mid_reply`]).
     pub(super) async fn fill(&mut self, limit: Duration) -> RedisResult<()> {
+        let begun = !self.buf.is_empty();
         let spare = self.buf.spare();
         let n = tokio::time::timeout(limit, self.io.read(spare))
             .await
-            .map_err(|_| timed_out("reading a reply"))??;
+            .map_err(|_| timed_out("reading a reply"))?
+            .map_err(|e| if begun { mid_reply(e.kind(), &e) } else { e })?;
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the server closed the connection",
-            )
+            let closed = "the server closed the connection";
+            return Err(if begun {
+                mid_reply(io::ErrorKind::UnexpectedEof, &closed)
+            } else {
+                io::Error::new(io::ErrorKind::UnexpectedEof, closed)
+            }
             .into());
         }
         self.buf.filled(n);
@@ -167,5 +190,39 @@ impl Conn {
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn_over(io: tokio::io::DuplexStream) -> Conn {
+        Conn {
+            io: Box::new(io),
+            buf: FrameBuf::new(),
+            command_timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_cut_after_its_first_bytes_is_cut_mid_reply() {
+        let (ours, mut server) = tokio::io::duplex(1024);
+        let mut conn = conn_over(ours);
+        server.write_all(b"*1\r\n*2\r\n$1\r\ns\r\n").await.unwrap();
+        drop(server);
+        let e = conn.frame(Duration::from_secs(5)).await.unwrap_err();
+        assert!(cut_mid_reply(&e), "{e}");
+        assert!(connection_lost(&e), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_any_reply_byte_is_a_lost_connection_only() {
+        let (ours, server) = tokio::io::duplex(1024);
+        let mut conn = conn_over(ours);
+        drop(server);
+        let e = conn.frame(Duration::from_secs(5)).await.unwrap_err();
+        assert!(!cut_mid_reply(&e), "{e}");
+        assert!(connection_lost(&e), "{e}");
     }
 }

@@ -34,6 +34,7 @@ mod pending;
 mod read_loop;
 mod shared;
 
+pub(crate) use conn::{connection_lost, cut_mid_reply};
 pub(crate) use pending::PendingReader;
 pub(crate) use shared::{SharedReaders, Subscription};
 

@@ -110,7 +110,12 @@ fn fail_all(read: &Arc<SharedRead>, e: &redis::RedisError) {
     };
     read.unregister();
     if !lanes.is_empty() {
-        tracing::warn!(error = %e, streams = lanes.len(), "the shared read failed; every stream in it reconnects");
+        if crate::reader::connection_lost(e) {
+            // The streams' outage line says it, once per server.
+            tracing::debug!(error = %e, streams = lanes.len(), "the shared read lost its connection; every stream in it reconnects");
+        } else {
+            tracing::warn!(error = %e, streams = lanes.len(), "the shared read failed; every stream in it reconnects");
+        }
     }
     for lane in lanes.into_values() {
         let error = Error::from_redis(&lane.id, "XREADGROUP", &lane.id.stream, e.clone());
