@@ -1,13 +1,15 @@
 //! How the consumers of one multi-stream consumer spread their periodic work: each stream's first
 //! claim tick and gauge refresh at a fixed place in its interval (from a hash of the stream's name),
-//! intervals stretched so the whole group stays within a rate however many streams it has, and a
-//! bound on own-pending replays running at once.
+//! intervals stretched so the whole group stays within a rate however many streams it has, a
+//! bound on own-pending replays running at once, and the shared reads their streams join.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::reader::SharedReaders;
 
 /// Claim ticks per second one multi-stream consumer makes at most, over all its streams. With the
 /// default `claim_interval` of 30s, up to 300 streams tick at their own interval; 1,000 streams
@@ -23,19 +25,27 @@ pub(crate) const GAUGE_REFRESHES_PER_SECOND: u32 = 5;
 pub(crate) const REPLAYS_AT_ONCE: usize = 4;
 
 /// The streams of one multi-stream consumer, as their consumers see each other: how many there
-/// are, and whose turn it is to replay.
+/// are, whose turn it is to replay, and the supervisor's shared reads they join.
 #[derive(Debug)]
 pub(crate) struct Cohort {
     members: AtomicUsize,
     replays: Semaphore,
+    readers: Arc<SharedReaders>,
 }
 
 impl Cohort {
-    pub(crate) fn new() -> Arc<Cohort> {
+    /// A cohort whose streams join the shared reads of `readers` (one per supervisor).
+    pub(crate) fn new(readers: Arc<SharedReaders>) -> Arc<Cohort> {
         Arc::new(Cohort {
             members: AtomicUsize::new(0),
             replays: Semaphore::new(REPLAYS_AT_ONCE),
+            readers,
         })
+    }
+
+    /// The shared reads this cohort's streams join.
+    pub(crate) fn readers(&self) -> &SharedReaders {
+        &self.readers
     }
 
     /// The number of streams read now (kept by the supervisor).
@@ -144,7 +154,7 @@ mod tests {
 
     #[test]
     fn intervals_stretch_with_the_number_of_streams() {
-        let cohort = Cohort::new();
+        let cohort = Cohort::new(Arc::default());
         let claims = Cadence::shared(
             Duration::from_secs(30),
             "a",
@@ -173,7 +183,7 @@ mod tests {
     fn a_consumer_of_its_own_keeps_its_first_run() {
         let at = Instant::now() + Duration::from_secs(3);
         assert_eq!(Cadence::own(Duration::from_secs(10)).first(at), at);
-        let cohort = Cohort::new();
+        let cohort = Cohort::new(Arc::default());
         cohort.set_members(1);
         let shared = Cadence::shared(Duration::from_secs(10), "a", cohort, 1);
         assert!(shared.first(at) <= Instant::now() + Duration::from_secs(10));

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use tracing::warn;
 
+use super::cohort::Cohort;
 use super::feed::Feed;
 use super::Consumer;
 use crate::connection::Node;
@@ -42,7 +43,7 @@ impl Consumer {
         let mut reader = tokio::select! {
             biased;
             _ = self.cancel.cancelled() => return Ok(()),
-            r = Feed::start(&self.backend, node, config, self.cohort.is_some()) => r?,
+            r = Feed::start(&self.backend, node, config, self.cohort.as_deref().map(Cohort::readers)) => r?,
         };
         reader.set_pace(self.batch_size.pace());
         self.stats.set_state(ConsumerState::Running);

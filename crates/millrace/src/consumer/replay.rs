@@ -24,7 +24,7 @@ impl Consumer {
                 // An earlier subscription of this stream may still hand entries back (or a read
                 // on the wire still name the stream): wait, so none lands on what this replay
                 // takes.
-                if let Some(quiet) = self.backend.shared_readers().quieting(&self.id) {
+                if let Some(quiet) = cohort.readers().quieting(&self.id) {
                     tokio::select! {
                         _ = self.cancel.cancelled() => return Ok(()),
                         _ = quiet.cancelled() => {}

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::health::{ConsumerState, StreamSet};
 use crate::id::ConsumerId;
 use crate::multi_spec::{DeadLetterRule, MultiStreamSpec};
+use crate::reader::SharedReaders;
 use crate::spec::ConsumerSpec;
 
 /// The supervisor's requests about multi-stream consumers.
@@ -90,18 +91,25 @@ struct Members {
     cohort: Arc<Cohort>,
 }
 
-/// Every multi-stream consumer of one supervisor, by (group, consumer).
+/// Every multi-stream consumer of one supervisor, by (group, consumer), and the reads their
+/// streams share.
 #[derive(Debug, Default)]
-pub(crate) struct MultiRegistry(BTreeMap<(String, String), Members>);
+pub(crate) struct MultiRegistry {
+    sets: BTreeMap<(String, String), Members>,
+    /// The shared reads of this supervisor's multi-stream consumers (one per server or cluster
+    /// slot, group and consumer name); each [`Cohort`] holds it.
+    readers: Arc<SharedReaders>,
+}
 
 impl MultiRegistry {
     fn members(&mut self, group: &str, consumer: &str) -> &mut Members {
-        self.0
+        let readers = &self.readers;
+        self.sets
             .entry((group.to_owned(), consumer.to_owned()))
             .or_insert_with(|| Members {
                 template: None,
                 streams: BTreeSet::new(),
-                cohort: Cohort::new(),
+                cohort: Cohort::new(readers.clone()),
             })
     }
 
@@ -134,19 +142,19 @@ impl MultiRegistry {
     /// A stream leaves its (group, consumer).
     pub(crate) fn leave(&mut self, id: &ConsumerId) {
         let key = (id.group.to_string(), id.consumer.to_string());
-        let Some(members) = self.0.get_mut(&key) else {
+        let Some(members) = self.sets.get_mut(&key) else {
             return;
         };
         members.streams.remove(&id.stream);
         members.cohort.set_members(members.streams.len());
         if members.streams.is_empty() && members.template.is_none() {
-            self.0.remove(&key);
+            self.sets.remove(&key);
         }
     }
 
     /// The multi-stream consumers that find their streams by pattern.
     pub(crate) fn patterns(&self) -> Vec<MultiStreamSpec> {
-        self.0
+        self.sets
             .values()
             .filter_map(|m| m.template.clone())
             .filter(|t| t.key_pattern().is_some())
@@ -156,7 +164,7 @@ impl MultiRegistry {
     /// Every multi-stream consumer's streams read now, with its pattern if it has one (what
     /// discovery found is filled in by `Supervisor::stream_sets`).
     pub(crate) fn sets(&self) -> Vec<StreamSet> {
-        self.0
+        self.sets
             .iter()
             .map(|((group, consumer), m)| StreamSet {
                 group: group.clone(),
@@ -180,7 +188,7 @@ impl MultiRegistry {
 
     /// The streams `consumer` of `group` reads now, sorted.
     pub(crate) fn streams_of(&self, group: &str, consumer: &str) -> Vec<String> {
-        self.0
+        self.sets
             .get(&(group.to_owned(), consumer.to_owned()))
             .map(|m| m.streams.iter().map(|s| s.to_string()).collect())
             .unwrap_or_default()
@@ -191,7 +199,7 @@ impl MultiRegistry {
     fn spec_for(&self, id: &ConsumerId, start: Option<StartId>) -> Result<ConsumerSpec> {
         let key = (id.group.to_string(), id.consumer.to_string());
         let Some((members, template)) = self
-            .0
+            .sets
             .get(&key)
             .and_then(|m| m.template.as_ref().map(|t| (m, t)))
         else {
