@@ -28,7 +28,7 @@ pub(crate) const REPLAYS_AT_ONCE: usize = 4;
 /// are, whose turn it is to replay, and the supervisor's shared reads they join.
 #[derive(Debug)]
 pub(crate) struct Cohort {
-    members: AtomicUsize,
+    streams: AtomicUsize,
     replays: Semaphore,
     readers: Arc<SharedReaders>,
 }
@@ -37,7 +37,7 @@ impl Cohort {
     /// A cohort whose streams join the shared reads of `readers` (one per supervisor).
     pub(crate) fn new(readers: Arc<SharedReaders>) -> Arc<Cohort> {
         Arc::new(Cohort {
-            members: AtomicUsize::new(0),
+            streams: AtomicUsize::new(0),
             replays: Semaphore::new(REPLAYS_AT_ONCE),
             readers,
         })
@@ -49,8 +49,8 @@ impl Cohort {
     }
 
     /// The number of streams read now (kept by the supervisor).
-    pub(crate) fn set_members(&self, n: usize) {
-        self.members.store(n, Ordering::Relaxed);
+    pub(crate) fn set_streams(&self, n: usize) {
+        self.streams.store(n, Ordering::Relaxed);
     }
 
     /// A turn to replay own pending entries; held for the replay.
@@ -59,10 +59,10 @@ impl Cohort {
         self.replays.acquire().await.ok()
     }
 
-    /// `configured`, or longer so the members together do at most `per_second` a second.
+    /// `configured`, or longer so the cohort's streams together do at most `per_second` a second.
     fn stretched(&self, configured: Duration, per_second: u32) -> Duration {
-        let members = u32::try_from(self.members.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
-        configured.max(Duration::from_secs(1) * members / per_second.max(1))
+        let streams = u32::try_from(self.streams.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+        configured.max(Duration::from_secs(1) * streams / per_second.max(1))
     }
 }
 
@@ -167,10 +167,10 @@ mod tests {
             cohort.clone(),
             GAUGE_REFRESHES_PER_SECOND,
         );
-        cohort.set_members(50);
+        cohort.set_streams(50);
         assert_eq!(claims.interval(), Duration::from_secs(30));
         assert_eq!(gauges.interval(), Duration::from_secs(10));
-        cohort.set_members(1000);
+        cohort.set_streams(1000);
         assert_eq!(claims.interval(), Duration::from_secs(100));
         assert_eq!(gauges.interval(), Duration::from_secs(200));
         assert_eq!(
@@ -184,7 +184,7 @@ mod tests {
         let at = Instant::now() + Duration::from_secs(3);
         assert_eq!(Cadence::own(Duration::from_secs(10)).first(at), at);
         let cohort = Cohort::new(Arc::default());
-        cohort.set_members(1);
+        cohort.set_streams(1);
         let shared = Cadence::shared(Duration::from_secs(10), "a", cohort, 1);
         assert!(shared.first(at) <= Instant::now() + Duration::from_secs(10));
     }

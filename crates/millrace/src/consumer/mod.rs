@@ -1,11 +1,10 @@
 //! The consume loop of one consumer, in rooms: the `session` (group and permissions), the own-PEL
 //! `replay`, the `live` loop, `handling` of one batch, the `acker`, the `reclaimer` (claims and
-//! ownership), the `gauges`, and the pure decisions: `outcome` and the `batch_size`. The loop runs
+//! ownership), the `gauges`, and the pure decisions: `outcome` and the `pacer`. The loop runs
 //! as a task owned by the consumer actor; this file holds what ties the rooms together: the retry
 //! around sessions.
 
 mod acker;
-mod batch_size;
 mod client;
 mod cohort;
 mod failures;
@@ -16,6 +15,7 @@ mod handling;
 mod keyed;
 mod live;
 mod outcome;
+mod pacer;
 mod reclaimer;
 mod replay;
 mod retry;
@@ -41,12 +41,12 @@ use crate::id::ConsumerId;
 use crate::spec::ConsumerSpec;
 
 use acker::Acker;
-use batch_size::BatchSize;
 use client::ConsumerClient;
 use cohort::Cadence;
 pub(crate) use cohort::Cohort;
 use failures::{FailureLog, WarnLimiter};
 use gauges::Gauges;
+use pacer::Pacer;
 use reclaimer::Reclaimer;
 use session::SessionState;
 pub(crate) use stats::Stats;
@@ -85,7 +85,7 @@ pub(crate) struct Consumer {
     reclaimer: Reclaimer,
     gauges: Gauges,
     session: SessionState,
-    batch_size: BatchSize,
+    pacer: Pacer,
     failures: FailureLog,
     failure_warnings: WarnLimiter,
     /// Entries waiting out a retry delay (shared with the consumer's next incarnations).
@@ -155,7 +155,7 @@ impl Consumer {
                 cadence(opts.gauge_interval, cohort::GAUGE_REFRESHES_PER_SECOND),
             ),
             session: SessionState::new(opts.start_id.as_arg(), spec.membership),
-            batch_size: BatchSize::new(&opts),
+            pacer: Pacer::new(&opts),
             failures: FailureLog::default(),
             failure_warnings: WarnLimiter::default(),
             retries: stats.retry_schedule(),
@@ -256,7 +256,7 @@ impl Consumer {
             ..
         } = err
         {
-            self.batch_size.cut_off();
+            self.pacer.cut_off();
         }
         let delay = backoff_with_jitter(
             FIRST_RECONNECT_PAUSE,

@@ -87,7 +87,7 @@ impl Consumer {
                 &self.id.stream,
                 &self.id.group,
                 &self.id.consumer,
-                self.batch_size.count(),
+                self.pacer.count(),
                 None,
                 &cursor.to_string(),
             );
@@ -96,7 +96,7 @@ impl Consumer {
                 Err(e) if e.code() == Some("NOGROUP") && !self.opts.create_group => {
                     return Err(self.group_missing(e.to_string()))
                 }
-                Err(e) if cut_off(&e) && self.batch_size.count() == 1 => {
+                Err(e) if cut_off(&e) && self.pacer.count() == 1 => {
                     *own = None;
                     if self.dead_letter_oversized(cursor).await? {
                         continue;

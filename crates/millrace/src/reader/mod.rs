@@ -57,7 +57,7 @@ pub(crate) const FETCHED_AHEAD: usize = READS_IN_FLIGHT + 1;
 
 /// How a reader reads from now on: `COUNT` of the reads it writes and how many batches it may fetch
 /// ahead of the handler (1 to [`FETCHED_AHEAD`]). The consumer decides it
-/// (`consumer::batch_size`) after every batch its handler ran; every reader kind takes it as is.
+/// (`consumer::pacer`) after every batch its handler ran; every reader kind takes it as is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ReadPace {
     pub(crate) count: usize,
