@@ -62,6 +62,7 @@ mod consumer;
 pub mod dead_letter;
 pub mod decode;
 mod discovery;
+mod durations;
 mod each_entry;
 mod entry;
 mod error;
