@@ -68,8 +68,6 @@ mod entry;
 mod error;
 mod handler;
 mod health;
-#[cfg(feature = "http")]
-mod http;
 mod id;
 mod keyed;
 mod multi_spec;

@@ -17,6 +17,8 @@ use crate::spec::ConsumerSpec;
 
 mod builder;
 mod exposition;
+#[cfg(feature = "http")]
+mod http;
 mod ready;
 mod stream_sets;
 

@@ -232,7 +232,7 @@ impl SupervisorBuilder {
         }
         #[cfg(feature = "http")]
         let listener = match self.http {
-            Some(addr) => Some(crate::http::bind(addr).await?),
+            Some(addr) => Some(super::http::bind(addr).await?),
             None => None,
         };
         let mut initial = Vec::with_capacity(consumers.len());
@@ -288,7 +288,7 @@ impl SupervisorBuilder {
         if let Some(listener) = listener {
             app.http_addr = listener.local_addr().ok();
             let cancel = app.shared.cancel.child_token();
-            let server = crate::http::serve(listener, app.clone(), cancel);
+            let server = super::http::serve(listener, app.clone(), cancel);
             app.shared.tasks.spawn(server);
         }
         Ok(app)
