@@ -52,13 +52,12 @@
 
 mod letter;
 mod mover;
-mod parked;
 mod replay;
 mod stream;
 mod transfer;
 
 pub use letter::{DeadLetter, Letter, META_FIELDS};
-pub(crate) use mover::check_permissions;
-pub(crate) use parked::DeadLetterMover;
+pub(crate) use mover::{check_permissions, move_entry, now_ms, DeadLetterInfo};
 pub use replay::{Replay, Skip};
 pub use stream::{is_dead_letter_stream, DeadLetterStream, Listing, Selected, Selection};
+pub(crate) use transfer::Marker;
