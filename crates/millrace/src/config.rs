@@ -11,6 +11,7 @@ use crate::id::ConsumerId;
 mod read_size;
 mod restart;
 
+pub(crate) use crate::durations::{duration, opt_duration};
 pub(crate) use restart::backoff_with_jitter;
 pub use restart::RestartPolicy;
 
@@ -310,7 +311,7 @@ impl ConsumerOptions {
         {
             return err(field, &reason);
         }
-        if let Err((field, reason)) = crate::keyed::check(self) {
+        if let Err((field, reason)) = check_keyed(self) {
             return err(field, reason);
         }
         if self.gauge_interval < Duration::from_millis(10) {
@@ -323,59 +324,14 @@ impl ConsumerOptions {
     }
 }
 
-/// Parses a humantime duration, refusing forms that are easy to get wrong.
-pub(crate) fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    let t = text.trim();
-    if t.is_empty() {
-        return Err("is empty; write a duration such as \"5s\" or \"250ms\"".into());
-    }
-    if t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return Err(format!(
-            "`{t}` has no unit; write e.g. \"{t}s\" or \"{t}ms\""
-        ));
-    }
-    humantime::parse_duration(t).map_err(|e| {
-        format!("`{t}` is not a duration ({e}); write e.g. \"5s\", \"1m 30s\", \"250ms\"")
-    })
-}
-
-pub(crate) mod duration {
-    use super::*;
-
-    pub(crate) fn serialize<S: Serializer>(
-        d: &Duration,
-        s: S,
-    ) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> std::result::Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        parse_duration(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-pub(crate) mod opt_duration {
-    use super::*;
-
-    pub(crate) fn serialize<S: Serializer>(
-        d: &Option<Duration>,
-        s: S,
-    ) -> std::result::Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_some(&humantime::format_duration(*d).to_string()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> std::result::Result<Option<Duration>, D::Error> {
-        let text = Option::<String>::deserialize(d)?;
-        text.map(|t| parse_duration(&t).map_err(serde::de::Error::custom))
-            .transpose()
+/// Checks the keyed-concurrency options together: the field at fault and why.
+fn check_keyed(opts: &ConsumerOptions) -> Result<(), (&'static str, &'static str)> {
+    match (opts.key_concurrency, &opts.key_field, &opts.key_by) {
+        (Some(0), ..) => Err(("key_concurrency", "must be at least 1 (leave it unset to handle one batch at a time)")),
+        (Some(_), None, None) => Err(("key_concurrency", "needs the key: set `key_field` (a field name) or `key_by` (a function)")),
+        (_, Some(_), Some(_)) => Err(("key_field", "and `key_by` are both set; set one of them")),
+        (None, Some(_), _) | (None, _, Some(_)) => Err(("key_concurrency", "is not set, so the key (`key_field` or `key_by`) would be unused; set it to the number of sub-batches to handle at once")),
+        _ => Ok(()),
     }
 }
 

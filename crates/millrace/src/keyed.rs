@@ -6,7 +6,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::config::ConsumerOptions;
 use crate::entry::RawEntry;
 
 /// A function giving an entry's key for keyed concurrency (see
@@ -50,16 +49,5 @@ impl fmt::Debug for KeyFn {
 impl PartialEq for KeyFn {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-/// Checks the keyed-concurrency options together: the field at fault and why.
-pub(crate) fn check(opts: &ConsumerOptions) -> Result<(), (&'static str, &'static str)> {
-    match (opts.key_concurrency, &opts.key_field, &opts.key_by) {
-        (Some(0), ..) => Err(("key_concurrency", "must be at least 1 (leave it unset to handle one batch at a time)")),
-        (Some(_), None, None) => Err(("key_concurrency", "needs the key: set `key_field` (a field name) or `key_by` (a function)")),
-        (_, Some(_), Some(_)) => Err(("key_field", "and `key_by` are both set; set one of them")),
-        (None, Some(_), _) | (None, _, Some(_)) => Err(("key_concurrency", "is not set, so the key (`key_field` or `key_by`) would be unused; set it to the number of sub-batches to handle at once")),
-        _ => Ok(()),
     }
 }

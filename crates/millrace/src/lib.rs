@@ -62,13 +62,12 @@ mod consumer;
 pub mod dead_letter;
 pub mod decode;
 mod discovery;
+mod durations;
 mod each_entry;
 mod entry;
 mod error;
 mod handler;
 mod health;
-#[cfg(feature = "http")]
-mod http;
 mod id;
 mod keyed;
 mod multi_spec;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::duration;
+use crate::durations::duration;
 
 /// How long a failed entry waits before it comes back, by its delivery count. Used for `Err`,
 /// panics and handler timeouts when set in

@@ -13,7 +13,6 @@ use super::control::{ClusterControl, Control};
 use super::ConnectionOptions;
 use crate::cluster::NodeAddress;
 use crate::error::{Error, Result};
-use crate::reader::SharedReaders;
 
 /// Where consumers connect: one server, or a Redis Cluster.
 pub(super) enum Target {
@@ -42,8 +41,6 @@ pub(crate) struct Backend {
     /// `host:port/db` without credentials (the given cluster nodes, on a cluster), for logs and the
     /// duplicate-consumer check.
     pub(super) display: String,
-    /// The reads shared by the streams of multi-stream consumers.
-    shared_readers: SharedReaders,
 }
 
 impl fmt::Debug for Backend {
@@ -167,7 +164,6 @@ impl Backend {
             options,
             control: Control::Cluster(ClusterControl::new(client)),
             display,
-            shared_readers: SharedReaders::default(),
         })
     }
 
@@ -203,7 +199,6 @@ impl Backend {
             options,
             control: Control::Single(control),
             display,
-            shared_readers: SharedReaders::default(),
         })
     }
 
@@ -281,12 +276,6 @@ impl Backend {
     /// The shared control connection (a cheap clone of one multiplexed, self-reconnecting connection).
     pub(crate) fn control(&self) -> Control {
         self.control.clone()
-    }
-
-    /// The reads shared by the streams of multi-stream consumers (one per server or cluster
-    /// slot, group and consumer name).
-    pub(crate) fn shared_readers(&self) -> &SharedReaders {
-        &self.shared_readers
     }
 
     /// Timeout of one connection attempt.

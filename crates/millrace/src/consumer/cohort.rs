@@ -1,13 +1,15 @@
 //! How the consumers of one multi-stream consumer spread their periodic work: each stream's first
 //! claim tick and gauge refresh at a fixed place in its interval (from a hash of the stream's name),
-//! intervals stretched so the whole group stays within a rate however many streams it has, and a
-//! bound on own-pending replays running at once.
+//! intervals stretched so the whole group stays within a rate however many streams it has, a
+//! bound on own-pending replays running at once, and the shared reads their streams join.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::reader::SharedReaders;
 
 /// Claim ticks per second one multi-stream consumer makes at most, over all its streams. With the
 /// default `claim_interval` of 30s, up to 300 streams tick at their own interval; 1,000 streams
@@ -23,21 +25,24 @@ pub(crate) const GAUGE_REFRESHES_PER_SECOND: u32 = 5;
 pub(crate) const REPLAYS_AT_ONCE: usize = 4;
 
 /// The streams of one multi-stream consumer, as their consumers see each other: how many there
-/// are, and whose turn it is to replay.
+/// are, whose turn it is to replay, and the supervisor's shared reads they join.
 #[derive(Debug)]
 pub(crate) struct Cohort {
-    members: AtomicUsize,
+    streams: AtomicUsize,
     replays: Semaphore,
     /// The start-up note on how dead letters move was logged (once per multi-stream consumer).
     dead_letter_path_logged: std::sync::atomic::AtomicBool,
+    readers: Arc<SharedReaders>,
 }
 
 impl Cohort {
-    pub(crate) fn new() -> Arc<Cohort> {
+    /// A cohort whose streams join the shared reads of `readers` (one per supervisor).
+    pub(crate) fn new(readers: Arc<SharedReaders>) -> Arc<Cohort> {
         Arc::new(Cohort {
-            members: AtomicUsize::new(0),
+            streams: AtomicUsize::new(0),
             replays: Semaphore::new(REPLAYS_AT_ONCE),
             dead_letter_path_logged: std::sync::atomic::AtomicBool::new(false),
+            readers,
         })
     }
 
@@ -46,9 +51,14 @@ impl Cohort {
         !self.dead_letter_path_logged.swap(true, Ordering::Relaxed)
     }
 
+    /// The shared reads this cohort's streams join.
+    pub(crate) fn readers(&self) -> &SharedReaders {
+        &self.readers
+    }
+
     /// The number of streams read now (kept by the supervisor).
-    pub(crate) fn set_members(&self, n: usize) {
-        self.members.store(n, Ordering::Relaxed);
+    pub(crate) fn set_streams(&self, n: usize) {
+        self.streams.store(n, Ordering::Relaxed);
     }
 
     /// A turn to replay own pending entries; held for the replay.
@@ -57,10 +67,10 @@ impl Cohort {
         self.replays.acquire().await.ok()
     }
 
-    /// `configured`, or longer so the members together do at most `per_second` a second.
+    /// `configured`, or longer so the cohort's streams together do at most `per_second` a second.
     fn stretched(&self, configured: Duration, per_second: u32) -> Duration {
-        let members = u32::try_from(self.members.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
-        configured.max(Duration::from_secs(1) * members / per_second.max(1))
+        let streams = u32::try_from(self.streams.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+        configured.max(Duration::from_secs(1) * streams / per_second.max(1))
     }
 }
 
@@ -152,7 +162,7 @@ mod tests {
 
     #[test]
     fn intervals_stretch_with_the_number_of_streams() {
-        let cohort = Cohort::new();
+        let cohort = Cohort::new(Arc::default());
         let claims = Cadence::shared(
             Duration::from_secs(30),
             "a",
@@ -165,10 +175,10 @@ mod tests {
             cohort.clone(),
             GAUGE_REFRESHES_PER_SECOND,
         );
-        cohort.set_members(50);
+        cohort.set_streams(50);
         assert_eq!(claims.interval(), Duration::from_secs(30));
         assert_eq!(gauges.interval(), Duration::from_secs(10));
-        cohort.set_members(1000);
+        cohort.set_streams(1000);
         assert_eq!(claims.interval(), Duration::from_secs(100));
         assert_eq!(gauges.interval(), Duration::from_secs(200));
         assert_eq!(
@@ -181,8 +191,8 @@ mod tests {
     fn a_consumer_of_its_own_keeps_its_first_run() {
         let at = Instant::now() + Duration::from_secs(3);
         assert_eq!(Cadence::own(Duration::from_secs(10)).first(at), at);
-        let cohort = Cohort::new();
-        cohort.set_members(1);
+        let cohort = Cohort::new(Arc::default());
+        cohort.set_streams(1);
         let shared = Cadence::shared(Duration::from_secs(10), "a", cohort, 1);
         assert!(shared.first(at) <= Instant::now() + Duration::from_secs(10));
     }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::connection::{Backend, Control, Node};
 use crate::error::Result;
-use crate::reader::{ReadPace, Reader, ReaderConfig, Subscription};
+use crate::reader::{ReadPace, Reader, ReaderConfig, SharedReaders, Subscription};
 use crate::streams::ReadItem;
 
 /// The live loop's source of new entries; every method keeps [`Reader`]'s contract.
@@ -20,15 +20,14 @@ pub(crate) enum Feed {
 
 impl Feed {
     /// Starts reading for `config.id` on `node`: through the shared read of its (group,
-    /// consumer) when `shared`, else on a connection of its own.
+    /// consumer) in `shared` (its cohort's), else on a connection of its own.
     pub(crate) async fn start(
         backend: &Backend,
         node: &Node,
         config: ReaderConfig,
-        shared: bool,
+        shared: Option<&SharedReaders>,
     ) -> Result<Feed> {
-        if shared {
-            let readers = backend.shared_readers();
+        if let Some(readers) = shared {
             return readers
                 .subscribe(backend, node, config)
                 .await

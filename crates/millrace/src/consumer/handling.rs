@@ -302,7 +302,7 @@ impl Consumer {
     }
 
     /// Moves one entry to the dead-letter stream (which acknowledges it); a move that fails is
-    /// parked and retried in the background, its entry left pending (see `dead_letter::parked`).
+    /// parked and retried in the background, its entry left pending (see `consumer::parked`).
     pub(super) async fn dead_letter(&mut self, order: DeadLetterOrder) -> Result<()> {
         self.failures.forget(&[order.id]);
         self.dead_letters

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use tracing::warn;
 
+use super::cohort::Cohort;
 use super::feed::Feed;
 use super::Consumer;
 use crate::connection::Node;
@@ -27,7 +28,7 @@ impl Consumer {
             );
         }
         self.retry_attempt = 0;
-        self.batch_size.read_ok();
+        self.pacer.read_ok();
     }
 
     /// Reads new entries through the reader, which keeps reads in flight while batches are
@@ -35,7 +36,7 @@ impl Consumer {
     pub(super) async fn live(&mut self, node: &Node) -> Result<()> {
         let config = ReaderConfig {
             id: self.id.clone(),
-            count: self.batch_size.count(),
+            count: self.pacer.count(),
             block: self.opts.block,
             read_timeout: self.opts.effective_read_timeout(),
             command_timeout: self.backend.command_timeout(),
@@ -44,9 +45,9 @@ impl Consumer {
         let mut reader = tokio::select! {
             biased;
             _ = self.cancel.cancelled() => return Ok(()),
-            r = Feed::start(&self.backend, node, config, self.cohort.is_some()) => r?,
+            r = Feed::start(&self.backend, node, config, self.cohort.as_deref().map(Cohort::readers)) => r?,
         };
-        reader.set_pace(self.batch_size.pace());
+        reader.set_pace(self.pacer.pace());
         self.stats.set_state(ConsumerState::Running);
         loop {
             if Instant::now() >= self.reclaimer.next_tick() {
@@ -89,7 +90,7 @@ impl Consumer {
             // Only batches the handler ran tell how fast it is: a batch whose entries were all
             // skipped says nothing, and must not widen the read-ahead after slow ones.
             if let Some(took) = handled.handler_took {
-                let pace = self.batch_size.handled(read, handled.handed, took);
+                let pace = self.pacer.handled(read, handled.handed, took);
                 reader.set_pace(pace);
             }
             self.acker.ack_behind(handled.ack).await?;

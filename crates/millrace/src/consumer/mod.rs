@@ -1,11 +1,10 @@
 //! The consume loop of one consumer, in rooms: the `session` (group and permissions), the own-PEL
 //! `replay`, the `live` loop, `handling` of one batch, the `acker`, the `reclaimer` (claims and
-//! ownership), the `gauges`, and the pure decisions: `outcome` and the `batch_size`. The loop runs
+//! ownership), the `gauges`, and the pure decisions: `outcome` and the `pacer`. The loop runs
 //! as a task owned by the consumer actor; this file holds what ties the rooms together: the retry
 //! around sessions.
 
 mod acker;
-mod batch_size;
 mod client;
 mod cohort;
 mod failures;
@@ -17,6 +16,8 @@ mod keyed;
 mod live;
 mod outage;
 mod outcome;
+mod pacer;
+mod parked;
 mod reclaimer;
 mod replay;
 mod retry;
@@ -33,7 +34,6 @@ use crate::acked_delete::AckCommand;
 use crate::cluster::{hash_tag_hint, Action, Colocation};
 use crate::config::{backoff_with_jitter, ConsumerOptions, OnGroupLost};
 use crate::connection::{Backend, Node};
-use crate::dead_letter::DeadLetterMover;
 use crate::entry::BatchMeta;
 use crate::error::{Class, Error, Result};
 use crate::handler::BatchRunner;
@@ -42,12 +42,13 @@ use crate::id::ConsumerId;
 use crate::spec::ConsumerSpec;
 
 use acker::Acker;
-use batch_size::BatchSize;
 use client::ConsumerClient;
 use cohort::Cadence;
 pub(crate) use cohort::Cohort;
 use failures::{FailureLog, WarnLimiter};
 use gauges::Gauges;
+use pacer::Pacer;
+use parked::DeadLetterMover;
 use reclaimer::Reclaimer;
 use session::SessionState;
 pub(crate) use stats::Stats;
@@ -86,7 +87,7 @@ pub(crate) struct Consumer {
     reclaimer: Reclaimer,
     gauges: Gauges,
     session: SessionState,
-    batch_size: BatchSize,
+    pacer: Pacer,
     failures: FailureLog,
     failure_warnings: WarnLimiter,
     /// Entries waiting out a retry delay (shared with the consumer's next incarnations).
@@ -160,7 +161,7 @@ impl Consumer {
                 cadence(opts.gauge_interval, cohort::GAUGE_REFRESHES_PER_SECOND),
             ),
             session: SessionState::new(opts.start_id.as_arg(), spec.membership),
-            batch_size: BatchSize::new(&opts),
+            pacer: Pacer::new(&opts),
             failures: FailureLog::default(),
             failure_warnings: WarnLimiter::default(),
             retries: stats.retry_schedule(),
@@ -288,7 +289,7 @@ impl Consumer {
             if crate::reader::cut_mid_reply(source)
                 || (self.retry_attempt > 0 && crate::reader::connection_lost(source))
             {
-                self.batch_size.cut_off();
+                self.pacer.cut_off();
             }
         }
         let delay = backoff_with_jitter(

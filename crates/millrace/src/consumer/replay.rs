@@ -24,7 +24,7 @@ impl Consumer {
                 // An earlier subscription of this stream may still hand entries back (or a read
                 // on the wire still name the stream): wait, so none lands on what this replay
                 // takes.
-                if let Some(quiet) = self.backend.shared_readers().quieting(&self.id) {
+                if let Some(quiet) = cohort.readers().quieting(&self.id) {
                     tokio::select! {
                         _ = self.cancel.cancelled() => return Ok(()),
                         _ = quiet.cancelled() => {}
@@ -87,7 +87,7 @@ impl Consumer {
                 &self.id.stream,
                 &self.id.group,
                 &self.id.consumer,
-                self.batch_size.count(),
+                self.pacer.count(),
                 None,
                 &cursor.to_string(),
             );
@@ -96,7 +96,7 @@ impl Consumer {
                 Err(e) if e.code() == Some("NOGROUP") && !self.opts.create_group => {
                     return Err(self.group_missing(e.to_string()))
                 }
-                Err(e) if cut_off(&e) && self.batch_size.count() == 1 => {
+                Err(e) if cut_off(&e) && self.pacer.count() == 1 => {
                     *own = None;
                     if self.dead_letter_oversized(cursor).await? {
                         continue;

@@ -52,16 +52,15 @@
 
 mod letter;
 mod mover;
-mod parked;
 mod replay;
 mod stream;
 mod transfer;
 
 pub use letter::{DeadLetter, Letter, META_FIELDS};
-pub(crate) use mover::check_permissions;
-pub(crate) use parked::DeadLetterMover;
+pub(crate) use mover::{check_permissions, move_entry, now_ms, DeadLetterInfo};
 pub use replay::{Replay, Skip};
 pub use stream::{is_dead_letter_stream, DeadLetterStream, Listing, Selected, Selection};
+pub(crate) use transfer::Marker;
 
 /// A name for `stream` that keeps it and its dead-letter stream (`<stream>:dlq`) in one slot of a
 /// Redis Cluster, so dead letters move atomically: a name with a hash tag already is kept; else

@@ -13,11 +13,12 @@
 //!
 //! Flow control: a read is written only against a credit, and the consume loop returns a credit
 //! when it takes a batch. With [`FETCHED_AHEAD`] credits, at most that many batches are fetched
-//! (in the consumer's pending list) ahead of the one the handler is working on.
+//! (in the consumer's pending list) ahead of the one the handler is working on. What every reader
+//! kind keeps alike (pace, credits in flight, configuration, stop timings) is in [`contract`].
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::debug;
@@ -27,75 +28,19 @@ use crate::connection::{Backend, Control, Node};
 use crate::error::{Error, Result};
 use crate::id::ConsumerId;
 use crate::protocol;
-use crate::streams::{self, ReadItem};
+use crate::streams::ReadItem;
 
 mod conn;
+mod contract;
 mod pending;
 mod read_loop;
 mod shared;
 
 pub(crate) use conn::{connection_lost, cut_mid_reply};
+use contract::{depth_after, CLOSE_WAIT, READS_IN_FLIGHT, UNBLOCK_EVERY};
+pub(crate) use contract::{ReadPace, ReaderConfig, FETCHED_AHEAD};
 pub(crate) use pending::PendingReader;
 pub(crate) use shared::{SharedReaders, Subscription};
-
-/// Reads on the wire at once while there is a backlog (the last reply was full). Two suffice to
-/// keep the server busy: one executing, one queued. A consumer that has caught up keeps one: a
-/// second read would only block behind the first, and measured, it adds about 50 µs to the
-/// latency of every entry (the server serves the read queued behind an unblocked one first).
-const READS_IN_FLIGHT: usize = 2;
-
-/// Reads to keep in flight after a reply with `entries` entries, for reads of `count`.
-fn depth_after(entries: usize, count: usize) -> usize {
-    if entries >= count {
-        READS_IN_FLIGHT
-    } else {
-        1
-    }
-}
-/// Batches fetched ahead of the handler: the reads in flight plus one reply waiting, so the next
-/// read can be written before the waiting reply is taken.
-pub(crate) const FETCHED_AHEAD: usize = READS_IN_FLIGHT + 1;
-
-/// How a reader reads from now on: `COUNT` of the reads it writes and how many batches it may fetch
-/// ahead of the handler (1 to [`FETCHED_AHEAD`]). The consumer decides it
-/// (`consumer::batch_size`) after every batch its handler ran; every reader kind takes it as is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ReadPace {
-    pub(crate) count: usize,
-    pub(crate) ahead: usize,
-}
-/// How long a stop waits for a woken read's reply before it sends `CLIENT UNBLOCK` again (in case
-/// the unblock reached the server before the read blocked).
-const UNBLOCK_EVERY: Duration = Duration::from_millis(20);
-/// Longest wait for the server to close its end after the reader closed its own.
-const CLOSE_WAIT: Duration = Duration::from_secs(1);
-
-/// What the settings of one reader are.
-pub(crate) struct ReaderConfig {
-    pub(crate) id: ConsumerId,
-    pub(crate) count: usize,
-    pub(crate) block: Duration,
-    pub(crate) read_timeout: Duration,
-    pub(crate) command_timeout: Duration,
-}
-
-impl ReaderConfig {
-    fn packed_read(&self, count: usize) -> Vec<u8> {
-        streams::xreadgroup_cmd(
-            &self.id.stream,
-            &self.id.group,
-            &self.id.consumer,
-            count,
-            Some(self.block),
-            ">",
-        )
-        .get_packed_command()
-    }
-
-    fn error(&self, e: redis::RedisError) -> Error {
-        Error::from_redis(&self.id, "XREADGROUP", &self.id.stream, e)
-    }
-}
 
 /// The bytes of one complete RESP2 reply taken off the wire, parsed on the consume loop's side
 /// (so the reader task goes back to the socket at once).

@@ -1,6 +1,6 @@
 //! Multi-stream consumers in the supervisor: which streams each (group, consumer) reads, the spec
 //! a stream added later is made from, and the adding, removing and dropping of streams. Each
-//! stream is an ordinary child; this file only keeps the sets.
+//! stream is an ordinary child; this file only keeps the cohorts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::health::{ConsumerState, StreamSet};
 use crate::id::ConsumerId;
 use crate::multi_spec::{DeadLetterRule, MultiStreamSpec};
+use crate::reader::SharedReaders;
 use crate::spec::ConsumerSpec;
 
 /// The supervisor's requests about multi-stream consumers.
@@ -80,9 +81,9 @@ pub(crate) fn start_discovery(
     });
 }
 
-/// The streams of one multi-stream consumer.
+/// The supervisor's record of one cohort (the streams of one multi-stream consumer).
 #[derive(Debug)]
-struct Members {
+struct CohortRecord {
     /// What a stream added later is made from (`None` for streams added one by one with
     /// `add_consumer(spec.for_stream(..))`).
     template: Option<MultiStreamSpec>,
@@ -90,25 +91,32 @@ struct Members {
     cohort: Arc<Cohort>,
 }
 
-/// Every multi-stream consumer of one supervisor, by (group, consumer).
+/// Every cohort (multi-stream consumer) of one supervisor, by (group, consumer), and the reads
+/// their streams share.
 #[derive(Debug, Default)]
-pub(crate) struct MultiRegistry(BTreeMap<(String, String), Members>);
+pub(crate) struct MultiRegistry {
+    cohorts: BTreeMap<(String, String), CohortRecord>,
+    /// The shared reads of this supervisor's multi-stream consumers (one per server or cluster
+    /// slot, group and consumer name); each [`Cohort`] holds it.
+    readers: Arc<SharedReaders>,
+}
 
 impl MultiRegistry {
-    fn members(&mut self, group: &str, consumer: &str) -> &mut Members {
-        self.0
+    fn record(&mut self, group: &str, consumer: &str) -> &mut CohortRecord {
+        let readers = &self.readers;
+        self.cohorts
             .entry((group.to_owned(), consumer.to_owned()))
-            .or_insert_with(|| Members {
+            .or_insert_with(|| CohortRecord {
                 template: None,
                 streams: BTreeSet::new(),
-                cohort: Cohort::new(),
+                cohort: Cohort::new(readers.clone()),
             })
     }
 
     /// Records a new multi-stream consumer; refuses a second one with the same names.
     pub(crate) fn register(&mut self, spec: &MultiStreamSpec) -> Result<()> {
-        let members = self.members(spec.group(), spec.consumer());
-        if members.template.is_some() {
+        let record = self.record(spec.group(), spec.consumer());
+        if record.template.is_some() {
             return Err(Error::config(
                 None,
                 "consumer",
@@ -119,34 +127,34 @@ impl MultiRegistry {
                 ),
             ));
         }
-        members.template = Some(spec.clone());
+        record.template = Some(spec.clone());
         Ok(())
     }
 
     /// A stream joins its (group, consumer): returns what the streams share.
     pub(crate) fn join(&mut self, id: &ConsumerId) -> Arc<Cohort> {
-        let members = self.members(&id.group, &id.consumer);
-        members.streams.insert(id.stream.clone());
-        members.cohort.set_members(members.streams.len());
-        members.cohort.clone()
+        let record = self.record(&id.group, &id.consumer);
+        record.streams.insert(id.stream.clone());
+        record.cohort.set_streams(record.streams.len());
+        record.cohort.clone()
     }
 
     /// A stream leaves its (group, consumer).
     pub(crate) fn leave(&mut self, id: &ConsumerId) {
         let key = (id.group.to_string(), id.consumer.to_string());
-        let Some(members) = self.0.get_mut(&key) else {
+        let Some(record) = self.cohorts.get_mut(&key) else {
             return;
         };
-        members.streams.remove(&id.stream);
-        members.cohort.set_members(members.streams.len());
-        if members.streams.is_empty() && members.template.is_none() {
-            self.0.remove(&key);
+        record.streams.remove(&id.stream);
+        record.cohort.set_streams(record.streams.len());
+        if record.streams.is_empty() && record.template.is_none() {
+            self.cohorts.remove(&key);
         }
     }
 
     /// The multi-stream consumers that find their streams by pattern.
     pub(crate) fn patterns(&self) -> Vec<MultiStreamSpec> {
-        self.0
+        self.cohorts
             .values()
             .filter_map(|m| m.template.clone())
             .filter(|t| t.key_pattern().is_some())
@@ -156,7 +164,7 @@ impl MultiRegistry {
     /// Every multi-stream consumer's streams read now, with its pattern if it has one (what
     /// discovery found is filled in by `Supervisor::stream_sets`).
     pub(crate) fn sets(&self) -> Vec<StreamSet> {
-        self.0
+        self.cohorts
             .iter()
             .map(|((group, consumer), m)| StreamSet {
                 group: group.clone(),
@@ -180,7 +188,7 @@ impl MultiRegistry {
 
     /// The streams `consumer` of `group` reads now, sorted.
     pub(crate) fn streams_of(&self, group: &str, consumer: &str) -> Vec<String> {
-        self.0
+        self.cohorts
             .get(&(group.to_owned(), consumer.to_owned()))
             .map(|m| m.streams.iter().map(|s| s.to_string()).collect())
             .unwrap_or_default()
@@ -190,8 +198,8 @@ impl MultiRegistry {
     /// streams it reads already.
     fn spec_for(&self, id: &ConsumerId, start: Option<StartId>) -> Result<ConsumerSpec> {
         let key = (id.group.to_string(), id.consumer.to_string());
-        let Some((members, template)) = self
-            .0
+        let Some((record, template)) = self
+            .cohorts
             .get(&key)
             .and_then(|m| m.template.as_ref().map(|t| (m, t)))
         else {
@@ -204,7 +212,7 @@ impl MultiRegistry {
             spec.options.start_id = start;
         }
         spec.validate()?;
-        let rule = DeadLetterRule::over(members.streams.iter().map(|s| &**s), |s| {
+        let rule = DeadLetterRule::over(record.streams.iter().map(|s| &**s), |s| {
             template.dead_letter_stream_of(s)
         });
         match rule.clash(&id.stream) {

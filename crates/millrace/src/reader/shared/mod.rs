@@ -238,14 +238,14 @@ impl SharedReaders {
             registry: Arc::downgrade(&self.reads),
             quieting: self.quieting.clone(),
         });
-        let settings = read_loop::Settings {
+        let task_config = read_loop::TaskConfig {
             node: node.clone(),
             connect_timeout: backend.connect_timeout(),
             command_timeout: config.command_timeout,
             block: config.block,
             read_timeout: config.read_timeout,
         };
-        let task = tokio::spawn(read_loop::run(read.clone(), settings));
+        let task = tokio::spawn(read_loop::run(read.clone(), task_config));
         *lock(&read.task) = Some(task.abort_handle());
         read
     }

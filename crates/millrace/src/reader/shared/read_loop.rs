@@ -24,7 +24,7 @@ mod route;
 const WAKE_AFTER: Duration = Duration::from_millis(5);
 
 /// What a read's task is started with.
-pub(super) struct Settings {
+pub(super) struct TaskConfig {
     pub(super) node: Node,
     pub(super) connect_timeout: Duration,
     pub(super) command_timeout: Duration,
@@ -33,12 +33,12 @@ pub(super) struct Settings {
 }
 
 /// Connects and reads until stopped or the connection is lost.
-pub(super) async fn run(read: Arc<SharedRead>, settings: Settings) {
+pub(super) async fn run(read: Arc<SharedRead>, task_config: TaskConfig) {
     let _end = EndGuard(read.clone());
     let connected = Conn::connect(
-        &settings.node,
-        settings.connect_timeout,
-        settings.command_timeout,
+        &task_config.node,
+        task_config.connect_timeout,
+        task_config.command_timeout,
     )
     .await;
     let (conn, client_id) = match connected {
@@ -51,12 +51,12 @@ pub(super) async fn run(read: Arc<SharedRead>, settings: Settings) {
     };
     *lock(&read.client_id) = client_id;
     read.connecting.send_replace(Connecting::Connected);
-    tracing::debug!(server = %settings.node.address(), ?client_id, "shared read connection open");
+    tracing::debug!(server = %task_config.node.address(), ?client_id, "shared read connection open");
     let mut task = Task {
         conn,
         read: read.clone(),
         client_id,
-        settings,
+        task_config,
         in_flight: VecDeque::new(),
         depth: READS_IN_FLIGHT,
         packed: None,
@@ -129,7 +129,7 @@ struct Task {
     read: Arc<SharedRead>,
     /// `None` without the permission to learn it: blocked reads then return when BLOCK runs out.
     client_id: Option<i64>,
-    settings: Settings,
+    task_config: TaskConfig,
     /// Reads on the wire, in the order written (replies come in that order).
     in_flight: VecDeque<Planned>,
     /// Reads to keep on the wire: two while a reply had a stream's full COUNT, else one.
@@ -162,7 +162,7 @@ impl Task {
                 self.depth = READS_IN_FLIGHT;
                 self.write_reads(READS_IN_FLIGHT + 1).await?;
             }
-            let frame = self.conn.frame(self.settings.read_timeout).await?;
+            let frame = self.conn.frame(self.task_config.read_timeout).await?;
             let Some(read) = self.in_flight.pop_front() else {
                 continue;
             };
@@ -195,7 +195,7 @@ impl Task {
                 &key.group,
                 &key.consumer,
                 plan.count,
-                Some(self.settings.block),
+                Some(self.task_config.block),
             );
             self.packed = Some((plan.clone(), cmd.get_packed_command()));
         }
@@ -232,7 +232,7 @@ impl Task {
         if !self.conn.buf.is_empty() {
             return Ok(());
         }
-        let deadline = Instant::now() + self.settings.read_timeout;
+        let deadline = Instant::now() + self.task_config.read_timeout;
         let mut next_unblock = None;
         loop {
             let wake_at = self.wake_at(next_unblock);

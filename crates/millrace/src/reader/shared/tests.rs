@@ -8,7 +8,7 @@ use millrace_testkit::{eventually, RedisServer};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
 
-use super::Subscription;
+use super::{SharedReaders, Subscription};
 use crate::connection::{Backend, ConnectionOptions};
 use crate::error::Error;
 use crate::id::ConsumerId;
@@ -20,6 +20,8 @@ const WAIT: Duration = Duration::from_secs(10);
 struct Fixture {
     _server: RedisServer,
     backend: Backend,
+    /// The shared reads, as a supervisor's multi-stream consumers hold them.
+    readers: SharedReaders,
     admin: MultiplexedConnection,
 }
 
@@ -46,6 +48,7 @@ async fn fixture(streams: &[&str]) -> Fixture {
     Fixture {
         _server: server,
         backend,
+        readers: SharedReaders::default(),
         admin,
     }
 }
@@ -61,8 +64,7 @@ impl Fixture {
             read_timeout: block + Duration::from_secs(5),
             command_timeout: Duration::from_secs(5),
         };
-        self.backend
-            .shared_readers()
+        self.readers
             .subscribe(&self.backend, &node, config)
             .await
             .expect("subscribe")
@@ -193,11 +195,7 @@ async fn entries_of_three_streams_go_to_their_subscribers() {
     for stream in ["a", "b", "c"] {
         subs.push(f.subscribe(stream, 4).await);
     }
-    assert_eq!(
-        f.backend.shared_readers().running(),
-        1,
-        "one read for all three"
-    );
+    assert_eq!(f.readers.running(), 1, "one read for all three");
     for (sub, added) in subs.iter_mut().zip(&added) {
         assert_eq!(&take(sub, added.len()).await, added);
     }
@@ -328,7 +326,7 @@ async fn the_last_stop_returns_untaken_entries_and_closes_the_read() {
     let read_client = a.client_id().expect("CLIENT ID");
     let mut control = f.backend.control();
     let untaken = ids(&a.stop(&mut control).await);
-    assert_eq!(f.backend.shared_readers().running(), 0);
+    assert_eq!(f.readers.running(), 0);
     assert!(
         !client_ids(f.admin.clone()).await.contains(&read_client),
         "the read's socket is closed"
@@ -377,7 +375,7 @@ async fn a_stop_returns_untaken_entries_while_the_others_read_on() {
     })
     .await;
     let untaken = ids(&a.stop(&mut f.backend.control()).await);
-    assert_eq!(f.backend.shared_readers().running(), 1, "b still reads");
+    assert_eq!(f.readers.running(), 1, "b still reads");
     // What stop returned, and what the read released of a read still on the wire, are exactly
     // the fetched entries.
     let day = Duration::from_secs(23 * 3600);
@@ -434,8 +432,10 @@ async fn on_a_cluster_a_read_is_shared_per_slot() {
             .await
             .expect("XGROUP CREATE");
     }
+    let readers = SharedReaders::default();
     let subscribe = |stream: String| {
         let backend = &backend;
+        let readers = &readers;
         async move {
             let node = backend.node_for(&stream).await.expect("owner");
             let block = Duration::from_secs(600);
@@ -446,8 +446,7 @@ async fn on_a_cluster_a_read_is_shared_per_slot() {
                 read_timeout: block + Duration::from_secs(5),
                 command_timeout: Duration::from_secs(5),
             };
-            backend
-                .shared_readers()
+            readers
                 .subscribe(backend, &node, config)
                 .await
                 .expect("subscribe")
@@ -471,17 +470,9 @@ async fn on_a_cluster_a_read_is_shared_per_slot() {
     let added_b = add(b).await;
     let mut sub_b = subscribe(b.to_owned()).await;
     assert_eq!(take(&mut sub_b, 1).await, added_b, "woken on its node");
-    assert_eq!(
-        backend.shared_readers().running(),
-        1,
-        "one read for the slot"
-    );
+    assert_eq!(readers.running(), 1, "one read for the slot");
     let mut sub_other = subscribe(other.clone()).await;
-    assert_eq!(
-        backend.shared_readers().running(),
-        2,
-        "another slot, another read"
-    );
+    assert_eq!(readers.running(), 2, "another slot, another read");
     let id: String = admin.xadd(&other, "*", &[("f", "v")]).await.expect("XADD");
     assert_eq!(take(&mut sub_other, 1).await, vec![id]);
 }
@@ -507,7 +498,7 @@ async fn two_hundred_streams_share_one_read_and_each_gets_its_own_entries() {
             sub
         }));
     }
-    assert_eq!(f.backend.shared_readers().running(), 1);
+    assert_eq!(f.readers.running(), 1);
     for task in tasks {
         task.await.expect("every stream got its entries, in order");
     }
@@ -546,8 +537,7 @@ async fn entries_a_blocked_read_brings_for_a_stream_that_left_are_released() {
     .await;
     drop(a);
     let quiet = f
-        .backend
-        .shared_readers()
+        .readers
         .quieting(&ConsumerId::new("a", "g", "c"))
         .expect("the read naming `a` is on the wire");
     let added = f.add("a", 1).await;
@@ -666,11 +656,7 @@ async fn a_late_release_never_touches_entries_a_replay_took() {
     .await;
     drop(a);
     let id = ConsumerId::new("a", "g", "c");
-    let quiet = f
-        .backend
-        .shared_readers()
-        .quieting(&id)
-        .expect("the release is under way");
+    let quiet = f.readers.quieting(&id).expect("the release is under way");
     // The restarted consumer's replay, as `consumer::replay` runs it: after the stream is quiet.
     let mut replayer = f.admin.clone();
     let replay = tokio::spawn(async move {

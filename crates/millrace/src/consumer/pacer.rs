@@ -1,6 +1,6 @@
-//! The read size of one consumer: how many entries a read asks for (`COUNT`) and how many batches
-//! the reader fetches ahead of the handler, decided from what the reads return and how long the
-//! handler takes. One decision for both readers ([`ReadPace`]); no I/O here.
+//! The read pace of one consumer ([`ReadPace`]): its read size, how many entries a read asks for
+//! (`COUNT`), and how many batches the reader fetches ahead of the handler, decided from what the
+//! reads return and how long the handler takes. One decision for both readers; no I/O here.
 //!
 //! - **Adaptive** (`count` unset): a read size that makes a batch take the handler about
 //!   `batch_target`. It starts at [`START`] and grows to twice a full read's size while reads come
@@ -38,9 +38,9 @@ enum Sizing {
     Adaptive { min: usize, max: usize },
 }
 
-/// One consumer's read size and read-ahead (see the module docs).
+/// Decides one consumer's read pace: read size and read-ahead (see the module docs).
 #[derive(Debug)]
-pub(crate) struct BatchSize {
+pub(crate) struct Pacer {
     sizing: Sizing,
     target: Duration,
     /// The read size the handler's speed asks for (the fixed count when fixed).
@@ -54,7 +54,7 @@ pub(crate) struct BatchSize {
     recent: VecDeque<usize>,
 }
 
-impl BatchSize {
+impl Pacer {
     pub(crate) fn new(opts: &ConsumerOptions) -> Self {
         let sizing = match opts.count {
             Some(n) => Sizing::Fixed(n),
@@ -69,7 +69,7 @@ impl BatchSize {
         };
         let mut recent = VecDeque::with_capacity(FETCHED_AHEAD + 1);
         recent.push_back(wanted);
-        BatchSize {
+        Pacer {
             sizing,
             target: opts.batch_target,
             wanted,
@@ -171,19 +171,19 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    fn adaptive() -> BatchSize {
-        BatchSize::new(&ConsumerOptions::default())
+    fn adaptive() -> Pacer {
+        Pacer::new(&ConsumerOptions::default())
     }
 
-    fn fixed(n: usize) -> BatchSize {
-        BatchSize::new(&ConsumerOptions {
+    fn fixed(n: usize) -> Pacer {
+        Pacer::new(&ConsumerOptions {
             count: Some(n),
             ..Default::default()
         })
     }
 
     /// Feeds full batches of a handler that takes `per_entry` per entry until the size settles.
-    fn settle(b: &mut BatchSize, per_entry: Duration) -> ReadPace {
+    fn settle(b: &mut Pacer, per_entry: Duration) -> ReadPace {
         let mut pace = b.pace();
         for _ in 0..40 {
             let n = pace.count;
@@ -272,7 +272,7 @@ mod tests {
             max_count: 40,
             ..Default::default()
         };
-        let mut b = BatchSize::new(&opts);
+        let mut b = Pacer::new(&opts);
         assert_eq!(settle(&mut b, Duration::from_nanos(10)).count, 40);
         assert_eq!(settle(&mut b, Duration::from_secs(1)).count, 5);
         let opts = ConsumerOptions {
@@ -280,7 +280,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            BatchSize::new(&opts).count(),
+            Pacer::new(&opts).count(),
             50,
             "start is raised to min_count"
         );
@@ -289,7 +289,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            BatchSize::new(&opts).count(),
+            Pacer::new(&opts).count(),
             4,
             "start is lowered to max_count"
         );

@@ -17,11 +17,10 @@ use std::time::Duration;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, error, info, warn};
 
-use super::mover::{move_entry, now_ms, DeadLetterInfo};
-use super::transfer::Marker;
+use super::Stats;
 use crate::config::backoff_with_jitter;
 use crate::connection::Control;
-use crate::consumer::Stats;
+use crate::dead_letter::{move_entry, now_ms, DeadLetterInfo, Marker};
 use crate::entry::{EntryId, RawEntry};
 use crate::id::ConsumerId;
 use crate::streams;

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::supervisor::{Supervisor, SupervisorBuilder};
+use super::{Supervisor, SupervisorBuilder};
 
 /// Longest request head read (request line and headers).
 const MAX_HEAD: usize = 8 * 1024;
