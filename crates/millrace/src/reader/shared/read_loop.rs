@@ -110,9 +110,11 @@ fn fail_all(read: &Arc<SharedRead>, e: &redis::RedisError) {
     };
     read.unregister();
     if !lanes.is_empty() {
-        if crate::reader::connection_lost(e) {
-            // The streams' outage line says it, once per server.
-            tracing::debug!(error = %e, streams = lanes.len(), "the shared read lost its connection; every stream in it reconnects");
+        if crate::reader::connection_lost(e) || crate::cluster::Action::for_error(e).is_some() {
+            // A lost connection, or a cluster reply saying the slot moved or its node changed
+            // (`MOVED` on Valkey after a failover, `UNBLOCKED`, `CLUSTERDOWN`): the streams'
+            // outage line says it, once per server.
+            tracing::debug!(error = %e, streams = lanes.len(), "the shared read lost its connection or its node; every stream in it reconnects");
         } else {
             tracing::warn!(error = %e, streams = lanes.len(), "the shared read failed; every stream in it reconnects");
         }
