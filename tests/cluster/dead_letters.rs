@@ -124,6 +124,8 @@ fn on_node(cluster: &millrace_testkit::RedisCluster, index: usize, cmd: &mut red
 /// pending and not handed to the handler again. Once the replica is promoted the moves complete:
 /// each poison entry once in its dead-letter stream, nothing pending, no restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails about 1 run in 3: after the promotion the parked moves and some streams' reads do \
+            not resume within 30 s (issue #18, open); run with --ignored"]
 async fn a_dead_dead_letter_master_stalls_and_duplicates_nothing_on_healthy_masters() {
     dead_letter_master_killed(cluster()).await;
 }
