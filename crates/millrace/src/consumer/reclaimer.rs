@@ -16,9 +16,6 @@ use crate::entry::EntryId;
 use crate::error::Result;
 use crate::streams::{self, ReadItem};
 
-/// Idle time given to entries released at a stop, so the next `XAUTOCLAIM` of any consumer takes them.
-const RELEASE_IDLE: Duration = Duration::from_secs(24 * 3600);
-
 /// What one `XAUTOCLAIM` call brought.
 #[derive(Debug)]
 pub(crate) struct Claimed {
@@ -171,21 +168,9 @@ impl Reclaimer {
     }
 
     /// Hands fetched-but-unhandled entries that are still this consumer's to the other consumers at
-    /// once (a high idle time, so the next `XAUTOCLAIM` anywhere takes them). Best effort: what
-    /// cannot be released comes back after `claim_min_idle`.
+    /// once: [`crate::reader::release`], over the consumer's retrying connection.
     pub(crate) async fn release(&self, ids: &[EntryId]) {
-        if ids.is_empty() {
-            return;
-        }
-        match self.set_idle(ids, RELEASE_IDLE).await {
-            Ok(owned) => info!(
-                released = owned.len(),
-                "released unhandled entries to the group"
-            ),
-            Err(e) => {
-                warn!(error = %e, entries = ids.len(), "could not release unhandled entries; they stay pending and come back after claim_min_idle")
-            }
-        }
+        crate::reader::release(self.client.id(), ids, |idle| self.set_idle(ids, idle)).await;
     }
 
     async fn set_idle(&self, ids: &[EntryId], idle: Duration) -> Result<Vec<(EntryId, u64)>> {

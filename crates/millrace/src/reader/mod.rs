@@ -16,14 +16,12 @@
 //! (in the consumer's pending list) ahead of the one the handler is working on. What every reader
 //! kind keeps alike (pace, credits in flight, configuration, stop timings) is in [`contract`].
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, Notify};
 use tracing::debug;
 
-use crate::cluster::NodeAddress;
 use crate::connection::{Backend, Control, Node};
 use crate::error::{Error, Result};
 use crate::id::ConsumerId;
@@ -35,36 +33,25 @@ mod contract;
 mod pending;
 mod read_loop;
 mod shared;
+mod wake;
 
 pub(crate) use conn::{connection_lost, cut_mid_reply};
-use contract::{depth_after, CLOSE_WAIT, READS_IN_FLIGHT, UNBLOCK_EVERY};
-pub(crate) use contract::{ReadPace, ReaderConfig, FETCHED_AHEAD};
+use contract::{depth_after, Credits, CLOSE_WAIT, READS_IN_FLIGHT, UNBLOCK_EVERY};
+pub(crate) use contract::{release, ReadPace, ReaderConfig, FETCHED_AHEAD};
 pub(crate) use pending::PendingReader;
 pub(crate) use shared::{SharedReaders, Subscription};
+use wake::Wake;
 
 /// The bytes of one complete RESP2 reply taken off the wire, parsed on the consume loop's side
-/// (so the reader task goes back to the socket at once).
-type Frame = Vec<u8>;
+/// (so the reader task goes back to the socket at once), and when its read was written.
+type Frame = (Vec<u8>, Instant);
 
 type Batches = mpsc::UnboundedSender<Result<Frame>>;
 
 struct State {
-    /// Reads that may still be written (see the module docs).
-    credits: usize,
+    /// The stream's [`Credits`] and pace (see the module docs).
+    credits: Credits,
     stop: bool,
-    /// COUNT of the next read written.
-    count: usize,
-    /// Batches the reader may fetch ahead of the handler: 1 to [`FETCHED_AHEAD`] (see
-    /// [`ReadPace`]).
-    ahead: usize,
-}
-
-impl State {
-    /// Credits the reader may use now.
-    fn usable(&self) -> usize {
-        self.credits
-            .saturating_sub(FETCHED_AHEAD.saturating_sub(self.ahead))
-    }
 }
 
 /// What the consume loop and its reader share.
@@ -72,6 +59,8 @@ struct Shared {
     state: Mutex<State>,
     /// Wakes the reader task.
     notify: Notify,
+    /// Wakes the reader's blocked reads at a stop, and tells when it has ended.
+    wake: Wake,
 }
 
 impl Shared {
@@ -85,21 +74,16 @@ impl Shared {
     fn take_credits(&self, in_flight: usize, depth: usize) -> (usize, usize, bool) {
         let mut s = self.lock();
         if s.stop {
-            return (0, s.count, true);
+            return (0, s.credits.count(), true);
         }
-        let n = s.usable().min(depth.saturating_sub(in_flight));
-        s.credits -= n;
-        (n, s.count, false)
+        let n = s.credits.take(depth.saturating_sub(in_flight));
+        (n, s.credits.count(), false)
     }
 
     /// Takes one credit for the read written right after a reply began, if allowed.
     fn take_one(&self, count: usize, in_flight: usize, depth: usize) -> bool {
         let mut s = self.lock();
-        let go = !s.stop && in_flight < depth && s.usable() > 0 && s.count == count;
-        if go {
-            s.credits -= 1;
-        }
-        go
+        !s.stop && in_flight < depth && s.credits.count() == count && s.credits.take(1) == 1
     }
 
     fn signal_stop(&self) {
@@ -111,21 +95,14 @@ impl Shared {
 /// The consume loop's handle on its reader. [`Reader::stop`] stops it gracefully and returns what it
 /// fetched. Dropping it (a failed session, a panicking handler) aborts the reader task at once:
 /// its socket closes (TLS or not), so the server drops the blocked read instead of delivering
-/// entries to a reader nobody listens to (they would wait for `claim_min_idle`).
+/// entries to a reader nobody listens to (they wait in the consumer's pending list for its next
+/// replay, or for `claim_min_idle`).
 pub(crate) struct Reader {
     batches: mpsc::UnboundedReceiver<Result<Frame>>,
     shared: Arc<Shared>,
-    client_id: Option<i64>,
-    /// The node the connection is to, on a cluster (where `CLIENT UNBLOCK` must be sent).
-    node: Option<NodeAddress>,
     phase: Phase,
-    /// Resolves (with an error) when the reader has ended and its connection is closed.
-    finished: oneshot::Receiver<()>,
     id: ConsumerId,
-    /// When the reader started, and when `next` returned each of the last [`FETCHED_AHEAD`]
-    /// batches: see [`Reader::sent_after`].
-    started: Instant,
-    taken: VecDeque<Instant>,
+    /// When the read of the batch last returned by [`Reader::next`] was written.
     sent_after: Instant,
 }
 
@@ -144,14 +121,13 @@ struct Idle {
     conn: conn::Conn,
     config: ReaderConfig,
     tx: Batches,
-    finished: oneshot::Sender<()>,
 }
 
 impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reader")
             .field("consumer", &self.id)
-            .field("client_id", &self.client_id)
+            .field("client_id", &self.shared.wake.client_id())
             .finish()
     }
 }
@@ -173,19 +149,18 @@ impl Reader {
     async fn connect(backend: &Backend, node: &Node, config: ReaderConfig) -> Result<Reader> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                credits: FETCHED_AHEAD,
+                credits: Credits::new(config.count),
                 stop: false,
-                count: config.count,
-                ahead: FETCHED_AHEAD,
             }),
             notify: Notify::new(),
+            wake: Wake::new(node.cluster_address()),
         });
         let (tx, batches) = mpsc::unbounded_channel();
-        let (finished_tx, finished) = oneshot::channel::<()>();
         let id = config.id.clone();
         let (conn, client_id) = conn::Conn::open(backend, node, config.command_timeout)
             .await
             .map_err(|e| Error::from_redis(&id, "CONNECT", &id.stream, e))?;
+        shared.wake.connected(client_id);
         debug!(
             server = %node.address(),
             ?client_id,
@@ -194,18 +169,8 @@ impl Reader {
         Ok(Reader {
             batches,
             shared,
-            client_id,
-            node: node.cluster_address(),
-            phase: Phase::Idle(Box::new(Idle {
-                conn,
-                config,
-                tx,
-                finished: finished_tx,
-            })),
-            finished,
+            phase: Phase::Idle(Box::new(Idle { conn, config, tx })),
             id,
-            started: Instant::now(),
-            taken: VecDeque::with_capacity(FETCHED_AHEAD + 1),
             sent_after: Instant::now(),
         })
     }
@@ -218,20 +183,14 @@ impl Reader {
         let Phase::Idle(idle) = std::mem::replace(&mut self.phase, Phase::Done) else {
             return;
         };
-        let Idle {
-            conn,
-            config,
-            tx,
-            finished,
-        } = *idle;
+        let Idle { conn, config, tx } = *idle;
         let shared = self.shared.clone();
         let task = tokio::spawn(async move {
-            let _finished = finished;
+            // However the task ends (returned, or aborted with its connection), a stop learns it.
+            let _finished = shared.wake.finished().clone().drop_guard();
             read_loop::run(conn, &config, &shared, &tx).await;
         });
         self.phase = Phase::Live(task.abort_handle());
-        self.started = Instant::now();
-        self.sent_after = self.started;
     }
 
     /// The next batch (empty after a BLOCK timeout), in the order the reads were sent.
@@ -239,10 +198,11 @@ impl Reader {
         self.begin_live();
         match self.batches.recv().await {
             Some(batch) => {
-                self.note_taken();
-                self.shared.lock().credits += 1;
+                self.shared.lock().credits.give_back();
                 self.shared.notify.notify_one();
-                self.parse(batch)
+                let (frame, sent) = batch?;
+                self.sent_after = sent;
+                self.parse(&frame)
             }
             None => Err(Error::Internal {
                 consumer: self.id.clone(),
@@ -251,41 +211,21 @@ impl Reader {
         }
     }
 
-    /// The earliest moment the read of the batch last returned by [`Reader::next`] can have been
-    /// sent, so its entries have been pending at most since then. It follows from the credits: a
-    /// read is written only with a credit, the reader starts with [`FETCHED_AHEAD`] and gets one
-    /// back per batch taken, so the read of batch `k` went out after batch `k - FETCHED_AHEAD` was
-    /// taken (or after the start).
+    /// When the read of the batch last returned by [`Reader::next`] was written: its entries
+    /// have been pending at most since then.
     pub(crate) fn sent_after(&self) -> Instant {
         self.sent_after
     }
 
-    fn note_taken(&mut self) {
-        self.sent_after = if self.taken.len() >= FETCHED_AHEAD {
-            self.taken.pop_front().unwrap_or(self.started)
-        } else {
-            self.started
-        };
-        self.taken.push_back(Instant::now());
-    }
-
-    fn parse(&self, batch: Result<Frame>) -> Result<Vec<ReadItem>> {
-        protocol::parse_read_reply(&batch?)
+    fn parse(&self, frame: &[u8]) -> Result<Vec<ReadItem>> {
+        protocol::parse_read_reply(frame)
             .map_err(|e| Error::from_redis(&self.id, "XREADGROUP", &self.id.stream, e))
     }
 
     /// Sets COUNT and the read-ahead for the reads written from now on (a wider read-ahead may
     /// write a read at once).
     pub(crate) fn set_pace(&self, pace: ReadPace) {
-        let ahead = pace.ahead.clamp(1, FETCHED_AHEAD);
-        let more = {
-            let mut s = self.shared.lock();
-            let more = ahead > s.ahead;
-            s.count = pace.count.max(1);
-            s.ahead = ahead;
-            more
-        };
-        if more {
+        if self.shared.lock().credits.set_pace(pace) {
             self.shared.notify.notify_one();
         }
     }
@@ -300,46 +240,17 @@ impl Reader {
             return Vec::new();
         }
         self.shared.signal_stop();
-        let mut client_id = self.client_id;
+        self.shared.wake.until(control, |_| false).await;
         let mut fetched = Vec::new();
-        loop {
-            if let Some(id) = client_id {
-                if !unblock(control, self.node.as_ref(), id).await {
-                    client_id = None;
+        while let Ok(batch) = self.batches.try_recv() {
+            match batch.and_then(|(frame, _)| self.parse(&frame)) {
+                Ok(items) => fetched.extend(items),
+                Err(e) => {
+                    debug!(error = %e, "last read failed during stop; its entries stay pending")
                 }
             }
-            // Each woken read returns a reply; the read pipelined behind it may block next, so
-            // every reply calls for another unblock, until the reader is done.
-            tokio::select! {
-                _ = &mut self.finished => break,
-                Some(batch) = self.batches.recv() => self.keep(batch, &mut fetched),
-                _ = tokio::time::sleep(UNBLOCK_EVERY), if client_id.is_some() => {}
-            }
-        }
-        while let Ok(batch) = self.batches.try_recv() {
-            self.keep(batch, &mut fetched);
         }
         fetched
-    }
-
-    fn keep(&self, batch: Result<Frame>, into: &mut Vec<ReadItem>) {
-        match self.parse(batch) {
-            Ok(items) => into.extend(items),
-            Err(e) => debug!(error = %e, "last read failed during stop; its entries stay pending"),
-        }
-    }
-}
-
-/// Wakes the reader's blocked read, if any, through the control connection (on a cluster, routed
-/// to the node the reader is connected to). Returns false when `CLIENT UNBLOCK` is not possible
-/// (no permission, no connection): the read then returns when BLOCK runs out.
-async fn unblock(control: &mut Control, node: Option<&NodeAddress>, client_id: i64) -> bool {
-    match control.unblock(node, client_id).await {
-        Ok(_) => true,
-        Err(e) => {
-            debug!(error = %e, "CLIENT UNBLOCK not possible; waiting for BLOCK to run out");
-            false
-        }
     }
 }
 

@@ -1,5 +1,8 @@
 //! The read loop: writes reads as the pacing allows, frames replies, hands them over.
 
+use std::collections::VecDeque;
+use std::time::Instant;
+
 use super::conn::Conn;
 use super::{depth_after, Batches, ReaderConfig, Shared, READS_IN_FLIGHT};
 
@@ -9,25 +12,26 @@ use super::{depth_after, Batches, ReaderConfig, Shared, READS_IN_FLIGHT};
 pub(super) async fn run(mut conn: Conn, config: &ReaderConfig, shared: &Shared, tx: &Batches) {
     let mut count = config.count;
     let mut packed = config.packed_read(count);
-    let mut in_flight = 0usize;
+    // When each read on the wire was written, in the order written (replies come in that order).
+    let mut in_flight: VecDeque<Instant> = VecDeque::with_capacity(READS_IN_FLIGHT + 1);
     // Start as for a backlog: a consumer starting up often has one.
     let mut depth = READS_IN_FLIGHT;
     let fail = |e: redis::RedisError| {
         let _ = tx.send(Err(config.error(e)));
     };
     loop {
-        let (to_write, new_count, stopped) = shared.take_credits(in_flight, depth);
+        let (to_write, new_count, stopped) = shared.take_credits(in_flight.len(), depth);
         if new_count != count {
             count = new_count;
             packed = config.packed_read(count);
         }
         for _ in 0..to_write {
+            in_flight.push_back(Instant::now());
             if let Err(e) = conn.send(&packed).await {
                 return fail(e);
             }
-            in_flight += 1;
         }
-        if in_flight == 0 {
+        let Some(&sent) = in_flight.front() else {
             if stopped {
                 conn.close().await;
                 return;
@@ -35,24 +39,24 @@ pub(super) async fn run(mut conn: Conn, config: &ReaderConfig, shared: &Shared, 
             // No credit: wait for the consume loop to take a batch (or to stop).
             shared.notify.notified().await;
             continue;
-        }
+        };
         if conn.buf.is_empty() {
             if let Err(e) = conn.fill(config.read_timeout).await {
                 return fail(e);
             }
         }
-        in_flight -= 1;
+        in_flight.pop_front();
         // The reply has begun, so the server has executed the read. A small, complete reply is
         // handed over first (it is waited for; the next read follows at the top of the loop); for
         // a large one, which means a backlog, the next read goes on the wire before this reply is
         // framed.
         if !conn.buf.small_reply_buffered() {
             depth = READS_IN_FLIGHT;
-            if shared.take_one(count, in_flight, depth) {
+            if shared.take_one(count, in_flight.len(), depth) {
+                in_flight.push_back(Instant::now());
                 if let Err(e) = conn.send(&packed).await {
                     return fail(e);
                 }
-                in_flight += 1;
             }
         }
         let frame = match conn.frame(config.read_timeout).await {
@@ -60,7 +64,7 @@ pub(super) async fn run(mut conn: Conn, config: &ReaderConfig, shared: &Shared, 
             Err(e) => return fail(e),
         };
         depth = depth_after(conn.buf.last_entries(), count);
-        if !hand_over(tx, frame) {
+        if !hand_over(shared, tx, frame, sent) {
             return;
         }
     }
@@ -68,7 +72,9 @@ pub(super) async fn run(mut conn: Conn, config: &ReaderConfig, shared: &Shared, 
 
 /// Hands a reply to the consume loop. Returns whether to go on reading: not after an error reply
 /// (the consume loop ends the session on it), nor when the consume loop is gone.
-fn hand_over(tx: &Batches, frame: Vec<u8>) -> bool {
+fn hand_over(shared: &Shared, tx: &Batches, frame: Vec<u8>, sent: Instant) -> bool {
     let error = frame.first() == Some(&b'-');
-    tx.send(Ok(frame)).is_ok() && !error
+    let open = tx.send(Ok((frame, sent))).is_ok();
+    shared.wake.replied();
+    open && !error
 }

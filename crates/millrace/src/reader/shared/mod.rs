@@ -47,19 +47,15 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
 
+use super::wake::Wake;
 use super::ReaderConfig;
-use crate::cluster::NodeAddress;
 use crate::connection::{Backend, Control, Node};
-use crate::entry::EntryId;
 use crate::error::{Error, Result};
 use crate::id::ConsumerId;
-use crate::streams;
 
 mod read_loop;
 mod state;
@@ -70,10 +66,6 @@ mod tests;
 pub(crate) use subscription::Subscription;
 
 use state::ReadState;
-
-/// Idle time given to entries released to the group (so the next `XAUTOCLAIM` anywhere takes
-/// them), as a consumer's own release does.
-const RELEASE_IDLE: Duration = Duration::from_secs(24 * 3600);
 
 /// Which read a stream joins: the server (or master node) it is read from, the group and
 /// consumer name, and on a cluster the stream's slot (a multi-key read stays in one slot).
@@ -113,15 +105,10 @@ struct SharedRead {
     /// Wakes the read task (membership, credits, stop).
     notify: Notify,
     connecting: watch::Sender<Connecting>,
-    /// Reads whose replies have been routed (and entries for streams that left released), in the
-    /// order written: a stream leaving waits on it until no read on the wire names it.
-    routed: watch::Sender<u64>,
-    /// The connection's `CLIENT ID` (for `CLIENT UNBLOCK`), once connected.
-    client_id: Mutex<Option<i64>>,
-    /// The node to send `CLIENT UNBLOCK` to, on a cluster.
-    node: Option<NodeAddress>,
-    /// Cancelled when the task has ended and its connection is closed.
-    finished: CancellationToken,
+    /// Wakes the read's blocked reads; its replies count the reads routed (and entries for
+    /// streams that left released), in the order written: a stream leaving waits on them until
+    /// no read on the wire names it.
+    wake: Wake,
     task: Mutex<Option<tokio::task::AbortHandle>>,
     control: Control,
     registry: Weak<Reads>,
@@ -145,10 +132,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl SharedRead {
     fn state(&self) -> MutexGuard<'_, ReadState> {
         lock(&self.state)
-    }
-
-    fn client_id(&self) -> Option<i64> {
-        *lock(&self.client_id)
     }
 
     /// Forgets this read in the registry (if it is still the one there), so the next subscriber
@@ -229,10 +212,7 @@ impl SharedReaders {
             state: Mutex::new(ReadState::new(config.block)),
             notify: Notify::new(),
             connecting,
-            routed: watch::channel(0).0,
-            client_id: Mutex::new(None),
-            node: node.cluster_address(),
-            finished: CancellationToken::new(),
+            wake: Wake::new(node.cluster_address()),
             task: Mutex::new(None),
             control: backend.control(),
             registry: Arc::downgrade(&self.reads),
@@ -278,20 +258,4 @@ fn ended(id: &ConsumerId) -> Error {
         )
         .into(),
     )
-}
-
-/// Releases entries fetched for `id` that nobody will handle now: still this consumer's, they
-/// get a high idle time, so the next `XAUTOCLAIM` anywhere takes them. Best effort: what cannot
-/// be released comes back after `claim_min_idle` (or in the consumer's next replay).
-async fn release(control: &mut Control, id: &ConsumerId, ids: &[EntryId]) {
-    if ids.is_empty() {
-        return;
-    }
-    let (stream, group, consumer) = (&*id.stream, &*id.group, &*id.consumer);
-    match streams::set_idle_if_owned(control, stream, group, consumer, ids, RELEASE_IDLE).await {
-        Ok(owned) => debug!(%stream, released = owned.len(), "released entries nobody reads now"),
-        Err(e) => {
-            tracing::warn!(%stream, error = %e, entries = ids.len(), "could not release entries nobody reads now; they stay pending and come back after claim_min_idle")
-        }
-    }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use redis::RedisResult;
 
 use super::state::{Delivery, Planned};
-use super::{lock, Connecting, SharedRead};
+use super::{Connecting, SharedRead};
 use crate::connection::Node;
 use crate::error::Error;
 use crate::reader::conn::Conn;
@@ -49,13 +49,12 @@ pub(super) async fn run(read: Arc<SharedRead>, task_config: TaskConfig) {
             return;
         }
     };
-    *lock(&read.client_id) = client_id;
+    read.wake.connected(client_id);
     read.connecting.send_replace(Connecting::Connected);
     tracing::debug!(server = %task_config.node.address(), ?client_id, "shared read connection open");
     let mut task = Task {
         conn,
         read: read.clone(),
-        client_id,
         task_config,
         in_flight: VecDeque::new(),
         depth: READS_IN_FLIGHT,
@@ -96,7 +95,7 @@ impl Drop for EndGuard {
             }
             pending
         });
-        self.0.finished.cancel();
+        self.0.wake.finish();
     }
 }
 
@@ -129,8 +128,6 @@ fn fail_all(read: &Arc<SharedRead>, e: &redis::RedisError) {
 struct Task {
     conn: Conn,
     read: Arc<SharedRead>,
-    /// `None` without the permission to learn it: blocked reads then return when BLOCK runs out.
-    client_id: Option<i64>,
     task_config: TaskConfig,
     /// Reads on the wire, in the order written (replies come in that order).
     in_flight: VecDeque<Planned>,
@@ -253,7 +250,9 @@ impl Task {
     /// When to send `CLIENT UNBLOCK` next, if a stream waits to be read: one in no read on the
     /// wire, or one in a read queued behind the head.
     fn wake_at(&self, next_unblock: Option<Instant>) -> Option<Instant> {
-        if self.client_id.is_none() || !(self.tail_outside_head || self.read.state().wake) {
+        if self.read.wake.client_id().is_none()
+            || !(self.tail_outside_head || self.read.state().wake)
+        {
             return None;
         }
         let head = self.in_flight.front()?;
@@ -261,19 +260,8 @@ impl Task {
     }
 
     async fn unblock(&mut self) {
-        let Some(id) = self.client_id else {
-            return;
-        };
         let mut control = self.read.control.clone();
-        match control.unblock(self.read.node.as_ref(), id).await {
-            Ok(_) => {}
-            // Refused (no permission): reads return when BLOCK runs out from now on.
-            Err(e) if !(e.is_io_error() || e.is_timeout() || e.is_connection_dropped()) => {
-                tracing::debug!(error = %e, "CLIENT UNBLOCK not possible; streams that join wait for BLOCK to run out");
-                self.client_id = None;
-            }
-            Err(e) => tracing::debug!(error = %e, "CLIENT UNBLOCK failed; trying again"),
-        }
+        self.read.wake.unblock(&mut control).await;
     }
 }
 

@@ -10,7 +10,8 @@ use tokio::sync::mpsc;
 
 use crate::error::Error;
 use crate::id::ConsumerId;
-use crate::reader::{ReadPace, FETCHED_AHEAD};
+use crate::reader::contract::Credits;
+use crate::reader::ReadPace;
 
 /// Most entries one shared read asks for across its streams: COUNT is scaled down so that COUNT
 /// times the read's streams that had entries in their last reply stays under it (bounded reply
@@ -48,12 +49,9 @@ pub(super) struct Lane {
     pub(super) token: u64,
     pub(super) id: ConsumerId,
     pub(super) tx: mpsc::UnboundedSender<Delivery>,
-    /// Reads that may still include this stream; one comes back per part taken, or at once when a
-    /// reply had nothing for it.
-    pub(super) credits: usize,
-    /// Parts it may have fetched ahead of its handler: 1 to [`FETCHED_AHEAD`] (its [`ReadPace`]).
-    pub(super) ahead: usize,
-    pub(super) count: usize,
+    /// Reads that may still include this stream, and its [`ReadPace`] (a single reader's
+    /// [`Credits`]): one comes back per part taken, or at once when a reply had nothing for it.
+    pub(super) credits: Credits,
     /// Reads on the wire that include it.
     pub(super) in_flight: usize,
     /// Left out of reads after an error was routed to it, until its subscription goes.
@@ -74,9 +72,7 @@ impl Lane {
             token,
             id,
             tx,
-            credits: FETCHED_AHEAD,
-            ahead: FETCHED_AHEAD,
-            count: count.max(1),
+            credits: Credits::new(count),
             in_flight: 0,
             excluded: false,
             told: Instant::now(),
@@ -85,13 +81,12 @@ impl Lane {
         }
     }
 
-    /// Credits usable now (as the single reader's).
+    /// Credits usable now: none while excluded.
     pub(super) fn usable(&self) -> usize {
         if self.excluded {
             return 0;
         }
-        self.credits
-            .saturating_sub(FETCHED_AHEAD.saturating_sub(self.ahead))
+        self.credits.usable()
     }
 
     /// Whether the stream may be read but is in no read on the wire: a blocked read should be
@@ -183,7 +178,7 @@ impl ReadState {
         let Some(lane) = self.lane(stream, token) else {
             return false;
         };
-        lane.credits = (lane.credits + 1).min(FETCHED_AHEAD);
+        lane.credits.give_back();
         let waiting = lane.waiting();
         self.wake |= waiting;
         waiting
@@ -195,10 +190,7 @@ impl ReadState {
         let Some(lane) = self.lane(stream, token) else {
             return false;
         };
-        let before = lane.usable();
-        lane.count = pace.count.max(1);
-        lane.ahead = pace.ahead.clamp(1, FETCHED_AHEAD);
-        let waiting = lane.usable() > before && lane.waiting();
+        let waiting = lane.credits.set_pace(pace) && lane.waiting();
         self.wake |= waiting;
         waiting
     }
@@ -221,7 +213,7 @@ impl ReadState {
             }
             if lane.had_data {
                 busy.push((lane.last_read, name.clone()));
-                largest = largest.max(lane.count);
+                largest = largest.max(lane.credits.count());
             } else {
                 quiet.push(name.clone());
             }
@@ -242,12 +234,12 @@ impl ReadState {
         let names = quiet.into_iter().chain(busy.into_iter().map(|(_, n)| n));
         for name in names {
             if let Some(lane) = self.lanes.get_mut(&name) {
-                lane.credits -= 1;
+                lane.credits.take(1);
                 lane.in_flight += 1;
                 if lane.had_data {
                     lane.last_read = self.planned;
                 }
-                count = count.max(lane.count);
+                count = count.max(lane.credits.count());
                 streams.push((name, lane.token));
             }
         }
@@ -277,7 +269,7 @@ impl ReadState {
                     lane.told = now;
                     lane.had_data = true;
                 } else {
-                    lane.credits = (lane.credits + 1).min(FETCHED_AHEAD);
+                    lane.credits.give_back();
                     lane.had_data &= !ok;
                     if ok && !lane.excluded && now.duration_since(lane.told) >= quiet_after {
                         lane.told = now;
@@ -299,6 +291,7 @@ pub(super) fn read_count(largest: usize, with_data: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reader::FETCHED_AHEAD;
 
     fn id(stream: &str) -> ConsumerId {
         ConsumerId::new(stream, "g", "c")
@@ -347,6 +340,46 @@ mod tests {
         assert!(s.plan(now).is_none(), "one part ahead only");
         assert!(s.taken("a", a));
         assert!(s.plan(now).is_some());
+    }
+
+    /// docs/many-streams.md, "What a slow stream can hold": one COUNT for all the streams of a
+    /// read, and a slow stream (read-ahead 1) in no read while it holds a part in hand and one
+    /// fetched: at most two parts of the read's COUNT.
+    #[test]
+    fn a_slow_stream_holds_at_most_two_parts_of_the_reads_count() {
+        let mut s = ReadState::default();
+        let (slow, _rs) = s.join(id("slow"), 10);
+        let (fast, _rf) = s.join(id("fast"), 1000);
+        assert!(!s.set_pace(
+            "slow",
+            slow,
+            ReadPace {
+                count: 10,
+                ahead: 1
+            }
+        ));
+        let now = Instant::now();
+        let p = s.plan(now).expect("a read");
+        assert_eq!(names(&p), ["fast", "slow"]);
+        assert_eq!(p.count, 1000, "the largest read size of the read's streams");
+        s.settle(&p, now, true, |_| true);
+        // The slow stream's handler takes its part; the next read fetches one more for it.
+        assert!(s.taken("slow", slow));
+        s.taken("fast", fast);
+        let p = s.plan(now).expect("a read");
+        assert_eq!(names(&p), ["fast", "slow"]);
+        s.settle(&p, now, true, |_| true);
+        // Its handler is still on the first: the fast stream reads on, the slow one waits.
+        for _ in 0..10 {
+            s.taken("fast", fast);
+            let p = s.plan(now).expect("the fast stream reads on");
+            assert_eq!(names(&p), ["fast"]);
+            s.settle(&p, now, true, |_| true);
+        }
+        // With many streams with entries COUNT shrinks to the reply budget's share, and it is
+        // never more than the budget.
+        assert_eq!(read_count(1000, 16), REPLY_BUDGET / 16);
+        assert_eq!(read_count(100_000, 1), REPLY_BUDGET);
     }
 
     #[test]

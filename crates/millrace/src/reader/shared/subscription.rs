@@ -10,13 +10,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::state::Delivery;
-use super::{ended, lock, release, SharedRead};
+use super::{ended, lock, SharedRead};
 use crate::connection::Control;
 use crate::entry::EntryId;
 use crate::error::{Error, Result};
 use crate::id::ConsumerId;
 use crate::protocol;
-use crate::reader::{ReadPace, UNBLOCK_EVERY};
+use crate::reader::contract::release_on;
+use crate::reader::ReadPace;
 use crate::streams::ReadItem;
 
 /// One stream's place in a shared read (see the [module docs](super)). Dropping it without
@@ -122,9 +123,12 @@ impl Subscription {
             }
         }
         if last {
-            self.wait_ended(control).await;
+            self.read.wake.until(control, |_| false).await;
         } else if let Some(reads) = on_the_wire {
-            self.wait_routed(control, reads).await;
+            self.read
+                .wake
+                .until(control, |routed| routed >= reads)
+                .await;
         }
         fetched
     }
@@ -132,27 +136,7 @@ impl Subscription {
     /// The `CLIENT ID` of the read's connection, for tests.
     #[cfg(test)]
     pub(super) fn client_id(&self) -> Option<i64> {
-        self.read.client_id()
-    }
-
-    /// Wakes the read's blocked reads until its task has ended.
-    async fn wait_ended(&self, control: &mut Control) {
-        let mut client_id = self.read.client_id();
-        loop {
-            if let Some(id) = client_id {
-                if control.unblock(self.read.node.as_ref(), id).await.is_err() {
-                    client_id = None;
-                }
-            }
-            tokio::select! {
-                _ = self.read.finished.cancelled() => return,
-                _ = tokio::time::sleep(UNBLOCK_EVERY), if client_id.is_some() => {}
-            }
-        }
-    }
-
-    async fn wait_routed(&self, control: &mut Control, reads: u64) {
-        wait_routed(&self.read, control, reads).await;
+        self.read.wake.client_id()
     }
 
     /// Removes this stream's lane; the last one out stops the read. Returns whether it was last,
@@ -218,9 +202,11 @@ impl Drop for Subscription {
         let (read, id) = (self.read.clone(), self.id.clone());
         runtime.spawn(async move {
             let mut control = read.control.clone();
-            release(&mut control, &id, &ids).await;
+            release_on(&mut control, &id, &ids).await;
             if let Some(reads) = on_the_wire {
-                wait_routed(&read, &mut control, reads).await;
+                read.wake
+                    .until(&mut control, |routed| routed >= reads)
+                    .await;
             }
             let mut quieting = lock(&read.quieting);
             if quieting.get(&id).is_some_and(|q| Arc::ptr_eq(q, &quiet)) {
@@ -228,27 +214,5 @@ impl Drop for Subscription {
             }
             quiet.cancel();
         });
-    }
-}
-
-/// Wakes `read`'s blocked reads until `reads` reads have been routed (or the read ended): then
-/// no read written before names a stream that left.
-async fn wait_routed(read: &SharedRead, control: &mut Control, reads: u64) {
-    let mut routed = read.routed.subscribe();
-    let mut client_id = read.client_id();
-    loop {
-        if *routed.borrow_and_update() >= reads {
-            return;
-        }
-        if let Some(id) = client_id {
-            if control.unblock(read.node.as_ref(), id).await.is_err() {
-                client_id = None;
-            }
-        }
-        tokio::select! {
-            _ = read.finished.cancelled() => return,
-            changed = routed.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(UNBLOCK_EVERY), if client_id.is_some() => {}
-        }
     }
 }

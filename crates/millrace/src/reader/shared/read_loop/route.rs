@@ -14,9 +14,9 @@ use crate::entry::EntryId;
 use crate::error::Error;
 use crate::id::ConsumerId;
 use crate::protocol;
+use crate::reader::contract::{depth_after, release_on};
 use crate::reader::shared::state::{Delivery, Planned};
-use crate::reader::shared::{release, SharedRead};
-use crate::reader::READS_IN_FLIGHT;
+use crate::reader::shared::SharedRead;
 use crate::streams::ReadItem;
 
 /// Error replies in a row that may be read again before the read gives up (every stream then
@@ -37,7 +37,7 @@ impl Task {
     /// Routes the reply to `read`, then counts it routed (for streams waiting to leave).
     pub(super) async fn route(&mut self, read: Planned, frame: Vec<u8>) -> RedisResult<()> {
         let routed = self.route_reply(read, frame).await;
-        self.read.routed.send_modify(|n| *n += 1);
+        self.read.wake.replied();
         routed
     }
 
@@ -80,8 +80,8 @@ impl Task {
             let got: HashSet<&str> = names.iter().flatten().copied().collect();
             state.settle(&read, Instant::now(), true, |n| got.contains(n));
         }
-        let full = parts.iter().any(|p| p.entries >= read.count);
-        self.depth = if full { READS_IN_FLIGHT } else { 1 };
+        let fullest = parts.iter().map(|p| p.entries).max().unwrap_or(0);
+        self.depth = depth_after(fullest, read.count);
         for (name, at) in orphans {
             release_orphan(&self.read, name, &frame, at).await;
         }
@@ -100,7 +100,7 @@ async fn release_orphan(read: &SharedRead, name: Option<&str>, frame: &[u8], at:
     let ids: Vec<EntryId> = protocol::parse_stream_entries(frame, at)
         .map(|items| items.iter().filter_map(ReadItem::id).collect())
         .unwrap_or_default();
-    release(&mut read.control.clone(), &id, &ids).await;
+    release_on(&mut read.control.clone(), &id, &ids).await;
 }
 
 impl Task {
