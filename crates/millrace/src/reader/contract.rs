@@ -127,12 +127,11 @@ where
     }
     let stream = &*id.stream;
     match set_idle(RELEASE_IDLE).await {
-        Ok(owned) if owned.is_empty() => {}
         Ok(owned) => {
-            info!(%stream, released = owned.len(), "released fetched entries nobody handles now to the group")
+            info!(%stream, released = owned.len(), "released unhandled entries to the group")
         }
         Err(e) => {
-            warn!(%stream, error = %e, entries = ids.len(), "could not release fetched entries nobody handles now; they stay pending and come back after claim_min_idle")
+            warn!(%stream, error = %e, entries = ids.len(), "could not release unhandled entries; they stay pending and come back after claim_min_idle")
         }
     }
 }
