@@ -14,7 +14,9 @@
 //! Flow control: a read is written only against a credit, and the consume loop returns a credit
 //! when it takes a batch. With [`FETCHED_AHEAD`] credits, at most that many batches are fetched
 //! (in the consumer's pending list) ahead of the one the handler is working on. What every reader
-//! kind keeps alike (pace, credits in flight, configuration, stop timings) is in [`contract`].
+//! kind keeps alike is implemented once, for this reader and the shared read ([`shared`]): pace,
+//! credits and reads in flight, configuration and the release of untaken entries in
+//! [`contract`], the `CLIENT UNBLOCK` wake-ups and the wait of a stop in [`wake`].
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;

@@ -133,6 +133,15 @@ impl Subscription {
         fetched
     }
 
+    /// Whether a read on the wire names this stream, for tests.
+    #[cfg(test)]
+    pub(super) fn in_a_read(&self) -> bool {
+        let mut state = self.read.state();
+        state
+            .lane(&self.id.stream, self.token)
+            .is_some_and(|lane| lane.in_flight > 0)
+    }
+
     /// The `CLIENT ID` of the read's connection, for tests.
     #[cfg(test)]
     pub(super) fn client_id(&self) -> Option<i64> {

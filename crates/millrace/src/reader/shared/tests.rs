@@ -530,9 +530,12 @@ async fn a_credit_returned_while_the_read_blocks_wakes_it() {
 async fn entries_a_blocked_read_brings_for_a_stream_that_left_are_released() {
     let mut f = fixture(&["a", "b"]).await;
     let a = f.subscribe_with("a", 10, Duration::from_secs(600)).await;
-    let _b = f.subscribe_with("b", 10, Duration::from_secs(600)).await;
+    let b = f.subscribe_with("b", 10, Duration::from_secs(600)).await;
+    // The read of `a` alone may block first, and be woken for `b`: wait for the read of both.
     eventually(WAIT, "the read of both to block", || {
-        a_read_blocks(f.admin.clone())
+        let both = a.in_a_read() && b.in_a_read();
+        let admin = f.admin.clone();
+        async move { both && a_read_blocks(admin).await }
     })
     .await;
     drop(a);
