@@ -35,6 +35,8 @@ mod contract;
 mod pending;
 mod read_loop;
 mod shared;
+#[cfg(test)]
+mod tests;
 mod wake;
 
 pub(crate) use conn::{connection_lost, cut_mid_reply};

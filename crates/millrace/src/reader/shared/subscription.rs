@@ -144,7 +144,7 @@ impl Subscription {
 
     /// The `CLIENT ID` of the read's connection, for tests.
     #[cfg(test)]
-    pub(super) fn client_id(&self) -> Option<i64> {
+    pub(in crate::reader) fn client_id(&self) -> Option<i64> {
         self.read.wake.client_id()
     }
 
