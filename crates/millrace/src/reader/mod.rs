@@ -14,9 +14,10 @@
 //! Flow control: a read is written only against a credit, and the consume loop returns a credit
 //! when it takes a batch. With [`FETCHED_AHEAD`] credits, at most that many batches are fetched
 //! (in the consumer's pending list) ahead of the one the handler is working on. What every reader
-//! kind keeps alike is implemented once, for this reader and the shared read ([`shared`]): pace,
-//! credits and reads in flight, configuration and the release of untaken entries in
-//! [`contract`], the `CLIENT UNBLOCK` wake-ups and the wait of a stop in [`wake`].
+//! kind keeps alike is implemented once, for this reader and the shared read ([`shared`]): the
+//! read loop and its pipelining in [`drive`]; pace, credits, reads in flight, configuration and
+//! the release of untaken entries in [`contract`]; the `CLIENT UNBLOCK` wake-ups and the wait of
+//! a stop in [`wake`]. This reader's own reads are in [`read_loop`].
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -32,6 +33,7 @@ use crate::streams::ReadItem;
 
 mod conn;
 mod contract;
+mod drive;
 mod pending;
 mod read_loop;
 mod shared;
@@ -82,12 +84,6 @@ impl Shared {
         }
         let n = s.credits.take(depth.saturating_sub(in_flight));
         (n, s.credits.count(), false)
-    }
-
-    /// Takes one credit for the read written right after a reply began, if allowed.
-    fn take_one(&self, count: usize, in_flight: usize, depth: usize) -> bool {
-        let mut s = self.lock();
-        !s.stop && in_flight < depth && s.credits.count() == count && s.credits.take(1) == 1
     }
 
     fn signal_stop(&self) {

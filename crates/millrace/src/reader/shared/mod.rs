@@ -6,7 +6,8 @@
 //! that share this read instead of owning a [`Reader`](super::Reader) each. Each joins with
 //! [`SharedReaders::subscribe`] and gets a [`Subscription`], with the single reader's contract:
 //! `next`, `sent_after`, `set_pace`, `stop`. The first subscriber starts the read
-//! (a task with a socket of its own, [`read_loop`]); the last one leaving ends it and closes the
+//! (a task with a socket of its own, [`read_loop`], running the single reader's read loop,
+//! [`drive`](super::drive), with reads of its own); the last one leaving ends it and closes the
 //! socket. What is shared per stream, and decided without I/O, is in [`state`].
 //!
 //! - **Credits per stream.** Each stream has the single reader's credits: its read-ahead, 1 to

@@ -1,6 +1,7 @@
-//! The shared read's task: connects, writes reads as the streams' credits allow, frames each
-//! reply and routes its parts ([`route`]), wakes its own blocked read when a stream waits to be
-//! read, and ends on a stop (closing its socket) or a lost connection (every subscriber told).
+//! The shared read's task: connects, then runs the one read loop ([`crate::reader::drive`]) with
+//! the shared read's reads: written as the streams' credits allow, each reply routed by its parts
+//! ([`route`]), its own blocked read woken when a stream waits to be read; it ends on a stop
+//! (closing its socket) or a lost connection (every subscriber told).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use super::{Connecting, SharedRead};
 use crate::connection::Node;
 use crate::error::Error;
 use crate::reader::conn::Conn;
+use crate::reader::drive::{self, Next, Reads};
 use crate::reader::{READS_IN_FLIGHT, UNBLOCK_EVERY};
 use crate::streams;
 
@@ -62,8 +64,9 @@ pub(super) async fn run(read: Arc<SharedRead>, task_config: TaskConfig) {
         unattributed: 0,
         tail_outside_head: false,
     };
-    match task.run().await {
-        Ok(()) => task.conn.close().await,
+    let read_timeout = task.task_config.read_timeout;
+    match drive::run(&mut task, read_timeout).await {
+        Ok(_) => task.conn.close().await,
         Err(e) => fail_all(&read, &e),
     }
 }
@@ -142,34 +145,43 @@ struct Task {
     tail_outside_head: bool,
 }
 
-impl Task {
-    async fn run(&mut self) -> RedisResult<()> {
-        loop {
-            self.write_reads(self.depth).await?;
-            if self.in_flight.is_empty() {
-                if self.read.state().stop {
-                    return Ok(());
-                }
-                // Nothing may be read: wait for a credit, a subscriber, or the stop.
-                self.read.notify.notified().await;
-                continue;
-            }
-            self.await_reply().await?;
-            // The reply has begun. For a large one (a backlog) the next read goes on the wire
-            // before this one is framed, as the single reader does.
-            if !self.conn.buf.small_reply_buffered() {
-                self.depth = READS_IN_FLIGHT;
-                self.write_reads(READS_IN_FLIGHT + 1).await?;
-            }
-            let frame = self.conn.frame(self.task_config.read_timeout).await?;
-            let Some(read) = self.in_flight.pop_front() else {
-                continue;
-            };
+impl Reads for Task {
+    fn conn(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+
+    async fn write(&mut self, limit: usize) -> RedisResult<()> {
+        self.write_reads(limit).await
+    }
+
+    fn on_the_wire(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    fn stopped(&self) -> bool {
+        self.read.state().stop
+    }
+
+    async fn idle(&mut self) {
+        // Nothing may be read: wait for a credit, a subscriber, or the stop.
+        self.read.notify.notified().await;
+    }
+
+    async fn await_reply(&mut self) -> RedisResult<()> {
+        self.await_reply_waking().await
+    }
+
+    /// Routes the reply to the streams of the read it answers ([`route`]).
+    async fn reply(&mut self, frame: Vec<u8>, _entries: usize) -> RedisResult<Next> {
+        if let Some(read) = self.in_flight.pop_front() {
             self.refresh_tail();
             self.route(read, frame).await?;
         }
+        Ok(Next::Read(self.depth))
     }
+}
 
+impl Task {
     /// Writes reads while fewer than `limit` are on the wire and some stream may be read.
     async fn write_reads(&mut self, limit: usize) -> RedisResult<()> {
         while self.in_flight.len() < limit {
@@ -227,7 +239,7 @@ impl Task {
     /// one queued behind the head, which waits if the head blocks), wakes the head once it has been on
     /// the wire [`WAKE_AFTER`] (and again every [`UNBLOCK_EVERY`], in case the unblock reached
     /// the server before the read blocked).
-    async fn await_reply(&mut self) -> RedisResult<()> {
+    async fn await_reply_waking(&mut self) -> RedisResult<()> {
         if !self.conn.buf.is_empty() {
             return Ok(());
         }
