@@ -248,6 +248,99 @@ async fn a_poison_entry_moves_to_dead_letters_after_exactly_max_deliveries() {
     app.shutdown().await.unwrap();
 }
 
+/// A dead-letter move that cannot land yet (its dead-letter stream is a key of another type) waits
+/// with its entry pending; across a reconnect the own-PEL replay reads that entry again, and it is
+/// not handed to the handler a second time. Once the key is fixed the move lands.
+#[tokio::test]
+async fn a_waiting_dead_letter_move_keeps_its_entry_from_the_handler_across_a_reconnect() {
+    let (server, mut con) = server().await;
+    let _: () = redis::cmd("SET")
+        .arg("s:dlq")
+        .arg("not a stream")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let bad = xadd(&mut con, "s", &[("n", "bad")]).await;
+    xadd_n(&mut con, "s", 4).await;
+    let seen = Seen::default();
+    let handler = {
+        let seen = seen.clone();
+        move |batch: Batch<RawEntry>| {
+            seen.record(&batch);
+            for e in &batch {
+                if e.message.get_str("n") == Some("bad") {
+                    batch.dead_letter(e.id, "bad on purpose");
+                }
+            }
+            futures::future::ready(HandlerResult::Ok)
+        }
+    };
+    let id = ConsumerId::new("s", "g", "c");
+    let app = Supervisor::builder()
+        .redis(server.url())
+        .consumer(
+            spec("s", "g", "c")
+                .reconnect_backoff_max(Duration::from_millis(50))
+                .handler(handler),
+        )
+        .start()
+        .await
+        .unwrap();
+    eventually(
+        WAIT,
+        "the good entries acknowledged, the move waiting",
+        || {
+            let (mut con, handled) = (con.clone(), seen.len());
+            let waiting = app.consumer_health(&id).unwrap().dead_letters_waiting;
+            async move { handled == 5 && waiting == 1 && pending(&mut con, "s", "g").await == 1 }
+        },
+    )
+    .await;
+    let _: u64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    // An entry added after the reconnect is handled by the live loop, which starts only after the
+    // replay has read the waiting move's entry again.
+    eventually(WAIT, "the consumer reconnected", || {
+        let reconnects = app.consumer_health(&id).unwrap().counters.reconnects;
+        async move { reconnects >= 1 }
+    })
+    .await;
+    let after = xadd(&mut con, "s", &[("n", "after")]).await;
+    eventually(WAIT, "the entry added after the reconnect handled", || {
+        let handled = seen.count_by_id().contains_key(&after);
+        async move { handled }
+    })
+    .await;
+    assert_eq!(
+        seen.count_by_id()[&bad],
+        1,
+        "the waiting move's entry handed to the handler again: {:?}",
+        seen.all()
+    );
+    let _: () = redis::cmd("DEL")
+        .arg("s:dlq")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    wait_no_pending(&con, "s", "g").await;
+    let dead = dlq_entries(&mut con, "s:dlq").await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].source_id, Some(bad));
+    assert!(
+        seen.count_by_id().values().all(|n| *n == 1),
+        "{:?}",
+        seen.all()
+    );
+    app.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_refused_dead_letter_write_leaves_the_entry_pending_until_memory_returns() {
     let (server, mut con) = server().await;

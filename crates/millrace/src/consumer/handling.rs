@@ -37,7 +37,7 @@ impl Consumer {
     ) -> Result<Handled> {
         let mut sorted = outcome::sort(items);
         // Entries whose dead-letter move waits are never handed to the handler again.
-        sorted.live.retain(|e| !self.dead_letters.is_parked(e.id));
+        self.dead_letters.drop_parked(&mut sorted.live);
         for reason in sorted.unidentified {
             warn!(%reason, "skipped a reply element without an id");
         }

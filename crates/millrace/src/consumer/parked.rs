@@ -103,9 +103,14 @@ impl DeadLetterMover {
         }
     }
 
-    /// Whether the move of `id` is parked: the entry must not be handed to the handler.
-    pub(crate) fn is_parked(&self, id: EntryId) -> bool {
-        self.shared.lock().waiting.contains_key(&id)
+    /// Leaves out of `entries` those whose move is parked: they must not be handed to the
+    /// handler. One lock per batch, and no look-up at all while no move waits (the usual case).
+    pub(crate) fn drop_parked(&self, entries: &mut Vec<RawEntry>) {
+        let state = self.shared.lock();
+        if state.waiting.is_empty() {
+            return;
+        }
+        entries.retain(|e| !state.waiting.contains_key(&e.id));
     }
 
     /// Moves entry `id` (with `entry`'s fields when at hand) to the dead-letter stream, or parks
