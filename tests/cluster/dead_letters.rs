@@ -124,8 +124,6 @@ fn on_node(cluster: &millrace_testkit::RedisCluster, index: usize, cmd: &mut red
 /// pending and not handed to the handler again. Once the replica is promoted the moves complete:
 /// each poison entry once in its dead-letter stream, nothing pending, no restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails about 1 run in 3: after the promotion the parked moves and some streams' reads do \
-            not resume within 30 s (issue #18, open); run with --ignored"]
 async fn a_dead_dead_letter_master_stalls_and_duplicates_nothing_on_healthy_masters() {
     dead_letter_master_killed(cluster()).await;
 }
@@ -133,8 +131,6 @@ async fn a_dead_dead_letter_master_stalls_and_duplicates_nothing_on_healthy_mast
 /// The same at Redis's default `cluster-node-timeout` of 15 s: the outage lasts longer (the replica
 /// is promoted only after its master was seen failing for a node timeout), nothing else changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails now and then like the 1.5 s drill: after the promotion the parked moves and some \
-            streams' reads do not resume in time (issue #18, open); run with --ignored"]
 async fn a_dead_dead_letter_master_at_the_default_15_s_node_timeout() {
     crate::common::init_tracing();
     let cluster = millrace_testkit::RedisCluster::builder()
