@@ -89,6 +89,19 @@ impl Control {
         self.query_on(node, cmd).await
     }
 
+    /// Whether a failed [`Control::unblock`] means it can never work on this connection: the server
+    /// refused the command (`NOPERM`, or a server without it). Anything else (a lost or reconnecting
+    /// connection, a cluster connection that has no connection to the node right now, a timeout)
+    /// may pass: the caller keeps the client id and tries again at the next wake.
+    pub(crate) fn unblock_refused(e: &redis::RedisError) -> bool {
+        if e.code() == Some("NOPERM") {
+            return true;
+        }
+        let text = e.to_string().to_ascii_lowercase();
+        e.code() == Some("ERR")
+            && (text.contains("unknown command") || text.contains("unknown subcommand"))
+    }
+
     /// Runs `cmd` on the server, or on a cluster on the node `node` (for commands that are per
     /// node: `CLIENT UNBLOCK`, `SCAN`). On a cluster without a node it fails: such a command has
     /// no key to route it by.
