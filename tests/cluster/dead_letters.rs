@@ -123,13 +123,25 @@ fn on_node(cluster: &millrace_testkit::RedisCluster, index: usize, cmd: &mut red
 /// entries go on being handled and acknowledged, each once; the entries to dead-letter wait,
 /// pending and not handed to the handler again. Once the replica is promoted the moves complete:
 /// each poison entry once in its dead-letter stream, nothing pending, no restart.
+///
+/// The healthy masters keep serving their slots while one shard has no master
+/// (`cluster-require-full-coverage no`): with Redis's default (`yes`) every master refuses every
+/// command once the dead master has been failing for a node timeout (1.5 s here), so "no stall on
+/// healthy masters" could only be checked in a race with that timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_dead_letter_master_stalls_and_duplicates_nothing_on_healthy_masters() {
-    dead_letter_master_killed(cluster()).await;
+    crate::common::init_tracing();
+    let cluster = millrace_testkit::RedisCluster::builder()
+        .arg("--cluster-require-full-coverage")
+        .arg("no")
+        .start();
+    dead_letter_master_killed(cluster).await;
 }
 
-/// The same at Redis's default `cluster-node-timeout` of 15 s: the outage lasts longer (the replica
-/// is promoted only after its master was seen failing for a node timeout), nothing else changes.
+/// The same at Redis's defaults: a `cluster-node-timeout` of 15 s, and full coverage required. The
+/// outage lasts longer (the replica is promoted only after its master was seen failing for a node
+/// timeout, and from then until the promotion every master answers `CLUSTERDOWN`); the load
+/// during the outage is handled well within the first 15 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_dead_letter_master_at_the_default_15_s_node_timeout() {
     crate::common::init_tracing();
@@ -151,7 +163,7 @@ async fn dead_letter_master_killed(mut cluster: millrace_testkit::RedisCluster) 
         .take(6)
         .collect();
     assert_eq!(streams.len(), 6);
-    let mut con = connect(&cluster).await;
+    let con = connect(&cluster).await;
     let handled = Handled::default();
     let recorder = handled.clone();
     let app = Supervisor::builder()
@@ -215,7 +227,21 @@ async fn dead_letter_master_killed(mut cluster: millrace_testkit::RedisCluster) 
         }
     };
     wait_handled(written.clone(), "the entries before the kill handled").await;
-    // The moves so far reached the replica before the master dies (replication is asynchronous).
+    // The moves so far have landed (a move follows its handler call), and reached the replica
+    // before the master dies: replication is asynchronous, and a dead letter added to the master
+    // after this `WAIT` and acknowledged in its stream would die with the master.
+    for stream in &streams {
+        let dlq = format!("{stream}:dlq");
+        let poisons = written.iter().filter(|(s, _, p)| s == stream && *p).count();
+        millrace_testkit::eventually(WAIT, "the moves before the kill made", || {
+            let (mut con, stream, dlq) = (con.clone(), stream.clone(), dlq.clone());
+            async move {
+                pending(&mut con, &stream).await == 0
+                    && dead_letter_sources(&mut con, &dlq).await.len() == poisons
+            }
+        })
+        .await;
+    }
     on_node(&cluster, dead, redis::cmd("WAIT").arg(1).arg(5_000));
 
     // The replica may not take over until told: the outage lasts as long as the test needs.
@@ -237,14 +263,24 @@ async fn dead_letter_master_killed(mut cluster: millrace_testkit::RedisCluster) 
         waiting > 0,
         "the outage's dead letters wait for their master (none can have moved)"
     );
-    // No stall: every good entry written during the outage is acknowledged already.
+    // No stall: every good entry written during the outage is acknowledged while the master is
+    // still down (an acknowledgement goes out after its batch was handled, so it is awaited).
     for stream in &streams {
         let poison_pending = written.iter().filter(|(s, _, p)| s == stream && *p).count() as u64;
-        assert!(
-            pending(&mut con, stream).await <= poison_pending,
-            "{stream}"
-        );
+        millrace_testkit::eventually(
+            WAIT,
+            "the good entries acknowledged during the outage",
+            || {
+                let (mut con, stream) = (con.clone(), stream.clone());
+                async move { pending(&mut con, &stream).await <= poison_pending }
+            },
+        )
+        .await;
     }
+    assert!(
+        !cluster.node(dead).is_running() && cluster.masters().iter().all(|&m| m != replica),
+        "still during the outage"
+    );
 
     // The replica takes over; the waiting moves complete, more load meanwhile.
     on_node(
