@@ -93,6 +93,87 @@ async fn dead_letters_reach_a_dead_letter_stream_in_another_slot_or_the_same_one
     app.shutdown().await.expect("shutdown");
 }
 
+/// A stream and its dead-letter stream in one slot (`{mig}`, `{mig}:dlq`) move their dead letters
+/// with one script. While their slot is being migrated and the dead-letter stream has moved but
+/// the stream has not, the script gets `TRYAGAIN` (its keys are on two nodes); the move then goes
+/// in steps, each following the migration's `ASK`: the poison entry reaches the dead-letter stream
+/// during the migration, not after it. Once the migration ends, each poison entry is there once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_during_a_slot_migration_moves_in_steps_instead_of_waiting_for_it() {
+    let cluster = cluster();
+    let stream = "{mig}";
+    let dlq = "{mig}:dlq";
+    let mut con = connect(&cluster).await;
+    let app = Supervisor::builder()
+        .redis_cluster(cluster.seed_urls())
+        .consumer(refusing_poison(stream))
+        .start()
+        .await
+        .expect("start");
+    wait_running(&app).await;
+    // Both keys exist: the first poison entry moves with the script as usual.
+    let first = xadd(&mut con, stream, "poison").await;
+    millrace_testkit::eventually(WAIT, "the first poison entry moved", || {
+        let mut con = con.clone();
+        async move {
+            dead_letter_sources(&mut con, dlq).await.len() == 1
+                && pending(&mut con, stream).await == 0
+        }
+    })
+    .await;
+
+    // The slot migrates; only the dead-letter stream has moved so far.
+    let slot = cluster.keyslot(stream);
+    let from = cluster.owner_of_key(stream);
+    let to = cluster
+        .masters()
+        .into_iter()
+        .find(|&m| m != from)
+        .expect("another master");
+    let mut migration = cluster.start_migration(slot, to);
+    on_node(
+        &cluster,
+        from,
+        redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(cluster.node(to).port())
+            .arg("")
+            .arg(0)
+            .arg(5_000)
+            .arg("KEYS")
+            .arg(dlq),
+    );
+    let second = xadd(&mut con, stream, "poison").await;
+    millrace_testkit::eventually(WAIT, "the poison entry moved during the migration", || {
+        let mut con = con.clone();
+        async move {
+            dead_letter_sources(&mut con, dlq).await.len() == 2
+                && pending(&mut con, stream).await == 0
+        }
+    })
+    .await;
+    assert_eq!(
+        migration.keys_left(),
+        1,
+        "the stream is still on the source: the move did not wait for the migration"
+    );
+    tokio::task::block_in_place(|| {
+        migration.move_all_keys();
+        migration.finish();
+    });
+    let mut con = connect(&cluster).await;
+    assert_eq!(
+        dead_letter_sources(&mut con, dlq).await,
+        vec![first, second],
+        "each poison entry once"
+    );
+    assert_eq!(pending(&mut con, stream).await, 0);
+    for h in app.health() {
+        assert_eq!(h.dead_letters_waiting, 0, "{h:?}");
+    }
+    app.shutdown().await.expect("shutdown");
+}
+
 /// What a multi-stream handler saw: (stream, entry id) pairs, repeats being duplicates.
 #[derive(Clone, Default)]
 struct Handled(std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>);
