@@ -161,3 +161,42 @@ impl ConnectionLike for Control {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Control;
+
+    /// The error redis-rs makes of a server's error reply line (`-CODE detail`).
+    fn reply(line: &str) -> redis::RedisError {
+        redis::parse_redis_value(format!("{line}\r\n").as_bytes())
+            .expect("a reply")
+            .extract_error()
+            .expect_err("an error reply")
+    }
+
+    #[test]
+    fn only_a_refusal_of_client_unblock_is_for_good() {
+        for refused in [
+            reply("-NOPERM User u has no permissions to run the 'client|unblock' command"),
+            reply("-ERR unknown subcommand 'UNBLOCK'. Try CLIENT HELP."),
+            reply("-ERR unknown command 'CLIENT', with args beginning with: 'UNBLOCK' '12' "),
+        ] {
+            assert!(Control::unblock_refused(&refused), "{refused}");
+        }
+        // What the cluster connection says while its connection to the node is being repaired,
+        // a lost connection, a timeout, a cluster that is down for a moment: tried again.
+        for passing in [
+            redis::RedisError::from((
+                redis::ErrorKind::ClusterConnectionNotFound,
+                "Requested connection not found",
+                "127.0.0.1:7001".to_owned(),
+            )),
+            std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset").into(),
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out").into(),
+            reply("-CLUSTERDOWN The cluster is down"),
+            reply("-TRYAGAIN Multiple keys request during rehashing of slot"),
+        ] {
+            assert!(!Control::unblock_refused(&passing), "{passing}");
+        }
+    }
+}
