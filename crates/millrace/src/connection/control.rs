@@ -7,7 +7,7 @@ use std::sync::Arc;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::RedisFuture;
 
 use crate::cluster::NodeAddress;
@@ -125,6 +125,56 @@ impl Control {
                 "no cluster node named to send the command to",
             ))),
         }
+    }
+}
+
+/// The control connection with every command sent to the node it takes for one slot (the slot's
+/// master, as far as it knows), whatever the command: see [`Control::at_slot`].
+pub(crate) struct AtSlot {
+    control: Control,
+    slot: u16,
+}
+
+impl Control {
+    /// This connection, sending each command to the master of `slot` as the cluster connection
+    /// knows it (on one server, to the server): for `CLUSTER SHARDS`, which redis-rs would send to
+    /// any node.
+    pub(crate) fn at_slot(&self, slot: u16) -> AtSlot {
+        AtSlot {
+            control: self.clone(),
+            slot,
+        }
+    }
+}
+
+impl ConnectionLike for AtSlot {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        let slot = self.slot;
+        match &mut self.control {
+            Control::Single(c) => c.req_packed_command(cmd),
+            Control::Cluster(c) => Box::pin(async move {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::new(slot, SlotAddr::Master),
+                ));
+                c.connection()
+                    .await?
+                    .route_command(cmd.clone(), routing)
+                    .await
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        self.control.req_packed_commands(cmd, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.control.get_db()
     }
 }
 
