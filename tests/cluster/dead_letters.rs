@@ -198,6 +198,36 @@ fn on_node(cluster: &millrace_testkit::RedisCluster, index: usize, cmd: &mut red
     let _: redis::Value = cmd.query(&mut con).expect("the node command");
 }
 
+/// Waits until the replica of `master` has every write `master` accepted so far. `WAIT` counts
+/// only the writes of the connection it is sent on, so it follows a write of its own: the
+/// replication stream is in order, so once the replica has that one it has the earlier ones, the
+/// dead letters millrace added included. (A `WAIT` alone on a fresh connection returns at once.)
+fn replicated(cluster: &millrace_testkit::RedisCluster, master: usize) {
+    let key = (0..10_000)
+        .map(|i| format!("replication-probe-{i}"))
+        .find(|k| cluster.owner_of_key(k) == master)
+        .expect("a key on the master");
+    let mut con = cluster
+        .node(master)
+        .client()
+        .get_connection()
+        .expect("a connection to the master");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(1)
+        .query(&mut con)
+        .expect("SET");
+    let replicas: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(30_000)
+        .query(&mut con)
+        .expect("WAIT");
+    assert_eq!(
+        replicas, 1,
+        "the replica has the master's writes before the kill"
+    );
+}
+
 /// The master holding the dead-letter streams of tenants on the other masters is killed (`kill -9`)
 /// under load, with plain names, so every dead letter moves in two steps across masters. While it
 /// is down (its replica is kept from taking over until the test says so), the tenants' good
@@ -309,8 +339,8 @@ async fn dead_letter_master_killed(mut cluster: millrace_testkit::RedisCluster) 
     };
     wait_handled(written.clone(), "the entries before the kill handled").await;
     // The moves so far have landed (a move follows its handler call), and reached the replica
-    // before the master dies: replication is asynchronous, and a dead letter added to the master
-    // after this `WAIT` and acknowledged in its stream would die with the master.
+    // before the master dies: replication is asynchronous, and a dead letter the master had not
+    // passed on, acknowledged in its stream already, would die with it.
     for stream in &streams {
         let dlq = format!("{stream}:dlq");
         let poisons = written.iter().filter(|(s, _, p)| s == stream && *p).count();
@@ -323,7 +353,7 @@ async fn dead_letter_master_killed(mut cluster: millrace_testkit::RedisCluster) 
         })
         .await;
     }
-    on_node(&cluster, dead, redis::cmd("WAIT").arg(1).arg(5_000));
+    replicated(&cluster, dead);
 
     // The replica may not take over until told: the outage lasts as long as the test needs.
     let replica = cluster.replicas_of(dead)[0];
