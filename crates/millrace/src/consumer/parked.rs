@@ -25,6 +25,9 @@ use crate::entry::{EntryId, RawEntry};
 use crate::id::ConsumerId;
 use crate::streams;
 
+#[cfg(test)]
+mod tests;
+
 /// The longest a move made in the batch's path may take before it is parked and retried in the
 /// background: a dead-letter stream that does not answer never holds up its stream for longer.
 const INLINE_LIMIT: Duration = Duration::from_millis(500);
@@ -267,8 +270,9 @@ impl Shared {
         }
     }
 
-    /// Keeps the parked entries from being claimed by other consumers (their idle time reset);
-    /// forgets those no longer pending for this consumer (acknowledged, or claimed meanwhile).
+    /// Keeps the parked entries `ids` (sorted) from being claimed by other consumers (their idle
+    /// time reset); forgets those of them no longer pending for this consumer (acknowledged, or
+    /// claimed meanwhile).
     async fn keep_owned(&self, ids: &[EntryId]) {
         let mut conn = self.conn.clone();
         let owned = streams::set_idle_if_owned(
@@ -285,7 +289,12 @@ impl Shared {
         let owned: std::collections::HashSet<EntryId> =
             owned.into_iter().map(|(id, _)| id).collect();
         let mut state = self.lock();
-        state.waiting.retain(|id, _| owned.contains(id));
+        // Only the entries asked about can be found not owned: one parked meanwhile (after `ids`
+        // was taken, while this call was on the wire) is kept for the next round. `ids` is sorted
+        // (the keys of `waiting`).
+        state
+            .waiting
+            .retain(|id, _| owned.contains(id) || ids.binary_search(id).is_err());
         self.stats.set_dead_letters_waiting(state.waiting.len());
     }
 }
