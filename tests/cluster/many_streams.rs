@@ -6,7 +6,7 @@ use std::time::Duration;
 use millrace::{Batch, HandlerResult, MultiStreamSpec, RawEntry, StartId};
 use millrace_testkit::eventually;
 
-use crate::common::{cluster, connect, stream_on, wait_running, Seen, WAIT};
+use crate::common::{add_one_to_each, cluster, connect, stream_on, wait_running, Seen, WAIT};
 
 /// Blocked or last-run `XREADGROUP` connections on node `index`.
 async fn readers_on(cluster: &millrace_testkit::RedisCluster, index: usize) -> usize {
@@ -55,25 +55,8 @@ async fn streams_in_one_slot_share_a_read_and_other_slots_are_read_apart() {
         .expect("start on the cluster");
     wait_running(&app).await;
     let mut con = connect(&cluster).await;
-    // Ids told apart across streams (`1-1`, `1-2`, …), so each stream's entry counts on its own.
-    let mut added = Vec::new();
-    for (i, stream) in streams.iter().enumerate() {
-        let id: String = redis::cmd("XADD")
-            .arg(stream)
-            .arg(format!("1-{}", i + 1))
-            .arg("n")
-            .arg(1)
-            .query_async(&mut con)
-            .await
-            .expect("XADD");
-        added.push(id.parse().expect("an id"));
-    }
-    eventually(WAIT, "an entry of every stream handled", || {
-        let counts = seen.counts();
-        let done = added.iter().all(|id| counts.contains_key(id));
-        async move { done }
-    })
-    .await;
+    let added = add_one_to_each(&mut con, &streams).await;
+    seen.wait_for_all(&added).await;
     // One read for the three tagged streams on their master, one for each other stream on its
     // own (the replays' connections have closed).
     eventually(WAIT, "one read per slot", || {
