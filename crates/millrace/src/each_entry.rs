@@ -7,15 +7,32 @@ use std::future::Future;
 use crate::entry::{Batch, Entry};
 use crate::handler::{Handler, HandlerError, HandlerResult};
 
-/// A batch handler built from a function of one entry; see [`for_each_entry`].
+/// A batch handler built from a function of one entry; see [`for_each_entry`] and
+/// [`for_each_entry_in_order`].
 pub struct EachEntry<F> {
     f: F,
+    after_failure: AfterFailure,
 }
+
+/// The handler [`for_each_entry_in_order`] builds: an [`EachEntry`] that stops at the first failure.
+pub type EachEntryInOrder<F> = EachEntry<F>;
 
 impl<F> fmt::Debug for EachEntry<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("EachEntry")
+        f.write_str(match self.after_failure {
+            AfterFailure::GoOn => "EachEntry",
+            AfterFailure::HoldBack => "EachEntryInOrder",
+        })
     }
+}
+
+/// What a failed entry does to the entries after it in the batch.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AfterFailure {
+    /// They are handled all the same.
+    GoOn,
+    /// They are not handled: left pending.
+    HoldBack,
 }
 
 /// Turns a per-entry function into a batch handler that builds `Partial` itself: entries whose
@@ -36,30 +53,9 @@ impl<F> fmt::Debug for EachEntry<F> {
 /// # let _ = spec;
 /// ```
 pub fn for_each_entry<F>(f: F) -> EachEntry<F> {
-    EachEntry { f }
-}
-
-impl<M, F, Fut, E> Handler<M> for EachEntry<F>
-where
-    M: Send + 'static,
-    F: Fn(Entry<M>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), E>> + Send,
-    E: Into<HandlerError> + Send,
-{
-    async fn handle(&self, batch: Batch<M>) -> HandlerResult {
-        each(&self.f, batch, AfterFailure::GoOn).await
-    }
-}
-
-/// A batch handler built from a function of one entry that stops at the first failure; see
-/// [`for_each_entry_in_order`].
-pub struct EachEntryInOrder<F> {
-    f: F,
-}
-
-impl<F> fmt::Debug for EachEntryInOrder<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("EachEntryInOrder")
+    EachEntry {
+        f,
+        after_failure: AfterFailure::GoOn,
     }
 }
 
@@ -85,10 +81,13 @@ impl<F> fmt::Debug for EachEntryInOrder<F> {
 /// # let _ = spec;
 /// ```
 pub fn for_each_entry_in_order<F>(f: F) -> EachEntryInOrder<F> {
-    EachEntryInOrder { f }
+    EachEntry {
+        f,
+        after_failure: AfterFailure::HoldBack,
+    }
 }
 
-impl<M, F, Fut, E> Handler<M> for EachEntryInOrder<F>
+impl<M, F, Fut, E> Handler<M> for EachEntry<F>
 where
     M: Send + 'static,
     F: Fn(Entry<M>) -> Fut + Send + Sync + 'static,
@@ -96,17 +95,8 @@ where
     E: Into<HandlerError> + Send,
 {
     async fn handle(&self, batch: Batch<M>) -> HandlerResult {
-        each(&self.f, batch, AfterFailure::HoldBack).await
+        each(&self.f, batch, self.after_failure).await
     }
-}
-
-/// What a failed entry does to the entries after it in the batch.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum AfterFailure {
-    /// They are handled all the same.
-    GoOn,
-    /// They are not handled: left pending.
-    HoldBack,
 }
 
 /// Runs `f` on the batch's entries one after another: `Ok` when every entry succeeded, `Err` (the
