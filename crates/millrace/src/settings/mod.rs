@@ -293,6 +293,14 @@ impl Settings {
             .restart_policy(self.restart.clone()))
     }
 
+    /// A declaration's consumer name: the one it gives, else a stable name for this host and the
+    /// service (`service`, or `millrace`).
+    fn consumer_name(&self, declared: &Option<String>) -> String {
+        declared
+            .clone()
+            .unwrap_or_else(|| stable_name(self.service.as_deref().unwrap_or("millrace")))
+    }
+
     /// Specs for every consumer declared on `stream`, replicas expanded, all with `handler`.
     pub fn consumers<M, H>(&self, stream: &str, handler: H) -> Vec<ConsumerSpec>
     where
@@ -300,15 +308,11 @@ impl Settings {
         H: crate::Handler<M>,
     {
         let template = ConsumerSpec::new(stream, "", "").handler(handler);
-        let service = self.service.as_deref().unwrap_or("millrace");
         self.consumers
             .iter()
             .filter(|d| d.stream == stream)
             .flat_map(|decl| {
-                let base = decl
-                    .consumer
-                    .clone()
-                    .unwrap_or_else(|| stable_name(service));
+                let base = self.consumer_name(&decl.consumer);
                 template
                     .clone()
                     .with_options(decl.options.clone())
@@ -354,15 +358,11 @@ impl Settings {
         H: crate::Handler<M>,
     {
         let with_handler = MultiStreamSpec::new(Vec::<String>::new(), "", "").handler(handler);
-        let service = self.service.as_deref().unwrap_or("millrace");
         self.multi_streams
             .iter()
             .filter(|d| d.group == group)
             .flat_map(|decl| {
-                let base = decl
-                    .consumer
-                    .clone()
-                    .unwrap_or_else(|| stable_name(service));
+                let base = self.consumer_name(&decl.consumer);
                 replica_names(&base, decl.replicas)
                     .into_iter()
                     .map(|name| decl.spec(name).with_handler_of(&with_handler))
