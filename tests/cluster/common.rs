@@ -290,6 +290,34 @@ pub(crate) async fn wait_running(app: &Supervisor) {
     .await;
 }
 
+/// A supervisor on `cluster` with one multi-stream consumer (group `g`, consumer `c`) of
+/// `streams` from their beginning, reads blocking `block`, recording into `seen`; returned once
+/// every stream's consumer runs.
+pub(crate) async fn start_recording_set(
+    cluster: &RedisCluster,
+    streams: &[String],
+    block: Duration,
+    seen: &Seen,
+) -> Supervisor {
+    let seen = seen.clone();
+    let app = Supervisor::builder()
+        .redis_cluster(cluster.seed_urls())
+        .multi_stream(
+            millrace::MultiStreamSpec::new(streams.to_vec(), "g", "c")
+                .start_id(StartId::Beginning)
+                .block(block)
+                .handler(move |batch: Batch<RawEntry>| {
+                    seen.record(&batch);
+                    futures::future::ready(HandlerResult::Ok)
+                }),
+        )
+        .start()
+        .await
+        .expect("start on the cluster");
+    wait_running(&app).await;
+    app
+}
+
 /// Starts `builder` with one consumer of a stream on the second master, adds one entry, and
 /// checks from Redis that it was handled once and nothing is pending.
 pub(crate) async fn one_entry_is_handled(

@@ -4,10 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use millrace::{Batch, HandlerResult, MultiStreamSpec, RawEntry, StartId};
 use millrace_tests::{assert_one_outage, tenant_streams, Logs};
 
-use crate::common::{add_one_to_each, cluster, connect, wait_running, Seen, WAIT};
+use crate::common::{add_one_to_each, cluster, connect, start_recording_set, Seen, WAIT};
 
 // One thread runs every task, so the subscriber set here sees the consumers' events; the blocking
 // failover runs on the blocking pool.
@@ -22,22 +21,7 @@ async fn a_failover_is_logged_once_for_its_master_with_the_streams_counted() {
         .filter(|s| cluster.owner_of_key(s) == master)
         .count();
     let seen = Seen::default();
-    let recorder = seen.clone();
-    let app = millrace::Supervisor::builder()
-        .redis_cluster(cluster.seed_urls())
-        .multi_stream(
-            MultiStreamSpec::new(streams.clone(), "g", "c")
-                .start_id(StartId::Beginning)
-                .block(Duration::from_secs(5))
-                .handler(move |batch: Batch<RawEntry>| {
-                    recorder.record(&batch);
-                    futures::future::ready(HandlerResult::Ok)
-                }),
-        )
-        .start()
-        .await
-        .expect("start on the cluster");
-    wait_running(&app).await;
+    let app = start_recording_set(&cluster, &streams, Duration::from_secs(5), &seen).await;
     let before = logs.mark();
     let promoted = tokio::task::spawn_blocking({
         let cluster = cluster.clone();
