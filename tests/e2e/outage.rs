@@ -31,14 +31,10 @@ async fn kill_clients(con: &mut MultiplexedConnection) -> u64 {
 async fn kill_blocked_reader(con: &mut MultiplexedConnection) {
     let blocked = Arc::new(Mutex::new(None));
     eventually(WAIT, "a read blocked in XREADGROUP", || {
-        let mut con = con.clone();
+        let con = con.clone();
         let found = blocked.clone();
         async move {
-            let list: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .query_async(&mut con)
-                .await
-                .unwrap();
+            let list = client_list(&con).await;
             let mut found = found.lock().unwrap();
             *found = list
                 .lines()
