@@ -1,11 +1,19 @@
-//! The library's top-level modules import one way only: no two of them import each other, directly
-//! or through others. Read from the source as text: every `crate::<module>` path outside comments
-//! and `#[cfg(test)]` items, per top-level module, and the strongly connected components of that
-//! graph (Tarjan). Run alone with `cargo test -p millrace --test module_graph`.
+//! The library's layout rules, read from its source as text (run alone with
+//! `cargo test -p millrace --test layout`):
+//!
+//! - its top-level modules import one way only: no two of them import each other, directly or
+//!   through others (every `crate::<module>` path outside comments and `#[cfg(test)]` items, per
+//!   top-level module, and the strongly connected components of that graph, by Tarjan);
+//! - no file holds more than [`MAX_LINES`] lines outside its tests (doc comments and comments
+//!   counted; blank lines and `#[cfg(test)]` items not): a file that grows past it is split by
+//!   concept.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+/// The most non-blank lines outside tests one library file may hold.
+const MAX_LINES: usize = 400;
 
 /// Which top-level module imports which, with the files the paths are in.
 type Graph = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
@@ -21,13 +29,12 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The code of `src` without comments and without the items under `#[cfg(test)]`.
-fn code_outside_tests(src: &str) -> String {
+/// `src` without the items under `#[cfg(test)]`.
+fn outside_tests(src: &str) -> String {
     let mut out = String::new();
     let mut lines = src.lines();
     while let Some(line) = lines.next() {
-        let trimmed = line.trim_start();
-        if trimmed.starts_with("#[cfg(test)]") {
+        if line.trim_start().starts_with("#[cfg(test)]") {
             // Skip the next item: a `mod x;` line, or up to the brace that closes it.
             let mut depth = 0i64;
             let mut opened = false;
@@ -40,13 +47,19 @@ fn code_outside_tests(src: &str) -> String {
             }
             continue;
         }
-        if trimmed.starts_with("//") {
-            continue;
-        }
         out.push_str(line);
         out.push('\n');
     }
     out
+}
+
+/// The code of `src` without comments and without the items under `#[cfg(test)]`.
+fn code_outside_tests(src: &str) -> String {
+    outside_tests(src)
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// The modules `code` names as `crate::<module>`, also inside `crate::{a, b::c}`.
@@ -182,8 +195,38 @@ fn no_two_top_level_modules_import_each_other() {
     assert!(report.is_empty(), "import cycles:\n{report}");
 }
 
+/// Lines of `text` that are not blank.
+fn non_blank(text: &str) -> usize {
+    text.lines().filter(|l| !l.trim().is_empty()).count()
+}
+
 #[test]
-fn the_check_sees_a_cycle() {
+fn no_library_file_is_over_the_line_limit() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    assert!(files.len() > 50, "the files were read: {files:?}");
+    let mut over: Vec<String> = files
+        .iter()
+        .filter(|f| {
+            let name = f.file_name().unwrap().to_str().unwrap();
+            name != "tests.rs" && name != "proptests.rs"
+        })
+        .filter_map(|f| {
+            let n = non_blank(&outside_tests(&std::fs::read_to_string(f).unwrap()));
+            (n > MAX_LINES)
+                .then(|| format!("{} ({n} lines)", f.strip_prefix(&src).unwrap().display()))
+        })
+        .collect();
+    over.sort();
+    assert!(
+        over.is_empty(),
+        "over {MAX_LINES} lines outside tests; split each by concept: {over:#?}"
+    );
+}
+
+#[test]
+fn the_checks_see_a_cycle_and_count_code_only() {
     let mut graph = Graph::new();
     for (a, b) in [
         ("decode", "trace"),
@@ -206,4 +249,7 @@ fn the_check_sees_a_cycle() {
         named_modules(&code),
         ["a", "b", "e"].into_iter().map(str::to_owned).collect()
     );
+    assert_eq!(non_blank(&code), 2, "{code}");
+    let kept = outside_tests("/// doc\nfn f() {}\n\n#[cfg(test)]\nmod tests {\n    fn g() {}\n}\n");
+    assert_eq!(non_blank(&kept), 2, "{kept}");
 }
