@@ -6,7 +6,8 @@
 //!   top-level module, and the strongly connected components of that graph, by Tarjan);
 //! - no file holds more than [`MAX_LINES`] lines outside its tests (doc comments and comments
 //!   counted; blank lines and `#[cfg(test)]` items not): a file that grows past it is split by
-//!   concept.
+//!   concept;
+//! - every file opens with a `//!` line that says what it owns.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -222,6 +223,26 @@ fn no_library_file_is_over_the_line_limit() {
     assert!(
         over.is_empty(),
         "over {MAX_LINES} lines outside tests; split each by concept: {over:#?}"
+    );
+}
+
+#[test]
+fn every_library_file_says_first_what_it_owns() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut silent: Vec<String> = files
+        .iter()
+        .filter(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            !text.trim_start().starts_with("//!")
+        })
+        .map(|f| f.strip_prefix(&src).unwrap().display().to_string())
+        .collect();
+    silent.sort();
+    assert!(
+        silent.is_empty(),
+        "files that do not open with a `//!` line saying what they own: {silent:#?}"
     );
 }
 
