@@ -445,32 +445,11 @@ async fn dead_letter_master_killed(mut cluster: millrace_testkit::RedisCluster) 
     app.shutdown().await.expect("shutdown");
 }
 
-/// A log writer the test reads back.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Twenty tenants with plain names: one warning that their dead letters move in two steps, for the
 /// set, suggesting `tenant:{<id>}:events`; twenty with hash-tagged names: none.
 #[tokio::test(flavor = "current_thread")]
 async fn the_two_step_warning_comes_once_per_consumer_set_and_names_the_tagged_form() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("millrace=info")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let captured = millrace_tests::Logs::capture("millrace=info");
     let cluster = millrace_testkit::RedisCluster::builder()
         .replicas_per_master(0)
         .start();
@@ -490,7 +469,7 @@ async fn the_two_step_warning_comes_once_per_consumer_set_and_names_the_tagged_f
         .expect("start");
     wait_running(&app).await;
     app.shutdown().await.expect("shutdown");
-    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let logs = captured.text();
     let warnings: Vec<&str> = logs
         .lines()
         .filter(|l| l.contains("WARN") && l.contains("move in two steps"))

@@ -64,6 +64,15 @@ pub(crate) async fn xadd_n(
     ids.into_iter().map(|s| s.parse().unwrap()).collect()
 }
 
+/// `CLIENT LIST`: one line per client connection of the server.
+pub(crate) async fn client_list(con: &MultiplexedConnection) -> String {
+    redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut con.clone())
+        .await
+        .unwrap()
+}
+
 pub(crate) async fn create_group(con: &mut MultiplexedConnection, stream: &str, group: &str) {
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")

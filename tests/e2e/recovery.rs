@@ -2,9 +2,8 @@
 //! entries, a dead-letter write refused for lack of memory, trimmed entries, a reply cut halfway,
 //! missing ACL permissions, and credentials kept out of logs.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use millrace::{
@@ -12,6 +11,7 @@ use millrace::{
     Supervisor,
 };
 use millrace_testkit::{eventually, FaultProxy, RedisServer};
+use millrace_tests::Logs;
 
 use crate::common::*;
 
@@ -570,33 +570,13 @@ async fn a_missing_permission_fails_fast_and_names_the_command() {
     }
 }
 
-/// Collects everything tracing writes, at every level.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn a_password_never_appears_in_logs_errors_or_debug_output() {
     let server = RedisServer::start();
     let mut con = connect(&server).await;
     let sentinel = format!("S3ntinel-PW-{}", std::process::id());
     acl_user(&mut con, "worker", &sentinel, &least_privilege()).await;
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let captured = Logs::capture("trace");
 
     let mut texts = Vec::new();
     // Wrong password: the error must not echo it either.
@@ -625,7 +605,7 @@ async fn a_password_never_appears_in_logs_errors_or_debug_output() {
     texts.push(format!("{app:?} {:?}", app.health()));
     app.shutdown().await.unwrap();
 
-    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let logs = captured.text();
     assert!(logs.len() > 1000, "TRACE logging was captured");
     texts.push(logs);
     let encoded = sentinel.replace('-', "%2D");

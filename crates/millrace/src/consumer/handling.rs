@@ -10,9 +10,10 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::outcome::{self, AckPlan, DeadLetterOrder};
 use super::Consumer;
+use crate::entry::DeliveredEntry;
 use crate::entry::{EntryId, RawEntry, Source};
 use crate::error::{Error, Result};
-use crate::handler::{DeliveredEntry, RunReport};
+use crate::handler::RunReport;
 use crate::streams::ReadItem;
 
 /// What handling a batch left to do.
