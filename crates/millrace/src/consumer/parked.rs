@@ -116,6 +116,12 @@ impl DeadLetterMover {
         entries.retain(|e| !state.waiting.contains_key(&e.id));
     }
 
+    /// Whether the move of `id` is parked (for tests; the consume path uses [`Self::drop_parked`]).
+    #[cfg(test)]
+    pub(crate) fn is_parked(&self, id: EntryId) -> bool {
+        self.shared.lock().waiting.contains_key(&id)
+    }
+
     /// Moves entry `id` (with `entry`'s fields when at hand) to the dead-letter stream, or parks
     /// the move when it fails or takes longer than a moment. Never fails: the entry stays pending
     /// until the move lands.
