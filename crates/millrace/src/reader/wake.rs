@@ -64,16 +64,17 @@ impl Wake {
         &self.finished
     }
 
-    /// Sends `CLIENT UNBLOCK` for the connection once. A refusal (no permission) ends the
-    /// unblocking: reads then return when BLOCK runs out; a lost or slow control connection is
-    /// tried again next time.
+    /// Sends `CLIENT UNBLOCK` for the connection once. A refusal ([`Control::unblock_refused`]:
+    /// no permission, a server without the command) ends the unblocking: reads then return when
+    /// BLOCK runs out. Any other failure (a lost, slow or reconnecting control connection, a
+    /// cluster connection without a connection to the node right now) is tried again next time.
     pub(super) async fn unblock(&self, control: &mut Control) {
         let Some(id) = self.client_id() else {
             return;
         };
         match control.unblock(self.node.as_ref(), id).await {
             Ok(_) => {}
-            Err(e) if !(e.is_io_error() || e.is_timeout() || e.is_connection_dropped()) => {
+            Err(e) if Control::unblock_refused(&e) => {
                 debug!(error = %e, "CLIENT UNBLOCK not possible; blocked reads return when BLOCK runs out");
                 self.connected(None);
             }
