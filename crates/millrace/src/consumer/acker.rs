@@ -1,8 +1,13 @@
 //! The one ack path of a consumer: every acknowledgement (live batches, replays, claims, deleted
 //! entries) goes through here, with one retry policy. Acks of live batches are coalesced: one `XACK`
 //! is in flight at a time, and the ids of batches handled meanwhile wait for it and go together.
+//! The streams of a multi-stream consumer on one server write their acks together ([`AckLine`]).
 
-use tokio::task::JoinHandle;
+mod line;
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
 use tracing::warn;
 
 use super::client::ConsumerClient;
@@ -11,8 +16,90 @@ use crate::acked_delete::AckCommand;
 use crate::entry::EntryId;
 use crate::error::{Error, Result};
 
-/// An `XACK` sent in the background: it lands, or fails and hands its ids back.
-type AckTask = JoinHandle<std::result::Result<(), (Error, Vec<EntryId>)>>;
+pub(crate) use line::AckLine;
+
+/// How an `XACK` sent in the background ended: it landed, or it failed and hands its ids back.
+type Outcome = std::result::Result<(), (Error, Vec<EntryId>)>;
+
+/// The `XACK` in flight: its outcome once it returned.
+#[derive(Debug)]
+struct InFlight {
+    rx: oneshot::Receiver<Outcome>,
+    /// The outcome, taken from `rx` by [`InFlight::is_finished`] before anyone awaited it.
+    ready: Option<Outcome>,
+}
+
+impl InFlight {
+    fn is_finished(&mut self) -> bool {
+        if self.ready.is_some() {
+            return true;
+        }
+        match self.rx.try_recv() {
+            Ok(outcome) => {
+                self.ready = Some(outcome);
+                true
+            }
+            Err(oneshot::error::TryRecvError::Empty) => false,
+            // The sender is gone without an answer: awaiting it says so at once.
+            Err(oneshot::error::TryRecvError::Closed) => true,
+        }
+    }
+
+    /// Cancel-safe: awaits the outcome by reference, so a dropped wait loses nothing.
+    /// `None` when the sending side went away without an answer.
+    async fn outcome(&mut self) -> Option<Outcome> {
+        if let Some(outcome) = self.ready.take() {
+            return Some(outcome);
+        }
+        (&mut self.rx).await.ok()
+    }
+}
+
+/// One stream's acknowledgements, with what it needs to send them alone.
+#[derive(Debug)]
+struct AckRequest {
+    client: ConsumerClient,
+    stats: Stats,
+    command: AckCommand,
+    ids: Vec<EntryId>,
+    done: oneshot::Sender<Outcome>,
+}
+
+impl AckRequest {
+    /// Sends the request's `XACK` (in chunks) on its own, with the consumer's retry policy, and
+    /// answers it.
+    async fn send_alone(self) {
+        let AckRequest {
+            client,
+            stats,
+            command,
+            ids,
+            done,
+        } = self;
+        let id = client.id();
+        let (stream, group) = (&*id.stream, &*id.group);
+        let acked = client
+            .retry(command.name(), stream, |mut c| {
+                let ids = &ids;
+                async move { command.send(&mut c, stream, group, ids).await }
+            })
+            .await;
+        let outcome = match acked {
+            Ok(_) => {
+                stats.acked(ids.len());
+                Ok(())
+            }
+            Err(e) => Err((e, ids)),
+        };
+        let _ = done.send(outcome);
+    }
+
+    /// The request landed (in a line's pipeline).
+    fn landed(self) {
+        self.stats.acked(self.ids.len());
+        let _ = self.done.send(Ok(()));
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct Acker {
@@ -21,10 +108,13 @@ pub(crate) struct Acker {
     /// Most ids that wait for the `XACK` in flight (see [`Acker::ack_behind`]).
     hold_limit: usize,
     /// The `XACK` in flight; on failure it hands its ids back, so they are not forgotten.
-    in_flight: Option<AckTask>,
+    in_flight: Option<InFlight>,
     held: Vec<EntryId>,
     /// `XACK`, or `XACKDEL … ACKED` with `delete_acked` (acked_delete.rs).
     command: AckCommand,
+    /// For a stream of a multi-stream consumer: the line its acks are written on, with the other
+    /// streams'.
+    line: Option<Arc<AckLine>>,
 }
 
 impl Acker {
@@ -39,12 +129,20 @@ impl Acker {
             in_flight: None,
             held: Vec::new(),
             command: AckCommand::Ack,
+            line: None,
         }
     }
 
     /// Acknowledges with `command` instead of `XACK`.
     pub(crate) fn with_command(mut self, command: AckCommand) -> Self {
         self.command = command;
+        self
+    }
+
+    /// Writes the acks on `line`, together with the other streams' that share it (a stream of a
+    /// multi-stream consumer); `None` sends them alone.
+    pub(crate) fn on_line(mut self, line: Option<Arc<AckLine>>) -> Self {
+        self.line = line;
         self
     }
 
@@ -62,7 +160,7 @@ impl Acker {
         if ids.is_empty() && self.held.is_empty() {
             return Ok(());
         }
-        let busy = self.in_flight.as_ref().is_some_and(|t| !t.is_finished());
+        let busy = self.in_flight.as_mut().is_some_and(|t| !t.is_finished());
         if busy && self.held.len() + ids.len() <= self.hold_limit {
             self.held.extend(ids);
             return Ok(());
@@ -100,54 +198,51 @@ impl Acker {
         self.wait_in_flight().await
     }
 
-    /// Waits for the `XACK` in flight, then sends the held ids in one `XACK`, in the background.
+    /// Waits for the `XACK` in flight, then sends the held ids in one `XACK` in the background:
+    /// on the line when the stream has one, else alone.
     async fn send_held(&mut self) -> Result<()> {
         self.wait_in_flight().await?;
         if self.held.is_empty() {
             return Ok(());
         }
-        let ids = std::mem::take(&mut self.held);
-        let (client, stats, command) = (self.client.clone(), self.stats.clone(), self.command);
-        self.in_flight = Some(tokio::spawn(async move {
-            let id = client.id();
-            let (stream, group) = (&*id.stream, &*id.group);
-            let acked = client
-                .retry(command.name(), stream, |mut c| {
-                    let ids = &ids;
-                    async move { command.send(&mut c, stream, group, ids).await }
-                })
-                .await;
-            match acked {
-                Ok(_) => {
-                    stats.acked(ids.len());
-                    Ok(())
-                }
-                Err(e) => Err((e, ids)),
+        let (done, rx) = oneshot::channel();
+        let request = AckRequest {
+            client: self.client.clone(),
+            stats: self.stats.clone(),
+            command: self.command,
+            ids: std::mem::take(&mut self.held),
+            done,
+        };
+        match &self.line {
+            Some(line) => line.submit(request),
+            None => {
+                tokio::spawn(request.send_alone());
             }
-        }));
+        }
+        self.in_flight = Some(InFlight { rx, ready: None });
         Ok(())
     }
 
     /// Cancel-safe: the live loop awaits [`Acker::returned`] in a `select!` and drops the wait
-    /// when a batch or a timer comes first, so the task is let go of only once it has returned.
+    /// when a batch or a timer comes first, so the `XACK` is let go of only once it has returned.
     /// (Taking it first lost it on such a drop: the ids held behind it then waited for the next
     /// batch, and after a stream's last batch for `XAUTOCLAIM`, which handed them out again.)
     async fn wait_in_flight(&mut self) -> Result<()> {
-        let Some(task) = self.in_flight.as_mut() else {
+        let Some(in_flight) = self.in_flight.as_mut() else {
             return Ok(());
         };
-        let joined = task.await;
+        let outcome = in_flight.outcome().await;
         self.in_flight = None;
-        match joined {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err((e, ids))) => {
+        match outcome {
+            Some(Ok(())) => Ok(()),
+            Some(Err((e, ids))) => {
                 warn!(error = %e, entries = ids.len(), "an XACK failed; its entries stay pending until it is sent again");
                 self.held.extend(ids);
                 Err(e)
             }
-            Err(join) => Err(Error::Internal {
+            None => Err(Error::Internal {
                 consumer: self.client.id().clone(),
-                message: format!("ack task failed: {join}"),
+                message: "an XACK in flight was dropped without an answer; its entries stay pending and come back".to_owned(),
             }),
         }
     }
@@ -277,6 +372,39 @@ mod tests {
             0,
             "the kept ids were acknowledged"
         );
+    }
+
+    /// Streams on one line share a pipeline; a stream whose `XACK` fails there gets its own
+    /// error (naming its stream) and keeps its ids, and the other streams' acks land.
+    #[tokio::test]
+    async fn a_failed_xack_on_a_line_fails_its_stream_alone() {
+        let server = RedisServer::start();
+        let mut admin = admin(&server).await;
+        pending_in_s(&mut admin, &[EntryId::new(1, 0), EntryId::new(2, 0)]).await;
+        let _: () = redis::cmd("SET")
+            .arg("bad")
+            .arg("not a stream")
+            .query_async(&mut admin)
+            .await
+            .expect("SET");
+        let backend = Backend::open(&server.url(), ConnectionOptions::default()).expect("backend");
+        let line = Arc::new(super::AckLine::new());
+        let mut good = acker(&backend, "s").on_line(Some(line.clone()));
+        let mut bad = acker(&backend, "bad").on_line(Some(line));
+        let ids = vec![EntryId::new(1, 0), EntryId::new(2, 0)];
+        good.ack_behind(ids.clone()).await.expect("queued");
+        bad.ack_behind(ids.clone()).await.expect("queued");
+        good.returned()
+            .await
+            .expect("the good stream's XACK landed");
+        assert_eq!(pending_count(&mut admin).await, 0, "s acknowledged");
+        let err = bad
+            .returned()
+            .await
+            .expect_err("the bad stream's XACK failed");
+        let text = err.to_string();
+        assert!(text.contains("XACK") && text.contains("bad"), "{text}");
+        assert_eq!(bad.held, ids, "the failed XACK's ids are kept");
     }
 
     /// The live loop waits for [`Acker::returned`] in a `select!` and drops the wait when a batch

@@ -148,7 +148,8 @@ impl Consumer {
             meta: id.meta(),
             dlq,
             acker: Acker::new(client.clone(), stats.clone(), opts.largest_count())
-                .with_command(AckCommand::new(opts.delete_acked)),
+                .with_command(AckCommand::new(opts.delete_acked))
+                .on_line(cohort.as_ref().map(|c| c.ack_line())),
             reclaimer: Reclaimer::new(
                 client.clone(),
                 stats.clone(),
