@@ -162,7 +162,10 @@ impl Consumer {
                 cadence(opts.gauge_interval, cohort::GAUGE_REFRESHES_PER_SECOND),
             ),
             session: SessionState::new(opts.start_id.as_arg(), spec.membership),
-            pacer: Pacer::new(&opts),
+            pacer: match cohort {
+                Some(_) => Pacer::member(&opts),
+                None => Pacer::new(&opts),
+            },
             failures: FailureLog::default(),
             failure_warnings: WarnLimiter::default(),
             retries: stats.retry_schedule(),

@@ -67,6 +67,7 @@ mod subscription;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use state::SLICE;
 pub(crate) use subscription::Subscription;
 
 use state::ReadState;
