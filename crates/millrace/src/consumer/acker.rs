@@ -5,7 +5,7 @@
 
 mod line;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
 use tracing::warn;
@@ -55,6 +55,19 @@ impl InFlight {
     }
 }
 
+/// Ids a stream adds to its request on a line while the line has not written it yet: acks of
+/// the stream's batches handled meanwhile go out in the same `XACK`.
+#[derive(Debug, Default)]
+struct Unwritten {
+    ids: Vec<EntryId>,
+    /// The line took the ids: later ones wait for the next request.
+    written: bool,
+}
+
+fn lock(u: &Mutex<Unwritten>) -> MutexGuard<'_, Unwritten> {
+    u.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// One stream's acknowledgements, with what it needs to send them alone.
 #[derive(Debug)]
 struct AckRequest {
@@ -62,19 +75,32 @@ struct AckRequest {
     stats: Stats,
     command: AckCommand,
     ids: Vec<EntryId>,
+    /// On a line: ids added while it waits to be written.
+    unwritten: Option<Arc<Mutex<Unwritten>>>,
     done: oneshot::Sender<Outcome>,
 }
 
 impl AckRequest {
+    /// Takes the ids added while the request waited: from now on, nothing more joins it.
+    fn close(&mut self) {
+        if let Some(unwritten) = &self.unwritten {
+            let mut u = lock(unwritten);
+            u.written = true;
+            self.ids.append(&mut u.ids);
+        }
+    }
+
     /// Sends the request's `XACK` (in chunks) on its own, with the consumer's retry policy, and
     /// answers it.
-    async fn send_alone(self) {
+    async fn send_alone(mut self) {
+        self.close();
         let AckRequest {
             client,
             stats,
             command,
             ids,
             done,
+            ..
         } = self;
         let id = client.id();
         let (stream, group) = (&*id.stream, &*id.group);
@@ -109,6 +135,8 @@ pub(crate) struct Acker {
     hold_limit: usize,
     /// The `XACK` in flight; on failure it hands its ids back, so they are not forgotten.
     in_flight: Option<InFlight>,
+    /// While the `XACK` in flight waits on the line to be written, ids that join it.
+    unwritten: Option<Arc<Mutex<Unwritten>>>,
     held: Vec<EntryId>,
     /// `XACK`, or `XACKDEL … ACKED` with `delete_acked` (acked_delete.rs).
     command: AckCommand,
@@ -127,6 +155,7 @@ impl Acker {
             stats,
             hold_limit: (count * 2).min(10_000),
             in_flight: None,
+            unwritten: None,
             held: Vec::new(),
             command: AckCommand::Ack,
             line: None,
@@ -154,13 +183,23 @@ impl Acker {
 
     /// Acknowledges without waiting: when an `XACK` is in flight, `ids` wait for it (up to the hold
     /// limit; past it, this waits) and go with the next one. With small batches the loop therefore
-    /// never waits for an ack round trip. A failed `XACK` fails the session (the entries come back
-    /// through the replay).
+    /// never waits for an ack round trip. On a line, ids join the `XACK` in flight while the line
+    /// has not written it yet (within the same limit). A failed `XACK` fails the session (the
+    /// entries come back through the replay).
     pub(crate) async fn ack_behind(&mut self, ids: Vec<EntryId>) -> Result<()> {
         if ids.is_empty() && self.held.is_empty() {
             return Ok(());
         }
         let busy = self.in_flight.as_mut().is_some_and(|t| !t.is_finished());
+        if busy {
+            if let Some(unwritten) = &self.unwritten {
+                let mut u = lock(unwritten);
+                if !u.written && u.ids.len() + self.held.len() + ids.len() <= self.hold_limit {
+                    u.ids.extend(ids);
+                    return Ok(());
+                }
+            }
+        }
         if busy && self.held.len() + ids.len() <= self.hold_limit {
             self.held.extend(ids);
             return Ok(());
@@ -206,11 +245,13 @@ impl Acker {
             return Ok(());
         }
         let (done, rx) = oneshot::channel();
+        self.unwritten = self.line.as_ref().map(|_| Arc::default());
         let request = AckRequest {
             client: self.client.clone(),
             stats: self.stats.clone(),
             command: self.command,
             ids: std::mem::take(&mut self.held),
+            unwritten: self.unwritten.clone(),
             done,
         };
         match &self.line {
@@ -233,6 +274,7 @@ impl Acker {
         };
         let outcome = in_flight.outcome().await;
         self.in_flight = None;
+        self.unwritten = None;
         match outcome {
             Some(Ok(())) => Ok(()),
             Some(Err((e, ids))) => {
@@ -405,6 +447,46 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("XACK") && text.contains("bad"), "{text}");
         assert_eq!(bad.held, ids, "the failed XACK's ids are kept");
+    }
+
+    /// A stream's batches handled before the line wrote its request join that request: one
+    /// `XACK` for both. (The test's runtime runs one task at a time, so the line's task cannot
+    /// write the first request before the second batch's ids arrive.)
+    #[tokio::test]
+    async fn acks_of_a_stream_waiting_on_the_line_go_in_one_xack() {
+        let server = RedisServer::start();
+        let mut admin = admin(&server).await;
+        pending_in_s(&mut admin, &[EntryId::new(1, 0), EntryId::new(2, 0)]).await;
+        let backend = Backend::open(&server.url(), ConnectionOptions::default()).expect("backend");
+        let mut s = acker(&backend, "s").on_line(Some(Arc::new(super::AckLine::new())));
+        let calls_before = xack_calls(&mut admin).await;
+        s.ack_behind(vec![EntryId::new(1, 0)])
+            .await
+            .expect("queued on the line");
+        s.ack_behind(vec![EntryId::new(2, 0)])
+            .await
+            .expect("joins the request not written yet");
+        assert!(s.held.is_empty(), "the second id joined the first's XACK");
+        s.flush().await.expect("lands");
+        assert_eq!(pending_count(&mut admin).await, 0, "both acknowledged");
+        assert_eq!(
+            xack_calls(&mut admin).await - calls_before,
+            1,
+            "one XACK for both batches"
+        );
+    }
+
+    async fn xack_calls(admin: &mut redis::aio::MultiplexedConnection) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(admin)
+            .await
+            .expect("INFO");
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_xack:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
     }
 
     /// The live loop waits for [`Acker::returned`] in a `select!` and drops the wait when a batch

@@ -2,8 +2,9 @@
 //! multi-stream consumer takes every ack its streams queued, sends them as one pipeline of one
 //! `XACK` per stream (one socket write, one reply read), answers each stream, and takes the next
 //! ones; while a pipeline is on the wire, the acks queued meanwhile wait for it, as a stream's own
-//! acks wait for its `XACK` in flight. No stream's ack waits for another stream's handler: a
-//! pipeline goes out as soon as the one before returned.
+//! acks wait for its `XACK` in flight, and a stream's batches handled before its request is
+//! written join that request (one `XACK` for several reads). No stream's ack waits for another
+//! stream's handler: a pipeline goes out as soon as the one before returned.
 
 use std::sync::OnceLock;
 
@@ -61,11 +62,12 @@ async fn run(mut conn: Control, mut rx: mpsc::UnboundedReceiver<AckRequest>) {
 /// pipeline itself failed (a lost connection, a timeout), is sent again alone with its
 /// consumer's retry policy, which names the consumer in the error it reports (`XACK` is
 /// idempotent: chunks that landed land again harmlessly).
-async fn write(conn: &mut Control, requests: Vec<AckRequest>) {
+async fn write(conn: &mut Control, mut requests: Vec<AckRequest>) {
     let mut pipe = redis::pipe();
     // The request each command belongs to.
     let mut owners = Vec::new();
-    for (i, r) in requests.iter().enumerate() {
+    for (i, r) in requests.iter_mut().enumerate() {
+        r.close();
         let id = r.client.id();
         let added = r.command.add_to(&mut pipe, &id.stream, &id.group, &r.ids);
         owners.extend(std::iter::repeat_n(i, added));
