@@ -191,24 +191,34 @@ impl Acker {
             return Ok(());
         }
         let busy = self.in_flight.as_mut().is_some_and(|t| !t.is_finished());
+        // Ids that joined the XACK in flight while the line has not written it: they wait as the
+        // held ones do, and count against the same limit.
+        let mut joined = 0;
         if busy {
             if let Some(unwritten) = &self.unwritten {
                 let mut u = lock(unwritten);
-                if !u.written && u.ids.len() + self.held.len() + ids.len() <= self.hold_limit {
-                    u.ids.extend(ids);
-                    return Ok(());
+                if !u.written {
+                    if u.ids.len() + self.held.len() + ids.len() <= self.hold_limit {
+                        u.ids.extend(ids);
+                        return Ok(());
+                    }
+                    joined = u.ids.len();
                 }
             }
         }
-        if busy && self.held.len() + ids.len() <= self.hold_limit {
+        if busy && joined + self.held.len() + ids.len() <= self.hold_limit {
             self.held.extend(ids);
             return Ok(());
         }
         // Idle, or the hold is full: send what is held (waiting for the XACK in flight first) and
-        // let these ids follow. In flight and held each stay within the limit.
+        // let these ids follow. In flight and held each stay within the limit. (With nothing
+        // held, because the ids waiting had joined the XACK in flight, these go out at once.)
         if busy {
             self.send_held().await?;
             self.held.extend(ids);
+            if !self.is_acking() {
+                return self.send_held().await;
+            }
             return Ok(());
         }
         self.held.extend(ids);
@@ -447,6 +457,18 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("XACK") && text.contains("bad"), "{text}");
         assert_eq!(bad.held, ids, "the failed XACK's ids are kept");
+        // Both requests went in one pipeline; the bad one was sent again alone (a WRONGTYPE is
+        // not retried further), the good one was not.
+        assert_eq!(
+            xack_stat(&mut admin, "calls").await,
+            3,
+            "2 in the pipeline, 1 alone"
+        );
+        assert_eq!(
+            xack_stat(&mut admin, "failed_calls").await,
+            2,
+            "the bad one, twice"
+        );
     }
 
     /// A stream's batches handled before the line wrote its request join that request: one
@@ -476,16 +498,52 @@ mod tests {
         );
     }
 
+    /// Ids that joined a request the line has not written yet count against the hold limit:
+    /// past it, the next ids wait for the `XACK` in flight instead of being held beside it.
+    #[tokio::test]
+    async fn ids_joined_to_an_unwritten_xack_count_against_the_hold_limit() {
+        let server = RedisServer::start();
+        let mut admin = admin(&server).await;
+        let ids: Vec<EntryId> = (1..=22).map(|ms| EntryId::new(ms, 0)).collect();
+        pending_in_s(&mut admin, &ids).await;
+        let backend = Backend::open(&server.url(), ConnectionOptions::default()).expect("backend");
+        // A read size of 10: at most 20 ids wait.
+        let mut s = acker(&backend, "s").on_line(Some(Arc::new(super::AckLine::new())));
+        s.ack_behind(ids[..1].to_vec()).await.expect("queued");
+        s.ack_behind(ids[1..20].to_vec())
+            .await
+            .expect("19 ids join the request not written yet");
+        assert!(s.held.is_empty());
+        s.ack_behind(ids[20..].to_vec())
+            .await
+            .expect("past the limit: waits for the XACK in flight, then sends");
+        assert!(
+            s.held.is_empty(),
+            "21 ids would wait beside the XACK in flight: {:?}",
+            s.held
+        );
+        s.flush().await.expect("lands");
+        assert_eq!(pending_count(&mut admin).await, 0, "all acknowledged");
+    }
+
     async fn xack_calls(admin: &mut redis::aio::MultiplexedConnection) -> u64 {
+        xack_stat(admin, "calls").await
+    }
+
+    /// A field of `XACK`'s line in `INFO commandstats` (`calls`, `failed_calls`).
+    async fn xack_stat(admin: &mut redis::aio::MultiplexedConnection, field: &str) -> u64 {
         let info: String = redis::cmd("INFO")
             .arg("commandstats")
             .query_async(admin)
             .await
             .expect("INFO");
         info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_xack:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|n| n.parse().ok())
+            .find_map(|l| l.strip_prefix("cmdstat_xack:"))
+            .and_then(|rest| {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(field)?.strip_prefix('='))
+                    .and_then(|n| n.parse().ok())
+            })
             .unwrap_or(0)
     }
 
