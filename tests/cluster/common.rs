@@ -44,6 +44,27 @@ pub(crate) async fn connect(cluster: &RedisCluster) -> ClusterConnection {
         .expect("cluster connection")
 }
 
+/// Adds one entry to each of `streams`, with ids told apart across them (`1-1`, `1-2`, …), so
+/// each stream's entry counts on its own.
+pub(crate) async fn add_one_to_each(
+    con: &mut ClusterConnection,
+    streams: &[String],
+) -> Vec<EntryId> {
+    let mut added = Vec::new();
+    for (i, stream) in streams.iter().enumerate() {
+        let id: String = redis::cmd("XADD")
+            .arg(stream)
+            .arg(format!("1-{}", i + 1))
+            .arg("n")
+            .arg(1)
+            .query_async(con)
+            .await
+            .expect("XADD");
+        added.push(id.parse().expect("an id"));
+    }
+    added
+}
+
 /// A stream name (`{prefix}-N`) whose slot is served by `master`.
 pub(crate) fn stream_on(cluster: &RedisCluster, master: usize, prefix: &str) -> String {
     (0..10_000)
@@ -70,6 +91,16 @@ impl Seen {
             *counts.entry(*id).or_default() += 1;
         }
         counts
+    }
+
+    /// Waits until every one of `ids` was handled.
+    pub(crate) async fn wait_for_all(&self, ids: &[EntryId]) {
+        millrace_testkit::eventually(WAIT, "an entry of every stream handled", || {
+            let counts = self.counts();
+            let done = ids.iter().all(|id| counts.contains_key(id));
+            async move { done }
+        })
+        .await;
     }
 }
 
@@ -257,6 +288,34 @@ pub(crate) async fn wait_running(app: &Supervisor) {
         async move { ready }
     })
     .await;
+}
+
+/// A supervisor on `cluster` with one multi-stream consumer (group `g`, consumer `c`) of
+/// `streams` from their beginning, reads blocking `block`, recording into `seen`; returned once
+/// every stream's consumer runs.
+pub(crate) async fn start_recording_set(
+    cluster: &RedisCluster,
+    streams: &[String],
+    block: Duration,
+    seen: &Seen,
+) -> Supervisor {
+    let seen = seen.clone();
+    let app = Supervisor::builder()
+        .redis_cluster(cluster.seed_urls())
+        .multi_stream(
+            millrace::MultiStreamSpec::new(streams.to_vec(), "g", "c")
+                .start_id(StartId::Beginning)
+                .block(block)
+                .handler(move |batch: Batch<RawEntry>| {
+                    seen.record(&batch);
+                    futures::future::ready(HandlerResult::Ok)
+                }),
+        )
+        .start()
+        .await
+        .expect("start on the cluster");
+    wait_running(&app).await;
+    app
 }
 
 /// Starts `builder` with one consumer of a stream on the second master, adds one entry, and

@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use millrace::{Batch, HandlerResult, MultiStreamSpec, RawEntry, StartId};
 use millrace_testkit::eventually;
 
-use crate::common::{cluster, connect, stream_on, wait_running, Seen, WAIT};
+use crate::common::{
+    add_one_to_each, cluster, connect, start_recording_set, stream_on, Seen, WAIT,
+};
 
 /// Blocked or last-run `XREADGROUP` connections on node `index`.
 async fn readers_on(cluster: &millrace_testkit::RedisCluster, index: usize) -> usize {
@@ -38,42 +39,10 @@ async fn streams_in_one_slot_share_a_read_and_other_slots_are_read_apart() {
         .collect();
     let streams: Vec<String> = tagged.iter().chain(&apart).cloned().collect();
     let seen = Seen::default();
-    let recorder = seen.clone();
-    let app = millrace::Supervisor::builder()
-        .redis_cluster(cluster.seed_urls())
-        .multi_stream(
-            MultiStreamSpec::new(streams.clone(), "g", "c")
-                .start_id(StartId::Beginning)
-                .block(Duration::from_millis(500))
-                .handler(move |batch: Batch<RawEntry>| {
-                    recorder.record(&batch);
-                    futures::future::ready(HandlerResult::Ok)
-                }),
-        )
-        .start()
-        .await
-        .expect("start on the cluster");
-    wait_running(&app).await;
+    let app = start_recording_set(&cluster, &streams, Duration::from_millis(500), &seen).await;
     let mut con = connect(&cluster).await;
-    // Ids told apart across streams (`1-1`, `1-2`, …), so each stream's entry counts on its own.
-    let mut added = Vec::new();
-    for (i, stream) in streams.iter().enumerate() {
-        let id: String = redis::cmd("XADD")
-            .arg(stream)
-            .arg(format!("1-{}", i + 1))
-            .arg("n")
-            .arg(1)
-            .query_async(&mut con)
-            .await
-            .expect("XADD");
-        added.push(id.parse().expect("an id"));
-    }
-    eventually(WAIT, "an entry of every stream handled", || {
-        let counts = seen.counts();
-        let done = added.iter().all(|id| counts.contains_key(id));
-        async move { done }
-    })
-    .await;
+    let added = add_one_to_each(&mut con, &streams).await;
+    seen.wait_for_all(&added).await;
     // One read for the three tagged streams on their master, one for each other stream on its
     // own (the replays' connections have closed).
     eventually(WAIT, "one read per slot", || {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use millrace::{Batch, EntryId, HandlerResult, RawEntry, Source};
 use millrace_testkit::RedisServer;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 
 pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
@@ -64,6 +64,15 @@ pub(crate) async fn xadd_n(
     ids.into_iter().map(|s| s.parse().unwrap()).collect()
 }
 
+/// `CLIENT LIST`: one line per client connection of the server.
+pub(crate) async fn client_list(con: &MultiplexedConnection) -> String {
+    redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut con.clone())
+        .await
+        .unwrap()
+}
+
 pub(crate) async fn create_group(con: &mut MultiplexedConnection, stream: &str, group: &str) {
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
@@ -78,7 +87,11 @@ pub(crate) async fn create_group(con: &mut MultiplexedConnection, stream: &str, 
 
 /// Total pending entries of a group; `u64::MAX` while the group or key does not exist, so a wait for
 /// "nothing pending" cannot pass before the consumer has even created its group.
-pub(crate) async fn pending(con: &mut MultiplexedConnection, stream: &str, group: &str) -> u64 {
+pub(crate) async fn pending<C: ConnectionLike + Send>(
+    con: &mut C,
+    stream: &str,
+    group: &str,
+) -> u64 {
     let r: redis::RedisResult<(u64, redis::Value, redis::Value, redis::Value)> =
         redis::cmd("XPENDING")
             .arg(stream)
@@ -89,28 +102,44 @@ pub(crate) async fn pending(con: &mut MultiplexedConnection, stream: &str, group
 }
 
 /// True when the group has been delivered everything in the stream and nothing is pending: the
-/// consumers are done, not merely not started.
-pub(crate) async fn drained(con: &mut MultiplexedConnection, stream: &str, group: &str) -> bool {
-    if pending(con, stream, group).await != 0 {
+/// consumers are done, not merely not started. The three facts come from one `MULTI`/`EXEC`, so
+/// they describe one moment: read in separate round trips, a consumer's read landing between
+/// "nothing pending" and "everything delivered" made both true while the entries it had just
+/// read were still pending (see `drained_is_not_fooled_by_a_read_between_its_checks`).
+pub(crate) async fn drained<C: ConnectionLike + Send>(
+    con: &mut C,
+    stream: &str,
+    group: &str,
+) -> bool {
+    type Fields = HashMap<String, redis::Value>;
+    let snapshot: redis::RedisResult<(
+        (u64, redis::Value, redis::Value, redis::Value),
+        Fields,
+        Vec<Fields>,
+    )> = redis::pipe()
+        .atomic()
+        .cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .cmd("XINFO")
+        .arg("STREAM")
+        .arg(stream)
+        .cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(con)
+        .await;
+    // An error: the key or the group does not exist (yet).
+    let Ok(((pending, ..), info, groups)) = snapshot else {
+        return false;
+    };
+    if pending != 0 {
         return false;
     }
-    let last: redis::RedisResult<std::collections::HashMap<String, redis::Value>> =
-        redis::cmd("XINFO")
-            .arg("STREAM")
-            .arg(stream)
-            .query_async(con)
-            .await;
-    let Ok(info) = last else { return false };
     let last_id = match info.get("last-generated-id") {
         Some(redis::Value::BulkString(b)) => EntryId::from_bytes(b),
         _ => None,
     };
-    let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(stream)
-        .query_async(con)
-        .await
-        .unwrap_or_default();
     let delivered = groups
         .iter()
         .find_map(|g| match (g.get("name"), g.get("last-delivered-id")) {
@@ -357,4 +386,95 @@ pub(crate) async fn client_setinfo_rule(con: &mut MultiplexedConnection) -> Opti
         Some(redis::Value::Nil) | None => None,
         Some(_) => Some("+client|setinfo"),
     }
+}
+
+/// The test's connection, with a consumer's read landing right after its first reply: what a
+/// consumer reading at that moment does to a check made in several round trips.
+struct ReadAfterFirstReply {
+    con: MultiplexedConnection,
+    consumer: MultiplexedConnection,
+    read: bool,
+}
+
+impl ReadAfterFirstReply {
+    /// `XREADGROUP GROUP g late STREAMS s >`, once.
+    async fn read_once(&mut self) {
+        if std::mem::replace(&mut self.read, true) {
+            return;
+        }
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("late")
+            .arg("STREAMS")
+            .arg("s")
+            .arg(">")
+            .query_async(&mut self.consumer)
+            .await
+            .unwrap();
+    }
+}
+
+impl ConnectionLike for ReadAfterFirstReply {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            let reply = self.con.req_packed_command(cmd).await;
+            self.read_once().await;
+            reply
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            let replies = self.con.req_packed_commands(pipeline, offset, count).await;
+            self.read_once().await;
+            replies
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.con.get_db()
+    }
+}
+
+/// `drained` must not pass while entries are pending: a read of new entries landing between the
+/// moment it sees "nothing pending" and the moment it sees "everything delivered" made it pass
+/// with the entries just read still pending (the handler had not seen them), and a test then
+/// reported them as acknowledged without being handled.
+#[tokio::test]
+async fn drained_is_not_fooled_by_a_read_between_its_checks() {
+    let (server, mut con) = server().await;
+    create_group(&mut con, "s", "g").await;
+    let ids = xadd_n(&mut con, "s", 5).await;
+    let mut racing = ReadAfterFirstReply {
+        con: con.clone(),
+        consumer: connect(&server).await,
+        read: false,
+    };
+    assert!(
+        !drained(&mut racing, "s", "g").await,
+        "drained while nothing was delivered yet"
+    );
+    assert!(racing.read, "the consumer's read did land");
+    assert_eq!(pending(&mut con, "s", "g").await, 5);
+    assert!(!drained(&mut con, "s", "g").await, "drained with 5 pending");
+    let _: u64 = redis::cmd("XACK")
+        .arg("s")
+        .arg("g")
+        .arg(&ids)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(
+        drained(&mut con, "s", "g").await,
+        "all delivered and acknowledged"
+    );
 }

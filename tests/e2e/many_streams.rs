@@ -294,23 +294,11 @@ async fn twenty_streams_are_read_on_one_connection() {
     .await;
     // This test's connection, the supervisor's control connection and the one shared read
     // (the streams' replays have closed their connections).
-    eventually(WAIT, "three connections", || {
-        let mut con = con.clone();
-        async move {
-            let list: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .query_async(&mut con)
-                .await
-                .unwrap();
-            list.lines().count() == 3
-        }
+    eventually(WAIT, "three connections", || async {
+        client_list(&con).await.lines().count() == 3
     })
     .await;
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let list = client_list(&con).await;
     assert_eq!(list.matches("cmd=xreadgroup").count(), 1, "{list}");
     app.shutdown().await.unwrap();
 }

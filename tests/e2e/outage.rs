@@ -2,7 +2,6 @@
 //! keeps the read size, is logged once per server (with the streams counted) rather than per
 //! stream, and health's `last_error` says when it happened and is cleared once reading resumes.
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -10,6 +9,7 @@ use millrace::{
     Batch, ConsumerId, ConsumerSpec, HandlerResult, MultiStreamSpec, RawEntry, StartId, Supervisor,
 };
 use millrace_testkit::{eventually, RedisServer};
+use millrace_tests::{assert_one_outage, tenant_streams, Logs};
 use redis::aio::MultiplexedConnection;
 
 use crate::common::*;
@@ -31,14 +31,10 @@ async fn kill_clients(con: &mut MultiplexedConnection) -> u64 {
 async fn kill_blocked_reader(con: &mut MultiplexedConnection) {
     let blocked = Arc::new(Mutex::new(None));
     eventually(WAIT, "a read blocked in XREADGROUP", || {
-        let mut con = con.clone();
+        let con = con.clone();
         let found = blocked.clone();
         async move {
-            let list: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .query_async(&mut con)
-                .await
-                .unwrap();
+            let list = client_list(&con).await;
             let mut found = found.lock().unwrap();
             *found = list
                 .lines()
@@ -123,46 +119,14 @@ async fn a_killed_read_connection_keeps_the_read_size() {
     app.shutdown().await.unwrap();
 }
 
-/// Captured log output.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-// The default test runtime runs every task on this thread, so the subscriber set here sees the
-// consumers' events.
+// The default test runtime runs every task on this thread, so the logs captured here are the
+// consumers'.
 #[tokio::test]
 async fn a_killed_connection_of_twenty_streams_is_logged_once_per_server() {
     let server = RedisServer::start();
     let mut con = connect(&server).await;
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer({
-            let captured = captured.clone();
-            move || captured.clone()
-        })
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let streams: Vec<String> = (0..20).map(|i| format!("tenant:{{{i}}}:events")).collect();
+    let logs = Logs::capture("info");
+    let streams = tenant_streams(20);
     let handled = Handled::default();
     let app = Supervisor::builder()
         .redis(server.url())
@@ -177,7 +141,7 @@ async fn a_killed_connection_of_twenty_streams_is_logged_once_per_server() {
         .await
         .unwrap();
     wait_running(&app).await;
-    let before = captured.lines().len();
+    let before = logs.mark();
     assert!(kill_clients(&mut con).await >= 1);
     let mut last = Vec::new();
     for s in &streams {
@@ -186,28 +150,11 @@ async fn a_killed_connection_of_twenty_streams_is_logged_once_per_server() {
     for (s, id) in &last {
         handled.wait_for(s, *id).await;
     }
-    eventually(WAIT, "the line that reading resumed", || {
-        let resumed = captured
-            .lines()
-            .iter()
-            .any(|l| l.contains("reading from the server resumed"));
-        async move { resumed }
-    })
-    .await;
-    let lines = captured.lines().split_off(before);
-    let count = |text: &str| lines.iter().filter(|l| l.contains(text)).count();
-    assert_eq!(count("mid-reply"), 0, "{lines:#?}");
-    assert_eq!(count("reading from the server stopped"), 1, "{lines:#?}");
-    assert_eq!(count("reading from the server resumed"), 1, "{lines:#?}");
-    let resumed = lines
-        .iter()
-        .find(|l| l.contains("reading from the server resumed"))
-        .unwrap();
-    assert!(resumed.contains("streams=20"), "{resumed}");
-    let warnings = count(" WARN ");
-    assert!(
-        warnings < streams.len(),
-        "{warnings} WARN lines for one outage of one server: {lines:#?}"
+    logs.wait_for("reading from the server resumed", WAIT).await;
+    assert_one_outage(
+        &logs.since(before),
+        "reading from the server stopped",
+        streams.len(),
     );
     app.shutdown().await.unwrap();
 }

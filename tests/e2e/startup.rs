@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use millrace::{ConsumerId, ConsumerSpec, ConsumerState, StartId, Supervisor};
 use millrace_testkit::{eventually, RedisServer};
+use millrace_tests::Logs;
 
 use crate::common::*;
 
@@ -100,40 +101,9 @@ async fn with_wait_for_redis_start_returns_and_the_consumer_reads_once_redis_is_
     app.shutdown().await.unwrap();
 }
 
-/// A log writer the test can read back.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn warnings_with(&self, text: &str) -> usize {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .filter(|l| l.contains("WARN") && l.contains(text))
-            .count()
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn an_outage_warns_once_when_it_begins_and_once_when_it_ends() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("millrace=info")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
+    let logs = Logs::capture("millrace=info");
     let mut server = RedisServer::start();
     let seen = Seen::default();
     let id = ConsumerId::new("s", "g", "c");
@@ -160,18 +130,22 @@ async fn an_outage_warns_once_when_it_begins_and_once_when_it_ends() {
     wait_handled(&seen, 3).await;
     app.shutdown().await.unwrap();
 
-    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let lines = logs.lines();
+    let count = |level: &str, text: &str| {
+        lines
+            .iter()
+            .filter(|l| l.contains(level) && l.contains(text))
+            .count()
+    };
     assert_eq!(
-        captured.warnings_with("reading from the server stopped"),
+        count("WARN", "reading from the server stopped"),
         1,
-        "one warning when the outage begins:\n{logs}"
+        "one warning when the outage begins:\n{lines:#?}"
     );
     assert_eq!(
-        logs.lines()
-            .filter(|l| l.contains("INFO") && l.contains("reading from the server resumed"))
-            .count(),
+        count("INFO", "reading from the server resumed"),
         1,
-        "one line when it ends:\n{logs}"
+        "one line when it ends:\n{lines:#?}"
     );
 }
 

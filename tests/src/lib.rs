@@ -1,8 +1,12 @@
 //! Shared helpers for the end-to-end tests (most live in `e2e/` and `cluster/`); here, what both
-//! test binaries need: the example programs they run as worker processes.
+//! test binaries need: the example programs they run as worker processes, and captured logs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+mod logs;
+
+pub use logs::{assert_one_outage, tenant_streams, Logs};
 
 /// The example program `name` (from the `millrace-examples` package) next to the calling test
 /// binary, built or brought up to date first, so a test never runs a stale build of it (cargo

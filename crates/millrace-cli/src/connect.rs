@@ -1,17 +1,25 @@
 //! Connecting to Redis through the library's connection (`millrace::__cli`), with the URL redacted
-//! in every message, and checking what a key holds.
+//! in every message: where the commands go ([`Endpoint`]) and the connection they run on
+//! ([`Redis`]). Opening it is in `open`, what a key holds in `keys`.
 
 use std::path::Path;
 use std::time::Duration;
 
-use millrace::__cli::answers_plain_resp;
 use millrace::__cli::redact_url as redact;
 pub(crate) use millrace::__cli::Connection;
-use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use redis::{Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo, RedisError, Value};
+use redis::{Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo, RedisError};
 
 use crate::error::{self, CliError, Result};
 use crate::key::Key;
+
+mod keys;
+mod open;
+
+pub(crate) use keys::{is_missing, no_such_stream, wrong_type, KeyState};
+use open::{
+    cluster_connection, connect_error, explain_connect_error, not_tls, open_client,
+    plain_text_behind_tls,
+};
 
 /// How long to wait for a TCP (and TLS) connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -279,269 +287,4 @@ impl Redis {
     pub(crate) fn error(&self, e: &RedisError) -> CliError {
         error::from_redis(e, &self.target)
     }
-
-    /// `TYPE key`: `none`, `string`, `stream`, ...
-    pub(crate) async fn key_type(&mut self, key: &[u8]) -> Result<String> {
-        let v: Value = self.query(redis::cmd("TYPE").arg(key)).await?;
-        Ok(crate::value::text(&v).unwrap_or_default())
-    }
-
-    /// What `key` is: a stream, nothing, or something else.
-    pub(crate) async fn stream_state(&mut self, key: &Key) -> Result<KeyState> {
-        Ok(match self.key_type(key.as_bytes()).await?.as_str() {
-            "stream" => KeyState::Stream,
-            "none" => KeyState::Missing,
-            other => KeyState::Other(other.to_owned()),
-        })
-    }
-
-    /// Fails with a clear message unless `key` holds a stream.
-    pub(crate) async fn require_stream(&mut self, key: &Key) -> Result<()> {
-        match self.stream_state(key).await? {
-            KeyState::Stream => Ok(()),
-            KeyState::Missing => Err(no_such_stream(key)),
-            KeyState::Other(t) => Err(wrong_type(key, &t)),
-        }
-    }
-
-    /// Explains a `NOGROUP` (or `ERR no such key`) reply for `stream`/`group`.
-    pub(crate) async fn explain_missing(&mut self, stream: &Key, group: &Key) -> CliError {
-        match self.stream_state(stream).await {
-            Ok(KeyState::Missing) => no_such_stream(stream),
-            Ok(KeyState::Other(t)) => wrong_type(stream, &t),
-            Ok(KeyState::Stream) => no_such_group(stream, group),
-            Err(e) => e,
-        }
-    }
-
-    /// Runs a command on `stream`/`group`, explaining NOGROUP, WRONGTYPE and missing keys.
-    pub(crate) async fn group_query<T: FromRedisValue>(
-        &mut self,
-        cmd: &Cmd,
-        stream: &Key,
-        group: &Key,
-    ) -> Result<T> {
-        match self.raw(cmd).await {
-            Ok(v) => Ok(v),
-            Err(e) if is_missing(&e) => Err(self.explain_missing(stream, group).await),
-            Err(e) => Err(self.error(&e)),
-        }
-    }
-}
-
-/// What a key holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum KeyState {
-    /// A stream.
-    Stream,
-    /// Nothing.
-    Missing,
-    /// Another type, named as `TYPE` does.
-    Other(String),
-}
-
-/// True for the replies Redis gives for a missing key, a missing group, or a wrong key type.
-pub(crate) fn is_missing(e: &RedisError) -> bool {
-    match error::code(e) {
-        Some("NOGROUP" | "WRONGTYPE") => true,
-        Some("ERR") => e
-            .detail()
-            .is_some_and(|d| d.to_ascii_lowercase().contains("no such key")),
-        _ => false,
-    }
-}
-
-/// "no such stream" with a hint.
-pub(crate) fn no_such_stream(key: &Key) -> CliError {
-    CliError::runtime(format!(
-        "no such stream `{key}`; list the streams with `millrace streams`"
-    ))
-}
-
-/// "key is a string, not a stream".
-pub(crate) fn wrong_type(key: &Key, actual: &str) -> CliError {
-    CliError::runtime(format!("key `{key}` is a {actual}, not a stream"))
-}
-
-/// "group does not exist" with a hint.
-pub(crate) fn no_such_group(stream: &Key, group: &Key) -> CliError {
-    CliError::runtime(format!(
-        "group `{group}` does not exist on stream `{stream}`; list its groups with `millrace groups {stream}`"
-    ))
-}
-
-/// Connects to a cluster through `opener`'s seeds, waiting up to `response` for each reply.
-async fn cluster_connection(
-    opener: &Opener,
-    response: Duration,
-    target: &str,
-) -> Result<Connection> {
-    let Opener::Cluster { seeds, ca_cert } = opener else {
-        return Err(CliError::runtime("not a cluster"));
-    };
-    let client = cluster_client(seeds, ca_cert.as_deref(), response, target)?;
-    Connection::cluster(client)
-        .await
-        .map_err(|e| cluster_connect_error(&e, target))
-}
-
-/// Explains a failed first connection to a cluster.
-fn cluster_connect_error(e: &RedisError, target: &str) -> CliError {
-    if e.to_string().contains("cluster support disabled") {
-        return CliError::runtime(format!(
-            "{target} is not a Redis Cluster: the server answered that cluster support is \
-             disabled; for one server use --redis (or REDIS_URL)"
-        ));
-    }
-    if e.to_string().contains("certificate") {
-        return CliError::runtime(format!(
-            "TLS to {target} failed: {e}; if the nodes' certificates are signed by a private CA, \
-             give that CA with --tls-ca-cert FILE (or MILLRACE_TLS_CA_CERT)"
-        ));
-    }
-    if e.is_io_error() && !e.is_timeout() {
-        return CliError::runtime(format!(
-            "cannot connect to any node of {target}: {e}; are the nodes running? Point \
-             --redis-cluster (or REDIS_CLUSTER_URLS) at them"
-        ));
-    }
-    error::from_redis(e, target)
-}
-
-/// A cluster client for `seeds`, trusting `ca_cert` too when given.
-fn cluster_client(
-    seeds: &[redis::ConnectionInfo],
-    ca_cert: Option<&[u8]>,
-    response: Duration,
-    target: &str,
-) -> Result<ClusterClient> {
-    let tls = seeds
-        .iter()
-        .any(|s| matches!(s.addr(), ConnectionAddr::TcpTls { .. }));
-    let builder = ClusterClientBuilder::new(seeds.to_vec())
-        .connection_timeout(CONNECT_TIMEOUT)
-        .response_timeout(response);
-    #[cfg(feature = "tls")]
-    let builder = {
-        if tls {
-            millrace::install_tls_provider();
-        }
-        match ca_cert {
-            Some(pem) => builder.certs(redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem.to_vec()),
-            }),
-            None => builder,
-        }
-    };
-    #[cfg(not(feature = "tls"))]
-    if tls || ca_cert.is_some() {
-        return Err(CliError::usage(format!(
-            "{target} needs TLS, and this millrace was built without it; build it with the \
-             default features (`cargo install millrace-cli`)"
-        )));
-    }
-    builder.build().map_err(|e| error::from_redis(&e, target))
-}
-
-/// A client for `url`, trusting `ca_cert` too when given.
-#[cfg(feature = "tls")]
-fn open_client(url: &str, ca_cert: Option<&Path>, target: &str) -> Result<redis::Client> {
-    millrace::install_tls_provider();
-    let client = match ca_cert {
-        None => redis::Client::open(url),
-        Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| {
-                CliError::usage(format!(
-                    "cannot read the CA certificate {}: {e}",
-                    path.display()
-                ))
-            })?;
-            redis::Client::build_with_tls(
-                url,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem),
-                },
-            )
-        }
-    };
-    client.map_err(|e| error::from_redis(&e, target))
-}
-
-/// A client for `url`; this build has no TLS, so `rediss://` and a CA certificate are refused.
-#[cfg(not(feature = "tls"))]
-fn open_client(url: &str, ca_cert: Option<&Path>, target: &str) -> Result<redis::Client> {
-    if ca_cert.is_some() || url.starts_with("rediss:") {
-        return Err(CliError::usage(format!(
-            "{target} needs TLS, and this millrace was built without it; build it with the \
-             default features (`cargo install millrace-cli`)"
-        )));
-    }
-    redis::Client::open(url).map_err(|e| error::from_redis(&e, target))
-}
-
-/// Explains a failed first connection. A TLS handshake with a server that speaks plain RESP never
-/// completes (the server waits for the end of a command line), so a failed `rediss://` connection
-/// is followed by a plain `PING`: when that is answered, the server does not speak TLS there.
-async fn explain_connect_error(client: &redis::Client, e: &RedisError, target: &str) -> CliError {
-    if e.is_connection_refusal() {
-        return connect_error(e, target);
-    }
-    match client.get_connection_info().addr() {
-        ConnectionAddr::TcpTls { host, port, .. } => {
-            if answers_plain_resp(host, *port).await {
-                return not_tls(target);
-            }
-            if e.to_string().contains("certificate") {
-                return CliError::runtime(format!(
-                    "TLS to {target} failed: {e}; if the server's certificate is signed by a \
-                     private CA, give that CA with --tls-ca-cert FILE (or MILLRACE_TLS_CA_CERT)"
-                ));
-            }
-        }
-        ConnectionAddr::Tcp(..) if e.is_io_error() && !e.is_timeout() => {
-            return CliError::runtime(format!(
-                "cannot connect to Redis at {target}: {e}; is the server running, and does that \
-                 port speak plain RESP? For a TLS port use rediss://"
-            ));
-        }
-        _ => {}
-    }
-    connect_error(e, target)
-}
-
-/// How long a TLS handshake may take before the port is asked whether it speaks plain RESP.
-const TLS_PROBE_AFTER: Duration = Duration::from_secs(1);
-
-/// Resolves when a `rediss://` server has not finished the TLS handshake within
-/// [`TLS_PROBE_AFTER`] and answers a plain-text `PING`; never otherwise. Such a server waits for
-/// the end of a command line that the handshake never sends, so waiting for the connect timeout
-/// would only delay the error.
-async fn plain_text_behind_tls(client: &redis::Client) {
-    if let ConnectionAddr::TcpTls { host, port, .. } = client.get_connection_info().addr() {
-        tokio::time::sleep(TLS_PROBE_AFTER).await;
-        if answers_plain_resp(host, *port).await {
-            return;
-        }
-    }
-    std::future::pending().await
-}
-
-/// "does not speak TLS".
-fn not_tls(target: &str) -> CliError {
-    CliError::runtime(format!(
-        "the server at {target} does not speak TLS: it answered a plain-text PING on that port; \
-         use redis:// instead of rediss://, or the server's TLS port"
-    ))
-}
-
-fn connect_error(e: &RedisError, target: &str) -> CliError {
-    if e.is_io_error() && !e.is_timeout() {
-        return CliError::runtime(format!(
-            "cannot connect to Redis at {target}: {e}; is the server running? Point --redis (or \
-             REDIS_URL) at it, or --redis-cluster (or REDIS_CLUSTER_URLS) at a cluster's nodes"
-        ));
-    }
-    error::from_redis(e, target)
 }

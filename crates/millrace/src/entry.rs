@@ -137,6 +137,9 @@ impl redis::ToRedisArgs for EntryId {
 
 impl redis::ToSingleRedisArg for EntryId {}
 
+/// One raw entry with its delivery count, as a read or a claim delivered it, ready to decode.
+pub(crate) type DeliveredEntry = (RawEntry, Option<u64>);
+
 /// A stream entry exactly as stored: its id and its field/value pairs as bytes,
 /// in the order they were added, duplicates kept.
 ///

@@ -12,7 +12,8 @@ use futures::FutureExt;
 
 use crate::decode::{Decode, DecodeError};
 use crate::entry::{
-    Batch, BatchMeta, DeadLetterRequests, Entry, EntryId, RawEntry, RetryRequests, Source,
+    Batch, BatchMeta, DeadLetterRequests, DeliveredEntry, Entry, EntryId, RawEntry, RetryRequests,
+    Source,
 };
 
 /// Why a handler failed a batch or an entry. Built from any error type with `?` or `.into()`, or from
@@ -183,9 +184,6 @@ pub(crate) struct RunReport {
     /// Entries the handler asked to have back after a delay.
     pub(crate) retries: Vec<(EntryId, Duration)>,
 }
-
-/// One raw entry with its delivery count, ready to decode.
-pub(crate) type DeliveredEntry = (RawEntry, Option<u64>);
 
 /// A handler with its message type erased, so one supervisor runs consumers of many types.
 pub(crate) trait BatchRunner: Send + Sync + 'static {

@@ -17,53 +17,29 @@
 //! On a terminal the view runs on the alternate screen (the shell's screen comes back on exit) and
 //! is redrawn in place, line by line, so it does not flicker; `q` or Esc quits, keys `1`-`9` sort by
 //! a column. Elsewhere (a pipe, `--json`) each refresh is printed after the last.
+//!
+//! Here the samples and the snapshot made of two; the screen is in `screen`, the table and the
+//! printing in `table`, the pattern's header in `pattern`.
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::io::IsTerminal;
+use std::time::Instant;
 
-use crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use crossterm::{cursor, queue, terminal};
 use serde::Serialize;
-use tokio::sync::mpsc;
 
-use crate::cli::{SortBy, TopArgs};
+use crate::cli::TopArgs;
 use crate::connect::Redis;
 use crate::error::{CliError, Result};
 use crate::info::{self, GroupInfo, StreamInfo};
-use crate::render::{self, escape, opt, Align, JsonBytes, Table};
+use crate::render::{self, JsonBytes};
 
 mod pattern;
+mod screen;
+mod table;
+
 use pattern::{PatternSummary, SkippedKey};
-
-/// The table's columns, in order, with the sort key each stands for.
-const COLUMNS: [(&str, Align, SortBy); 10] = [
-    ("STREAM", Align::Left, SortBy::Stream),
-    ("LENGTH", Align::Right, SortBy::Length),
-    ("IN/S", Align::Right, SortBy::In),
-    ("DLQ", Align::Right, SortBy::Dlq),
-    ("GROUP", Align::Left, SortBy::Stream),
-    ("CONSUMERS", Align::Right, SortBy::Consumers),
-    ("PENDING", Align::Right, SortBy::Pending),
-    ("OLDEST-IDLE", Align::Right, SortBy::OldestIdle),
-    ("LAG", Align::Right, SortBy::Lag),
-    ("READ/S", Align::Right, SortBy::Read),
-];
-
-/// The sort keys behind keys `1`-`9` on the screen, in column order.
-const SORT_KEYS: [SortBy; 9] = [
-    SortBy::Stream,
-    SortBy::Length,
-    SortBy::In,
-    SortBy::Dlq,
-    SortBy::Consumers,
-    SortBy::Pending,
-    SortBy::OldestIdle,
-    SortBy::Lag,
-    SortBy::Read,
-];
+use screen::run_on_screen;
+use table::print;
 
 #[derive(Debug)]
 struct Sample {
@@ -143,126 +119,6 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &TopArgs) -> Result
             return Ok(());
         }
         prev = cur;
-    }
-}
-
-/// The terminal in raw mode on the alternate screen, for as long as this lives (also after an
-/// error or a panic, since the screen is restored on drop).
-struct Screen {
-    stop_keys: Arc<AtomicBool>,
-}
-
-impl Screen {
-    fn enter() -> Result<(Screen, mpsc::Receiver<KeyEvent>)> {
-        terminal::enable_raw_mode()?;
-        let screen = Screen {
-            stop_keys: Arc::new(AtomicBool::new(false)),
-        };
-        let mut out = std::io::stdout();
-        queue!(out, terminal::EnterAlternateScreen, cursor::Hide)?;
-        out.flush()?;
-        // Keys are read on a thread of their own: crossterm's reads block.
-        let (tx, rx) = mpsc::channel(16);
-        let stop = screen.stop_keys.clone();
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                match crossterm::event::poll(Duration::from_millis(100)) {
-                    Ok(false) => {}
-                    Ok(true) => match crossterm::event::read() {
-                        Ok(Event::Key(key)) if key.kind != KeyEventKind::Release => {
-                            if tx.blocking_send(key).is_err() {
-                                return;
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(_) => return,
-                    },
-                    Err(_) => return,
-                }
-            }
-        });
-        Ok((screen, rx))
-    }
-
-    /// Redraws in place: every line is overwritten and cleared to its end, then the rest of the
-    /// screen is cleared, so nothing is ever blanked first.
-    fn draw(&self, text: &str) -> Result<()> {
-        // A terminal that does not report its size (0 x 0) gets every line, uncut.
-        let (width, height) = match terminal::size() {
-            Ok((w, h)) if w > 0 && h > 0 => (w, h),
-            _ => (u16::MAX, u16::MAX),
-        };
-        let mut out = std::io::stdout().lock();
-        for (row, line) in text.lines().take(usize::from(height)).enumerate() {
-            let line: String = line.chars().take(usize::from(width)).collect();
-            queue!(
-                out,
-                cursor::MoveTo(0, u16::try_from(row).unwrap_or(u16::MAX)),
-                crossterm::style::Print(line),
-                terminal::Clear(terminal::ClearType::UntilNewLine)
-            )?;
-        }
-        queue!(out, terminal::Clear(terminal::ClearType::FromCursorDown))?;
-        out.flush()?;
-        Ok(())
-    }
-}
-
-impl Drop for Screen {
-    fn drop(&mut self) {
-        self.stop_keys.store(true, Ordering::Relaxed);
-        let mut out = std::io::stdout();
-        let _ = queue!(out, cursor::Show, terminal::LeaveAlternateScreen);
-        let _ = out.flush();
-        let _ = terminal::disable_raw_mode();
-    }
-}
-
-/// What a key asks for.
-enum KeyAction {
-    Quit,
-    Interrupt,
-    Sort(SortBy),
-    Nothing,
-}
-
-fn key_action(key: &KeyEvent) -> KeyAction {
-    match key.code {
-        KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => KeyAction::Interrupt,
-        KeyCode::Char('q') | KeyCode::Esc => KeyAction::Quit,
-        KeyCode::Char(c @ '1'..='9') => {
-            let i = usize::from(c as u8 - b'1');
-            KeyAction::Sort(SORT_KEYS[i])
-        }
-        _ => KeyAction::Nothing,
-    }
-}
-
-async fn run_on_screen(redis: &mut Redis, args: &TopArgs) -> Result<()> {
-    let mut sort = args.sort;
-    let mut prev = sample(redis, args).await?;
-    // Ctrl-C arrives as a key in raw mode; a SIGINT from elsewhere must restore the screen too.
-    let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
-    let (screen, mut keys) = Screen::enter()?;
-    let mut snap = snapshot(None, &prev, args);
-    let mut next = Instant::now() + args.interval;
-    loop {
-        screen.draw(&screen_text(redis, args, sort, &snap))?;
-        tokio::select! {
-            _ = tokio::time::sleep_until(next.into()) => {
-                next = Instant::now() + args.interval;
-                let cur = sample(redis, args).await?;
-                snap = snapshot(Some(&prev), &cur, args);
-                prev = cur;
-            }
-            _ = &mut ctrl_c => return Err(CliError::interrupted()),
-            key = keys.recv() => match key.as_ref().map(key_action) {
-                None | Some(KeyAction::Quit) => return Ok(()),
-                Some(KeyAction::Interrupt) => return Err(CliError::interrupted()),
-                Some(KeyAction::Sort(by)) => sort = by,
-                Some(KeyAction::Nothing) => {}
-            },
-        }
     }
 }
 
@@ -388,160 +244,6 @@ fn snapshot(prev: Option<&Sample>, cur: &Sample, args: &TopArgs) -> Snapshot {
     }
 }
 
-/// One table row: a group of a stream, or a stream without groups.
-struct Line<'a> {
-    stream: &'a StreamRow,
-    group: Option<&'a GroupRow>,
-}
-
-impl Line<'_> {
-    /// The value sorted on, for the numeric columns.
-    fn number(&self, by: SortBy) -> Option<f64> {
-        let g = self.group;
-        let n = |v: Option<u64>| v.map(|v| v as f64);
-        match by {
-            SortBy::Stream => None,
-            SortBy::Length => n(Some(self.stream.length)),
-            SortBy::In => self.stream.added_per_sec,
-            SortBy::Dlq => n(self.stream.dead_letters),
-            SortBy::Consumers => n(g.map(|g| g.consumers)),
-            SortBy::Pending => n(g.map(|g| g.pending)),
-            SortBy::OldestIdle => n(g.and_then(|g| g.oldest_pending_idle_ms)),
-            SortBy::Lag => n(g.and_then(|g| g.lag)),
-            SortBy::Read => g.and_then(|g| g.read_per_sec),
-        }
-    }
-
-    fn names(&self) -> (&[u8], &[u8]) {
-        (
-            &self.stream.stream.0,
-            self.group.map_or(&[][..], |g| &g.group.0),
-        )
-    }
-}
-
-/// The rows in `sort` order: names A to Z, numbers largest first (unknown last), then by name.
-fn lines(snap: &Snapshot, sort: SortBy) -> Vec<Line<'_>> {
-    let mut lines: Vec<Line<'_>> = snap
-        .streams
-        .iter()
-        .flat_map(|s| {
-            let groups: Vec<Option<&GroupRow>> = if s.groups.is_empty() {
-                vec![None]
-            } else {
-                s.groups.iter().map(Some).collect()
-            };
-            groups
-                .into_iter()
-                .map(move |group| Line { stream: s, group })
-        })
-        .collect();
-    lines.sort_by(|a, b| {
-        let by_value = match (a.number(sort), b.number(sort)) {
-            (Some(x), Some(y)) => y.total_cmp(&x),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => std::cmp::Ordering::Equal,
-        };
-        by_value.then_with(|| a.names().cmp(&b.names()))
-    });
-    lines
-}
-
-fn table(snap: &Snapshot, sort: SortBy) -> String {
-    let per_sec = |r: Option<f64>| r.map_or_else(|| "?".to_owned(), |r| format!("{r:.1}"));
-    let headers: Vec<(String, Align)> = COLUMNS
-        .iter()
-        .map(|(name, align, by)| {
-            let marked = *by == sort && *name != "GROUP";
-            (
-                if marked {
-                    format!("{name}▼")
-                } else {
-                    (*name).to_owned()
-                },
-                *align,
-            )
-        })
-        .collect();
-    let mut columns: Vec<(&str, Align)> = headers.iter().map(|(h, a)| (h.as_str(), *a)).collect();
-    // On a cluster, which master holds each stream, right after its name.
-    let cluster = snap.streams.iter().any(|s| s.master.is_some());
-    if cluster {
-        columns.insert(1, ("MASTER", Align::Left));
-    }
-    let mut table = Table::new(&columns);
-    for line in lines(snap, sort) {
-        let s = line.stream;
-        let mut row = vec![
-            escape(&s.stream.0),
-            s.length.to_string(),
-            per_sec(s.added_per_sec),
-            s.dead_letters
-                .map_or_else(|| "-".to_owned(), |n| n.to_string()),
-        ];
-        if cluster {
-            row.insert(1, opt(s.master.as_deref()));
-        }
-        match line.group {
-            None => row.push("-".to_owned()),
-            Some(g) => row.extend([
-                escape(&g.group.0),
-                g.consumers.to_string(),
-                g.pending.to_string(),
-                g.oldest_pending_idle_ms
-                    .map_or_else(|| "-".to_owned(), render::millis),
-                opt(g.lag),
-                per_sec(g.read_per_sec),
-            ]),
-        }
-        table.row(row);
-    }
-    table.render()
-}
-
-fn screen_text(redis: &Redis, args: &TopArgs, sort: SortBy, snap: &Snapshot) -> String {
-    let mut text = format!(
-        "millrace top  {}  every {}  (q quit, 1-9 sort)\n\n",
-        redis.target,
-        render::duration(args.interval),
-    );
-    if let Some(pattern) = &snap.pattern {
-        text.push_str(&format!("{}\n\n", pattern.line()));
-    }
-    if snap.streams.is_empty() {
-        text.push_str("no streams\n");
-    } else {
-        text.push_str(&table(snap, sort));
-    }
-    text
-}
-
-fn print(redis: &Redis, json: bool, args: &TopArgs, snap: &Snapshot) -> Result<()> {
-    if json {
-        return if args.once {
-            render::json(snap)
-        } else {
-            render::json_line(snap)
-        };
-    }
-    let mut text = format!(
-        "millrace top  {}  every {}{}\n\n",
-        redis.target,
-        render::duration(args.interval),
-        if args.once { "" } else { "  (Ctrl-C to quit)" }
-    );
-    if let Some(pattern) = &snap.pattern {
-        text.push_str(&format!("{}\n\n", pattern.line()));
-    }
-    if snap.streams.is_empty() {
-        text.push_str("no streams\n");
-    } else {
-        text.push_str(&table(snap, args.sort));
-    }
-    render::out(&text)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -552,76 +254,5 @@ mod tests {
         assert_eq!(rate(None, Some(30), 2.0), None);
         assert_eq!(rate(Some(30), Some(10), 2.0), None);
         assert_eq!(rate(Some(1), Some(2), 0.0), None);
-    }
-
-    fn group(name: &str, pending: u64, idle: Option<u64>) -> GroupRow {
-        GroupRow {
-            group: JsonBytes(name.into()),
-            consumers: 1,
-            pending,
-            oldest_pending_idle_ms: idle,
-            lag: None,
-            entries_read: None,
-            read_per_sec: None,
-        }
-    }
-
-    fn stream(name: &str, length: u64, groups: Vec<GroupRow>) -> StreamRow {
-        StreamRow {
-            stream: JsonBytes(name.into()),
-            master: None,
-            length,
-            entries_added: None,
-            added_per_sec: None,
-            dead_letters: None,
-            groups,
-        }
-    }
-
-    #[test]
-    fn rows_sort_by_the_chosen_column_largest_first() {
-        let snap = Snapshot {
-            interval_ms: 1000,
-            pattern: None,
-            streams: vec![
-                stream("a", 5, vec![group("g1", 1, Some(10)), group("g2", 7, None)]),
-                stream("b", 9, vec![group("g", 3, Some(500))]),
-                stream("c", 1, vec![]),
-            ],
-        };
-        let order = |by| {
-            lines(&snap, by)
-                .iter()
-                .map(|l| {
-                    let (s, g) = l.names();
-                    format!(
-                        "{}/{}",
-                        String::from_utf8_lossy(s),
-                        String::from_utf8_lossy(g)
-                    )
-                })
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(order(SortBy::Stream), ["a/g1", "a/g2", "b/g", "c/"]);
-        assert_eq!(order(SortBy::Pending), ["a/g2", "b/g", "a/g1", "c/"]);
-        assert_eq!(order(SortBy::OldestIdle), ["b/g", "a/g1", "a/g2", "c/"]);
-        assert_eq!(order(SortBy::Length), ["b/g", "a/g1", "a/g2", "c/"]);
-    }
-
-    #[test]
-    fn keys_quit_interrupt_and_sort() {
-        let key = |code, modifiers| KeyEvent::new(code, modifiers);
-        assert!(matches!(
-            key_action(&key(KeyCode::Char('q'), KeyModifiers::NONE)),
-            KeyAction::Quit
-        ));
-        assert!(matches!(
-            key_action(&key(KeyCode::Char('c'), KeyModifiers::CONTROL)),
-            KeyAction::Interrupt
-        ));
-        assert!(matches!(
-            key_action(&key(KeyCode::Char('6'), KeyModifiers::NONE)),
-            KeyAction::Sort(SortBy::Pending)
-        ));
     }
 }

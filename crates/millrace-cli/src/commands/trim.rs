@@ -10,6 +10,7 @@
 //! entry at or below it), so a group that changed during the walk (a new group at `0`,
 //! `XGROUP SETID` backwards) cannot lose entries.
 
+use millrace::streams::reply::PendingRow;
 use millrace::streams::{successor, trim_if_processed, TrimVerdict};
 use millrace::EntryId;
 use redis::Value;
@@ -18,12 +19,12 @@ use serde::Serialize;
 use crate::cli::TrimArgs;
 use crate::connect::Redis;
 use crate::error::{CliError, Result};
-use crate::info;
+use crate::info::{self, GroupInfo};
 use crate::key::Key;
 use crate::render::{self, escape, Align, JsonBytes, Table};
 
 /// Entries per XRANGE/XPENDING page.
-const PAGE: u64 = 1000;
+pub(super) const PAGE: u64 = 1000;
 
 #[derive(Debug, Serialize)]
 struct GroupCheck {
@@ -59,12 +60,7 @@ struct TrimReport {
 /// Trims the stream (or says why not).
 pub(crate) async fn run(redis: &mut Redis, json: bool, args: &TrimArgs) -> Result<()> {
     let stream = &args.stream;
-    redis.require_stream(stream).await?;
-    let length = info::stream(redis, stream.as_bytes())
-        .await?
-        .map(|s| s.length)
-        .unwrap_or_default();
-    let groups = info::groups(redis, stream.as_bytes()).await?;
+    let (length, groups) = length_and_groups(redis, stream).await?;
 
     // How many entries go, and where the walk stops.
     let (budget, end) = match (args.maxlen, args.minid) {
@@ -83,20 +79,7 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &TrimArgs) -> Resul
     let mut start = "-".to_owned();
     while budget.is_none_or(|b| remove < b) {
         let want = budget.map_or(PAGE, |b| (b - remove).min(PAGE));
-        let reply: Value = redis
-            .query(
-                redis::cmd("XRANGE")
-                    .arg(stream)
-                    .arg(&start)
-                    .arg(&end)
-                    .arg("COUNT")
-                    .arg(want),
-            )
-            .await?;
-        let ids: Vec<EntryId> = millrace::streams::reply::parse_entries(reply)
-            .iter()
-            .filter_map(|item| item.id())
-            .collect();
+        let ids = range(redis, stream, &start, &end, want).await?;
         for id in &ids {
             first.get_or_insert(*id);
             last = Some(*id);
@@ -157,20 +140,7 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &TrimArgs) -> Resul
                 )
                 .await?;
         } else {
-            let verdict = trim_if_processed(redis.conn(), stream, cut)
-                .await
-                .map_err(|e| redis.error(&e))?;
-            match verdict {
-                TrimVerdict::Trimmed(n) => report.removed = n,
-                TrimVerdict::Undelivered(group) | TrimVerdict::Pending(group) => {
-                    return Err(CliError::refused(format!(
-                        "not trimming `{stream}`: group `{}` changed while the entries were \
-                         checked and would now lose some; run the command again",
-                        escape(&group)
-                    )));
-                }
-                _ => {}
-            }
+            report.removed = checked_trim(redis, stream, cut).await?;
         }
     }
 
@@ -200,17 +170,7 @@ async fn pending_up_to(
     let mut oldest = None;
     let mut start = "-".to_owned();
     loop {
-        let reply: Value = redis
-            .query(
-                redis::cmd("XPENDING")
-                    .arg(stream)
-                    .arg(group)
-                    .arg(&start)
-                    .arg(cut)
-                    .arg(PAGE),
-            )
-            .await?;
-        let rows = millrace::streams::reply::parse_pending(reply);
+        let rows = pending(redis, stream, group, &start, &cut.to_string(), PAGE).await?;
         let n = rows.len() as u64;
         if let Some(first) = rows.first() {
             oldest.get_or_insert(first.id);
@@ -220,6 +180,85 @@ async fn pending_up_to(
             Some(row) if n == PAGE => start = format!("({}", row.id),
             _ => return Ok((count, oldest)),
         }
+    }
+}
+
+/// The length of `stream` and its consumer groups; an error when it is no stream.
+pub(super) async fn length_and_groups(
+    redis: &mut Redis,
+    stream: &Key,
+) -> Result<(u64, Vec<GroupInfo>)> {
+    redis.require_stream(stream).await?;
+    let length = info::stream(redis, stream.as_bytes())
+        .await?
+        .map(|s| s.length)
+        .unwrap_or_default();
+    let groups = info::groups(redis, stream.as_bytes()).await?;
+    Ok((length, groups))
+}
+
+/// One `XRANGE stream start end COUNT count` page: the entries' ids.
+pub(super) async fn range(
+    redis: &mut Redis,
+    stream: &Key,
+    start: &str,
+    end: &str,
+    count: u64,
+) -> Result<Vec<EntryId>> {
+    let reply: Value = redis
+        .query(
+            redis::cmd("XRANGE")
+                .arg(stream)
+                .arg(start)
+                .arg(end)
+                .arg("COUNT")
+                .arg(count),
+        )
+        .await?;
+    Ok(millrace::streams::reply::parse_entries(reply)
+        .iter()
+        .filter_map(|item| item.id())
+        .collect())
+}
+
+/// One `XPENDING stream group start end count` page.
+pub(super) async fn pending(
+    redis: &mut Redis,
+    stream: &Key,
+    group: &[u8],
+    start: &str,
+    end: &str,
+    count: u64,
+) -> Result<Vec<PendingRow>> {
+    let reply: Value = redis
+        .query(
+            redis::cmd("XPENDING")
+                .arg(stream)
+                .arg(group)
+                .arg(start)
+                .arg(end)
+                .arg(count),
+        )
+        .await?;
+    Ok(millrace::streams::reply::parse_pending(reply))
+}
+
+/// The library's checked trim of every entry up to `cut`: how many it removed, or a refusal when a
+/// group changed since the entries were checked and would now lose some.
+pub(super) async fn checked_trim(redis: &mut Redis, stream: &Key, cut: EntryId) -> Result<u64> {
+    let verdict = trim_if_processed(redis.conn(), stream, cut)
+        .await
+        .map_err(|e| redis.error(&e))?;
+    match verdict {
+        TrimVerdict::Trimmed(n) => Ok(n),
+        TrimVerdict::Undelivered(group) | TrimVerdict::Pending(group) => {
+            Err(CliError::refused(format!(
+                "not trimming `{stream}`: group `{}` changed while the entries were checked and \
+                 would now lose some; run the command again",
+                escape(&group)
+            )))
+        }
+        _ => Ok(0),
     }
 }
 

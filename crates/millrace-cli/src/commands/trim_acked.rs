@@ -12,7 +12,7 @@
 //! them all as acknowledged).
 
 use millrace::capabilities::ServerInfo;
-use millrace::streams::{successor, trim_if_processed, TrimVerdict};
+use millrace::streams::successor;
 use millrace::EntryId;
 use redis::Value;
 use serde::Serialize;
@@ -20,9 +20,10 @@ use serde::Serialize;
 use crate::cli::TrimArgs;
 use crate::connect::Redis;
 use crate::error::{CliError, Result};
-use crate::info;
 use crate::key::Key;
-use crate::render::{self, escape, JsonBytes};
+use crate::render::{self, JsonBytes};
+
+use super::trim::{checked_trim, length_and_groups, pending, range, PAGE};
 
 #[derive(Debug, Serialize)]
 struct AckedReport {
@@ -45,12 +46,7 @@ struct AckedReport {
 /// Trims `args.stream` to what some group has not acknowledged yet.
 pub(crate) async fn run(redis: &mut Redis, json: bool, args: &TrimArgs) -> Result<()> {
     let stream = &args.stream;
-    redis.require_stream(stream).await?;
-    let length = info::stream(redis, stream.as_bytes())
-        .await?
-        .map(|s| s.length)
-        .unwrap_or_default();
-    let groups = info::groups(redis, stream.as_bytes()).await?;
+    let (length, groups) = length_and_groups(redis, stream).await?;
     if groups.is_empty() {
         return Err(CliError::refused(format!(
             "not trimming `{stream}`: no consumer group reads it, so no entry is acknowledged; \
@@ -118,20 +114,7 @@ pub(crate) async fn run(redis: &mut Redis, json: bool, args: &TrimArgs) -> Resul
                 None => 0,
             }
         } else if let Some(c) = cut {
-            match trim_if_processed(redis.conn(), stream, c)
-                .await
-                .map_err(|e| redis.error(&e))?
-            {
-                TrimVerdict::Trimmed(n) => n,
-                TrimVerdict::Undelivered(group) | TrimVerdict::Pending(group) => {
-                    return Err(CliError::refused(format!(
-                        "not trimming `{stream}`: group `{}` changed while the entries were \
-                         checked; run the command again",
-                        escape(&group)
-                    )));
-                }
-                _ => 0,
-            }
+            checked_trim(redis, stream, c).await?
         } else {
             0
         };
@@ -160,19 +143,8 @@ async fn server_has_acked_trim(
 }
 
 async fn oldest_pending(redis: &mut Redis, stream: &Key, group: &[u8]) -> Result<Option<EntryId>> {
-    let reply: Value = redis
-        .query(
-            redis::cmd("XPENDING")
-                .arg(stream)
-                .arg(group)
-                .arg("-")
-                .arg("+")
-                .arg(1),
-        )
-        .await?;
-    Ok(millrace::streams::reply::parse_pending(reply)
-        .first()
-        .map(|row| row.id))
+    let rows = pending(redis, stream, group, "-", "+", 1).await?;
+    Ok(rows.first().map(|row| row.id))
 }
 
 async fn last_entry_up_to(redis: &mut Redis, stream: &Key, end: &str) -> Result<Option<EntryId>> {
@@ -196,23 +168,10 @@ async fn count_up_to(redis: &mut Redis, stream: &Key, cut: EntryId) -> Result<u6
     let mut count = 0u64;
     let mut start = "-".to_owned();
     loop {
-        let reply: Value = redis
-            .query(
-                redis::cmd("XRANGE")
-                    .arg(stream)
-                    .arg(&start)
-                    .arg(cut)
-                    .arg("COUNT")
-                    .arg(1000),
-            )
-            .await?;
-        let ids: Vec<EntryId> = millrace::streams::reply::parse_entries(reply)
-            .iter()
-            .filter_map(|item| item.id())
-            .collect();
+        let ids = range(redis, stream, &start, &cut.to_string(), PAGE).await?;
         count += ids.len() as u64;
         match ids.last() {
-            Some(id) if ids.len() == 1000 => start = format!("({id}"),
+            Some(id) if ids.len() as u64 == PAGE => start = format!("({id}"),
             _ => return Ok(count),
         }
     }

@@ -124,6 +124,16 @@ impl ClusterReply {
     }
 }
 
+/// The master a `MOVED` reply names for its slot, if `err` is one: where the owner is to be looked
+/// for first. An empty host (`MOVED 12 :7001`, a node that does not know its own address) is the
+/// host of the node that answered, which the caller knows.
+pub(crate) fn moved_owner(err: &RedisError) -> Option<NodeAddress> {
+    match ClusterReply::classify(err)? {
+        ClusterReply::Moved { owner, .. } => Some(owner),
+        _ => None,
+    }
+}
+
 impl Action {
     /// What a consumer does after `err` on a cluster: a topology reply's [`ClusterReply::action`];
     /// [`RetryLater`](Self::RetryLater) for a lost or refused connection (a killed master refuses
@@ -220,6 +230,28 @@ mod tests {
             "-MOVED 12",
         ] {
             assert_eq!(ClusterReply::from_error_line(line), None, "{line}");
+        }
+    }
+
+    #[test]
+    fn the_owner_a_moved_names_is_where_a_consumer_goes_first() {
+        let err = |line: &str| {
+            redis::parse_redis_value(format!("{line}\r\n").as_bytes())
+                .expect("a reply")
+                .extract_error()
+                .expect_err("an error reply")
+        };
+        assert_eq!(
+            moved_owner(&err("-MOVED 3999 127.0.0.1:6381")),
+            Some(address("127.0.0.1", 6381))
+        );
+        assert_eq!(moved_owner(&err("-MOVED 1 :7001")), Some(address("", 7001)));
+        for other in [
+            "-ASK 3999 127.0.0.1:6381",
+            "-CLUSTERDOWN The cluster is down",
+            "-UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)",
+        ] {
+            assert_eq!(moved_owner(&err(other)), None, "{other}");
         }
     }
 

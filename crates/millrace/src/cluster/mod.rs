@@ -18,9 +18,9 @@ mod slot_map;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use classify::Action;
 #[cfg(test)]
 pub(crate) use classify::ClusterReply;
+pub(crate) use classify::{moved_owner, Action};
 pub(crate) use colocation::{hash_tag_hint, Colocation};
 pub(crate) use slot::key_slot;
 #[cfg(test)]

@@ -147,6 +147,29 @@ impl SlotMap {
         Ok(SlotMap { ranges })
     }
 
+    /// This map with each master's address as `listed` gives it (by node id), where it lists the
+    /// master: `listed` is a `CLUSTER SLOTS` reply to the same client, which names the port this
+    /// client is to use (on a TLS cluster that also listens without TLS, the TLS port to a TLS
+    /// client and the plain one to a plain client, where `CLUSTER SHARDS` lists both), and is
+    /// where the cluster connection takes its addresses from.
+    fn with_addresses_of(mut self, listed: &SlotMap) -> SlotMap {
+        let by_id: std::collections::HashMap<&str, &NodeAddress> = listed
+            .ranges
+            .iter()
+            .filter_map(|r| Some((r.master_id.as_deref()?, &r.master)))
+            .collect();
+        for range in &mut self.ranges {
+            let Some(address) = range.master_id.as_deref().and_then(|id| by_id.get(id)) else {
+                continue;
+            };
+            range.master.port = address.port;
+            if !address.host.is_empty() {
+                range.master.host = address.host.clone();
+            }
+        }
+        self
+    }
+
     /// The range that holds `slot`, if some master serves it.
     pub(crate) fn range(&self, slot: u16) -> Option<&SlotRange> {
         let i = self.ranges.partition_point(|r| r.end < slot);
@@ -192,8 +215,9 @@ impl SlotMap {
     }
 }
 
-/// Asks the node behind `con` for the slot map: `CLUSTER SHARDS`, or `CLUSTER SLOTS` if the
-/// server does not know it (before 7.0).
+/// Asks the node behind `con` for the slot map: `CLUSTER SHARDS` (which says which masters are
+/// online) with the addresses `CLUSTER SLOTS` gives this client (the ports it is to use), or
+/// `CLUSTER SLOTS` alone if the server does not know `CLUSTER SHARDS` (before 7.0).
 pub(crate) async fn fetch_slot_map(
     con: &mut impl redis::aio::ConnectionLike,
 ) -> RedisResult<SlotMap> {
@@ -202,7 +226,22 @@ pub(crate) async fn fetch_slot_map(
         .query_async::<Value>(con)
         .await
     {
-        Ok(reply) => SlotMap::from_shards(&reply),
+        Ok(reply) => {
+            let map = SlotMap::from_shards(&reply)?;
+            let listed = redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async::<Value>(con)
+                .await;
+            match listed.and_then(|listed| SlotMap::from_slots(&listed)) {
+                Ok(listed) => Ok(map.with_addresses_of(&listed)),
+                // Without it (no permission) the shards' own ports stand: the TLS port where
+                // one is listed.
+                Err(e) => {
+                    tracing::debug!(error = %e, "CLUSTER SLOTS failed; using the ports CLUSTER SHARDS lists");
+                    Ok(map)
+                }
+            }
+        }
         Err(e)
             if e.to_string()
                 .to_ascii_lowercase()
@@ -358,6 +397,62 @@ mod tests {
         assert_eq!(first.replicas.len(), 1);
         assert_eq!(map.masters().len(), 2);
         assert_eq!(map.owner_of_key(b"foo").0, 12182);
+    }
+
+    #[test]
+    fn a_tls_cluster_that_also_listens_without_tls_is_reached_on_the_port_of_the_client() {
+        // Both ports listed, as a TLS cluster whose nodes also have a plain port lists them.
+        let node = |id: &str, port: i64, tls_port: i64| {
+            Value::Array(vec![
+                bulk("id"),
+                bulk(id),
+                bulk("port"),
+                Value::Int(port),
+                bulk("tls-port"),
+                Value::Int(tls_port),
+                bulk("ip"),
+                bulk("127.0.0.1"),
+                bulk("endpoint"),
+                bulk("127.0.0.1"),
+                bulk("role"),
+                bulk("master"),
+                bulk("replication-offset"),
+                Value::Int(1),
+                bulk("health"),
+                bulk("online"),
+            ])
+        };
+        let shards = Value::Array(vec![
+            shard(&[0, 8191], vec![node("a", 7000, 7100)]),
+            shard(&[8192, 16383], vec![node("b", 7001, 7101)]),
+        ]);
+        // `CLUSTER SLOTS` answers each client with its own kind of port.
+        let slots = |a: i64, b: i64| {
+            let master = |port: i64, id: &str| {
+                Value::Array(vec![bulk("127.0.0.1"), Value::Int(port), bulk(id)])
+            };
+            Value::Array(vec![
+                Value::Array(vec![Value::Int(0), Value::Int(8191), master(a, "a")]),
+                Value::Array(vec![Value::Int(8192), Value::Int(16383), master(b, "b")]),
+            ])
+        };
+        let shards = SlotMap::from_shards(&shards).expect("parses");
+        for (a, b) in [(7000, 7001), (7100, 7101)] {
+            let listed = SlotMap::from_slots(&slots(a, b)).expect("parses");
+            let map = shards.clone().with_addresses_of(&listed);
+            assert_eq!(map.owner(0).map(|o| o.port), Some(a as u16));
+            assert_eq!(map.owner(16383).map(|o| o.port), Some(b as u16));
+        }
+        // A master `CLUSTER SLOTS` still lists but that is not online (killed, not yet replaced)
+        // stays without slots: the shards say who is online.
+        let failing = Value::Array(vec![shard(
+            &[0, 16383],
+            vec![shard_node("a", 7100, "master", "fail")],
+        )]);
+        let map = SlotMap::from_shards(&failing)
+            .expect("parses")
+            .with_addresses_of(&SlotMap::from_slots(&slots(7000, 7001)).expect("parses"));
+        assert_eq!(map.owner(0), None);
     }
 
     #[test]

@@ -208,9 +208,11 @@ impl Backend {
     }
 
     /// The node a consumer of `stream` opens its own connections to: the server, or on a cluster
-    /// the master that serves the stream's slot now, looked up through the control connection.
-    /// On a cluster whose slot has no master (a killed master not yet replaced) it fails with
-    /// `CLUSTERDOWN`, a transient error.
+    /// the master that serves the stream's slot now, looked up through the control connection:
+    /// `CLUSTER SHARDS` asked of the node the control connection takes for the slot (the one that
+    /// served it last, which knows best where it went; the control connection follows `MOVED`),
+    /// not of any node, whose view may be older. On a cluster whose slot has no master (a killed
+    /// master not yet replaced) it fails with `CLUSTERDOWN`, a transient error.
     pub(crate) async fn node_for(&self, stream: &str) -> redis::RedisResult<Node> {
         match &self.target {
             Target::Single {
@@ -223,7 +225,8 @@ impl Backend {
                 tls: tls.clone(),
             }),
             Target::Cluster { seeds } => {
-                let mut control = self.control.clone();
+                let slot = crate::cluster::key_slot(stream.as_bytes());
+                let mut control = self.control.at_slot(slot);
                 let owner = crate::cluster::resolve_owner(&mut control, stream.as_bytes())
                     .await?
                     .ok_or_else(|| {
@@ -238,6 +241,15 @@ impl Backend {
                     })?;
                 self.cluster_node(seeds, &owner)
             }
+        }
+    }
+
+    /// The master `at` of the cluster (a `MOVED` reply names it), as a node a consumer opens its
+    /// own connections to; on one server, the server.
+    pub(crate) async fn node_at(&self, stream: &str, at: &NodeAddress) -> redis::RedisResult<Node> {
+        match &self.target {
+            Target::Cluster { seeds } => self.cluster_node(seeds, at),
+            Target::Single { .. } => self.node_for(stream).await,
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::RedisFuture;
 
 use crate::cluster::NodeAddress;
@@ -89,6 +89,19 @@ impl Control {
         self.query_on(node, cmd).await
     }
 
+    /// Whether a failed [`Control::unblock`] means it can never work on this connection: the server
+    /// refused the command (`NOPERM`, or a server without it). Anything else (a lost or reconnecting
+    /// connection, a cluster connection that has no connection to the node right now, a timeout)
+    /// may pass: the caller keeps the client id and tries again at the next wake.
+    pub(crate) fn unblock_refused(e: &redis::RedisError) -> bool {
+        if e.code() == Some("NOPERM") {
+            return true;
+        }
+        let text = e.to_string().to_ascii_lowercase();
+        e.code() == Some("ERR")
+            && (text.contains("unknown command") || text.contains("unknown subcommand"))
+    }
+
     /// Runs `cmd` on the server, or on a cluster on the node `node` (for commands that are per
     /// node: `CLIENT UNBLOCK`, `SCAN`). On a cluster without a node it fails: such a command has
     /// no key to route it by.
@@ -112,6 +125,56 @@ impl Control {
                 "no cluster node named to send the command to",
             ))),
         }
+    }
+}
+
+/// The control connection with every command sent to the node it takes for one slot (the slot's
+/// master, as far as it knows), whatever the command: see [`Control::at_slot`].
+pub(crate) struct AtSlot {
+    control: Control,
+    slot: u16,
+}
+
+impl Control {
+    /// This connection, sending each command to the master of `slot` as the cluster connection
+    /// knows it (on one server, to the server): for `CLUSTER SHARDS`, which redis-rs would send to
+    /// any node.
+    pub(crate) fn at_slot(&self, slot: u16) -> AtSlot {
+        AtSlot {
+            control: self.clone(),
+            slot,
+        }
+    }
+}
+
+impl ConnectionLike for AtSlot {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        let slot = self.slot;
+        match &mut self.control {
+            Control::Single(c) => c.req_packed_command(cmd),
+            Control::Cluster(c) => Box::pin(async move {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::new(slot, SlotAddr::Master),
+                ));
+                c.connection()
+                    .await?
+                    .route_command(cmd.clone(), routing)
+                    .await
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        self.control.req_packed_commands(cmd, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.control.get_db()
     }
 }
 
@@ -145,6 +208,45 @@ impl ConnectionLike for Control {
         match self {
             Control::Single(c) => c.get_db(),
             Control::Cluster(_) => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Control;
+
+    /// The error redis-rs makes of a server's error reply line (`-CODE detail`).
+    fn reply(line: &str) -> redis::RedisError {
+        redis::parse_redis_value(format!("{line}\r\n").as_bytes())
+            .expect("a reply")
+            .extract_error()
+            .expect_err("an error reply")
+    }
+
+    #[test]
+    fn only_a_refusal_of_client_unblock_is_for_good() {
+        for refused in [
+            reply("-NOPERM User u has no permissions to run the 'client|unblock' command"),
+            reply("-ERR unknown subcommand 'UNBLOCK'. Try CLIENT HELP."),
+            reply("-ERR unknown command 'CLIENT', with args beginning with: 'UNBLOCK' '12' "),
+        ] {
+            assert!(Control::unblock_refused(&refused), "{refused}");
+        }
+        // What the cluster connection says while its connection to the node is being repaired,
+        // a lost connection, a timeout, a cluster that is down for a moment: tried again.
+        for passing in [
+            redis::RedisError::from((
+                redis::ErrorKind::ClusterConnectionNotFound,
+                "Requested connection not found",
+                "127.0.0.1:7001".to_owned(),
+            )),
+            std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset").into(),
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out").into(),
+            reply("-CLUSTERDOWN The cluster is down"),
+            reply("-TRYAGAIN Multiple keys request during rehashing of slot"),
+        ] {
+            assert!(!Control::unblock_refused(&passing), "{passing}");
         }
     }
 }

@@ -11,6 +11,8 @@
 mod backend;
 mod control;
 mod reachable;
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 

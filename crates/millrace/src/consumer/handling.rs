@@ -10,9 +10,10 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::outcome::{self, AckPlan, DeadLetterOrder};
 use super::Consumer;
+use crate::entry::DeliveredEntry;
 use crate::entry::{EntryId, RawEntry, Source};
 use crate::error::{Error, Result};
-use crate::handler::{DeliveredEntry, RunReport};
+use crate::handler::RunReport;
 use crate::streams::ReadItem;
 
 /// What handling a batch left to do.
@@ -37,7 +38,7 @@ impl Consumer {
     ) -> Result<Handled> {
         let mut sorted = outcome::sort(items);
         // Entries whose dead-letter move waits are never handed to the handler again.
-        sorted.live.retain(|e| !self.dead_letters.is_parked(e.id));
+        self.dead_letters.drop_parked(&mut sorted.live);
         for reason in sorted.unidentified {
             warn!(%reason, "skipped a reply element without an id");
         }

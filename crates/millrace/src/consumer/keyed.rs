@@ -14,9 +14,10 @@ use super::handling::Handled;
 use super::outcome;
 use super::Consumer;
 use crate::config::ConsumerOptions;
+use crate::entry::DeliveredEntry;
 use crate::entry::{EntryId, Source};
 use crate::error::Result;
-use crate::handler::{panic_message, DeliveredEntry, Outcome, RunReport};
+use crate::handler::{panic_message, Outcome, RunReport};
 
 /// A batch split by key.
 #[derive(Debug, Default)]

@@ -99,6 +99,9 @@ pub(crate) struct Consumer {
     owner: Option<String>,
     /// The server (or, on a cluster, the master) the last session located (`host:port`).
     node: Option<String>,
+    /// On a cluster, the master a `MOVED` that ended the last session named: the next session
+    /// goes there first, rather than asking a node's view of the slot.
+    moved_to: Option<crate::cluster::NodeAddress>,
     /// This consumer's part in an outage of `node`, until it reads again.
     outage: Option<outage::Member>,
     /// Dead letters move in two steps (add, then acknowledge): the stream and its dead-letter
@@ -173,6 +176,7 @@ impl Consumer {
             retry_attempt: 0,
             owner: None,
             node: None,
+            moved_to: None,
             outage: None,
             cohort,
             id,
@@ -254,11 +258,11 @@ impl Consumer {
     /// that serves the stream's slot now (looked up again in every session, so a consumer
     /// follows its stream across failovers and slot migrations).
     async fn locate(&mut self) -> Result<Node> {
-        let node = self
-            .backend
-            .node_for(&self.id.stream)
-            .await
-            .map_err(|e| self.client.error("CLUSTER SHARDS", &self.id.stream, e))?;
+        let node = match self.moved_to.take() {
+            Some(at) => self.backend.node_at(&self.id.stream, &at).await,
+            None => self.backend.node_for(&self.id.stream).await,
+        }
+        .map_err(|e| self.client.error("CLUSTER SHARDS", &self.id.stream, e))?;
         self.node = Some(node.address());
         if self.backend.is_cluster() {
             let address = node.address();
@@ -304,6 +308,7 @@ impl Consumer {
         // On a cluster, an owner change ends the session like a lost connection: the next one
         // looks the owner up again and replays the own pending entries there. Never a group
         // recreation, and never a failure of the consumer (so not a restart).
+        self.moved_to = self.moved_owner(&err);
         let topology = self.backend.is_cluster()
             && (matches!(err.cluster_action(), Some(action) if action != Action::Fatal)
                 || err.class() == Class::Transient);
@@ -354,6 +359,19 @@ impl Consumer {
         } else {
             Next::Stop
         })
+    }
+
+    /// On a cluster, the master a `MOVED` in `err` names (an empty host being the node's that
+    /// answered).
+    fn moved_owner(&self, err: &Error) -> Option<crate::cluster::NodeAddress> {
+        if !self.backend.is_cluster() {
+            return None;
+        }
+        let mut owner = crate::cluster::moved_owner(err.redis_source()?)?;
+        if owner.host.is_empty() {
+            owner.host = crate::cluster::NodeAddress::parse(self.node.as_deref()?)?.host;
+        }
+        Some(owner)
     }
 
     /// Sleeps unless cancelled; false when cancelled.

@@ -25,6 +25,9 @@ use crate::entry::{EntryId, RawEntry};
 use crate::id::ConsumerId;
 use crate::streams;
 
+#[cfg(test)]
+mod tests;
+
 /// The longest a move made in the batch's path may take before it is parked and retried in the
 /// background: a dead-letter stream that does not answer never holds up its stream for longer.
 const INLINE_LIMIT: Duration = Duration::from_millis(500);
@@ -103,7 +106,18 @@ impl DeadLetterMover {
         }
     }
 
-    /// Whether the move of `id` is parked: the entry must not be handed to the handler.
+    /// Leaves out of `entries` those whose move is parked: they must not be handed to the
+    /// handler. One lock per batch, and no look-up at all while no move waits (the usual case).
+    pub(crate) fn drop_parked(&self, entries: &mut Vec<RawEntry>) {
+        let state = self.shared.lock();
+        if state.waiting.is_empty() {
+            return;
+        }
+        entries.retain(|e| !state.waiting.contains_key(&e.id));
+    }
+
+    /// Whether the move of `id` is parked (for tests; the consume path uses [`Self::drop_parked`]).
+    #[cfg(test)]
     pub(crate) fn is_parked(&self, id: EntryId) -> bool {
         self.shared.lock().waiting.contains_key(&id)
     }
@@ -262,8 +276,9 @@ impl Shared {
         }
     }
 
-    /// Keeps the parked entries from being claimed by other consumers (their idle time reset);
-    /// forgets those no longer pending for this consumer (acknowledged, or claimed meanwhile).
+    /// Keeps the parked entries `ids` (sorted) from being claimed by other consumers (their idle
+    /// time reset); forgets those of them no longer pending for this consumer (acknowledged, or
+    /// claimed meanwhile).
     async fn keep_owned(&self, ids: &[EntryId]) {
         let mut conn = self.conn.clone();
         let owned = streams::set_idle_if_owned(
@@ -280,7 +295,12 @@ impl Shared {
         let owned: std::collections::HashSet<EntryId> =
             owned.into_iter().map(|(id, _)| id).collect();
         let mut state = self.lock();
-        state.waiting.retain(|id, _| owned.contains(id));
+        // Only the entries asked about can be found not owned: one parked meanwhile (after `ids`
+        // was taken, while this call was on the wire) is kept for the next round. `ids` is sorted
+        // (the keys of `waiting`).
+        state
+            .waiting
+            .retain(|id, _| owned.contains(id) || ids.binary_search(id).is_err());
         self.stats.set_dead_letters_waiting(state.waiting.len());
     }
 }

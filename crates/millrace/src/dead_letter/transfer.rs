@@ -2,7 +2,9 @@
 //! dead letter: if the entry is still where it was expected (pending in the group, or still in the
 //! dead-letter stream), `XADD` its fields to the other stream, then release the original (`XACK` or
 //! `XDEL`). Entries of up to [`SCRIPT_FIELD_LIMIT`] fields move atomically in a Lua script; larger
-//! ones, and moves between two slots of a cluster, move in steps.
+//! ones, and moves between two slots of a cluster, move in steps; so does a move whose slot is
+//! being migrated while its two keys are on different sides (the script gets `TRYAGAIN`), from
+//! that attempt on.
 //!
 //! A move in steps retried is never added twice: before its first `XADD` it notes the target's
 //! last id (a [`Marker`]), and a later attempt of the same move first looks among the entries
@@ -109,17 +111,12 @@ impl Transfer<'_> {
         append_stored: bool,
         marker: &mut Marker,
     ) -> RedisResult<Option<String>> {
-        if self.in_steps {
-            if !append_stored {
-                return self.in_steps(conn, fields, marker).await;
-            }
-            let stored = self.stored_fields(conn).await?;
-            let mut all = fields.to_vec();
-            for (k, v) in &stored {
-                all.push(k);
-                all.push(v);
-            }
-            return self.in_steps(conn, &all, marker).await;
+        // A move that began in steps (its marker set) goes on in steps: only they look for the
+        // copy an earlier attempt may have added.
+        if self.in_steps || marker.0.is_some() {
+            return self
+                .in_steps_with_stored(conn, fields, append_stored, marker)
+                .await;
         }
         if fields.len() > 2 * SCRIPT_FIELD_LIMIT {
             return self.in_steps(conn, fields, marker).await;
@@ -133,7 +130,19 @@ impl Transfer<'_> {
         let mut args: Vec<&[u8]> = Vec::with_capacity(4 + fields.len());
         args.extend([mode, group, id.as_bytes(), append]);
         args.extend_from_slice(fields);
-        let reply: Value = SCRIPT.run(conn, &[self.from, self.to], &args).await?;
+        let reply: Value = match SCRIPT.run(conn, &[self.from, self.to], &args).await {
+            Ok(reply) => reply,
+            // The slot is being migrated and the two keys are on different sides of it: one
+            // script cannot touch both until the migration moved them both, so this attempt moves
+            // in steps (each command follows the migration's `ASK` by itself).
+            Err(e) if e.code() == Some("TRYAGAIN") => {
+                tracing::debug!(error = %e, "the atomic move met a slot migration; moving in steps");
+                return self
+                    .in_steps_with_stored(conn, fields, append_stored, marker)
+                    .await;
+            }
+            Err(e) => return Err(e),
+        };
         match reply {
             Value::Nil => Ok(None),
             // The stored fields are too many for the script: move them in steps.
@@ -148,6 +157,27 @@ impl Transfer<'_> {
             }
             other => Ok(Some(redis::from_redis_value(other)?)),
         }
+    }
+
+    /// [`Transfer::in_steps`] with `fields`, followed (with `append_stored`) by the fields `from`
+    /// still holds for the entry.
+    async fn in_steps_with_stored<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        fields: &[&[u8]],
+        append_stored: bool,
+        marker: &mut Marker,
+    ) -> RedisResult<Option<String>> {
+        if !append_stored {
+            return self.in_steps(conn, fields, marker).await;
+        }
+        let stored = self.stored_fields(conn).await?;
+        let mut all = fields.to_vec();
+        for (k, v) in &stored {
+            all.push(k);
+            all.push(v);
+        }
+        self.in_steps(conn, &all, marker).await
     }
 
     /// The fields `from` holds for the entry (none when it is gone).

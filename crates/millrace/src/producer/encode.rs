@@ -61,11 +61,55 @@ const NOT_A_RECORD: &str = "a message must be a struct or a map of fields (a str
 /// The top level: a struct or a map, each field becoming one pair.
 struct Top<'a>(&'a mut Fields);
 
+/// Serializer methods that refuse their kind of value with `$why`.
 macro_rules! refuse {
-    ($($method:ident($($arg:ty),*);)*) => {
-        $(fn $method(self, $(_: $arg),*) -> Result<Self::Ok, EncodeError> {
-            Err(EncodeError(NOT_A_RECORD.into()))
+    ($why:expr; $($method:ident($($arg:ty),*) -> $ok:ty;)*) => {
+        $(fn $method(self, $(_: $arg),*) -> Result<$ok, EncodeError> {
+            Err(EncodeError($why.into()))
         })*
+    };
+}
+
+/// The serializer methods of the compound kinds neither level takes (lists, tuples, variants with
+/// data), refusing with `$why`.
+macro_rules! refuse_compound {
+    ($why:expr) => {
+        fn serialize_newtype_variant<T: Serialize + ?Sized>(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: &T,
+        ) -> Result<Self::Ok, EncodeError> {
+            Err(EncodeError($why.into()))
+        }
+
+        refuse! { $why;
+            serialize_seq(Option<usize>) -> Self::SerializeSeq;
+            serialize_tuple(usize) -> Self::SerializeTuple;
+            serialize_tuple_struct(&'static str, usize) -> Self::SerializeTupleStruct;
+            serialize_tuple_variant(&'static str, u32, &'static str, usize)
+                -> Self::SerializeTupleVariant;
+            serialize_struct_variant(&'static str, u32, &'static str, usize)
+                -> Self::SerializeStructVariant;
+        }
+    };
+}
+
+/// `Some(v)` and a newtype struct are serialized as `v`.
+macro_rules! see_through {
+    () => {
+        fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<Self::Ok, EncodeError> {
+            value.serialize(self)
+        }
+
+        fn serialize_newtype_struct<T: Serialize + ?Sized>(
+            self,
+            _: &'static str,
+            value: &T,
+        ) -> Result<Self::Ok, EncodeError> {
+            value.serialize(self)
+        }
     };
 }
 
@@ -80,62 +124,17 @@ impl<'a> ser::Serializer for Top<'a> {
     type SerializeStruct = Record<'a>;
     type SerializeStructVariant = Impossible<(), EncodeError>;
 
-    refuse! {
-        serialize_bool(bool); serialize_i8(i8); serialize_i16(i16); serialize_i32(i32);
-        serialize_i64(i64); serialize_u8(u8); serialize_u16(u16); serialize_u32(u32);
-        serialize_u64(u64); serialize_f32(f32); serialize_f64(f64); serialize_char(char);
-        serialize_str(&str); serialize_bytes(&[u8]); serialize_none(); serialize_unit();
-        serialize_unit_struct(&'static str);
-        serialize_unit_variant(&'static str, u32, &'static str);
+    refuse! { NOT_A_RECORD;
+        serialize_bool(bool) -> (); serialize_i8(i8) -> (); serialize_i16(i16) -> ();
+        serialize_i32(i32) -> (); serialize_i64(i64) -> (); serialize_u8(u8) -> ();
+        serialize_u16(u16) -> (); serialize_u32(u32) -> (); serialize_u64(u64) -> ();
+        serialize_f32(f32) -> (); serialize_f64(f64) -> (); serialize_char(char) -> ();
+        serialize_str(&str) -> (); serialize_bytes(&[u8]) -> (); serialize_none() -> ();
+        serialize_unit() -> (); serialize_unit_struct(&'static str) -> ();
+        serialize_unit_variant(&'static str, u32, &'static str) -> ();
     }
-
-    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), EncodeError> {
-        value.serialize(self)
-    }
-
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(
-        self,
-        _name: &'static str,
-        value: &T,
-    ) -> Result<(), EncodeError> {
-        value.serialize(self)
-    }
-
-    fn serialize_newtype_variant<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: &T,
-    ) -> Result<(), EncodeError> {
-        Err(EncodeError(NOT_A_RECORD.into()))
-    }
-
-    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, EncodeError> {
-        Err(EncodeError(NOT_A_RECORD.into()))
-    }
-
-    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, EncodeError> {
-        Err(EncodeError(NOT_A_RECORD.into()))
-    }
-
-    fn serialize_tuple_struct(
-        self,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeTupleStruct, EncodeError> {
-        Err(EncodeError(NOT_A_RECORD.into()))
-    }
-
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeTupleVariant, EncodeError> {
-        Err(EncodeError(NOT_A_RECORD.into()))
-    }
+    refuse_compound!(NOT_A_RECORD);
+    see_through!();
 
     fn serialize_map(self, _: Option<usize>) -> Result<Record<'a>, EncodeError> {
         Ok(Record {
@@ -145,20 +144,7 @@ impl<'a> ser::Serializer for Top<'a> {
     }
 
     fn serialize_struct(self, _: &'static str, _: usize) -> Result<Record<'a>, EncodeError> {
-        Ok(Record {
-            fields: self.0,
-            key: None,
-        })
-    }
-
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeStructVariant, EncodeError> {
-        Err(EncodeError(NOT_A_RECORD.into()))
+        self.serialize_map(None)
     }
 }
 
@@ -265,10 +251,6 @@ impl ser::Serializer for Scalar {
         Ok(None)
     }
 
-    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<Self::Ok, EncodeError> {
-        value.serialize(self)
-    }
-
     fn serialize_unit(self) -> Result<Self::Ok, EncodeError> {
         Ok(Some(Vec::new()))
     }
@@ -286,71 +268,12 @@ impl ser::Serializer for Scalar {
         Ok(Some(variant.as_bytes().to_vec()))
     }
 
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        value: &T,
-    ) -> Result<Self::Ok, EncodeError> {
-        value.serialize(self)
+    refuse! { NOT_A_SCALAR;
+        serialize_map(Option<usize>) -> Self::SerializeMap;
+        serialize_struct(&'static str, usize) -> Self::SerializeStruct;
     }
-
-    fn serialize_newtype_variant<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: &T,
-    ) -> Result<Self::Ok, EncodeError> {
-        Err(EncodeError(NOT_A_SCALAR.into()))
-    }
-
-    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, EncodeError> {
-        Err(EncodeError(NOT_A_SCALAR.into()))
-    }
-
-    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, EncodeError> {
-        Err(EncodeError(NOT_A_SCALAR.into()))
-    }
-
-    fn serialize_tuple_struct(
-        self,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeTupleStruct, EncodeError> {
-        Err(EncodeError(NOT_A_SCALAR.into()))
-    }
-
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeTupleVariant, EncodeError> {
-        Err(EncodeError(NOT_A_SCALAR.into()))
-    }
-
-    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, EncodeError> {
-        Err(EncodeError(NOT_A_SCALAR.into()))
-    }
-
-    fn serialize_struct(
-        self,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeStruct, EncodeError> {
-        Err(EncodeError(NOT_A_SCALAR.into()))
-    }
-
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeStructVariant, EncodeError> {
-        Err(EncodeError(NOT_A_SCALAR.into()))
-    }
+    refuse_compound!(NOT_A_SCALAR);
+    see_through!();
 }
 
 #[cfg(test)]
@@ -418,5 +341,45 @@ mod tests {
         assert!(err.to_string().contains("JSON"), "{err}");
         let err = to_fields(&5u32).unwrap_err();
         assert!(err.to_string().contains("struct or a map"), "{err}");
+    }
+
+    #[derive(serde::Serialize)]
+    enum Shape {
+        Point(u8),
+        Pair(u8, u8),
+        Named { x: u8 },
+    }
+
+    #[test]
+    fn every_compound_kind_is_refused_at_both_levels() {
+        let top = [
+            to_fields(&vec![1u8]),
+            to_fields(&(1u8, 2u8)),
+            to_fields(&Shape::Point(1)),
+            to_fields(&Shape::Pair(1, 2)),
+            to_fields(&Shape::Named { x: 1 }),
+        ];
+        for err in top {
+            let err = err.unwrap_err().to_string();
+            assert!(err.contains("struct or a map"), "{err}");
+        }
+        let mut map = BTreeMap::new();
+        map.insert("t", (1u8, 2u8));
+        let mut nested = BTreeMap::new();
+        nested.insert("m", BTreeMap::from([("a", 1u8)]));
+        let mut shapes = BTreeMap::new();
+        shapes.insert("s", Shape::Named { x: 1 });
+        let mut points = BTreeMap::new();
+        points.insert("p", Shape::Point(1));
+        for err in [
+            to_fields(&map),
+            to_fields(&nested),
+            to_fields(&shapes),
+            to_fields(&points),
+        ] {
+            let err = err.unwrap_err().to_string();
+            assert!(err.starts_with("field `") && err.contains("JSON"), "{err}");
+        }
+        let _ = Shape::Pair(0, 0);
     }
 }

@@ -1,5 +1,6 @@
-//! The shape of `millrace.toml`: the serde types its tables deserialize into (`[redis]`,
-//! `[connection]`, `[[consumers]]`).
+//! The shape of `millrace.toml`: the serde types its tables deserialize into (`redis` or
+//! `[redis]`, `[sentinel]`, `service`, `[connection]`, `[restart]`, `[[consumers]]`,
+//! `[[multi_streams]]`).
 
 #[cfg(feature = "tls")]
 use std::path::Path;

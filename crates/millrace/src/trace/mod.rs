@@ -56,7 +56,7 @@ pub(crate) fn current() -> Option<TraceFields> {
 /// `opentelemetry` feature: `batch_span` as it is.
 pub(crate) fn batch_span(
     batch_span: tracing::Span,
-    batch: &[crate::handler::DeliveredEntry],
+    batch: &[crate::entry::DeliveredEntry],
     per_entry: bool,
 ) -> tracing::Span {
     #[cfg(feature = "opentelemetry")]

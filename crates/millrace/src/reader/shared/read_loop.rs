@@ -10,7 +10,7 @@ use redis::RedisResult;
 
 use super::state::{Delivery, Planned};
 use super::{lock, Connecting, SharedRead};
-use crate::connection::Node;
+use crate::connection::{Control, Node};
 use crate::error::Error;
 use crate::reader::conn::Conn;
 use crate::reader::{READS_IN_FLIGHT, UNBLOCK_EVERY};
@@ -267,8 +267,9 @@ impl Task {
         let mut control = self.read.control.clone();
         match control.unblock(self.read.node.as_ref(), id).await {
             Ok(_) => {}
-            // Refused (no permission): reads return when BLOCK runs out from now on.
-            Err(e) if !(e.is_io_error() || e.is_timeout() || e.is_connection_dropped()) => {
+            // Refused (no permission): reads return when BLOCK runs out from now on. Any other
+            // failure (the control connection to the node reconnecting, say) is tried again.
+            Err(e) if Control::unblock_refused(&e) => {
                 tracing::debug!(error = %e, "CLIENT UNBLOCK not possible; streams that join wait for BLOCK to run out");
                 self.client_id = None;
             }

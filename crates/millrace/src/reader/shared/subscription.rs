@@ -140,8 +140,9 @@ impl Subscription {
         let mut client_id = self.read.client_id();
         loop {
             if let Some(id) = client_id {
-                if control.unblock(self.read.node.as_ref(), id).await.is_err() {
-                    client_id = None;
+                if let Err(e) = control.unblock(self.read.node.as_ref(), id).await {
+                    // Only a refusal is for good; anything else is tried again.
+                    client_id = client_id.filter(|_| !Control::unblock_refused(&e));
                 }
             }
             tokio::select! {
@@ -241,8 +242,8 @@ async fn wait_routed(read: &SharedRead, control: &mut Control, reads: u64) {
             return;
         }
         if let Some(id) = client_id {
-            if control.unblock(read.node.as_ref(), id).await.is_err() {
-                client_id = None;
+            if let Err(e) = control.unblock(read.node.as_ref(), id).await {
+                client_id = client_id.filter(|_| !Control::unblock_refused(&e));
             }
         }
         tokio::select! {
