@@ -17,6 +17,7 @@ mod discovery;
 mod faults;
 mod http;
 mod keyed;
+mod many_stream_acks;
 mod many_streams;
 mod outage;
 mod ownership;

@@ -120,6 +120,10 @@ struct Args {
     /// `hand` (d, the hand-written multi-stream loop).
     #[arg(long, value_delimiter = ',', default_value = "multi,singles,one,hand")]
     streams_forms: Vec<String>,
+    /// Also runs form (a) with this other build of millrace-bench, as form (a0), alternating
+    /// with the other forms in every round: a before/after comparison within one run.
+    #[arg(long)]
+    streams_other_exe: Option<std::path::PathBuf>,
     /// Internal: run one `streams` form in this process (`multi`, `singles`, `one`, `hand`).
     #[arg(long, hide = true)]
     streams_child: Option<String>,
@@ -618,7 +622,8 @@ async fn run(mut args: Args) -> Res<bool> {
             backlog: args.streams_backlog,
             rounds: args.rounds,
             idle_secs: args.streams_idle_secs,
-            forms: many::forms(&args.streams_forms)?,
+            forms: many::forms(&args.streams_forms, args.streams_other_exe.is_some())?,
+            other_exe: args.streams_other_exe.clone(),
         };
         println!("\n{}", many::run(&mut env, &settings).await?);
     }

@@ -44,6 +44,37 @@ impl AckCommand {
         }
     }
 
+    /// Adds the commands that acknowledge `ids` of `group` to `pipe` (one per 2,000 ids for
+    /// `XACK`, per 1,000 for `XACKDEL`); returns how many commands it added.
+    pub(crate) fn add_to(
+        self,
+        pipe: &mut redis::Pipeline,
+        stream: &str,
+        group: &str,
+        ids: &[EntryId],
+    ) -> usize {
+        let per_call = match self {
+            AckCommand::Ack => crate::streams::IDS_PER_CALL,
+            AckCommand::AckDelete => IDS_PER_CALL,
+        };
+        let mut added = 0;
+        for chunk in ids.chunks(per_call) {
+            match self {
+                AckCommand::Ack => pipe.cmd("XACK").arg(stream).arg(group).arg(chunk),
+                AckCommand::AckDelete => pipe
+                    .cmd("XACKDEL")
+                    .arg(stream)
+                    .arg(group)
+                    .arg("ACKED")
+                    .arg("IDS")
+                    .arg(chunk.len())
+                    .arg(chunk),
+            };
+            added += 1;
+        }
+        added
+    }
+
     /// Acknowledges `ids` of `group`; returns how many were pending (and are no longer).
     pub(crate) async fn send<C: ConnectionLike + Send>(
         self,

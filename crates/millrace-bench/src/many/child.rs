@@ -61,7 +61,7 @@ fn builder(args: &ChildArgs, progress: &Arc<Progress>, first: &Arc<Batches>) -> 
     let builder = Supervisor::builder().redis(args.url.clone());
     let names = super::stream_names(args.streams);
     match args.form {
-        Form::Multi => builder.multi_stream(
+        Form::Multi | Form::MultiOther => builder.multi_stream(
             MultiStreamSpec::new(names, &args.group, "c0")
                 .start_id(StartId::Beginning)
                 .handler(noop(progress, first)),

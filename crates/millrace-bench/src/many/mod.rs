@@ -27,6 +27,9 @@ pub(crate) const ONE_STREAM: &str = "many:one:events";
 pub(crate) enum Form {
     /// (a) one multi-stream consumer over every stream.
     Multi,
+    /// (a0) form (a) run by another build of the benchmark (`--streams-other-exe`): a
+    /// before/after comparison within one run.
+    MultiOther,
     /// (b) one single-stream consumer per stream.
     Singles,
     /// (c) one consumer of one stream holding every entry.
@@ -36,11 +39,18 @@ pub(crate) enum Form {
 }
 
 impl Form {
-    pub(super) const ALL: [Form; 4] = [Form::Multi, Form::Singles, Form::OneStream, Form::HandLoop];
+    pub(super) const ALL: [Form; 5] = [
+        Form::Multi,
+        Form::MultiOther,
+        Form::Singles,
+        Form::OneStream,
+        Form::HandLoop,
+    ];
 
     fn key(self) -> &'static str {
         match self {
             Form::Multi => "multi",
+            Form::MultiOther => "multi-other",
             Form::Singles => "singles",
             Form::OneStream => "one",
             Form::HandLoop => "hand",
@@ -54,6 +64,9 @@ impl Form {
     pub(super) fn label(self, streams: usize) -> String {
         match self {
             Form::Multi => format!("(a) one multi-stream consumer, {streams} streams"),
+            Form::MultiOther => {
+                format!("(a0) one multi-stream consumer, {streams} streams, the other build")
+            }
             Form::Singles => format!("(b) {streams} single-stream consumers"),
             Form::OneStream => "(c) one consumer, one stream".to_owned(),
             Form::HandLoop => format!(
@@ -183,6 +196,8 @@ pub(crate) struct Settings {
     pub(crate) idle_secs: u64,
     /// The forms to run, in [`Form::ALL`]'s order.
     pub(crate) forms: Vec<Form>,
+    /// The build that runs form (a0), if any.
+    pub(crate) other_exe: Option<std::path::PathBuf>,
 }
 
 /// Adds `backlog` entries to each of `streams` streams, pipelined.
@@ -206,9 +221,12 @@ async fn preload_many(
 
 /// Runs one child; returns what it measured.
 async fn run_child(env: &Env, s: &Settings, form: Form, group: &str, idle: bool) -> Res<Measured> {
-    let exe = std::env::current_exe()?;
+    let (exe, key) = match (form, &s.other_exe) {
+        (Form::MultiOther, Some(other)) => (other.clone(), Form::Multi.key()),
+        _ => (std::env::current_exe()?, form.key()),
+    };
     let out = tokio::process::Command::new(exe)
-        .args(["--redis-url", &env.url, "--streams-child", form.key()])
+        .args(["--redis-url", &env.url, "--streams-child", key])
         .args(["--streams-group", group])
         .args(["--streams-count", &s.streams.to_string()])
         .args(["--streams-backlog", &s.backlog.to_string()])
@@ -244,7 +262,9 @@ async fn run_child(env: &Env, s: &Settings, form: Form, group: &str, idle: bool)
 async fn verify_and_clean(env: &mut Env, s: &Settings, form: Form, group: &str) -> Res<()> {
     let (streams, each) = match form {
         Form::OneStream => (vec![ONE_STREAM.to_owned()], s.streams * s.backlog),
-        Form::Multi | Form::Singles | Form::HandLoop => (stream_names(s.streams), s.backlog),
+        Form::Multi | Form::MultiOther | Form::Singles | Form::HandLoop => {
+            (stream_names(s.streams), s.backlog)
+        }
     };
     for stream in &streams {
         verify_drained(&mut env.admin, stream, group, each as u64).await?;
@@ -326,14 +346,15 @@ pub(crate) async fn run(env: &mut Env, s: &Settings) -> Res<String> {
     Ok(report::report(s, &runs, floor))
 }
 
-/// The forms named in `keys` (`multi`, `singles`, `one`, `hand`), in [`Form::ALL`]'s order.
-pub(crate) fn forms(keys: &[String]) -> Res<Vec<Form>> {
+/// The forms named in `keys` (`multi`, `singles`, `one`, `hand`), and (a0) when another build
+/// runs it (`other`), in [`Form::ALL`]'s order.
+pub(crate) fn forms(keys: &[String], other: bool) -> Res<Vec<Form>> {
     for k in keys {
         Form::parse(k).ok_or_else(|| format!("unknown streams form `{k}`"))?;
     }
     Ok(Form::ALL
         .into_iter()
-        .filter(|f| keys.iter().any(|k| k == f.key()))
+        .filter(|f| keys.iter().any(|k| k == f.key()) || (other && *f == Form::MultiOther))
         .collect())
 }
 

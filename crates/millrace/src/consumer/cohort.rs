@@ -1,7 +1,8 @@
 //! How the consumers of one multi-stream consumer spread their periodic work: each stream's first
 //! claim tick and gauge refresh at a fixed place in its interval (from a hash of the stream's name),
 //! intervals stretched so the whole group stays within a rate however many streams it has, a
-//! bound on own-pending replays running at once, and the shared reads their streams join.
+//! bound on own-pending replays running at once, the shared reads their streams join, and the
+//! line their acks are written on together.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+use super::acker::AckLine;
 use crate::reader::SharedReaders;
 
 /// Claim ticks per second one multi-stream consumer makes at most, over all its streams. With the
@@ -25,7 +27,8 @@ pub(crate) const GAUGE_REFRESHES_PER_SECOND: u32 = 5;
 pub(crate) const REPLAYS_AT_ONCE: usize = 4;
 
 /// The streams of one multi-stream consumer, as their consumers see each other: how many there
-/// are, whose turn it is to replay, and the supervisor's shared reads they join.
+/// are, whose turn it is to replay, the supervisor's shared reads they join, and the line they
+/// write their acks on.
 #[derive(Debug)]
 pub(crate) struct Cohort {
     streams: AtomicUsize,
@@ -33,6 +36,8 @@ pub(crate) struct Cohort {
     /// The start-up note on how dead letters move was logged (once per multi-stream consumer).
     dead_letter_path_logged: std::sync::atomic::AtomicBool,
     readers: Arc<SharedReaders>,
+    /// Where the streams' acks are written together.
+    acks: Arc<AckLine>,
 }
 
 impl Cohort {
@@ -43,7 +48,13 @@ impl Cohort {
             replays: Semaphore::new(REPLAYS_AT_ONCE),
             dead_letter_path_logged: std::sync::atomic::AtomicBool::new(false),
             readers,
+            acks: Arc::new(AckLine::new()),
         })
+    }
+
+    /// The line the streams write their acks on, together.
+    pub(crate) fn ack_line(&self) -> Arc<AckLine> {
+        self.acks.clone()
     }
 
     /// True the first time it is asked: the one stream that logs how the set's dead letters move.

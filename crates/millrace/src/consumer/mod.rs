@@ -151,7 +151,8 @@ impl Consumer {
             meta: id.meta(),
             dlq,
             acker: Acker::new(client.clone(), stats.clone(), opts.largest_count())
-                .with_command(AckCommand::new(opts.delete_acked)),
+                .with_command(AckCommand::new(opts.delete_acked))
+                .on_line(cohort.as_ref().map(|c| c.ack_line())),
             reclaimer: Reclaimer::new(
                 client.clone(),
                 stats.clone(),
@@ -164,7 +165,10 @@ impl Consumer {
                 cadence(opts.gauge_interval, cohort::GAUGE_REFRESHES_PER_SECOND),
             ),
             session: SessionState::new(opts.start_id.as_arg(), spec.membership),
-            pacer: Pacer::new(&opts),
+            pacer: match cohort {
+                Some(_) => Pacer::member(&opts),
+                None => Pacer::new(&opts),
+            },
             failures: FailureLog::default(),
             failure_warnings: WarnLimiter::default(),
             retries: stats.retry_schedule(),

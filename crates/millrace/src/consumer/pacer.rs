@@ -7,6 +7,11 @@
 //!   back full and a batch that large still fits the target; it drops at once to what fits when a batch takes
 //!   longer (judged per entry, so a slow trickle of single entries shrinks it too); it stays
 //!   within `min_count..=max_count`.
+//!   A stream of a multi-stream consumer starts at the shared read's slice ([`SLICE`], 256)
+//!   instead, fetching one batch ahead until its first batch is handled: its reads are bounded
+//!   together with the other streams' ([`SLICE`] entries each, 4,096 per read), and a backlog of
+//!   many streams is then read in one or two batches per stream, not five (each a batch and an
+//!   `XACK`).
 //! - **Fixed** (`count = n`): `n`.
 //! - **Read-ahead**, either way: the reader fetches [`FETCHED_AHEAD`] batches ahead while that many
 //!   batches plus the one in hand take no longer than `batch_target` together, else one. So a
@@ -23,7 +28,7 @@ use std::time::Duration;
 use tracing::warn;
 
 use crate::config::ConsumerOptions;
-use crate::reader::{ReadPace, FETCHED_AHEAD};
+use crate::reader::{ReadPace, FETCHED_AHEAD, SLICE};
 
 /// Where an adaptive read size starts (within its bounds): small, because the handler's speed is
 /// not known yet and the first reads go out before any batch is handled.
@@ -78,6 +83,19 @@ impl Pacer {
             ahead: FETCHED_AHEAD,
             recent,
         }
+    }
+
+    /// The pace of a stream of a multi-stream consumer: an adaptive size starts at [`SLICE`]
+    /// (within `min_count..=max_count`), one batch ahead until the handler's speed is known.
+    pub(crate) fn member(opts: &ConsumerOptions) -> Self {
+        let mut pacer = Pacer::new(opts);
+        if let Sizing::Adaptive { min, max } = pacer.sizing {
+            pacer.wanted = SLICE.clamp(min, max);
+            pacer.ahead = 1;
+            pacer.recent.clear();
+            pacer.recent.push_back(pacer.wanted);
+        }
+        pacer
     }
 
     /// Entries the next read asks for.
@@ -190,6 +208,37 @@ mod tests {
             pace = b.handled(n, n, per_entry * n as u32);
         }
         pace
+    }
+
+    #[test]
+    fn a_stream_of_a_multi_stream_consumer_starts_at_the_slice_one_batch_ahead() {
+        let b = Pacer::member(&ConsumerOptions::default());
+        assert_eq!(
+            b.pace(),
+            ReadPace {
+                count: SLICE,
+                ahead: 1
+            }
+        );
+        let small = Pacer::member(&ConsumerOptions {
+            max_count: 100,
+            ..Default::default()
+        });
+        assert_eq!(small.count(), 100, "within max_count");
+        assert_eq!(
+            fixed(7).count(),
+            Pacer::member(&ConsumerOptions {
+                count: Some(7),
+                ..Default::default()
+            })
+            .count(),
+            "a fixed count stays"
+        );
+        // A slow handler shrinks it at once, as for any consumer.
+        let mut slow = Pacer::member(&ConsumerOptions::default());
+        let pace = slow.handled(SLICE, SLICE, MS * 10 * SLICE as u32);
+        assert_eq!(pace.count, 10, "100 ms of 10 ms entries");
+        assert_eq!(pace.ahead, 1);
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub(crate) use conn::{connection_lost, cut_mid_reply};
 use contract::{depth_after, Credits, CLOSE_WAIT, READS_IN_FLIGHT, UNBLOCK_EVERY};
 pub(crate) use contract::{release, ReadPace, ReaderConfig, FETCHED_AHEAD};
 pub(crate) use pending::PendingReader;
-pub(crate) use shared::{SharedReaders, Subscription};
+pub(crate) use shared::{SharedReaders, Subscription, SLICE};
 use wake::Wake;
 
 /// The bytes of one complete RESP2 reply taken off the wire, parsed on the consume loop's side

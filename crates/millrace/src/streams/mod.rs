@@ -27,7 +27,7 @@ pub use reply::{
 pub use trim::{trim_if_processed, TrimVerdict};
 
 /// At most this many ids go into one XACK/XCLAIM call.
-const IDS_PER_CALL: usize = 2_000;
+pub(crate) const IDS_PER_CALL: usize = 2_000;
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

@@ -64,6 +64,7 @@ mod subscription;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use state::SLICE;
 pub(crate) use subscription::Subscription;
 
 use state::ReadState;

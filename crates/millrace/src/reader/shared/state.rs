@@ -23,7 +23,7 @@ pub(super) const REPLY_BUDGET: usize = 4096;
 /// this many each, a read takes the ones read least recently, up to `REPLY_BUDGET / SLICE` of
 /// them, and the next read the next ones. So a deep backlog is read in large slices per stream
 /// (few batches, few acks per stream), not a few entries of every stream per read.
-pub(super) const SLICE: usize = 256;
+pub(crate) const SLICE: usize = 256;
 
 /// What the read task hands a subscriber.
 #[derive(Debug)]
