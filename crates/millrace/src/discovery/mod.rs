@@ -31,7 +31,7 @@ use redis::RedisResult;
 use crate::connection::Backend;
 use sweep::Sweep;
 pub(crate) use sweep::SweepResult;
-pub(crate) use watch::{Discovered, DiscoveredSets, Request, Watch};
+pub(crate) use watch::{Discovered, Request, Watch};
 
 /// Keys each `SCAN` call looks at (its `COUNT`).
 pub(crate) const SCAN_COUNT: usize = 1_000;

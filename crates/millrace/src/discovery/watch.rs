@@ -8,8 +8,8 @@
 //! found by a later sweep is new since the consumer started, so its group is created at its first
 //! entry (`0`) and the entries written before the sweep found it are read too.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
@@ -47,9 +47,6 @@ pub(crate) struct Discovered {
     /// Since when sweeps fail (`None` once one completes): readiness looks at it.
     pub(crate) failing_since: Option<Instant>,
 }
-
-/// What discovery found, per (group, consumer); shared with the supervisor handle.
-pub(crate) type DiscoveredSets = Mutex<BTreeMap<(String, String), Discovered>>;
 
 /// What a discovery task asks of the supervisor, on the channel the task owns (made by
 /// [`Watch::new`]): the supervisor reads it and answers on each reply channel. So discovery knows

@@ -254,7 +254,6 @@ impl SupervisorBuilder {
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             multi: Mutex::new(registry),
-            discovered: Mutex::default(),
         });
         let args = SupArgs {
             shared: shared.clone(),

@@ -83,10 +83,10 @@ impl Supervisor {
             .values()
             .filter_map(|h| h.readiness(grace).err())
             .collect();
-        let discovered = self.shared.discovered().clone();
-        for set in self.shared.multi().sets() {
+        let multi = self.shared.multi();
+        for set in multi.sets() {
             let name = format!("{}/{}", set.group, set.consumer);
-            let found = discovered.get(&(set.group.clone(), set.consumer.clone()));
+            let found = multi.discovered(&set.group, &set.consumer);
             if let Some(pattern) = &set.pattern {
                 let failing = found.and_then(|d| d.failing_since.map(|t| (t.elapsed(), d)));
                 let sweeps = found.map_or(0, |d| d.sweeps);

@@ -100,21 +100,7 @@ impl Supervisor {
     /// # }
     /// ```
     pub fn stream_sets(&self) -> Vec<StreamSet> {
-        let mut sets = self.shared.multi().sets();
-        let discovered = self.shared.discovered();
-        for set in &mut sets {
-            let key = (set.group.clone(), set.consumer.clone());
-            if let Some(found) = discovered.get(&key).cloned() {
-                set.other_type_keys = found.other_type_keys;
-                set.other_type_examples = found.other_type_examples;
-                set.dead_letter_streams = found.dead_letter_streams;
-                set.unusable_name_keys = found.unusable_name_keys;
-                set.last_sweep = found.last_sweep;
-                set.sweeps = found.sweeps;
-                set.last_error = found.last_error;
-            }
-        }
-        sets
+        self.shared.multi().sets()
     }
 
     /// The streams the multi-stream consumer `consumer` of `group` reads now, sorted (empty when

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use super::{NameLease, SupMsg, SupState, SupervisorShared};
 use crate::config::StartId;
 use crate::consumer::Cohort;
-use crate::discovery::{Request, Watch};
+use crate::discovery::{Discovered, Request, Watch};
 use crate::error::{Error, Result};
 use crate::health::{ConsumerState, StreamSet};
 use crate::id::ConsumerId;
@@ -74,7 +74,7 @@ pub(crate) fn start_discovery(
                     let _ = reply.send(removed.unwrap_or_else(stopped));
                 }
                 Request::Report(found) => {
-                    shared.discovered().insert(key.clone(), found);
+                    shared.multi().set_discovered(&key.0, &key.1, found);
                 }
             }
         }
@@ -89,6 +89,9 @@ struct CohortRecord {
     template: Option<MultiStreamSpec>,
     streams: BTreeSet<Arc<str>>,
     cohort: Arc<Cohort>,
+    /// What the last sweeps of a pattern consumer found (`None` before its first report, and
+    /// for consumers of named streams).
+    discovered: Option<Discovered>,
 }
 
 /// Every cohort (multi-stream consumer) of one supervisor, by (group, consumer), and the reads
@@ -110,6 +113,7 @@ impl MultiRegistry {
                 template: None,
                 streams: BTreeSet::new(),
                 cohort: Cohort::new(readers.clone()),
+                discovered: None,
             })
     }
 
@@ -166,24 +170,45 @@ impl MultiRegistry {
     pub(crate) fn sets(&self) -> Vec<StreamSet> {
         self.cohorts
             .iter()
-            .map(|((group, consumer), m)| StreamSet {
-                group: group.clone(),
-                consumer: consumer.clone(),
-                pattern: m
-                    .template
-                    .as_ref()
-                    .and_then(|t| t.key_pattern())
-                    .map(str::to_owned),
-                streams: m.streams.iter().map(|s| s.to_string()).collect(),
-                other_type_keys: 0,
-                other_type_examples: Vec::new(),
-                dead_letter_streams: 0,
-                unusable_name_keys: 0,
-                last_sweep: None,
-                sweeps: 0,
-                last_error: None,
+            .map(|((group, consumer), m)| {
+                let found = m.discovered.clone().unwrap_or_default();
+                StreamSet {
+                    group: group.clone(),
+                    consumer: consumer.clone(),
+                    pattern: m
+                        .template
+                        .as_ref()
+                        .and_then(|t| t.key_pattern())
+                        .map(str::to_owned),
+                    streams: m.streams.iter().map(|s| s.to_string()).collect(),
+                    other_type_keys: found.other_type_keys,
+                    other_type_examples: found.other_type_examples,
+                    dead_letter_streams: found.dead_letter_streams,
+                    unusable_name_keys: found.unusable_name_keys,
+                    last_sweep: found.last_sweep,
+                    sweeps: found.sweeps,
+                    last_error: found.last_error,
+                }
             })
             .collect()
+    }
+
+    /// Records what the last sweeps of the pattern consumer `consumer` of `group` found; a
+    /// report for a consumer that is no longer supervised is dropped.
+    pub(crate) fn set_discovered(&mut self, group: &str, consumer: &str, found: Discovered) {
+        if let Some(record) = self
+            .cohorts
+            .get_mut(&(group.to_owned(), consumer.to_owned()))
+        {
+            record.discovered = Some(found);
+        }
+    }
+
+    /// What the last sweeps of the pattern consumer `consumer` of `group` found, if it reported.
+    pub(crate) fn discovered(&self, group: &str, consumer: &str) -> Option<&Discovered> {
+        self.cohorts
+            .get(&(group.to_owned(), consumer.to_owned()))
+            .and_then(|m| m.discovered.as_ref())
     }
 
     /// The streams `consumer` of `group` reads now, sorted.

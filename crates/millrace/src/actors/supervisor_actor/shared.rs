@@ -1,5 +1,5 @@
 //! What the supervisor actor and its `Supervisor` handle share: the backend, health, the first
-//! failure, the cancellation tree and task tracker, the stream sets and what discovery found.
+//! failure, the cancellation tree and task tracker, and the multi-stream registry.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -9,7 +9,6 @@ use tokio_util::task::TaskTracker;
 
 use super::MultiRegistry;
 use crate::connection::Backend;
-use crate::discovery::DiscoveredSets;
 use crate::error::Error;
 use crate::health::HealthCell;
 use crate::id::ConsumerId;
@@ -24,20 +23,12 @@ pub(crate) struct SupervisorShared {
     pub(crate) cancel: CancellationToken,
     /// Every consume loop the supervisor started, so a shutdown can wait for all of them.
     pub(crate) tasks: TaskTracker,
-    /// The streams of each multi-stream consumer.
+    /// The multi-stream consumers: their streams, the reads they share and what discovery found.
     pub(crate) multi: Mutex<MultiRegistry>,
-    /// What discovery found last for each pattern consumer.
-    pub(crate) discovered: DiscoveredSets,
 }
 
 impl SupervisorShared {
     pub(crate) fn multi(&self) -> MutexGuard<'_, MultiRegistry> {
         self.multi.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn discovered(
-        &self,
-    ) -> MutexGuard<'_, BTreeMap<(String, String), crate::discovery::Discovered>> {
-        self.discovered.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
