@@ -2,7 +2,7 @@
 //! and on a reply that begins large (a backlog) the next read written before the reply is framed,
 //! so the server executes it while this process frames, parses and handles the last. What a read
 //! is and where its reply goes is the reader kind's ([`Reads`]): one stream's own reads
-//! ([`super::read_loop`]), or a shared read's ([`super::shared`]).
+//! ([`super::own_reads`]), or a shared read's ([`super::shared`]).
 
 use std::time::Duration;
 

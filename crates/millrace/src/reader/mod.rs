@@ -17,7 +17,7 @@
 //! kind keeps alike is implemented once, for this reader and the shared read ([`shared`]): the
 //! read loop and its pipelining in [`drive`]; pace, credits, reads in flight, configuration and
 //! the release of untaken entries in [`contract`]; the `CLIENT UNBLOCK` wake-ups and the wait of
-//! a stop in [`wake`]. This reader's own reads are in [`read_loop`].
+//! a stop in [`wake`]. This reader's own reads are in [`own_reads`].
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -35,7 +35,7 @@ mod conn;
 mod contract;
 mod drive;
 mod pending;
-mod read_loop;
+mod own_reads;
 mod shared;
 #[cfg(test)]
 mod tests;
@@ -188,7 +188,7 @@ impl Reader {
         let task = tokio::spawn(async move {
             // However the task ends (returned, or aborted with its connection), a stop learns it.
             let _finished = shared.wake.finished().clone().drop_guard();
-            read_loop::run(conn, &config, &shared, &tx).await;
+            own_reads::run(conn, &config, &shared, &tx).await;
         });
         self.phase = Phase::Live(task.abort_handle());
     }

@@ -6,7 +6,7 @@
 //! that share this read instead of owning a [`Reader`](super::Reader) each. Each joins with
 //! [`SharedReaders::subscribe`] and gets a [`Subscription`], with the single reader's contract:
 //! `next`, `sent_after`, `set_pace`, `stop`. The first subscriber starts the read
-//! (a task with a socket of its own, [`read_loop`], running the single reader's read loop,
+//! (a task with a socket of its own, [`task`], running the single reader's read loop,
 //! [`drive`](super::drive), with reads of its own); the last one leaving ends it and closes the
 //! socket. What is shared per stream, and decided without I/O, is in [`state`].
 //!
@@ -58,7 +58,7 @@ use crate::connection::{Backend, Control, Node};
 use crate::error::{Error, Result};
 use crate::id::ConsumerId;
 
-mod read_loop;
+mod task;
 mod state;
 mod subscription;
 #[cfg(test)]
@@ -220,14 +220,14 @@ impl SharedReaders {
             registry: Arc::downgrade(&self.reads),
             quieting: self.quieting.clone(),
         });
-        let task_config = read_loop::TaskConfig {
+        let task_config = task::TaskConfig {
             node: node.clone(),
             connect_timeout: backend.connect_timeout(),
             command_timeout: config.command_timeout,
             block: config.block,
             read_timeout: config.read_timeout,
         };
-        let task = tokio::spawn(read_loop::run(read.clone(), task_config));
+        let task = tokio::spawn(task::run(read.clone(), task_config));
         *lock(&read.task) = Some(task.abort_handle());
         read
     }
