@@ -87,21 +87,32 @@ impl Cohort {
 
 /// When a periodic job of one consumer runs: every `every`, or, for a stream of a multi-stream
 /// consumer, at its stream's place in an interval stretched to the group's rate.
+///
+/// The due time is worked out when asked, from the interval in effect then: the streams of a
+/// multi-stream consumer join one by one, and a first run placed in the interval of the streams
+/// counted so far would fall early (the first of a thousand streams would see an interval of its
+/// own), so together they would run the job faster than the group's rate until every stream had
+/// run once.
 #[derive(Debug)]
 pub(crate) struct Cadence {
     every: Duration,
     group: Option<(Arc<Cohort>, u32)>,
-    /// Where in the interval this stream's job falls, in `[0, 1)`.
+    /// Where in the interval this stream's first run falls, in `[0, 1)`.
     place: f64,
+    /// When the job last ran, or, before its first run, when its interval began.
+    since: Instant,
+    ran: bool,
 }
 
 impl Cadence {
-    /// A job of a consumer of its own.
+    /// A job of a consumer of its own; it first runs at once (see [`Cadence::first_at`]).
     pub(crate) fn own(every: Duration) -> Cadence {
         Cadence {
             every,
             group: None,
             place: 0.0,
+            since: Instant::now(),
+            ran: false,
         }
     }
 
@@ -116,7 +127,19 @@ impl Cadence {
             every,
             group: Some((cohort, per_second)),
             place: place_of(stream),
+            since: Instant::now(),
+            ran: false,
         }
+    }
+
+    /// For a consumer of its own, the job first runs at `at`; a stream of a multi-stream consumer
+    /// keeps its place in the interval, so a thousand streams started together do not all run
+    /// the job at once.
+    pub(crate) fn first_at(mut self, at: Instant) -> Cadence {
+        if self.group.is_none() {
+            self.since = at;
+        }
+        self
     }
 
     /// The interval in effect now.
@@ -127,18 +150,20 @@ impl Cadence {
         }
     }
 
-    /// When the job first runs: `own_first` for a consumer of its own, else the stream's place in
-    /// the interval, so a thousand streams started together do not all run it at once.
-    pub(crate) fn first(&self, own_first: Instant) -> Instant {
-        match self.group {
-            Some(_) => Instant::now() + self.interval().mul_f64(self.place),
-            None => own_first,
+    /// When the job is due, in the interval in effect now.
+    pub(crate) fn due(&self) -> Instant {
+        let interval = self.interval();
+        if self.ran {
+            self.since + interval
+        } else {
+            self.since + interval.mul_f64(self.place)
         }
     }
 
-    /// When the job runs next, if it starts now.
-    pub(crate) fn next(&self) -> Instant {
-        Instant::now() + self.interval()
+    /// The job runs now: the next run is one interval later.
+    pub(crate) fn ran(&mut self, now: Instant) {
+        self.since = now;
+        self.ran = true;
     }
 }
 
@@ -198,13 +223,98 @@ mod tests {
         );
     }
 
+    /// The times (from `start`) at which `streams` streams joining one by one run a job whose
+    /// configured interval is `every`, at most `per_second` a second, over `window`, stepping the
+    /// clock by 10ms like a consumer that wakes when its timer is due.
+    fn runs(
+        every: Duration,
+        per_second: u32,
+        streams: usize,
+        window: Duration,
+    ) -> Vec<Vec<Duration>> {
+        let cohort = Cohort::new(Arc::default());
+        let start = Instant::now();
+        let mut cadences: Vec<Cadence> = (0..streams)
+            .map(|i| {
+                cohort.set_streams(i + 1);
+                Cadence::shared(
+                    every,
+                    &format!("tenant:{i}:events"),
+                    cohort.clone(),
+                    per_second,
+                )
+            })
+            .collect();
+        let mut runs = vec![Vec::new(); streams];
+        let step = Duration::from_millis(10);
+        let mut at = Duration::ZERO;
+        while at < window {
+            for (cadence, runs) in cadences.iter_mut().zip(&mut runs) {
+                if start + at >= cadence.due() {
+                    cadence.ran(start + at);
+                    runs.push(at);
+                }
+            }
+            at += step;
+        }
+        runs
+    }
+
+    #[test]
+    fn streams_joining_one_by_one_stay_within_the_groups_rate() {
+        // 1,000 streams: claims every 100s each (10 a second), gauges every 200s (5 a second).
+        for (every, per_second, stretched) in [
+            (
+                Duration::from_secs(30),
+                CLAIM_TICKS_PER_SECOND,
+                Duration::from_secs(100),
+            ),
+            (
+                Duration::from_secs(10),
+                GAUGE_REFRESHES_PER_SECOND,
+                Duration::from_secs(200),
+            ),
+        ] {
+            let runs = runs(every, per_second, 1000, stretched);
+            for (i, runs) in runs.iter().enumerate() {
+                // Each stream runs once in the stretched interval, at its place in it (not at its
+                // place in the shorter interval of the streams that had joined before it).
+                let place = stretched.mul_f64(place_of(&format!("tenant:{i}:events")));
+                assert_eq!(runs.len(), 1, "stream {i} ran at {runs:?}");
+                assert!(
+                    runs[0] + Duration::from_millis(10) >= place,
+                    "stream {i} ran at {:?}, its place is {place:?}",
+                    runs[0]
+                );
+            }
+            // Any tenth of the interval holds at most 150 first runs (the spread of the places,
+            // see `places_are_stable_and_spread`): about `per_second` a second, not a burst.
+            let tenth = stretched / 10;
+            for k in 0..10 {
+                let (from, to) = (tenth * k, tenth * (k + 1));
+                let n = runs
+                    .iter()
+                    .flatten()
+                    .filter(|at| (from..to).contains(*at))
+                    .count();
+                assert!(
+                    n <= 150,
+                    "{n} runs between {from:?} and {to:?} (every {every:?})"
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_consumer_of_its_own_keeps_its_first_run() {
         let at = Instant::now() + Duration::from_secs(3);
-        assert_eq!(Cadence::own(Duration::from_secs(10)).first(at), at);
+        let mut own = Cadence::own(Duration::from_secs(10)).first_at(at);
+        assert_eq!(own.due(), at);
+        own.ran(at);
+        assert_eq!(own.due(), at + Duration::from_secs(10));
         let cohort = Cohort::new(Arc::default());
         cohort.set_streams(1);
-        let shared = Cadence::shared(Duration::from_secs(10), "a", cohort, 1);
-        assert!(shared.first(at) <= Instant::now() + Duration::from_secs(10));
+        let shared = Cadence::shared(Duration::from_secs(10), "a", cohort, 1).first_at(at);
+        assert!(shared.due() <= Instant::now() + Duration::from_secs(10));
     }
 }

@@ -22,7 +22,6 @@ pub(crate) struct Gauges {
     client: ConsumerClient,
     stats: Stats,
     cadence: Cadence,
-    next: Instant,
     xinfo_allowed: bool,
 }
 
@@ -31,7 +30,6 @@ impl Gauges {
         Gauges {
             client,
             stats,
-            next: cadence.first(Instant::now()),
             cadence,
             xinfo_allowed: true,
         }
@@ -39,11 +37,11 @@ impl Gauges {
 
     /// When the next refresh is due.
     pub(crate) fn next_refresh(&self) -> Instant {
-        self.next
+        self.cadence.due()
     }
 
     pub(crate) async fn refresh(&mut self) {
-        self.next = self.cadence.next();
+        self.cadence.ran(Instant::now());
         let id = self.client.id().clone();
         let (stream, group) = (&*id.stream, &*id.group);
         let summary: redis::RedisResult<PendingSummary> = redis::cmd("XPENDING")

@@ -36,7 +36,6 @@ pub(crate) struct Reclaimer {
     calls_per_tick: usize,
     reap_after: Option<Duration>,
     cursor: EntryId,
-    next_tick: Instant,
 }
 
 impl Reclaimer {
@@ -53,8 +52,7 @@ impl Reclaimer {
             client,
             stats,
             min_idle: opts.claim_min_idle,
-            next_tick: cadence.first(own_first),
-            cadence,
+            cadence: cadence.first_at(own_first),
             count: opts.claim_count,
             calls_per_tick: opts.claim_calls_per_tick,
             reap_after: opts.reap_idle_consumers_after,
@@ -64,7 +62,7 @@ impl Reclaimer {
 
     /// When the next claim tick is due.
     pub(crate) fn next_tick(&self) -> Instant {
-        self.next_tick
+        self.cadence.due()
     }
 
     /// `XAUTOCLAIM` calls one tick may make.
@@ -74,7 +72,7 @@ impl Reclaimer {
 
     /// Starts a tick: schedules the next one, and reaps idle consumers when configured.
     pub(crate) async fn begin_tick(&mut self) -> Result<()> {
-        self.next_tick = self.cadence.next();
+        self.cadence.ran(Instant::now());
         let Some(after) = self.reap_after else {
             return Ok(());
         };
