@@ -34,8 +34,8 @@ use crate::streams::ReadItem;
 mod conn;
 mod contract;
 mod drive;
-mod pending;
 mod own_reads;
+mod pending;
 mod shared;
 #[cfg(test)]
 mod tests;

@@ -58,9 +58,9 @@ use crate::connection::{Backend, Control, Node};
 use crate::error::{Error, Result};
 use crate::id::ConsumerId;
 
-mod task;
 mod state;
 mod subscription;
+mod task;
 #[cfg(test)]
 mod tests;
 
