@@ -2,7 +2,9 @@
 //! passwords; a graceful failover and a kill -9 of the master each promote a replica.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use millrace_testkit::SentinelGroup;
+use std::time::Duration;
+
+use millrace_testkit::{wait_until, SentinelGroup};
 
 #[test]
 fn a_sentinel_group_fails_over_gracefully_and_after_a_kill() {
@@ -30,19 +32,12 @@ fn a_sentinel_group_fails_over_gracefully_and_after_a_kill() {
         .client()
         .get_connection()
         .unwrap();
-    millrace_testkit_wait(|| {
-        let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut old).unwrap();
-        matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"slave")
-    });
-}
-
-fn millrace_testkit_wait(mut done: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !done() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "condition not met in 30 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_until(
+        Duration::from_secs(30),
+        "the killed master back as a replica",
+        || {
+            let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut old).unwrap();
+            matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"slave")
+        },
+    );
 }
