@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::Read;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use millrace::dead_letter::META_FIELDS;
@@ -13,32 +13,18 @@ use redis::{Connection, Value};
 use serde_json::Value as Json;
 
 mod support;
-use support::Run;
+use support::{finish, millrace, Run};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 fn command(url: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_millrace"));
-    cmd.env_remove("REDIS_URL")
-        .arg("--redis")
-        .arg(url)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = millrace();
+    cmd.arg("--redis").arg(url).args(args);
     cmd
 }
 
-fn finish(out: Output) -> Run {
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 fn run_url(url: &str, args: &[&str]) -> Run {
-    finish(command(url, args).output().unwrap())
+    finish(&mut command(url, args))
 }
 
 fn run(server: &RedisServer, args: &[&str]) -> Run {
@@ -483,24 +469,16 @@ fn redis_cluster_pointed_at_one_server_says_it_is_not_a_cluster() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let r = finish(out);
+    let r = Run::from(out);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("is not a Redis Cluster"), "{r:?}");
     assert!(r.stderr.contains("--redis "), "{r:?}");
 
-    let r = finish(
-        Command::new(env!("CARGO_BIN_EXE_millrace"))
-            .env_remove("REDIS_URL")
-            .env_remove("REDIS_CLUSTER_URLS")
-            .args([
-                "--redis-cluster",
-                "redis://:s3cret@127.0.0.1:1,redis://u:s3cret@127.0.0.1:2",
-                "streams",
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap(),
-    );
+    let r = finish(millrace().args([
+        "--redis-cluster",
+        "redis://:s3cret@127.0.0.1:1,redis://u:s3cret@127.0.0.1:2",
+        "streams",
+    ]));
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("cannot connect to any node"), "{r:?}");
     assert!(!r.stderr.contains("s3cret"), "{r:?}");
@@ -1391,7 +1369,7 @@ fn the_default_build_speaks_tls_and_says_when_a_server_does_not() {
     let ca = tls.ca_cert_path().unwrap();
     let mut cmd = command(&tls.url(), &["--json", "streams"]);
     cmd.arg("--tls-ca-cert").arg(&ca);
-    let r = finish(cmd.output().unwrap());
+    let r = finish(&mut cmd);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.json(), serde_json::json!([]));
 

@@ -3,8 +3,6 @@
 // Helpers outside `#[test]` functions unwrap too: a failed setup step should fail the test.
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Command, Stdio};
-
 use std::time::Duration;
 
 use millrace_testkit::{wait_until, RedisCluster};
@@ -12,29 +10,9 @@ use redis::cluster::ClusterConnection;
 use redis::Value;
 
 mod support;
-use support::Run;
+use support::{finish, millrace, Run};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// `millrace` with nothing inherited from the environment's Redis variables.
-fn millrace() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_millrace"));
-    cmd.env_remove("REDIS_URL")
-        .env_remove("REDIS_CLUSTER_URLS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-fn finish(cmd: &mut Command) -> Run {
-    let out = cmd.output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 /// Runs `millrace --redis-cluster SEEDS ARGS` and expects exit 0. One seed is enough; two are
 /// given, comma-separated, as an operator would.

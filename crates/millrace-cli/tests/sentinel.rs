@@ -9,24 +9,12 @@ use std::process::{Command, Stdio};
 use millrace_testkit::SentinelGroup;
 
 mod support;
-use support::Run;
+use support::{finish, millrace, Run};
 
 const PW: &str = "s3nt-pw";
 
 fn run(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_millrace"))
-        .env_remove("REDIS_URL")
-        .env_remove("REDIS_CLUSTER_URLS")
-        .env_remove("REDIS_SENTINEL")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    finish(millrace().args(args))
 }
 
 #[test]

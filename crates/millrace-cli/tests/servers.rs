@@ -4,28 +4,14 @@
 //! it does not, and on both never removes an entry a group has not acknowledged.
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Command, Stdio};
-
 use millrace_testkit::{RedisServer, ServerKind};
 use redis::Connection;
 
 mod support;
-use support::Run;
+use support::{finish, millrace, Run};
 
 fn run(server: &RedisServer, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_millrace"))
-        .env_remove("REDIS_URL")
-        .arg("--redis")
-        .arg(server.url())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    finish(millrace().arg("--redis").arg(server.url()).args(args))
 }
 
 #[track_caller]
